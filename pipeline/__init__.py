@@ -1,0 +1,1 @@
+"""The publishing pipeline: watch a git remote, build with Nikola, publish atomically."""

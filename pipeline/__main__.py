@@ -1,0 +1,101 @@
+"""Command line of the pipeline: `python -m pipeline {watch,check-config,status,rollback}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import asdict
+from types import FrameType
+
+from pipeline import proc, releases
+from pipeline.config import Settings, settings_from_env
+from pipeline.errors import ConfigError
+from pipeline.status import read_status
+from pipeline.watcher import Watcher, live_release, rollback
+
+
+def _settings(args: argparse.Namespace, *, need_repo: bool) -> Settings:
+    env = dict(os.environ)
+    if args.data_dir:
+        env["DATA_DIR"] = args.data_dir
+    if not need_repo:
+        env.setdefault("SITE_REPO", "/")  # not used by these commands
+    return settings_from_env(env)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    settings = _settings(args, need_repo=True)
+    watcher = Watcher(settings)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("pipeline").info("signal %d: stopping", signum)
+        watcher.stop.set()
+        watcher.wake.set()
+        proc.terminate_children()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    watcher.run_forever()
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    _settings(args, need_repo=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args, need_repo=False)
+    status = read_status(settings.status_file)
+    live = live_release(settings)
+    status["current"] = asdict(live) if live else None
+    status["releases"] = releases.list_releases(settings.releases_dir)
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    settings = _settings(args, need_repo=False)
+    try:
+        meta = rollback(settings, args.release)
+    except ValueError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 1
+    print(f"rolled back: {meta.release} (commit {meta.commit[:12]}) is live until the next push")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("--data-dir", help="state directory (default: $DATA_DIR or /workdir)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log command lines too")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("watch", help="poll the remote, build and publish (the default)")
+    sub.add_parser("check-config", help="check the environment settings and exit")
+    sub.add_parser("status", help="print the deploy status as JSON")
+    roll = sub.add_parser("rollback", help="make an earlier release live until the next push")
+    roll.add_argument("release", nargs="?", help="release id (default: the one before the live one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s pipeline %(levelname)s %(message)s",
+    )
+    logging.getLogger("git").setLevel(logging.WARNING)
+    commands = {
+        None: cmd_watch, "watch": cmd_watch, "check-config": cmd_check_config,
+        "status": cmd_status, "rollback": cmd_rollback,
+    }
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

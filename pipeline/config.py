@@ -1,0 +1,113 @@
+"""Pipeline settings: read once from the environment into a frozen dataclass."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pipeline.errors import ConfigError
+
+_URL_SCHEMES = ("file", "http", "https", "ssh", "git")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:.+$")
+# git check-ref-format's rules, the ones a user can plausibly trip over.
+_BAD_BRANCH = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\])|(@\{)|(/$)|(\.lock$)|(\.$)|(//)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    site_repo: str
+    site_branch: str = "main"
+    poll_interval: float = 10.0
+    data_dir: Path = Path("/workdir")
+    port: int = 8000
+    build_timeout: float = 600.0
+    git_timeout: float = 60.0
+    keep_releases: int = 5
+    build_memory_mb: int | None = None
+
+    @property
+    def releases_dir(self) -> Path:
+        return self.data_dir / "releases"
+
+    @property
+    def current_link(self) -> Path:
+        return self.data_dir / "current"
+
+    @property
+    def status_file(self) -> Path:
+        return self.data_dir / "status.json"
+
+    @property
+    def source_dir(self) -> Path:
+        return self.data_dir / "source"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user/password removed, fit for logs and the status page."""
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return url
+
+
+def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float, integer: bool) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{key}={raw!r}: expected {kind}") from None
+    if value < minimum or value != value:  # NaN compares unequal to itself
+        raise ConfigError(f"{key}={raw!r}: must be at least {minimum:g}")
+    return value
+
+
+def check_repo_url(url: str) -> str:
+    url = url.strip()
+    if not url:
+        raise ConfigError("SITE_REPO is not set: give the git URL of the site repository")
+    scheme = urlsplit(url).scheme
+    if scheme in _URL_SCHEMES or _SCP_LIKE.match(url) or url.startswith("/"):
+        return url
+    raise ConfigError(
+        f"SITE_REPO={redact_url(url)!r}: expected a git URL (file://, https://, ssh://, git://, "
+        "user@host:path) or an absolute path"
+    )
+
+
+def check_branch(branch: str) -> str:
+    if not branch or _BAD_BRANCH.search(branch):
+        raise ConfigError(f"SITE_BRANCH={branch!r}: not a valid git branch name")
+    return branch
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Check every setting before anything is started; raise ConfigError naming the first bad one."""
+    port = int(_number(env, "PORT", 8000, minimum=1, integer=True))
+    if port > 65535:
+        raise ConfigError(f"PORT={port}: expected a port number 1-65535")
+    memory = env.get("BUILD_MEMORY_MB", "").strip()
+    data_dir = env.get("DATA_DIR", "").strip() or "/workdir"
+    if not data_dir.startswith("/"):
+        raise ConfigError(f"DATA_DIR={data_dir!r}: expected an absolute path")
+    return Settings(
+        site_repo=check_repo_url(env.get("SITE_REPO", "")),
+        site_branch=check_branch(env.get("SITE_BRANCH", "").strip() or "main"),
+        poll_interval=_number(env, "POLL_INTERVAL", 10.0, minimum=0.1, integer=False),
+        data_dir=Path(data_dir),
+        port=port,
+        build_timeout=_number(env, "BUILD_TIMEOUT", 600.0, minimum=1, integer=False),
+        git_timeout=_number(env, "GIT_TIMEOUT", 60.0, minimum=1, integer=False),
+        keep_releases=int(_number(env, "KEEP_RELEASES", 5, minimum=2, integer=True)),
+        build_memory_mb=int(_number(env, "BUILD_MEMORY_MB", 0, minimum=64, integer=True)) if memory else None,
+    )

@@ -1,0 +1,107 @@
+"""Building one commit of the site with Nikola, incrementally where that is safe."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import BuildError, CommandError
+from pipeline.proc import run
+
+log = logging.getLogger(__name__)
+
+# Changes to these can alter every page in ways Nikola's dependency tracking does not see
+# (templates, plugins, the configuration module's code): they get a clean build.
+CLEAN_BUILD_PATHS = ("conf.py", "themes/", "templates/", "plugins/", "shortcodes/", "messages/")
+LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class BuildState:
+    """What the work tree's build state (output/, cache/, .doit.db) was last produced from."""
+
+    commit: str
+    ok: bool
+
+
+def clean_build_reason(previous: BuildState | None, changes: list[tuple[str, str]] | None) -> str | None:
+    """Why the next build must start from scratch, or None when an incremental build is exact."""
+    if previous is None:
+        return "no previous build"
+    if not previous.ok:
+        return "the previous build failed"
+    if changes is None:
+        return "the previous commit is no longer known"
+    for _status, path in changes:
+        if path in CLEAN_BUILD_PATHS or path.startswith(CLEAN_BUILD_PATHS):
+            return f"{path} changed"
+    return None
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class NikolaBuilder:
+    def __init__(self, site_dir: Path, timeout: float, memory_limit_mb: int | None = None):
+        self.site_dir = site_dir
+        self.timeout = timeout
+        self.memory_limit_mb = memory_limit_mb
+
+    @property
+    def output_dir(self) -> Path:
+        return self.site_dir / "output"
+
+    @property
+    def _state_file(self) -> Path:
+        # Inside .git so that `git clean` and checkouts never touch it.
+        return self.site_dir / ".git" / "pequod-build-state.json"
+
+    def previous_state(self) -> BuildState | None:
+        try:
+            data = json.loads(self._state_file.read_text())
+            return BuildState(commit=str(data["commit"]), ok=bool(data["ok"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _record_state(self, state: BuildState) -> None:
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"commit": state.commit, "ok": state.ok}))
+        os.replace(tmp, self._state_file)
+
+    def reset(self) -> None:
+        """Forget Nikola's incremental state so the next build is a clean one."""
+        for name in ("output", "cache"):
+            shutil.rmtree(self.site_dir / name, ignore_errors=True)
+        for path in self.site_dir.glob(".doit.db*"):
+            path.unlink()
+
+    def build(self, commit: str, *, clean: bool, log_path: Path) -> str:
+        """Build the checked-out `commit` into output/; return the build log. Raises BuildError."""
+        if clean:
+            self.reset()
+        env = dict(os.environ, SITE_COMMIT=commit, NIKOLA_MONO="1")
+        cmd = [sys.executable, "-m", "pipeline.nikola_runner", str(self.site_dir)]
+        try:
+            output = run(
+                cmd, timeout=self.timeout, cwd=self.site_dir, env=env,
+                log_path=log_path, memory_limit_mb=self.memory_limit_mb,
+            )
+        except CommandError as exc:
+            self._record_state(BuildState(commit, ok=False))
+            if exc.timed_out:
+                message = f"nikola build timed out after {self.timeout:g} s"
+            elif exc.returncode == -9:
+                message = "nikola build was killed (signal 9; out of memory?)"
+            elif "MemoryError" in exc.output:
+                message = "nikola build ran out of memory"
+            else:
+                message = f"nikola build failed with status {exc.returncode}"
+            raise BuildError(message, log_tail(exc.output)) from None
+        self._record_state(BuildState(commit, ok=True))
+        return output

@@ -1,0 +1,85 @@
+"""The one gateway through which the pipeline runs programs (Nikola)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pipeline.errors import CommandError
+
+log = logging.getLogger(__name__)
+
+# Process groups of running children, so a shutdown can stop a build in progress.
+running_groups: set[int] = set()
+
+
+def terminate_children() -> None:
+    for pgid in list(running_groups):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+
+
+def _limit_memory(limit_bytes: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    memory_limit_mb: int | None = None,
+) -> str:
+    """Run ``cmd`` to completion within ``timeout`` seconds and return its output.
+
+    stdout and stderr are merged (and written to ``log_path`` when given). The child runs in
+    its own session so that a timeout kills everything it started, not just the leader.
+    """
+    cmdline = shlex.join(cmd)
+    log.debug("running %s (timeout %ss)", cmdline, timeout)
+    preexec = None
+    if memory_limit_mb is not None:
+        limit = memory_limit_mb * 1024 * 1024
+        preexec = lambda: _limit_memory(limit)  # noqa: E731
+    out = open(log_path, "w+b") if log_path else subprocess.PIPE  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+        running_groups.add(proc.pid)
+        timed_out = False
+        try:
+            stdout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, _ = proc.communicate()
+        finally:
+            running_groups.discard(proc.pid)
+        if log_path is not None:
+            out.seek(0)  # type: ignore[union-attr]
+            stdout = out.read()  # type: ignore[union-attr]
+    finally:
+        if log_path is not None:
+            out.close()  # type: ignore[union-attr]
+    text = (stdout or b"").decode("utf-8", "replace")
+    if timed_out or proc.returncode != 0:
+        raise CommandError(cmdline, proc.returncode, text, timed_out=timed_out)
+    return text

@@ -1,0 +1,134 @@
+"""Release directories, the atomic `current` symlink, pruning and rollback.
+
+Layout under DATA_DIR:
+    releases/<id>/       one built site, never modified after it is published
+    releases/<id>.json   its metadata (commit, built_at, build_seconds, mode)
+    current -> releases/<id>   swapped with rename(2), so readers see one release or the other
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Release:
+    release: str
+    commit: str
+    built_at: str
+    build_seconds: float
+    mode: str = "clean"
+
+
+def release_id(commit: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{commit[:12]}"
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
+
+
+def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | None) -> Path:
+    """Copy a build's output into a new release directory and return it.
+
+    Files identical (size and mtime, which copy2 preserves) to the previous release are
+    hard-linked instead of copied: releases are never modified, so sharing is safe, and keeping
+    five releases then costs little more than one on a memory-backed /workdir.
+    """
+    releases_dir.mkdir(parents=True, exist_ok=True)
+    final = releases_dir / meta.release
+    tmp = releases_dir / f".{meta.release}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for root, dirs, files in os.walk(output_dir):
+        rel = os.path.relpath(root, output_dir)
+        target_root = tmp / rel if rel != "." else tmp
+        target_root.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            src = os.path.join(root, name)
+            dst = target_root / name
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+                continue
+            if previous is not None:
+                old = previous / rel / name
+                try:
+                    if _same_file(os.stat(src), os.stat(old, follow_symlinks=False)):
+                        os.link(old, dst)
+                        continue
+                except OSError:
+                    pass
+            shutil.copy2(src, dst)
+        dirs.sort()
+    meta_file = releases_dir / f"{meta.release}.json"
+    meta_file.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    os.replace(tmp, final)
+    return final
+
+
+def current_release_dir(current_link: Path) -> Path | None:
+    """The live release directory, or None when nothing has been published yet."""
+    try:
+        target = current_link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return target if target.is_dir() else None
+
+
+def read_meta(release_dir: Path) -> Release | None:
+    try:
+        data = json.loads((release_dir.parent / f"{release_dir.name}.json").read_text())
+        return Release(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def publish(current_link: Path, release_dir: Path) -> None:
+    """Point `current` at `release_dir` in one atomic rename."""
+    tmp_link = current_link.with_name(f".{current_link.name}.{os.getpid()}.tmp")
+    if tmp_link.is_symlink():
+        tmp_link.unlink()
+    os.symlink(os.path.relpath(release_dir, current_link.parent), tmp_link)
+    os.replace(tmp_link, current_link)
+
+
+def list_releases(releases_dir: Path) -> list[str]:
+    """Release ids, oldest first (ids start with a UTC timestamp)."""
+    if not releases_dir.is_dir():
+        return []
+    return sorted(p.name for p in releases_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def prune(releases_dir: Path, current_link: Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` releases; never the live one. Returns what was removed."""
+    live = current_release_dir(current_link)
+    ids = list_releases(releases_dir)
+    removed = []
+    for name in ids[:-keep] if keep > 0 else ids:
+        if live is not None and live.name == name:
+            continue
+        shutil.rmtree(releases_dir / name, ignore_errors=True)
+        (releases_dir / f"{name}.json").unlink(missing_ok=True)
+        removed.append(name)
+    for leftover in releases_dir.glob(".*.tmp"):  # an interrupted stage()
+        shutil.rmtree(leftover, ignore_errors=True)
+    return removed
+
+
+def rollback_target(ids: list[str], live: str | None, wanted: str | None) -> str:
+    """Which release a rollback goes to: `wanted`, or the one before the live one."""
+    if wanted is not None:
+        if wanted not in ids:
+            raise ValueError(f"no release {wanted!r}; kept releases: {', '.join(ids) or 'none'}")
+        return wanted
+    if live not in ids:
+        raise ValueError("no live release to roll back from")
+    index = ids.index(live)
+    if index == 0:
+        raise ValueError(f"{live} is the oldest kept release; nothing to roll back to")
+    return ids[index - 1]

@@ -1,0 +1,67 @@
+"""Deploy status and history, persisted as JSON with atomic writes.
+
+The watcher and the `rollback` command both update it, so every read-modify-write holds an
+exclusive lock. `serve.py` reads it without the lock (writes are atomic renames).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MAX_BUILDS = 20
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def empty_status() -> dict[str, Any]:
+    return {
+        "remote": None,
+        "branch": None,
+        "last_check": None,
+        "last_error": None,
+        "consecutive_failures": 0,
+        "last_attempted_commit": None,
+        "builds": [],
+    }
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    status = empty_status()
+    with contextlib.suppress(OSError, ValueError):
+        status.update(json.loads(path.read_text()))
+    return status
+
+
+def write_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class StatusStore:
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock_path = path.with_name(f".{path.name}.lock")
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[dict[str, Any]]:
+        """Read the status under an exclusive lock, let the caller change it, write it back."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            status = read_status(self.path)
+            yield status
+            status["builds"] = status["builds"][:MAX_BUILDS]
+            write_atomic(self.path, status)
+
+    def read(self) -> dict[str, Any]:
+        return read_status(self.path)

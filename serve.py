@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Serve the live release of a static site with CherryPy.
+
+    serve.py SITE_DIR [--host ::] [--port 8000] [--status-file FILE]
+
+SITE_DIR is usually the pipeline's `current` symlink. It is resolved once per request, so a
+request is answered entirely from one release even while a new one is swapped in.
+Reserved paths (never shadowed by site content): /_site/health, /_site/status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.utils
+import json
+import mimetypes
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import cherrypy
+
+from pipeline import releases
+from pipeline.status import read_status
+
+StartResponse = Callable[..., Any]
+RESERVED_PREFIX = "/_site/"
+INDEX_FILE = "index.html"
+NOT_FOUND_PAGES = ("404.html", "404/index.html")
+READ_WHOLE_LIMIT = 1 << 20
+CHUNK = 64 * 1024
+# HTML is revalidated on every request (cheap with ETag) so a new release shows at once;
+# other files may be reused for a short while.
+HTML_CACHE_CONTROL = "no-cache"
+ASSET_CACHE_CONTROL = "public, max-age=60"
+
+mimetypes.add_type("application/rss+xml", ".xml", strict=False)
+mimetypes.add_type("text/markdown", ".md")
+
+
+class BadPath(ValueError):
+    pass
+
+
+def split_request_path(path_info: str) -> list[str]:
+    """The path's segments, or BadPath for anything that could step outside the release.
+
+    PATH_INFO arrives percent-decoded (latin-1 code points of the raw bytes); an encoded slash
+    is left as the literal text %2F by the server. Nothing is decoded a second time.
+    """
+    try:
+        path = path_info.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadPath("path is not UTF-8") from None
+    if "\x00" in path or "\\" in path:
+        raise BadPath("NUL or backslash in path")
+    segments = [segment for segment in path.split("/") if segment]
+    for segment in segments:
+        if segment in (".", "..") or "%2f" in segment.lower() or "%5c" in segment.lower():
+            raise BadPath(f"forbidden path segment {segment!r}")
+    return segments
+
+
+def inside(root: str, candidate: str) -> bool:
+    return candidate == root or candidate.startswith(root + os.sep)
+
+
+def http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def etag_for(st: os.stat_result) -> str:
+    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def content_type(name: str) -> str:
+    kind, _ = mimetypes.guess_type(name, strict=False)
+    kind = kind or "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript", "application/json", "application/rss+xml"):
+        kind += "; charset=utf-8"
+    return kind
+
+
+def not_modified(environ: dict[str, Any], etag: str, mtime: float) -> bool:
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None:
+        tags = [tag.strip() for tag in if_none_match.split(",")]
+        return "*" in tags or etag in tags or f"W/{etag}" in tags
+    since = environ.get("HTTP_IF_MODIFIED_SINCE")
+    if since:
+        try:
+            parsed = email.utils.parsedate_to_datetime(since).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False
+        return int(mtime) <= parsed
+    return False
+
+
+class SiteApp:
+    """A WSGI application serving files from the release `site_link` points at."""
+
+    def __init__(self, site_link: Path, status_file: Path | None):
+        self.site_link = str(site_link)
+        self.status_file = status_file
+
+    def live_root(self) -> str | None:
+        root = os.path.realpath(self.site_link)
+        return root if os.path.isdir(root) else None
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path_info = environ.get("PATH_INFO") or "/"
+        if path_info.startswith(RESERVED_PREFIX):
+            return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response)
+        if method not in ("GET", "HEAD"):
+            return self.method_not_allowed(start_response)
+        root = self.live_root()
+        if root is None:
+            return self.plain(
+                start_response, "503 Service Unavailable", "no release is live yet\n", [("Retry-After", "5")]
+            )
+        try:
+            segments = split_request_path(path_info)
+        except BadPath:
+            return self.plain(start_response, "400 Bad Request", "bad request path\n")
+        target = os.path.realpath(os.path.join(root, *segments))
+        if not inside(root, target):  # a symlink pointing out of the release
+            return self.not_found(root, environ, start_response)
+        try:
+            st = os.stat(target)
+        except OSError:
+            return self.not_found(root, environ, start_response)
+        if stat.S_ISDIR(st.st_mode):
+            if not path_info.endswith("/"):
+                query = environ.get("QUERY_STRING")
+                location = environ.get("SCRIPT_NAME", "") + path_info + "/" + (f"?{query}" if query else "")
+                return self.plain(start_response, "301 Moved Permanently", "moved\n", [("Location", location)])
+            target = os.path.join(target, INDEX_FILE)
+            try:
+                st = os.stat(target)
+            except OSError:
+                return self.not_found(root, environ, start_response)
+        if not stat.S_ISREG(st.st_mode):
+            return self.not_found(root, environ, start_response)
+        return self.send_file(environ, start_response, root, target, st, "200 OK")
+
+    def send_file(
+        self, environ: dict[str, Any], start_response: StartResponse, root: str, path: str,
+        st: os.stat_result, status: str,
+    ) -> Iterable[bytes]:
+        etag = etag_for(st)
+        kind = content_type(path)
+        headers = [
+            ("Content-Type", kind),
+            ("Last-Modified", http_date(st.st_mtime)),
+            ("ETag", etag),
+            ("Cache-Control", HTML_CACHE_CONTROL if kind.startswith("text/html") else ASSET_CACHE_CONTROL),
+            ("X-Site-Release", os.path.basename(root)),
+        ]
+        if status.startswith("200") and not_modified(environ, etag, st.st_mtime):
+            start_response("304 Not Modified", headers)
+            return []
+        headers.append(("Content-Length", str(st.st_size)))
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            start_response(status, headers)
+            return []
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the iterator below
+        start_response(status, headers)
+        if st.st_size <= READ_WHOLE_LIMIT:
+            with handle:
+                return [handle.read()]
+        return _file_chunks(handle)
+
+    def not_found(self, root: str, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        for name in NOT_FOUND_PAGES:
+            page = os.path.join(root, name)
+            try:
+                st = os.stat(page)
+            except OSError:
+                continue
+            return self.send_file(environ, start_response, root, page, st, "404 Not Found")
+        return self.plain(start_response, "404 Not Found", "not found\n")
+
+    def reserved(self, name: str, method: str, start_response: StartResponse) -> Iterable[bytes]:
+        if method not in ("GET", "HEAD"):
+            return self.method_not_allowed(start_response)
+        root = self.live_root()
+        if name == "health":
+            if root is None:
+                return self.json(start_response, "503 Service Unavailable", {"healthy": False, "release": None})
+            return self.json(start_response, "200 OK", {"healthy": True, "release": os.path.basename(root)})
+        if name == "status":
+            return self.json(start_response, "200 OK", self.status(root))
+        return self.plain(start_response, "404 Not Found", "not found\n")
+
+    def status(self, root: str | None) -> dict[str, Any]:
+        status = read_status(self.status_file) if self.status_file else {}
+        meta = releases.read_meta(Path(root)) if root else None
+        if meta is not None:
+            status["current"] = {
+                "release": meta.release, "commit": meta.commit,
+                "built_at": meta.built_at, "build_seconds": meta.build_seconds,
+            }
+        elif root is not None:
+            status["current"] = {
+                "release": os.path.basename(root), "commit": None, "built_at": None, "build_seconds": None,
+            }
+        else:
+            status["current"] = None
+        status["releases"] = releases.list_releases(Path(root).parent) if root else []
+        return status
+
+    @classmethod
+    def method_not_allowed(cls, start_response: StartResponse) -> Iterable[bytes]:
+        return cls.plain(start_response, "405 Method Not Allowed", "method not allowed\n", [("Allow", "GET, HEAD")])
+
+    @staticmethod
+    def json(start_response: StartResponse, status: str, body: dict[str, Any]) -> Iterable[bytes]:
+        data = (json.dumps(body, indent=2) + "\n").encode()
+        start_response(status, [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+            ("Cache-Control", "no-store"),
+        ])
+        return [data]
+
+    @staticmethod
+    def plain(
+        start_response: StartResponse, status: str, text: str, extra: list[tuple[str, str]] | None = None,
+    ) -> Iterable[bytes]:
+        data = text.encode()
+        start_response(status, [
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
+            ("Cache-Control", "no-store"), *(extra or []),
+        ])
+        return [data]
+
+
+def _file_chunks(handle: Any) -> Iterable[bytes]:
+    with handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("site_dir", help="directory (or symlink to one) to serve")
+    parser.add_argument("--host", default="::", help="address to listen on (default: ::)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--status-file", help="deploy status JSON (default: status.json beside SITE_DIR)")
+    parser.add_argument("--threads", type=int, default=32, help="worker threads (default: 32)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: expected a port number 1-65535")
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: expected at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    site = Path(os.path.abspath(args.site_dir))
+    status_file = Path(args.status_file) if args.status_file else site.parent / "status.json"
+    cherrypy.config.update({
+        "environment": "production",
+        "engine.autoreload.on": False,
+        "log.screen": False,
+        "server.socket_host": args.host,
+        "server.socket_port": args.port,
+        "server.thread_pool": args.threads,
+        # Stock values (backlog 5) make bursts of more than a few clients wait for SYN retries.
+        "server.socket_queue_size": 1024,
+        "server.shutdown_timeout": 1,
+    })
+    cherrypy.tree.graft(SiteApp(site, status_file), "")
+    cherrypy.engine.signals.subscribe()
+    cherrypy.engine.start()
+    # Stock cheroot closes keep-alive connections beyond 10; read at run time, so set it here.
+    cherrypy.server.httpserver.keep_alive_conn_limit = 1024
+    print(f"serve.py: serving {site} on [{args.host}]:{args.port}", file=sys.stderr, flush=True)
+    cherrypy.engine.block()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

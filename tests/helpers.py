@@ -1,0 +1,128 @@
+"""Shared test helpers: real git remotes, real processes, waiting on observable signals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import git
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SITE_TEMPLATE = REPO_ROOT / "site_template"
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+            if result:
+                return result
+        except (requests.RequestException, OSError, ValueError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.bind(("::1", 0))
+        return sock.getsockname()[1]
+
+
+class SiteRepo:
+    """A bare git remote seeded from site_template/, plus a clone to push commits from."""
+
+    def __init__(self, root: Path, branch: str = "main"):
+        self.bare = root / "site.git"
+        self.branch = branch
+        git.Repo.init(self.bare, bare=True, initial_branch=branch)
+        self.clone = git.Repo.clone_from(str(self.bare), root / "checkout")
+        with self.clone.config_writer() as config:
+            config.set_value("user", "name", "Test Writer")
+            config.set_value("user", "email", "writer@example.org")
+        shutil.copytree(SITE_TEMPLATE, self.work, dirs_exist_ok=True)
+        self.commit("Initial site")
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.bare}"
+
+    @property
+    def work(self) -> Path:
+        return Path(self.clone.working_tree_dir or "")
+
+    def commit(self, message: str, *, push: bool = True, force: bool = False) -> str:
+        self.clone.git.add("-A")
+        self.clone.git.commit("-q", "--allow-empty", "-m", message)
+        if push:
+            self.push(force=force)
+        return self.clone.head.commit.hexsha
+
+    def push(self, force: bool = False) -> None:
+        args = ["--force"] if force else []
+        self.clone.git.push("-q", *args, "origin", f"HEAD:refs/heads/{self.branch}")
+
+    def write(self, relpath: str, text: str) -> None:
+        path = self.work / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def add_post(self, slug: str, title: str, body: str = "Some text.", tags: str = "test") -> str:
+        self.write(
+            f"posts/{slug}.rst",
+            f".. title: {title}\n.. slug: {slug}\n.. date: 2026-04-01 10:00:00 UTC\n.. tags: {tags}\n\n{body}\n",
+        )
+        return self.commit(f"Add {slug}")
+
+
+class Process:
+    """A started program, stopped by its PID (and its process group) at cleanup."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # Anything the program left in its process group goes too.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        return self.proc.returncode
+
+
+def python_env(**extra: Any) -> dict[str, str]:
+    """The environment for a child: this interpreter's venv first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.update({key: str(value) for key, value in extra.items()})
+    return env

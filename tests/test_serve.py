@@ -1,0 +1,177 @@
+"""serve.py as a real process: files, redirects, 404, caching headers, path safety, health."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import REPO_ROOT, Process, free_port, python_env, wait_for
+
+SECRET = "TOP-SECRET-OUTSIDE-THE-RELEASE"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    data = tmp_path / "data"
+    release = data / "releases" / "20260101T000000Z-aaaaaaaaaaaa"
+    (release / "sub").mkdir(parents=True)
+    (release / "index.html").write_text("<html>home</html>")
+    (release / "404.html").write_text("<html>custom not found</html>")
+    (release / "sub" / "index.html").write_text("<html>sub</html>")
+    (release / "style.css").write_text("body{}")
+    (release / "big.bin").write_bytes(os.urandom(3 << 20))
+    (release / "link-in.html").symlink_to("index.html")
+    (release / "link-out.txt").symlink_to(data / "secret.txt")
+    (release / "dir-out").symlink_to(data)
+    (data / "secret.txt").write_text(SECRET)
+    (data / "releases" / "secret.txt").write_text(SECRET)
+    port = free_port()
+    process = Process(
+        [str(python_env()["PATH"].split(":")[0] + "/python"), str(REPO_ROOT / "serve.py"), str(data / "current"),
+         "--port", str(port), "--host", "::1"],
+        python_env(), tmp_path / "serve.log",
+    )
+    base = f"http://[::1]:{port}"
+    try:
+        wait_for("serve.py", lambda: requests.get(base + "/_site/health", timeout=2).status_code == 503, 20)
+        yield base, data
+    finally:
+        process.stop()
+
+
+def go_live(data: Path) -> None:
+    (data / "current").symlink_to("releases/20260101T000000Z-aaaaaaaaaaaa")
+
+
+def raw_get(base: str, path: str) -> tuple[int, bytes]:
+    host, port = base.removeprefix("http://[").split("]:")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.putrequest("GET", path, skip_host=False, skip_accept_encoding=True)
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def test_health_turns_200_once_a_release_is_live(server: tuple[str, Path]) -> None:
+    base, data = server
+    assert requests.get(base + "/_site/health", timeout=5).status_code == 503
+    assert requests.get(base + "/", timeout=5).status_code == 503
+    go_live(data)
+    health = requests.get(base + "/_site/health", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["release"] == "20260101T000000Z-aaaaaaaaaaaa"
+
+
+def test_files_index_redirect_and_404(server: tuple[str, Path]) -> None:
+    base, data = server
+    go_live(data)
+    home = requests.get(base + "/", timeout=5)
+    assert home.status_code == 200 and home.text == "<html>home</html>"
+    assert home.headers["Content-Type"].startswith("text/html")
+    assert home.headers["X-Site-Release"] == "20260101T000000Z-aaaaaaaaaaaa"
+    moved = requests.get(base + "/sub?x=1", timeout=5, allow_redirects=False)
+    assert moved.status_code == 301 and moved.headers["Location"] == "/sub/?x=1"
+    assert requests.get(base + "/sub/", timeout=5).text == "<html>sub</html>"
+    missing = requests.get(base + "/no/such/page.html", timeout=5)
+    assert missing.status_code == 404 and "custom not found" in missing.text
+    assert requests.get(base + "/style.css", timeout=5).headers["Content-Type"].startswith("text/css")
+    big = requests.get(base + "/big.bin", timeout=10)
+    assert big.content == (data / "releases/20260101T000000Z-aaaaaaaaaaaa/big.bin").read_bytes()
+    assert requests.get(base + "/link-in.html", timeout=5).text == "<html>home</html>"
+    assert requests.post(base + "/", timeout=5).status_code == 405
+    assert requests.head(base + "/", timeout=5).headers["Content-Length"] == str(len("<html>home</html>"))
+
+
+def test_etag_last_modified_and_304(server: tuple[str, Path]) -> None:
+    base, data = server
+    go_live(data)
+    first = requests.get(base + "/style.css", timeout=5)
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+    assert "max-age" in first.headers["Cache-Control"]
+    assert requests.get(base + "/", timeout=5).headers["Cache-Control"] == "no-cache"
+    again = requests.get(base + "/style.css", headers={"If-None-Match": etag}, timeout=5)
+    assert again.status_code == 304 and again.content == b""
+    since = requests.get(base + "/style.css", headers={"If-Modified-Since": modified}, timeout=5)
+    assert since.status_code == 304
+    time.sleep(0.01)
+    (data / "releases/20260101T000000Z-aaaaaaaaaaaa/style.css").write_text("body{color:red}")
+    changed = requests.get(base + "/style.css", headers={"If-None-Match": etag}, timeout=5)
+    assert changed.status_code == 200 and changed.text == "body{color:red}"
+
+
+@pytest.mark.parametrize("path", [
+    "/../secret.txt",
+    "/../../../../etc/passwd",
+    "/%2e%2e/secret.txt",
+    "/%2E%2E/%2E%2E/secret.txt",
+    "/..%2fsecret.txt",
+    "/%2e%2e%2fsecret.txt",
+    "/sub/..%2f..%2fsecret.txt",
+    "/sub/%2e%2e%5c%2e%2e%5csecret.txt",
+    "/..\\secret.txt",
+    "/%252e%252e/secret.txt",
+    "/%c0%ae%c0%ae/secret.txt",
+    "/sub/../../secret.txt",
+    "/secret.txt%00.html",
+    "/%00",
+    "/link-out.txt",
+    "/dir-out/secret.txt",
+    "/dir-out/releases/secret.txt",
+    "//secret.txt",
+    "/./../secret.txt",
+])
+def test_no_request_reads_outside_the_release(server: tuple[str, Path], path: str) -> None:
+    base, data = server
+    go_live(data)
+    status, body = raw_get(base, path)
+    assert SECRET.encode() not in body
+    assert b"root:" not in body
+    # The server reads "//secret.txt" as an authority ("secret.txt") and path "/": the home page.
+    assert status in (400, 404) or body == b"<html>home</html>", (path, status)
+
+
+def test_status_reports_the_live_release(server: tuple[str, Path]) -> None:
+    base, data = server
+    assert requests.get(base + "/_site/status", timeout=5).json()["current"] is None
+    go_live(data)
+    (data / "releases" / "20260101T000000Z-aaaaaaaaaaaa.json").write_text(
+        '{"release": "20260101T000000Z-aaaaaaaaaaaa", "commit": "aaaa", "built_at": "2026-01-01T00:00:00Z",'
+        ' "build_seconds": 1.5, "mode": "clean"}'
+    )
+    status = requests.get(base + "/_site/status", timeout=5).json()
+    assert status["current"] == {
+        "release": "20260101T000000Z-aaaaaaaaaaaa", "commit": "aaaa",
+        "built_at": "2026-01-01T00:00:00Z", "build_seconds": 1.5,
+    }
+    assert status["releases"] == ["20260101T000000Z-aaaaaaaaaaaa"]
+
+
+def test_reserved_paths_are_not_shadowed_by_content(server: tuple[str, Path]) -> None:
+    base, data = server
+    release = data / "releases" / "20260101T000000Z-aaaaaaaaaaaa"
+    (release / "_site").mkdir()
+    (release / "_site" / "health").write_text("shadow")
+    go_live(data)
+    assert requests.get(base + "/_site/health", timeout=5).json()["healthy"] is True
+
+
+def test_burst_of_many_clients_is_served(server: tuple[str, Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, data = server
+    go_live(data)
+
+    def fetch(_: int) -> int:
+        with requests.Session() as session:
+            return sum(session.get(base + "/", timeout=10).status_code == 200 for _ in range(5))
+
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        assert sum(pool.map(fetch, range(48))) == 48 * 5

@@ -113,8 +113,9 @@ def test_readers_only_ever_see_whole_releases(site_repo: SiteRepo, start_site) -
                 else:
                     marker = markers.pop()
                     seen.add(marker)
-                    if marker[:12] not in response.headers["X-Site-Release"]:
-                        problems.append(f"{path}: body of {marker[:12]} in release {response.headers['X-Site-Release']}")
+                    release = response.headers["X-Site-Release"]
+                    if marker[:12] not in release:
+                        problems.append(f"{path}: body of {marker[:12]} in release {release}")
 
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for thread in threads:

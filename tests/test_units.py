@@ -1,0 +1,148 @@
+"""Unit tests for the pure parts of the pipeline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import releases
+from pipeline.config import redact_url, settings_from_env
+from pipeline.errors import ConfigError
+from pipeline.nikola_build import BuildState, clean_build_reason, log_tail
+from pipeline.status import StatusStore
+from pipeline.watcher import MAX_BACKOFF, backoff_delay
+from serve import BadPath, split_request_path
+
+
+def test_settings_defaults() -> None:
+    settings = settings_from_env({"SITE_REPO": "https://example.org/site.git"})
+    assert settings.site_branch == "main" and settings.poll_interval == 10
+    assert settings.data_dir == Path("/workdir") and settings.port == 8000
+    assert settings.build_timeout == 600 and settings.keep_releases == 5
+    assert settings.build_memory_mb is None
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({}, "SITE_REPO is not set"),
+    ({"SITE_REPO": "not a url"}, "SITE_REPO='not a url': expected a git URL"),
+    ({"SITE_REPO": "/r", "PORT": "80x"}, "PORT='80x': expected a whole number"),
+    ({"SITE_REPO": "/r", "PORT": "70000"}, "PORT=70000: expected a port number 1-65535"),
+    ({"SITE_REPO": "/r", "PORT": "0"}, "PORT='0': must be at least 1"),
+    ({"SITE_REPO": "/r", "POLL_INTERVAL": "soon"}, "POLL_INTERVAL='soon': expected a number"),
+    ({"SITE_REPO": "/r", "POLL_INTERVAL": "0"}, "POLL_INTERVAL='0': must be at least 0.1"),
+    ({"SITE_REPO": "/r", "POLL_INTERVAL": "nan"}, "POLL_INTERVAL='nan'"),
+    ({"SITE_REPO": "/r", "SITE_BRANCH": "a..b"}, "SITE_BRANCH='a..b': not a valid git branch name"),
+    ({"SITE_REPO": "/r", "SITE_BRANCH": "has space"}, "not a valid git branch name"),
+    ({"SITE_REPO": "/r", "DATA_DIR": "relative"}, "DATA_DIR='relative': expected an absolute path"),
+    ({"SITE_REPO": "/r", "KEEP_RELEASES": "1"}, "KEEP_RELEASES='1': must be at least 2"),
+    ({"SITE_REPO": "/r", "BUILD_MEMORY_MB": "10"}, "BUILD_MEMORY_MB='10': must be at least 64"),
+])
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("?", r"\?")):
+        settings_from_env(env)
+
+
+def test_secrets_in_urls_are_redacted() -> None:
+    assert redact_url("https://user:token@example.org/x.git") == "https://***@example.org/x.git"
+    assert redact_url("file:///srv/site.git") == "file:///srv/site.git"
+    with pytest.raises(ConfigError) as info:
+        settings_from_env({"SITE_REPO": "ftp://user:token@example.org/x"})
+    assert "token" not in str(info.value)
+
+
+@pytest.mark.parametrize(("previous", "changes", "reason"), [
+    (None, [], "no previous build"),
+    (BuildState("a", ok=False), [("M", "posts/x.rst")], "the previous build failed"),
+    (BuildState("a", ok=True), None, "the previous commit is no longer known"),
+    (BuildState("a", ok=True), [("M", "conf.py")], "conf.py changed"),
+    (BuildState("a", ok=True), [("A", "themes/mine/base.tmpl")], "themes/mine/base.tmpl changed"),
+    (BuildState("a", ok=True), [("M", "posts/x.rst"), ("D", "posts/y.md"), ("A", "files/z.png")], None),
+    (BuildState("a", ok=True), [], None),
+])
+def test_clean_build_reason(previous, changes, reason) -> None:
+    assert clean_build_reason(previous, changes) == reason
+
+
+def test_log_tail_keeps_the_end() -> None:
+    text = "\n".join(f"line {n}" for n in range(100)) + "\n"
+    assert log_tail(text, 3) == "line 97\nline 98\nline 99"
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert backoff_delay(10, 0) == 10
+    assert backoff_delay(10, 1) == 20
+    assert backoff_delay(10, 3) == 80
+    assert backoff_delay(10, 50) == MAX_BACKOFF
+    assert backoff_delay(600, 5) == 600
+
+
+def _make_output(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_stage_links_unchanged_files_and_publish_swaps(tmp_path: Path) -> None:
+    output = _make_output(tmp_path / "output", {"index.html": "one", "a/b.css": "css"})
+    rels, link = tmp_path / "releases", tmp_path / "current"
+    first = releases.stage(output, rels, releases.Release("r1", "c1", "t", 1.0), None)
+    releases.publish(link, first)
+    assert os.readlink(link) == "releases/r1"
+    (output / "index.html").write_text("two")
+    second = releases.stage(output, rels, releases.Release("r2", "c2", "t", 1.0), first)
+    assert (second / "a/b.css").stat().st_ino == (first / "a/b.css").stat().st_ino
+    assert (second / "index.html").stat().st_ino != (first / "index.html").stat().st_ino
+    assert (first / "index.html").read_text() == "one"
+    releases.publish(link, second)
+    assert releases.current_release_dir(link) == second.resolve()
+    assert releases.read_meta(second) == releases.Release("r2", "c2", "t", 1.0)
+
+
+def test_prune_keeps_the_newest_and_the_live_one(tmp_path: Path) -> None:
+    rels, link = tmp_path / "releases", tmp_path / "current"
+    output = _make_output(tmp_path / "output", {"index.html": "x"})
+    for number in range(1, 8):
+        releases.stage(output, rels, releases.Release(f"r{number}", "c", "t", 1.0), None)
+    releases.publish(link, rels / "r1")  # rolled back to the oldest
+    removed = releases.prune(rels, link, keep=3)
+    assert removed == ["r2", "r3", "r4"]
+    assert releases.list_releases(rels) == ["r1", "r5", "r6", "r7"]
+    assert not (rels / "r2.json").exists()
+
+
+def test_rollback_target() -> None:
+    ids = ["r1", "r2", "r3"]
+    assert releases.rollback_target(ids, "r3", None) == "r2"
+    assert releases.rollback_target(ids, "r3", "r1") == "r1"
+    with pytest.raises(ValueError, match="oldest"):
+        releases.rollback_target(ids, "r1", None)
+    with pytest.raises(ValueError, match="no release 'r9'"):
+        releases.rollback_target(ids, "r3", "r9")
+
+
+def test_release_ids_sort_by_time() -> None:
+    assert releases.release_id("abcdef0123456789", now=0) == "19700101T000000Z-abcdef012345"
+    assert releases.release_id("f" * 40, now=100) > releases.release_id("0" * 40, now=99)
+
+
+def test_status_store_keeps_bounded_history(tmp_path: Path) -> None:
+    store = StatusStore(tmp_path / "status.json")
+    for number in range(30):
+        with store.edit() as status:
+            status["builds"].insert(0, {"commit": str(number)})
+    builds = store.read()["builds"]
+    assert len(builds) == 20 and builds[0]["commit"] == "29"
+
+
+@pytest.mark.parametrize("path", ["/../x", "/a/./b", "/a%2Fb", "/a%5cb", "/a\\b", "/a\x00b", "/a/../../x"])
+def test_split_request_path_refuses_escapes(path: str) -> None:
+    with pytest.raises(BadPath):
+        split_request_path(path)
+
+
+def test_split_request_path_accepts_utf8() -> None:
+    assert split_request_path("/posts/caf\xc3\xa9/") == ["posts", "café"]
+    assert split_request_path("//a//b/") == ["a", "b"]

@@ -10,6 +10,11 @@ python=${PEQUOD_PYTHON:-python3}
 "$python" -m pipeline check-config || exit 2
 data_dir=${DATA_DIR:-/workdir}
 mkdir -p "$data_dir" || exit 2
+# With a read-only root filesystem /tmp is not writable: keep temporary files in DATA_DIR.
+if [ ! -w "${TMPDIR:-/tmp}" ]; then
+    export TMPDIR="$data_dir/tmp"
+    mkdir -p "$TMPDIR" || exit 2
+fi
 
 "$python" "$here/serve.py" "$data_dir/current" --port "${PORT:-8000}" --status-file "$data_dir/status.json" &
 serve_pid=$!

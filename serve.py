@@ -15,6 +15,7 @@ import email.utils
 import json
 import mimetypes
 import os
+import socket
 import stat
 import sys
 from collections.abc import Callable, Iterable
@@ -259,8 +260,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def listen_host(host: str) -> str:
+    """`host`, or 0.0.0.0 when it is `::` and IPv6 is disabled here (Docker's default bridge)."""
+    if host != "::":
+        return host
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::", 0))
+    except OSError:
+        print("serve.py: IPv6 is not available here; listening on 0.0.0.0", file=sys.stderr)
+        return "0.0.0.0"
+    return host
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.host = listen_host(args.host)
     site = Path(os.path.abspath(args.site_dir))
     status_file = Path(args.status_file) if args.status_file else site.parent / "status.json"
     cherrypy.config.update({

@@ -11,7 +11,7 @@ fail() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root: the tests create network namespaces, bridges and containers"
 
 # Debian packages the tests drive for real.
-packages=(git python3 python3-venv ca-certificates iproute2)
+packages=(git python3 python3-venv ca-certificates iproute2 docker.io debootstrap debian-archive-keyring)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -32,6 +32,9 @@ step "preparing the virtual environment $venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q '.[test]'
 export PATH="$PWD/$venv/bin:$PATH"
+
+step "Docker engine, stand-in base image and the blog image (srcco-de:1)"
+pequod-agent --build-image srcco-de:1
 
 step "ruff"
 ruff check .

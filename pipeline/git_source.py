@@ -18,8 +18,17 @@ _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes
 
 
 def _message(exc: git.GitCommandError) -> str:
-    stderr = (exc.stderr or "").strip().replace("stderr: ", "").strip("'\n ")
-    return stderr.splitlines()[-1] if stderr else f"git exited with status {exc.status}"
+    """git's own explanation: its fatal/error lines (with what follows them), else the last line."""
+    stderr = (exc.stderr or "").strip().removeprefix("stderr:").strip(" '\n")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith(("fatal:", "error:")):
+            return " ".join(lines[index:index + 3])
+    return lines[-1] if lines else f"git exited with status {exc.status}"
+
+
+def _local_path(url: str) -> str | None:
+    return url.removeprefix("file://") if url.startswith(("file://", "/")) else None
 
 
 class GitSource:
@@ -31,6 +40,21 @@ class GitSource:
         self.clone_dir = clone_dir
         self.timeout = timeout
 
+    def _env(self) -> dict[str, str]:
+        env = dict(_GIT_ENV)
+        path = _local_path(self.url)
+        if path:
+            # A local remote mounted into the container belongs to another user, and git refuses
+            # such repositories unless its global config names them safe (the environment and -c
+            # do not count). This global config names just that path and includes the user's own.
+            config = self.clone_dir.parent / ".gitconfig-pequod"
+            config.parent.mkdir(parents=True, exist_ok=True)
+            text = f"[include]\n\tpath = ~/.gitconfig\n[safe]\n\tdirectory = {path}\n"
+            if not config.exists() or config.read_text() != text:
+                config.write_text(text)
+            env["GIT_CONFIG_GLOBAL"] = str(config)
+        return env
+
     @property
     def _ref(self) -> str:
         return f"refs/heads/{self.branch}"
@@ -41,7 +65,7 @@ class GitSource:
         This is the cheap check: one `git ls-remote`, no objects transferred.
         """
         cmd = git.Git()
-        cmd.update_environment(**_GIT_ENV)
+        cmd.update_environment(**self._env())
         try:
             out = cmd.ls_remote(self.url, self._ref, kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
@@ -58,7 +82,7 @@ class GitSource:
         else:
             self.clone_dir.mkdir(parents=True, exist_ok=True)
             repo = git.Repo.init(self.clone_dir)
-        repo.git.update_environment(**_GIT_ENV)
+        repo.git.update_environment(**self._env())
         with repo.config_writer() as config:
             # The remote URL may change between runs (a new SITE_REPO): always set it.
             if not config.has_section('remote "origin"'):

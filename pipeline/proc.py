@@ -8,7 +8,8 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pipeline.errors import CommandError
@@ -39,10 +40,12 @@ def run(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
     memory_limit_mb: int | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> str:
     """Run ``cmd`` to completion within ``timeout`` seconds and return its output.
 
-    stdout and stderr are merged (and written to ``log_path`` when given). The child runs in
+    stdout and stderr are merged (and written to ``log_path`` when given, or passed line by line
+    to ``on_line`` as they arrive, for progress). The child runs in
     its own session so that a timeout kills everything it started, not just the leader.
     """
     cmdline = shlex.join(cmd)
@@ -51,6 +54,8 @@ def run(
     if memory_limit_mb is not None:
         limit = memory_limit_mb * 1024 * 1024
         preexec = lambda: _limit_memory(limit)  # noqa: E731
+    if on_line is not None:
+        return _run_streaming(cmd, cmdline, timeout=timeout, cwd=cwd, env=env, on_line=on_line)
     out = open(log_path, "w+b") if log_path else subprocess.PIPE  # noqa: SIM115
     try:
         proc = subprocess.Popen(
@@ -80,6 +85,42 @@ def run(
         if log_path is not None:
             out.close()  # type: ignore[union-attr]
     text = (stdout or b"").decode("utf-8", "replace")
+    if timed_out or proc.returncode != 0:
+        raise CommandError(cmdline, proc.returncode, text, timed_out=timed_out)
+    return text
+
+
+def _run_streaming(
+    cmd: Sequence[str], cmdline: str, *, timeout: float, cwd: Path | None,
+    env: Mapping[str, str] | None, on_line: Callable[[str], None],
+) -> str:
+    lines: list[str] = []
+    proc = subprocess.Popen(
+        list(cmd), cwd=cwd, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    running_groups.add(proc.pid)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            lines.append(line)
+            on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        running_groups.discard(proc.pid)
+    reader.join(5)
+    text = "\n".join(lines)
     if timed_out or proc.returncode != 0:
         raise CommandError(cmdline, proc.returncode, text, timed_out=timed_out)
     return text

@@ -8,6 +8,8 @@ import requests
 
 from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
 
+pytest_plugins = ["tests.docker_fixtures"]
+
 
 @pytest.fixture
 def site_repo(tmp_path: Path) -> SiteRepo:

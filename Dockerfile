@@ -1,0 +1,38 @@
+# The blog: the publishing pipeline and serve.py, run by /run.sh.
+#   docker build -t srcco-de:1 .                                   (with a registry)
+#   pequod-agent --build-image srcco-de:1                          (without: local Debian stand-in base)
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+# git is needed by GitPython; the stand-in base has it, the official python images do not.
+RUN set -eux; \
+    if ! command -v git >/dev/null; then \
+        apt-get update; apt-get install -y --no-install-recommends git ca-certificates; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    useradd --system --uid 10001 --home-dir /workdir --no-create-home --shell /usr/sbin/nologin site; \
+    mkdir -m 1777 /workdir
+
+# Dependencies first, so that code changes do not reinstall them.
+COPY pyproject.toml README.md /src/
+COPY pipeline /src/pipeline
+COPY pequod_agent /src/pequod_agent
+COPY serve.py /src/
+RUN set -eux; \
+    python3 -m venv /opt/venv; \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src; \
+    rm -rf /src; \
+    find /opt/venv -name '__pycache__' -prune -o -name '*.py' -print0 | xargs -0 /opt/venv/bin/python -m compileall -q >/dev/null || true
+
+COPY run.sh serve.py pequod.xml /
+LABEL org.pequod.manifest="/pequod.xml"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/workdir \
+    DATA_DIR=/workdir \
+    PORT=8000
+USER 10001
+WORKDIR /workdir
+EXPOSE 8000
+CMD ["/run.sh"]

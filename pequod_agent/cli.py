@@ -1,15 +1,22 @@
 """`pequod-agent`: the host agent's command line.
 
-    pequod-agent --check PATH_OR_IMAGE...      validate manifests (files, or images' /pequod.xml)
-    pequod-agent --build-image [TAG]           Docker engine + stand-in base + application image
+    pequod-agent --bootstrap IMAGE BOOTSTRAP_YAML   run and supervise one instance (foreground)
+    pequod-agent -i [services] [--json]             what runs
+    pequod-agent --teardown                         remove every container, link and rule of ours
+    pequod-agent --check PATH_OR_IMAGE...           validate manifests (files, or images' /pequod.xml)
+    pequod-agent --build-image [TAG]                Docker engine + stand-in base + application image
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from pequod_agent.errors import AgentError, ManifestError
 from pequod_agent.manifest import load_manifest
@@ -62,10 +69,69 @@ def build_image(tag: str, base_image: str | None, context: Path) -> int:
     return 0
 
 
+def bootstrap(image: str, yaml_path: str, state_dir: Path) -> int:
+    from pequod_agent import engine
+    from pequod_agent.agent import Agent
+
+    client = engine.connect()
+    if client is None:
+        raise AgentError("no Docker engine answers: start dockerd (or run pequod-agent --build-image)")
+    agent = Agent(image, Path(yaml_path), state_dir, client)
+    agent.load()  # everything checked before anything is touched
+
+    agent_pid = os.getpid()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != agent_pid:  # a helper child forked by pyroute2: just die
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        logging.getLogger("pequod_agent").info("signal %d: stopping", signum)
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    agent.run()
+    return 0
+
+
+def inspect(what: str, as_json: bool) -> int:
+    from pequod_agent import engine
+    from pequod_agent import inspect as tables
+
+    client = engine.connect()
+    if client is None:
+        raise AgentError("no Docker engine answers: nothing can be inspected")
+    if what == "services":
+        rows = tables.service_rows(client)
+        print(json.dumps(rows, indent=2) if as_json else tables.services_table(rows))
+    else:
+        rows = tables.instance_rows(client)
+        print(json.dumps(rows, indent=2) if as_json else tables.instances_table(rows))
+    return 0
+
+
+def teardown(state_dir: Path) -> int:
+    from pequod_agent import engine
+    from pequod_agent.agent import teardown as remove_all
+
+    client = engine.connect()
+    if client is None:
+        raise AgentError("no Docker engine answers: cannot remove containers")
+    for item in remove_all(client, state_dir):
+        print(f"removed {item}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pequod-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--bootstrap", nargs=2, metavar=("IMAGE", "BOOTSTRAP_YAML"),
+                        help="start one instance of IMAGE and supervise it (runs in the foreground)")
+    action.add_argument("-i", "--inspect", nargs="?", const="instances", choices=("instances", "services"),
+                        help="print the running instances, or their services")
+    action.add_argument("--teardown", action="store_true", help="remove every container and link of ours")
     action.add_argument("--check", nargs="+", metavar="PATH_OR_IMAGE",
                         help="validate manifests: pequod.xml files or images holding /pequod.xml")
     action.add_argument("--build-image", nargs="?", const=DEFAULT_IMAGE, metavar="TAG",
@@ -73,8 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-image", help="with --build-image: use this base instead of the stand-in")
     parser.add_argument("--context", type=Path, default=Path("."),
                         help="with --build-image: the directory holding the Dockerfile (default: .)")
+    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/pequod-agent"),
+                        help="what survives a restart (default /var/lib/pequod-agent)")
+    parser.add_argument("--json", action="store_true", help="with -i: JSON instead of a table")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s pequod-agent %(levelname)s %(message)s")
+    for noisy in ("docker", "urllib3", "watchdog", "pyroute2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.bootstrap:
+            return bootstrap(args.bootstrap[0], args.bootstrap[1], args.state_dir)
+        if args.inspect:
+            return inspect(args.inspect, args.json)
+        if args.teardown:
+            return teardown(args.state_dir)
         if args.check:
             return check(args.check)
         return build_image(args.build_image, args.base_image, args.context)

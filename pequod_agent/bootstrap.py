@@ -1,0 +1,214 @@
+"""The bootstrap YAML (`pequod-bootstrap.yaml`), parsed once into frozen, typed objects.
+
+    external_services:
+      - {service_name: github-https, service_version: "1", external_host: github.com,
+         external_port: 443, zone_name: bootstrap}
+    networks:
+      - ipv6_subnet_ip: "fd00:5eed:1::"
+        ipv6_subnet_prefixlen: 64
+        location_name: home
+        ipv6_gateway: "fd00:5eed:1::1"
+        ipv6_dns: ["fd00:5eed:1::53"]
+        ipv6_routes:
+          - {destination_ip: "fd99:69a4:fefb:64::", destination_prefixlen: 96, gateway: "fd00:5eed:1::1"}
+    environment:
+      SITE_REPO: file:///srv/pequod/site.git
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pequod_agent.errors import AgentError
+
+MAX_BYTES = 256 * 1024
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+class BootstrapError(AgentError):
+    """The bootstrap YAML is unreadable or invalid; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class ExternalService:
+    name: str
+    version: str
+    external_host: str
+    external_port: int
+    zone: str
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: ipaddress.IPv6Network
+    gateway: ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Network:
+    subnet: ipaddress.IPv6Network
+    location: str
+    gateway: ipaddress.IPv6Address
+    dns: tuple[ipaddress.IPv6Address, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    source: str
+    external_services: tuple[ExternalService, ...] = ()
+    networks: tuple[Network, ...] = ()
+    environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.environment)
+
+
+class _Reader:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, message: str) -> BootstrapError:
+        return BootstrapError(f"{self.source}: {where}: {message}")
+
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"{where}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
+        for key in required:
+            if key not in value:
+                raise self.fail(where, f"missing key {key}")
+        return value
+
+    def listing(self, value: Any, where: str) -> list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list, got {_kind(value)}")
+        return value
+
+    def text(self, value: Any, where: str, pattern: re.Pattern[str] | None = None, expected: str = "") -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(where, f"expected a string, got {_kind(value)}")
+        text = str(value)
+        if pattern is not None and not pattern.match(text):
+            raise self.fail(where, f"{text!r} is not {expected}")
+        return text
+
+    def integer(self, value: Any, where: str, low: int, high: int, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected {what} ({low}-{high}), got {_kind(value)} {value!r}")
+        if not low <= value <= high:
+            raise self.fail(where, f"{value} is out of range: expected {what} ({low}-{high})")
+        return value
+
+    def ipv6(self, value: Any, where: str) -> ipaddress.IPv6Address:
+        text = self.text(value, where)
+        try:
+            return ipaddress.IPv6Address(text)
+        except ValueError:
+            raise self.fail(where, f"{text!r} is not an IPv6 address") from None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def parse_bootstrap(text: str, source: str) -> Bootstrap:
+    r = _Reader(source)
+    if len(text.encode()) > MAX_BYTES:
+        raise r.fail("file", f"larger than {MAX_BYTES} bytes")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "file"
+        raise r.fail(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        data = {}
+    top = r.mapping(data, "top level", ("external_services", "networks", "environment"), ())
+
+    services = []
+    for index, item in enumerate(r.listing(top.get("external_services"), "external_services")):
+        where = f"external_services[{index}]"
+        m = r.mapping(item, where, ("service_name", "service_version", "external_host", "external_port", "zone_name"),
+                      ("service_name", "service_version", "external_host", "external_port"))
+        services.append(ExternalService(
+            name=r.text(m["service_name"], f"{where}.service_name", _NAME, "a service name (lowercase, digits, '-')"),
+            version=r.text(m["service_version"], f"{where}.service_version"),
+            external_host=r.text(m["external_host"], f"{where}.external_host", _HOST, "a host name or IPv4 address"),
+            external_port=r.integer(m["external_port"], f"{where}.external_port", 1, 65535, "a port number"),
+            zone=r.text(m.get("zone_name", "bootstrap"), f"{where}.zone_name", _NAME, "a zone name"),
+        ))
+    names = [s.name for s in services]
+    for name in names:
+        if names.count(name) > 1:
+            raise r.fail("external_services", f"service {name!r} is defined twice")
+
+    networks = []
+    for index, item in enumerate(r.listing(top.get("networks"), "networks")):
+        where = f"networks[{index}]"
+        m = r.mapping(item, where, ("ipv6_subnet_ip", "ipv6_subnet_prefixlen", "location_name", "ipv6_gateway",
+                                    "ipv6_dns", "ipv6_routes"), ("ipv6_subnet_ip", "ipv6_subnet_prefixlen"))
+        prefixlen = r.integer(m["ipv6_subnet_prefixlen"], f"{where}.ipv6_subnet_prefixlen", 48, 64,
+                              "a prefix length (instances need 64 bits of host part at most)")
+        subnet_ip = r.ipv6(m["ipv6_subnet_ip"], f"{where}.ipv6_subnet_ip")
+        try:
+            subnet = ipaddress.IPv6Network(f"{subnet_ip}/{prefixlen}")
+        except ValueError:
+            raise r.fail(f"{where}.ipv6_subnet_ip", f"{subnet_ip} has host bits set for /{prefixlen}") from None
+        gateway = r.ipv6(m["ipv6_gateway"], f"{where}.ipv6_gateway") if "ipv6_gateway" in m else subnet[1]
+        if gateway not in subnet:
+            raise r.fail(f"{where}.ipv6_gateway", f"{gateway} is not inside {subnet}")
+        dns_list = r.listing(m.get("ipv6_dns"), f"{where}.ipv6_dns")
+        dns = tuple(r.ipv6(value, f"{where}.ipv6_dns[{i}]") for i, value in enumerate(dns_list))
+        routes = []
+        for ri, route in enumerate(r.listing(m.get("ipv6_routes"), f"{where}.ipv6_routes")):
+            rw = f"{where}.ipv6_routes[{ri}]"
+            rm = r.mapping(route, rw, ("destination_ip", "destination_prefixlen", "gateway"),
+                           ("destination_ip", "destination_prefixlen", "gateway"))
+            dest_ip = r.ipv6(rm["destination_ip"], f"{rw}.destination_ip")
+            dest_len = r.integer(rm["destination_prefixlen"], f"{rw}.destination_prefixlen", 0, 128, "a prefix length")
+            try:
+                destination = ipaddress.IPv6Network(f"{dest_ip}/{dest_len}")
+            except ValueError:
+                raise r.fail(f"{rw}.destination_ip", f"{dest_ip} has host bits set for /{dest_len}") from None
+            routes.append(Route(destination, r.ipv6(rm["gateway"], f"{rw}.gateway")))
+        location = r.text(m.get("location_name", "default"), f"{where}.location_name")
+        networks.append(Network(subnet, location, gateway, dns, tuple(routes)))
+    if len(networks) > 1:
+        raise r.fail("networks", "this agent runs one network per host; list exactly one")
+
+    environment = r.mapping(top.get("environment") or {}, "environment", tuple(top.get("environment") or {}), ())
+    env_items = []
+    for key, value in environment.items():
+        if not isinstance(key, str) or not _ENV_KEY.match(key):
+            raise r.fail(f"environment.{key}", "not a valid environment variable name")
+        if isinstance(value, dict | list) or value is None:
+            raise r.fail(f"environment.{key}", f"expected a string, got {_kind(value)}")
+        env_items.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
+    return Bootstrap(source, tuple(services), tuple(networks), tuple(sorted(env_items)))
+
+
+def load_bootstrap(path: str) -> Bootstrap:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise BootstrapError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise BootstrapError(f"{path}: not UTF-8 text") from None
+    return parse_bootstrap(text, path)

@@ -1,0 +1,186 @@
+"""The instances' IPv6 network, through pyroute2: a host bridge and one veth per instance.
+
+The bridge carries the subnet's gateway address; each instance gets a veth whose inner end is
+`eth0` in the container's network namespace, one global IPv6 address, a default route via the
+gateway and the bootstrap's extra routes. The container has no IPv4 at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import random
+import socket
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from pequod_agent.bootstrap import Network, Route
+from pequod_agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+BRIDGE = "pequod0"
+VETH_PREFIX = "pq-"
+IFA_F_NODAD = 0x02
+
+
+class NetworkError(AgentError):
+    """Setting up the bridge or an instance's interface failed."""
+
+
+def instance_address(
+    subnet: ipaddress.IPv6Network, host_ipv4: ipaddress.IPv4Address, rand16: int,
+) -> ipaddress.IPv6Address:
+    """The seed's pattern: <subnet /64>:aacc:<16 random bits>:<host IPv4 as two hex groups>."""
+    base = int(subnet.network_address) & ~((1 << 64) - 1)
+    host_part = (0xAACC << 48) | ((rand16 & 0xFFFF) << 32) | int(host_ipv4)
+    return ipaddress.IPv6Address(base | host_part)
+
+
+def random16() -> int:
+    return random.SystemRandom().randrange(0x10000)
+
+
+def generated_network(seed: bytes) -> Network:
+    """A stable ULA /64 (fd00::/8) for hosts whose bootstrap YAML names no network."""
+    digest = hashlib.sha256(seed).digest()
+    prefix = (0xFD << 120) | (int.from_bytes(digest[:7], "big") << 64)
+    subnet = ipaddress.IPv6Network((prefix, 64))
+    return Network(subnet=subnet, location="generated", gateway=subnet[1])
+
+
+def host_ipv4() -> ipaddress.IPv4Address:
+    """The source address of the host's default IPv4 route (0.0.0.0 where there is none)."""
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=socket.AF_INET):
+            if route.get("dst_len") == 0 and route.get("RTA_PREFSRC"):
+                return ipaddress.IPv4Address(route.get("RTA_PREFSRC"))
+            if route.get("dst_len") == 0 and route.get("RTA_OIF"):
+                for addr in ipr.get_addr(family=socket.AF_INET, index=route.get("RTA_OIF")):
+                    return ipaddress.IPv4Address(addr.get("IFA_ADDRESS"))
+    return ipaddress.IPv4Address(0)
+
+
+def veth_name(instance: str) -> str:
+    return VETH_PREFIX + hashlib.sha1(instance.encode()).hexdigest()[:10]
+
+
+def _sysctl(path: str, value: str) -> None:
+    try:
+        Path("/proc/sys/net", path).write_text(value)
+    except OSError as exc:
+        raise NetworkError(f"cannot set net.{path.replace('/', '.')}={value}: {exc.strerror}") from None
+
+
+def ensure_bridge(network: Network) -> None:
+    """Create the bridge with the gateway address, up, and IPv6 forwarding on. Idempotent."""
+    try:
+        with IPRoute() as ipr:
+            if not ipr.link_lookup(ifname=BRIDGE):
+                ipr.link("add", ifname=BRIDGE, kind="bridge")
+                log.info("created bridge %s", BRIDGE)
+            index = ipr.link_lookup(ifname=BRIDGE)[0]
+            _sysctl(f"ipv6/conf/{BRIDGE}/disable_ipv6", "0")
+            _sysctl(f"ipv6/conf/{BRIDGE}/accept_dad", "0")
+            present = {a.get("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6, index=index)}
+            if str(network.gateway) not in present:
+                ipr.addr("add", index=index, address=str(network.gateway), prefixlen=network.subnet.prefixlen,
+                         flags=IFA_F_NODAD)
+            ipr.link("set", index=index, state="up")
+        _sysctl("ipv6/conf/all/forwarding", "1")
+    except NetlinkError as exc:
+        raise NetworkError(f"cannot set up bridge {BRIDGE}: {exc}") from None
+
+
+def remove_bridge() -> bool:
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=BRIDGE):
+            ipr.link("del", ifname=BRIDGE)
+            return True
+    return False
+
+
+def remove_veths() -> list[str]:
+    """Host ends of instance veths left behind (normally they vanish with the container)."""
+    removed = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            name = link.get("IFLA_IFNAME") or ""
+            if name.startswith(VETH_PREFIX):
+                try:
+                    ipr.link("del", index=link["index"])
+                    removed.append(name)
+                except NetlinkError:
+                    pass  # gone with its container meanwhile
+    return removed
+
+
+def _netns(pid: int) -> IPRoute:
+    return IPRoute(netns=f"/proc/{pid}/ns/net", flags=0)
+
+
+def wire_instance(pid: int, instance: str, network: Network, address: ipaddress.IPv6Address) -> str:
+    """Give the container whose init has `pid` its eth0, address and routes. Returns the host veth."""
+    host_if, temp_if = veth_name(instance), "pqtmp" + hashlib.sha1(instance.encode()).hexdigest()[:8]
+    try:
+        with IPRoute() as ipr:
+            if ipr.link_lookup(ifname=host_if):
+                ipr.link("del", ifname=host_if)
+            ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": temp_if, "net_ns_pid": pid})
+            host_index = ipr.link_lookup(ifname=host_if)[0]
+            bridge_index = ipr.link_lookup(ifname=BRIDGE)[0]
+            ipr.link("set", index=host_index, master=bridge_index, state="up")
+        with _netns(pid) as ns:
+            index = ns.link_lookup(ifname=temp_if)[0]
+            ns.link("set", index=index, ifname="eth0")
+            ns.link("set", index=index, state="up")
+            ns.addr("add", index=index, address=str(address), prefixlen=network.subnet.prefixlen, flags=IFA_F_NODAD)
+            ns.route("add", dst="::/0", gateway=str(network.gateway), oif=index, family=socket.AF_INET6)
+            for route in network.routes:
+                _add_route(ns, index, route)
+    except (NetlinkError, OSError, IndexError) as exc:
+        raise NetworkError(f"cannot wire the network of {instance} (pid {pid}): {exc}") from None
+    return host_if
+
+
+def _add_route(ns: IPRoute, index: int, route: Route) -> None:
+    ns.route("replace", dst=str(route.destination.network_address), dst_len=route.destination.prefixlen,
+             gateway=str(route.gateway), oif=index, family=socket.AF_INET6)
+
+
+def update_routes(pid: int, old: tuple[Route, ...], new: tuple[Route, ...]) -> None:
+    """Apply a change of the extra routes to a running instance, touching only what changed."""
+    try:
+        with _netns(pid) as ns:
+            index = ns.link_lookup(ifname="eth0")[0]
+            for route in old:
+                if route not in new:
+                    ns.route("del", dst=str(route.destination.network_address),
+                             dst_len=route.destination.prefixlen, family=socket.AF_INET6)
+            for route in new:
+                if route not in old:
+                    _add_route(ns, index, route)
+    except (NetlinkError, OSError, IndexError) as exc:
+        raise NetworkError(f"cannot update routes of pid {pid}: {exc}") from None
+
+
+def instance_addresses(pid: int) -> list[str]:
+    """Global addresses (IPv6 and, which must never happen, IPv4) inside the instance."""
+    try:
+        with _netns(pid) as ns:
+            found = []
+            for addr in ns.get_addr():
+                value = addr.get("IFA_ADDRESS")
+                if addr["family"] == socket.AF_INET6 and addr["scope"] != 0:
+                    continue  # link-local and host scope
+                if addr["family"] == socket.AF_INET and value.startswith("127."):
+                    continue
+                if value == "::1":
+                    continue
+                found.append(value)
+            return found
+    except (NetlinkError, OSError):
+        return []

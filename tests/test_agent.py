@@ -1,0 +1,287 @@
+"""pequod-agent --bootstrap through the real Docker engine and real netlink (pyroute2)."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+from pyroute2 import IPRoute
+
+from pequod_agent import network, runtime
+from pequod_agent.agent import teardown
+from pequod_agent.cli import main
+from tests.helpers import Process, SiteRepo, free_port, python_env, wait_for
+
+
+def agent_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pequod_agent", *args]
+
+
+def bootstrap_yaml(subnet_id: int, git_port: int, extra_env: str = "", routes: str = "") -> str:
+    prefix = f"fd00:5eed:{subnet_id:x}"
+    return f"""\
+external_services:
+  - {{service_name: github-https, service_version: "1", external_host: github.com, external_port: 443}}
+networks:
+  - ipv6_subnet_ip: "{prefix}::"
+    ipv6_subnet_prefixlen: 64
+    location_name: test
+    ipv6_gateway: "{prefix}::1"
+    ipv6_routes:
+      - {{destination_ip: "fd99:69a4:fefb:64::", destination_prefixlen: 96, gateway: "{prefix}::1"}}{routes}
+environment:
+  SITE_REPO: git://[{prefix}::1]:{git_port}/site.git
+  POLL_INTERVAL: 1{extra_env}
+"""
+
+
+class AgentRun:
+    def __init__(self, tmp: Path, client: docker.DockerClient, repo: SiteRepo):
+        self.tmp, self.client, self.repo = tmp, client, repo
+        self.subnet_id = random.randrange(1, 0xFFFF)
+        self.git_port = free_port()
+        self.yaml = tmp / "pequod-bootstrap.yaml"
+        self.yaml.write_text(bootstrap_yaml(self.subnet_id, self.git_port))
+        self.state_dir = tmp / "state"
+        self.processes: list[Process] = []
+        # The site's remote, served to the instance over IPv6 on the bridge.
+        self.git_daemon = Process(
+            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repo.bare.parent}",
+             "--listen=::", f"--port={self.git_port}", str(repo.bare.parent)],
+            python_env(), tmp / "git-daemon.log",
+        )
+        self.agent: Process | None = None
+
+    def start(self) -> Process:
+        self.agent = Process(
+            agent_cmd("--bootstrap", "srcco-de:1", str(self.yaml), "--state-dir", str(self.state_dir)),
+            python_env(), self.tmp / f"agent-{len(self.processes)}.log",
+        )
+        self.processes.append(self.agent)
+        return self.agent
+
+    def instances(self) -> list[dict]:
+        out = subprocess.run(agent_cmd("-i", "--json"), capture_output=True, text=True, timeout=60, env=python_env())
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def wait_healthy(self, timeout: float = 60, not_name: str | None = None) -> dict:
+        def healthy() -> dict | None:
+            for row in self.instances():
+                if row["instance_name"] == not_name:
+                    continue
+                response = requests.get(f"http://[{row['ipv6']}]:8000/_site/health", timeout=2)
+                if response.status_code == 200:
+                    return row
+            return None
+
+        return wait_for("a healthy instance", healthy, timeout, interval=0.5)
+
+    def cleanup(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.git_daemon.stop()
+        teardown(self.client, self.state_dir)
+
+
+@pytest.fixture
+def agent_run(tmp_path: Path, docker_client, app_image, site_repo: SiteRepo) -> Iterator[AgentRun]:
+    run = AgentRun(tmp_path, docker_client, site_repo)
+    try:
+        yield run
+    finally:
+        run.cleanup()
+
+
+def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None:
+    agent_run.start()
+    row = agent_run.wait_healthy()
+    prefix = f"fd00:5eed:{agent_run.subnet_id:x}:0:aacc:"
+    assert row["ipv6"].startswith(prefix) and row["zone"] == "bootstrap"
+    assert row["instance_name"].startswith("bootstrap--srcco-de-1-") and len(row["instance_name"]) == 26
+    assert "A Pequod Blog" in requests.get(f"http://[{row['ipv6']}]:8000/", timeout=5).text
+
+    pid = row["pid"]
+    assert network.instance_addresses(pid) == [row["ipv6"]]  # one global IPv6 address, no IPv4
+    with IPRoute(netns=f"/proc/{pid}/ns/net", flags=0) as ns:
+        assert [r for r in ns.get_routes(family=socket.AF_INET) if r.get("RTA_DST") != "127.0.0.1"
+                and r.get("table") == 254] == []
+        v6 = {(r.get("RTA_DST") or "::", r["dst_len"]): r.get("RTA_GATEWAY")
+              for r in ns.get_routes(family=socket.AF_INET6) if r.get("table") == 254}
+    gateway = f"fd00:5eed:{agent_run.subnet_id:x}::1"
+    assert v6[("::", 0)] == gateway
+    assert v6[("fd99:69a4:fefb:64::", 96)] == gateway
+
+    container = agent_run.client.containers.get(row["instance_name"])
+    host = container.attrs["HostConfig"]
+    assert host["NetworkMode"] == "none"
+    assert host["Memory"] == 384 * 1024 * 1024 and host["MemorySwap"] == 384 * 1024 * 1024
+    assert host["NanoCpus"] > 0 and host["PidsLimit"] == 256
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
+    assert host["Tmpfs"]["/workdir"].startswith("size=128m")
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+
+    def inside(*cmd: str) -> str:
+        return container.exec_run(list(cmd)).output.decode()
+
+    assert inside("id", "-u").strip() == "10001"
+    assert "Max open files            4096                 4096" in inside("cat", "/proc/self/limits")
+    status = inside("cat", "/proc/self/status")
+    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+    workdir = next(line for line in inside("cat", "/proc/mounts").splitlines() if " /workdir " in line)
+    assert "size=131072k" in workdir
+    memory = inside("sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null")
+    assert str(384 * 1024 * 1024) in memory
+    pids = inside("sh", "-c", "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null")
+    assert "256" in pids
+    assert container.exec_run(["touch", "/x"]).exit_code != 0
+
+    services = subprocess.run(agent_cmd("-i", "services"), capture_output=True, text=True, timeout=60).stdout
+    lines = services.splitlines()
+    assert lines[0].split() == ["Instance", "Name", "Repo", "Application", "Name", "Ver", "Type", "Service", "Ver",
+                                "Local", "Hostname", "Local", "Port"]
+    assert lines[1].split() == [row["instance_name"], "srcco-de", "1", "provide", "srcco-de", "1", row["ipv6"], "8000"]
+    assert lines[2].split() == [row["instance_name"], "srcco-de", "1", "require", "github-https", "1", "github.com",
+                                "443"]
+    table = subprocess.run(agent_cmd("-i"), capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert table[0].split()[-3:] == ["PID", "IPv6", "Started"]
+    assert table[1].split()[:6] == [row["instance_name"], "srcco-de", "1", "bootstrap", str(pid), row["ipv6"]]
+    assert table[1].endswith("ago")
+
+
+def test_dead_instance_is_replaced_and_agent_restart_re_adopts(agent_run: AgentRun) -> None:
+    agent = agent_run.start()
+    first = agent_run.wait_healthy()
+    agent_run.client.containers.get(first["instance_name"]).kill()
+    second = agent_run.wait_healthy(timeout=15, not_name=first["instance_name"])
+    assert second["instance_name"] != first["instance_name"]
+    assert json.loads((agent_run.state_dir / "state.json").read_text())["restarts"] == 1
+
+    agent.stop(signal.SIGKILL)
+    agent_run.start()
+    wait_for("re-adoption", lambda: "re-adopted running instance" in agent_run.agent.log, 30)
+    rows = agent_run.instances()
+    assert [r["instance_name"] for r in rows] == [second["instance_name"]]
+    assert rows[0]["pid"] == second["pid"]
+    assert requests.get(f"http://[{second['ipv6']}]:8000/_site/health", timeout=5).status_code == 200
+
+    agent_run.agent.stop(signal.SIGTERM)
+    assert agent_run.agent.proc.returncode == 0
+    assert len(agent_run.instances()) == 1  # instances outlive the agent; -i still works
+
+
+def test_bootstrap_yaml_changes_are_applied_or_refused(agent_run: AgentRun) -> None:
+    agent_run.start()
+    first = agent_run.wait_healthy()
+    container = agent_run.client.containers.get(first["instance_name"])
+
+    gateway = f"fd00:5eed:{agent_run.subnet_id:x}::1"
+    route = f'\n      - {{destination_ip: "fd42::", destination_prefixlen: 64, gateway: "{gateway}"}}'
+    agent_run.yaml.write_text(bootstrap_yaml(agent_run.subnet_id, agent_run.git_port, routes=route))
+
+    def has_route() -> bool:
+        with IPRoute(netns=f"/proc/{first['pid']}/ns/net", flags=0) as ns:
+            return any(r.get("RTA_DST") == "fd42::" for r in ns.get_routes(family=socket.AF_INET6))
+
+    wait_for("the new route inside the running instance", has_route, 20)
+    assert [r["instance_name"] for r in agent_run.instances()] == [first["instance_name"]]  # not restarted
+
+    agent_run.yaml.write_text("networks: [this is: not valid\n")
+    wait_for("the invalid change to be reported",
+             lambda: "ignoring the changed bootstrap YAML" in agent_run.agent.log, 20)
+    container.reload()
+    assert container.status == "running"
+    assert requests.get(f"http://[{first['ipv6']}]:8000/_site/health", timeout=5).status_code == 200
+
+    agent_run.yaml.write_text(bootstrap_yaml(agent_run.subnet_id, agent_run.git_port, extra_env="\n  GREETING: hello"))
+    second = agent_run.wait_healthy(timeout=30, not_name=first["instance_name"])
+    env = agent_run.client.containers.get(second["instance_name"]).attrs["Config"]["Env"]
+    assert "GREETING=hello" in env
+    assert agent_run.agent.proc.poll() is None  # the agent itself was never restarted
+
+
+def test_teardown_leaves_nothing_of_ours(agent_run: AgentRun) -> None:
+    agent_run.start()
+    agent_run.wait_healthy()
+    agent_run.agent.stop()
+    result = subprocess.run(agent_cmd("--teardown", "--state-dir", str(agent_run.state_dir)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "removed container bootstrap--srcco-de-1-" in result.stdout
+    assert runtime.our_containers(agent_run.client) == []
+    with IPRoute() as ipr:
+        names = [link.get("IFLA_IFNAME") for link in ipr.get_links()]
+    assert network.BRIDGE not in names
+    assert not [name for name in names if name.startswith(network.VETH_PREFIX)]
+    assert not (agent_run.state_dir / "state.json").exists()
+
+
+GOOD = bootstrap_yaml(0x77, 9418)
+BAD_BOOTSTRAP = [
+    ("not YAML", "networks: [unclosed", "not valid YAML"),
+    ("top level list", "- a\n- b\n", "top level: expected a mapping, got a list"),
+    ("unknown top key", GOOD + "extra: 1\n", "top level.extra: unknown key"),
+    ("services not a list", "external_services: github\n", "external_services: expected a list, got a string"),
+    ("service missing host", "external_services:\n  - {service_name: a, service_version: '1', external_port: 1}\n",
+     "external_services[0]: missing key external_host"),
+    ("port not a number", GOOD.replace("external_port: 443", "external_port: https"),
+     "external_services[0].external_port: expected a port number (1-65535), got a string"),
+    ("port out of range", GOOD.replace("external_port: 443", "external_port: 99999"), "99999 is out of range"),
+    ("bad service name", GOOD.replace("service_name: github-https", "service_name: GitHub HTTPS"),
+     "is not a service name"),
+    ("duplicate service", GOOD.replace("external_services:\n", "external_services:\n  - {service_name: github-https, "
+                                       "service_version: '1', external_host: a.example, external_port: 1}\n"),
+     "service 'github-https' is defined twice"),
+    ("invalid subnet", GOOD.replace('"fd00:5eed:77::"', '"fd00:zz::"'), "'fd00:zz::' is not an IPv6 address"),
+    ("IPv4 subnet", GOOD.replace('"fd00:5eed:77::"', '"198.18.0.0"'), "'198.18.0.0' is not an IPv6 address"),
+    ("prefix too long", GOOD.replace("ipv6_subnet_prefixlen: 64", "ipv6_subnet_prefixlen: 96"),
+     "96 is out of range: expected a prefix length"),
+    ("prefix not a number", GOOD.replace("ipv6_subnet_prefixlen: 64", "ipv6_subnet_prefixlen: sixty-four"),
+     "ipv6_subnet_prefixlen: expected a prefix length"),
+    ("host bits set", GOOD.replace('"fd00:5eed:77::"', '"fd00:5eed:77::5"'), "has host bits set for /64"),
+    ("gateway outside", GOOD.replace('ipv6_gateway: "fd00:5eed:77::1"', 'ipv6_gateway: "fd00:1::1"'),
+     "fd00:1::1 is not inside fd00:5eed:77::/64"),
+    ("route without gateway", GOOD.replace(', gateway: "fd00:5eed:77::1"}', "}"),
+     "ipv6_routes[0]: missing key gateway"),
+    ("unknown network key", GOOD.replace("location_name: test", "location_name: test\n    vlan: 5"),
+     "networks[0].vlan: unknown key"),
+    ("environment not a mapping", GOOD.split("environment:")[0] + "environment: [A, B]\n",
+     "environment: expected a mapping, got a list"),
+    ("environment value nested", GOOD + "  NESTED: {a: 1}\n", "environment.NESTED: expected a string, got a mapping"),
+    ("require not defined", GOOD.split("networks:")[0].replace("github-https", "gitlab-https") + "networks:"
+     + GOOD.split("networks:")[1], '<require service-name="github-https"> is not defined in'),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_BOOTSTRAP, ids=[c[0] for c in BAD_BOOTSTRAP])
+def test_bad_bootstrap_yaml_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], docker_client, app_image, name: str, text: str, message: str,
+) -> None:
+    path = tmp_path / "pequod-bootstrap.yaml"
+    path.write_text(text)
+    before = {c.id for c in runtime.our_containers(docker_client)}
+    assert main(["--bootstrap", app_image, str(path), "--state-dir", str(tmp_path / "state")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pequod-agent: ") and message in err[0], err
+    assert {c.id for c in runtime.our_containers(docker_client)} == before
+    assert not (tmp_path / "state").exists()
+
+
+def test_image_without_manifest_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], docker_client,
+                                          app_image) -> None:
+    path = tmp_path / "pequod-bootstrap.yaml"
+    path.write_text(GOOD)
+    assert main(["--bootstrap", "pequod/base:bookworm", str(path), "--state-dir", str(tmp_path / "s")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "pequod-agent: pequod/base:bookworm: the image has no /pequod.xml; every application needs a manifest"
+    )

@@ -13,16 +13,21 @@ RUN set -eux; \
     useradd --system --uid 10001 --home-dir /workdir --no-create-home --shell /usr/sbin/nologin site; \
     mkdir -m 1777 /workdir
 
-# Dependencies first, so that code changes do not reinstall them.
-COPY pyproject.toml README.md /src/
+# Dependencies first (read from pyproject.toml), so that code changes do not reinstall them.
+COPY pyproject.toml /src/
+RUN set -eux; \
+    python3 -m venv /opt/venv; \
+    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /src/requirements.txt; \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /src/requirements.txt
+COPY README.md /src/
 COPY pipeline /src/pipeline
 COPY pequod_agent /src/pequod_agent
 COPY serve.py /src/
 RUN set -eux; \
-    python3 -m venv /opt/venv; \
-    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src; \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /src; \
     rm -rf /src; \
-    find /opt/venv -name '__pycache__' -prune -o -name '*.py' -print0 | xargs -0 /opt/venv/bin/python -m compileall -q >/dev/null || true
+    /opt/venv/bin/python -m compileall -q /opt/venv/lib >/dev/null || true
 
 COPY run.sh serve.py pequod.xml /
 LABEL org.pequod.manifest="/pequod.xml"

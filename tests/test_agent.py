@@ -112,6 +112,10 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
 
     pid = row["pid"]
     assert network.instance_addresses(pid) == [row["ipv6"]]  # one global IPv6 address, no IPv4
+    nsenter = subprocess.run(["nsenter", "--net", "-t", str(pid), "ip", "-o", "addr", "show", "scope", "global"],
+                             capture_output=True, text=True, timeout=30)
+    assert nsenter.returncode == 0 and f"inet6 {row['ipv6']}/64" in nsenter.stdout
+    assert " inet " not in nsenter.stdout
     with IPRoute(netns=f"/proc/{pid}/ns/net", flags=0) as ns:
         assert [r for r in ns.get_routes(family=socket.AF_INET) if r.get("RTA_DST") != "127.0.0.1"
                 and r.get("table") == 254] == []

@@ -1,0 +1,104 @@
+"""Unit tests for the agent's pure parts: addresses, names, limits, capacity, tables."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from pequod_agent import network
+from pequod_agent.agent import restart_delay
+from pequod_agent.bootstrap import parse_bootstrap
+from pequod_agent.capacity import Capacity, check_fits, nano_cpus, parse_cpuinfo, parse_meminfo
+from pequod_agent.errors import AgentError
+from pequod_agent.inspect import relative, table
+from pequod_agent.manifest import Manifest, Resources, TemporaryFilesystem
+from pequod_agent.runtime import InstanceId, app_from_image, container_args, run_user
+
+
+def test_instance_address_follows_the_seed_pattern() -> None:
+    subnet = ipaddress.IPv6Network("2a01:4f8:190:314e::/64")
+    address = network.instance_address(subnet, ipaddress.IPv4Address("5.9.148.78"), 0x6F04)
+    assert str(address) == "2a01:4f8:190:314e:aacc:6f04:509:944e"
+
+
+def test_generated_network_is_a_stable_ula() -> None:
+    first, again = network.generated_network(b"seed"), network.generated_network(b"seed")
+    assert first == again and first.subnet.prefixlen == 64
+    assert first.subnet.subnet_of(ipaddress.IPv6Network("fd00::/8"))
+    assert first.gateway == first.subnet[1]
+
+
+def test_veth_names_fit_the_kernel_limit() -> None:
+    name = network.veth_name("bootstrap--srcco-de-1-9641")
+    assert name.startswith("pq-") and len(name) <= 15
+
+
+def test_names_from_image_and_instance() -> None:
+    assert app_from_image("srcco-de:1") == ("srcco-de", "1")
+    assert app_from_image("registry.example:5000/team/blog:2.1") == ("blog", "2.1")
+    assert app_from_image("blog") == ("blog", "latest")
+    assert InstanceId("bootstrap", "", "srcco-de", "1", "9641").name == "bootstrap--srcco-de-1-9641"
+
+
+def test_never_root() -> None:
+    assert run_user("10001") == ("10001", 10001)
+    assert run_user("") == ("65534", 65534)
+    assert run_user("root") == ("65534", 65534)
+    assert run_user("site") == ("site", None)
+
+
+def test_capacity_parsing_and_cpu_limit() -> None:
+    assert parse_cpuinfo("cpu MHz\t\t: 2500.5\ncpu MHz\t\t: 2500.5\n", 2) == 5001
+    assert parse_cpuinfo("processor: 0\n", 4) == 4000
+    assert parse_meminfo("MemTotal:       24000000 kB\n") == 23437
+    capacity = Capacity(cpus=2, vmhz=5000, memory_mb=4096)
+    assert nano_cpus(Resources(256, 1250, 64, 1024), capacity) == 500_000_000
+
+
+def test_no_overbooking() -> None:
+    capacity = Capacity(cpus=2, vmhz=5000, memory_mb=1024)
+    check_fits("a", Resources(512, 2500, 64, 1024), [Resources(512, 2500, 64, 1024)], capacity)
+    with pytest.raises(AgentError, match="needs 3000 VMHz but the host offers 5000 VMHz .* with 2500 in use"):
+        check_fits("a", Resources(256, 3000, 64, 1024), [Resources(256, 2500, 64, 1024)], capacity)
+    with pytest.raises(AgentError, match="needs 768 MB but the host has 1024 MB with 512 in use"):
+        check_fits("a", Resources(768, 10, 64, 1024), [Resources(512, 10, 64, 1024)], capacity)
+
+
+def test_container_args_carry_limits_and_hardening() -> None:
+    manifest = Manifest("m", Resources(384, 1000, 256, 4096), (TemporaryFilesystem("/workdir", 128),), (), ())
+    args = container_args(
+        image="srcco-de:1", instance=InstanceId("bootstrap", "", "srcco-de", "1", "abcd"), manifest=manifest,
+        environment={"A": "1"}, image_user="10001", capacity=Capacity(2, 5000, 8192),
+        etc_files={"/etc/hosts": "/state/hosts"}, labels={"zone": "bootstrap"},
+    )
+    assert args["network_mode"] == "none" and args["read_only"] is True
+    assert args["cap_drop"] == ["ALL"] and args["security_opt"] == ["no-new-privileges"]
+    assert args["mem_limit"] == args["memswap_limit"] == "384m"
+    assert args["nano_cpus"] == 400_000_000 and args["pids_limit"] == 256
+    assert args["ulimits"][0]["Soft"] == args["ulimits"][0]["Hard"] == 4096
+    assert args["tmpfs"] == {"/workdir": "size=128m,uid=10001,gid=10001,mode=0700"}
+    assert args["volumes"] == {"/state/hosts": {"bind": "/etc/hosts", "mode": "ro"}}
+    assert args["labels"] == {"org.pequod.agent": "1", "org.pequod.agent.zone": "bootstrap"}
+    assert args["sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "0"
+
+
+def test_restart_back_off() -> None:
+    assert [restart_delay(n) for n in range(0, 9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_inspect_formatting() -> None:
+    assert relative(5) == "5s ago" and relative(57 * 60 + 3) == "57m ago" and relative(7200) == "2h ago"
+    assert table(("A", "Port"), [("x", "8000"), ("long-name", "443")], right=(1,)).splitlines() == [
+        "A         Port", "x         8000", "long-name  443",
+    ]
+
+
+def test_bootstrap_defaults_and_environment() -> None:
+    boot = parse_bootstrap(
+        "networks:\n  - {ipv6_subnet_ip: 'fd00:1::', ipv6_subnet_prefixlen: 64}\n"
+        "environment: {SITE_REPO: x, POLL_INTERVAL: 5, DEBUG: true}\n", "b.yaml",
+    )
+    assert boot.networks[0].gateway == ipaddress.IPv6Address("fd00:1::1")
+    assert boot.env == {"SITE_REPO": "x", "POLL_INTERVAL": "5", "DEBUG": "true"}
+    assert parse_bootstrap("", "empty.yaml").networks == ()

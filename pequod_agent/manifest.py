@@ -111,14 +111,16 @@ class _Checker:
         where = f"<{self.name}>" if attr is None else f'<{self.name} {attr}="{_clip(value or "")}">'
         raise ManifestError(f"{self.source}:{self.element.sourceline}: {where}: {expected}")
 
+    def missing(self, attr: str, expected: str) -> ManifestError:
+        return ManifestError(f"{self.source}:{self.element.sourceline}: <{self.name}>: missing attribute {attr} "
+                             f"({expected})")
+
     def text(self, attr: str, pattern: re.Pattern[str], expected: str, default: str | None = None) -> str:
         value = self.element.get(attr)
         if value is None:
             if default is not None:
                 return default
-            raise ManifestError(
-                f"{self.source}:{self.element.sourceline}: <{self.name}>: missing attribute {attr} ({expected})"
-            )
+            raise self.missing(attr, expected)
         if not pattern.match(value):
             self.fail(attr, value, f"expected {expected}")
         return value
@@ -128,10 +130,7 @@ class _Checker:
         if value is None:
             if default is not None:
                 return default
-            raise ManifestError(
-                f"{self.source}:{self.element.sourceline}: <{self.name}>: missing attribute {attr} "
-                f"({what} {low}-{high})"
-            )
+            raise self.missing(attr, f"{what} {low}-{high}")
         if not re.fullmatch(r"\s*[0-9]+\s*", value) or not low <= int(value) <= high:
             self.fail(attr, value, f"expected {what} {low}-{high}")
         return int(value)

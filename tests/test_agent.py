@@ -18,8 +18,10 @@ from pyroute2 import IPRoute
 
 from pequod_agent import network, runtime
 from pequod_agent.agent import teardown
+from pequod_agent.capacity import host_capacity, nano_cpus
 from pequod_agent.cli import main
-from tests.helpers import Process, SiteRepo, free_port, python_env, wait_for
+from pequod_agent.manifest import load_manifest
+from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
 
 
 def agent_cmd(*args: str) -> list[str]:
@@ -129,7 +131,8 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     host = container.attrs["HostConfig"]
     assert host["NetworkMode"] == "none"
     assert host["Memory"] == 384 * 1024 * 1024 and host["MemorySwap"] == 384 * 1024 * 1024
-    assert host["NanoCpus"] > 0 and host["PidsLimit"] == 256
+    manifest = load_manifest(str(REPO_ROOT / "pequod.xml"))
+    assert host["NanoCpus"] == nano_cpus(manifest.resources, host_capacity()) and host["PidsLimit"] == 256
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
     assert host["Tmpfs"]["/workdir"].startswith("size=128m")
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
@@ -149,6 +152,10 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     pids = inside("sh", "-c", "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null")
     assert "256" in pids
     assert container.exec_run(["touch", "/x"]).exit_code != 0
+    cpu = inside("sh", "-c", "cat /sys/fs/cgroup/cpu.max 2>/dev/null || "
+                 "echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)")
+    quota, period = cpu.split()[:2]
+    assert abs(int(quota) / int(period) - host["NanoCpus"] / 1e9) < 0.01
 
     services = subprocess.run(agent_cmd("-i", "services"), capture_output=True, text=True, timeout=60).stdout
     lines = services.splitlines()

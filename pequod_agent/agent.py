@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -165,11 +166,6 @@ class Agent:
         log.info("started %s at %s", instance.name, address)
         return container
 
-    def _record(self, **changes: Any) -> None:
-        state = self.state.load()
-        state.update(changes)
-        self.state.save(state)
-
     def supervise_once(self) -> None:
         if self.container is not None:
             try:
@@ -189,7 +185,8 @@ class Agent:
             self.container = None
             self.restart_at = time.monotonic() + delay
             state = self.state.load()
-            self._record(restarts=int(state.get("restarts", 0)) + 1)
+            state["restarts"] = int(state.get("restarts", 0)) + 1
+            self.state.save(state)
         if self.container is None and time.monotonic() >= self.restart_at:
             try:
                 self.container = self.start_instance()
@@ -273,7 +270,5 @@ def teardown(client: docker.DockerClient, state_dir: Path) -> list[str]:
         state.file.unlink()
     instances = state.path / "instances"
     if instances.is_dir():
-        import shutil
-
         shutil.rmtree(instances)
     return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -40,7 +41,9 @@ class GitSource:
         self.clone_dir = clone_dir
         self.timeout = timeout
 
+    @functools.cached_property
     def _env(self) -> dict[str, str]:
+        """git's environment, computed once: the config file it may name is written here."""
         env = dict(_GIT_ENV)
         path = _local_path(self.url)
         if path:
@@ -50,8 +53,7 @@ class GitSource:
             config = self.clone_dir.parent / ".gitconfig-pequod"
             config.parent.mkdir(parents=True, exist_ok=True)
             text = f"[include]\n\tpath = ~/.gitconfig\n[safe]\n\tdirectory = {path}\n"
-            if not config.exists() or config.read_text() != text:
-                config.write_text(text)
+            config.write_text(text)
             env["GIT_CONFIG_GLOBAL"] = str(config)
         return env
 
@@ -65,7 +67,7 @@ class GitSource:
         This is the cheap check: one `git ls-remote`, no objects transferred.
         """
         cmd = git.Git()
-        cmd.update_environment(**self._env())
+        cmd.update_environment(**self._env)
         try:
             out = cmd.ls_remote(self.url, self._ref, kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
@@ -82,7 +84,7 @@ class GitSource:
         else:
             self.clone_dir.mkdir(parents=True, exist_ok=True)
             repo = git.Repo.init(self.clone_dir)
-        repo.git.update_environment(**self._env())
+        repo.git.update_environment(**self._env)
         with repo.config_writer() as config:
             # The remote URL may change between runs (a new SITE_REPO): always set it.
             if not config.has_section('remote "origin"'):

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from pipeline import releases
 from pipeline.config import Settings, redact_url
@@ -168,7 +167,3 @@ def rollback(settings: Settings, wanted: str | None) -> releases.Release:
 def live_release(settings: Settings) -> releases.Release | None:
     live = releases.current_release_dir(settings.current_link)
     return releases.read_meta(live) if live else None
-
-
-def kept_releases(settings: Settings) -> list[Path]:
-    return [settings.releases_dir / name for name in releases.list_releases(settings.releases_dir)]

@@ -11,7 +11,8 @@ fail() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root: the tests create network namespaces, bridges and containers"
 
 # Debian packages the tests drive for real.
-packages=(git python3 python3-venv ca-certificates iproute2 docker.io debootstrap debian-archive-keyring)
+packages=(git python3 python3-venv ca-certificates iproute2 iptables docker.io debootstrap debian-archive-keyring
+          haproxy tayga)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

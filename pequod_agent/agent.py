@@ -1,16 +1,23 @@
 """The long-running agent: start one instance from an image and a bootstrap YAML, keep it alive.
 
-Everything is checked before the first side effect. Then: the bridge, one container (limits and
-hardening from the manifest), its network, and a loop that replaces a dead instance (with
-exponential back-off for crash loops), re-adopts instances after an agent restart and applies
-changes of the bootstrap YAML by reconciling only what changed.
+Everything is checked before the first side effect. Then: the bridge, NAT64 (Tayga) and the egress
+firewall, one container (limits and hardening from the manifest), its network, the HAProxy frontend,
+and a loop that replaces a dead instance (with exponential back-off for crash loops), restarts Tayga
+and HAProxy if they die, re-resolves external services, re-adopts instances after an agent restart
+and applies changes of the bootstrap YAML by reconciling only what changed.
+
+A new instance joins the frontend only once it answers its health check; a replacement (after a
+configuration change) is started beside the old one, which leaves the frontend and is removed only
+after it had time to finish its requests.
 """
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import logging
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,12 +27,13 @@ import docker
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from pequod_agent import network, runtime
-from pequod_agent.bootstrap import Bootstrap, Network, load_bootstrap
+from pequod_agent import firewall, frontend, nat64, network, runtime
+from pequod_agent.bootstrap import Bootstrap, Nat64, Network, load_bootstrap
 from pequod_agent.capacity import Capacity, check_fits, host_capacity
 from pequod_agent.errors import AgentError
 from pequod_agent.image import manifest_from_image
 from pequod_agent.manifest import Manifest
+from pequod_agent.nat64 import Destination, Tayga
 from pequod_agent.state import StateDir
 
 log = logging.getLogger("pequod_agent")
@@ -33,6 +41,10 @@ log = logging.getLogger("pequod_agent")
 ZONE = "bootstrap"
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 30.0  # an instance that ran this long resets the crash-loop back-off
+DRAIN_SECONDS = 3.0  # a replaced instance serves this long after leaving the frontend
+RESOLVE_INTERVAL = 60.0  # external hosts are resolved again this often
+HOST_PROGRAMS = {"tayga": "tayga", "haproxy": "haproxy", "iptables-restore": "iptables",
+                 "ip6tables-restore": "iptables"}
 
 
 def check_requires(manifest: Manifest, bootstrap: Bootstrap) -> None:
@@ -49,8 +61,38 @@ def restart_delay(quick_failures: int) -> float:
     return 0.0 if quick_failures <= 0 else min(2.0 ** (quick_failures - 1), MAX_BACKOFF)
 
 
-def hosts_file(hostname: str, address: ipaddress.IPv6Address) -> str:
-    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
+def hosts_file(hostname: str, address: ipaddress.IPv6Address, found: tuple[Destination, ...] = ()) -> str:
+    return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
+            + nat64.hosts_entries(found))
+
+
+def check_host_programs() -> None:
+    missing = sorted({package for program, package in HOST_PROGRAMS.items() if shutil.which(program) is None})
+    if missing:
+        raise AgentError(f"missing host programs: install them with apt-get install {' '.join(missing)}")
+
+
+def check_port_free(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, service: str) -> None:
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((str(address), port))
+        except OSError as exc:
+            raise AgentError(
+                f"cannot publish {service} on [{address}]:{port}: {exc.strerror} (another program listens there? "
+                "stop it, or choose another frontend.port in the bootstrap YAML)") from None
+
+
+def answers_health(address: str, port: int, path: str, timeout: float = 1.0) -> bool:
+    connection = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
 
 def resolv_conf(net: Network) -> str:
@@ -82,7 +124,13 @@ class Agent:
         self.manifest: Manifest
         self.bootstrap: Bootstrap
         self.capacity: Capacity
-        self.container: Any = None
+        self.tayga: Tayga
+        self.frontend = frontend.Frontend(state_dir)
+        self.container: Any = None  # the instance in the frontend
+        self.pending: tuple[Any, float] | None = None  # a started instance and its health deadline
+        self.retiring: list[tuple[Any, float]] = []  # replaced instances and when to remove them
+        self.destinations: tuple[Destination, ...] = ()
+        self.resolved_at = -RESOLVE_INTERVAL
         self.quick_failures = 0
         self.restart_at = 0.0
 
@@ -91,11 +139,27 @@ class Agent:
         self.bootstrap = load_bootstrap(str(self.bootstrap_path))
         self.manifest = manifest_from_image(self.client, self.image)
         check_requires(self.manifest, self.bootstrap)
+        check_host_programs()
         self.capacity = host_capacity()
         others = [c for c in runtime.our_containers(self.client)
                   if c.status == "running" and runtime.label(c, "application") != self.application]
         in_use = [self._resources_of(c) for c in others]
         check_fits(self.application, self.manifest.resources, [r for r in in_use if r], self.capacity)
+        self.check_frontend(self.bootstrap)
+        self.tayga = Tayga(self.bootstrap.nat64, self.state.path)
+
+    def check_frontend(self, bootstrap: Bootstrap) -> None:
+        """Ports distinct and free (unless our HAProxy holds them), and a configuration HAProxy accepts."""
+        services = self.frontend_services(bootstrap)
+        ports = [s.port for s in services]
+        for service in services:
+            if ports.count(service.port) > 1:
+                raise AgentError(f"{bootstrap.source}: frontend: port {service.port} is used by more than one "
+                                 "provided service; give each its own under frontend.ports")
+        if self.frontend.daemon.pid() is None:
+            for service in services:
+                check_port_free(service.bind, service.port, service.name)
+        frontend.check_config(self.frontend.render(services))
 
     def _resources_of(self, container: Any) -> Any:
         try:
@@ -114,13 +178,59 @@ class Agent:
             self.state.save(state)
         return network.generated_network(seed.encode())
 
+    # -- NAT64, firewall, frontend -------------------------------------------------------------
+    def refresh_destinations(self, force: bool = False) -> None:
+        """Resolve the external services; on a change, update the firewall and the instances' /etc/hosts."""
+        if not force and time.monotonic() - self.resolved_at < RESOLVE_INTERVAL:
+            return
+        self.resolved_at = time.monotonic()
+        found = nat64.destinations(self.manifest, self.bootstrap.external_services, self.bootstrap.nat64)
+        if found == self.destinations and not force:
+            return
+        if found != self.destinations:
+            for d in found:
+                log.info("%s: %s → %s (as %s:%d)", d.service, d.external_host,
+                         ", ".join(map(str, d.ipv4)) or "unresolved", d.local_hostname, d.local_port)
+        self.destinations = found
+        firewall.apply(firewall.render_rules(self.network(), self.bootstrap.nat64, found))
+        for container in self._live():
+            self.state.write_etc_file(container.name, "hosts", self._hosts(container))
+
+    def _hosts(self, container: Any) -> str:
+        return hosts_file(self.application, ipaddress.IPv6Address(runtime.label(container, "ipv6")), self.destinations)
+
+    def _live(self) -> list[Any]:
+        pending = [self.pending[0]] if self.pending else []
+        return [c for c in [self.container, *pending] if c is not None]
+
+    def frontend_services(self, bootstrap: Bootstrap | None = None) -> tuple[frontend.Service, ...]:
+        bootstrap = bootstrap or self.bootstrap
+        servers = []
+        if self.container is not None:
+            servers.append((self.container.name, ipaddress.IPv6Address(runtime.label(self.container, "ipv6"))))
+        return tuple(
+            frontend.Service(
+                provide.name, bootstrap.frontend.bind, bootstrap.frontend.port_of(provide.name),
+                provide.health_check_path,
+                tuple(frontend.Server(name, address, provide.local_port) for name, address in servers),
+            ) for provide in self.manifest.provides
+        )
+
+    def publish(self) -> None:
+        if self.manifest.provides:
+            self.frontend.apply(self.frontend_services())
+
+    def healthy(self, container: Any) -> bool:
+        address = runtime.label(container, "ipv6")
+        return all(answers_health(address, p.local_port, p.health_check_path) for p in self.manifest.provides)
+
     # -- instances ----------------------------------------------------------------------------
     def _instances(self) -> list[Any]:
         return [c for c in runtime.our_containers(self.client)
                 if runtime.label(c, "zone") == ZONE and runtime.label(c, "application") == self.application]
 
     def adopt(self) -> None:
-        """Take over a running instance left by an earlier agent; remove dead ones and duplicates."""
+        """Take over a running instance left by an earlier agent (the newest healthy one); remove the rest."""
         running = []
         for container in self._instances():
             if container.status == "running":
@@ -128,7 +238,7 @@ class Agent:
             else:
                 log.info("removing stopped instance %s", container.name)
                 runtime.remove(container)
-        running.sort(key=lambda c: runtime.label(c, "started"), reverse=True)
+        running.sort(key=lambda c: (self.healthy(c), runtime.label(c, "started")), reverse=True)
         for duplicate in running[1:]:
             log.warning("removing duplicate instance %s", duplicate.name)
             runtime.remove(duplicate)
@@ -139,6 +249,7 @@ class Agent:
             if address not in network.instance_addresses(pid):
                 log.info("re-wiring the network of %s", self.container.name)
                 network.wire_instance(pid, self.container.name, self.network(), ipaddress.IPv6Address(address))
+            self.state.write_etc_file(self.container.name, "hosts", self._hosts(self.container))
             log.info("re-adopted running instance %s (%s)", self.container.name, address)
 
     def start_instance(self) -> Any:
@@ -146,9 +257,10 @@ class Agent:
         suffix = f"{network.random16():04x}"
         instance = runtime.InstanceId(ZONE, "", self.application, self.version, suffix)
         address = network.instance_address(net.subnet, network.host_ipv4(), network.random16())
+        hosts = hosts_file(self.application, address, self.destinations)
         etc = {
             "/etc/resolv.conf": str(self.state.write_etc_file(instance.name, "resolv.conf", resolv_conf(net))),
-            "/etc/hosts": str(self.state.write_etc_file(instance.name, "hosts", hosts_file(self.application, address))),
+            "/etc/hosts": str(self.state.write_etc_file(instance.name, "hosts", hosts)),
         }
         image_user = self.client.images.get(self.image).attrs["Config"].get("User") or ""
         args = runtime.container_args(
@@ -166,40 +278,81 @@ class Agent:
         log.info("started %s at %s", instance.name, address)
         return container
 
+    def _alive(self, container: Any) -> str:
+        try:
+            container.reload()
+            return container.status
+        except docker.errors.NotFound:
+            return "removed"
+
+    def _failed(self, container: Any, status: str, why: str = "") -> None:
+        """Remove a dead or unhealthy instance and schedule its replacement (back-off for crash loops)."""
+        lived = time.time() - float(runtime.label(container, "started") or 0)
+        code = container.attrs.get("State", {}).get("ExitCode") if status != "removed" else None
+        self.quick_failures = self.quick_failures + 1 if lived < STABLE_AFTER or why else 1
+        delay = restart_delay(self.quick_failures)
+        log.warning("instance %s %s (exit code %s) after %.0f s%s; replacing it in %.0f s",
+                    container.name, status, code, lived, f" ({why})" if why else "", delay)
+        runtime.remove(container)
+        self.restart_at = time.monotonic() + delay
+        state = self.state.load()
+        state["restarts"] = int(state.get("restarts", 0)) + 1
+        self.state.save(state)
+
     def supervise_once(self) -> None:
+        now = time.monotonic()
         if self.container is not None:
+            status = self._alive(self.container)
+            if status != "running":
+                dead, self.container = self.container, None
+                self.publish()
+                self._failed(dead, status)
+        if self.pending is not None:
+            candidate, deadline = self.pending
+            status = self._alive(candidate)
+            if status != "running":
+                self.pending = None
+                self._failed(candidate, status)
+            elif self.healthy(candidate):
+                self.pending = None
+                previous, self.container = self.container, candidate
+                self.publish()
+                log.info("%s is healthy and in the frontend", candidate.name)
+                if previous is not None:
+                    self.retiring.append((previous, now + DRAIN_SECONDS))
+            elif now > deadline:
+                self.pending = None
+                timeout = max(p.health_check_timeout for p in self.manifest.provides)
+                self._failed(candidate, status, f"not healthy within {timeout} s")
+        if self.container is None and self.pending is None and now >= self.restart_at:
             try:
-                self.container.reload()
-                status = self.container.status
-            except docker.errors.NotFound:
-                status = "removed"
-            if status == "running":
-                return
-            lived = time.time() - float(runtime.label(self.container, "started") or 0)
-            code = self.container.attrs.get("State", {}).get("ExitCode") if status != "removed" else None
-            self.quick_failures = self.quick_failures + 1 if lived < STABLE_AFTER else 1
-            delay = restart_delay(self.quick_failures)
-            log.warning("instance %s %s (exit code %s) after %.0f s; replacing it in %.0f s",
-                        self.container.name, status, code, lived, delay)
-            runtime.remove(self.container)
-            self.container = None
-            self.restart_at = time.monotonic() + delay
-            state = self.state.load()
-            state["restarts"] = int(state.get("restarts", 0)) + 1
-            self.state.save(state)
-        if self.container is None and time.monotonic() >= self.restart_at:
-            try:
-                self.container = self.start_instance()
+                self.start_pending()
             except AgentError as exc:
                 self.quick_failures += 1
                 self.restart_at = time.monotonic() + restart_delay(self.quick_failures)
                 log.error("%s; retrying", exc)
+        for item in list(self.retiring):
+            if now >= item[1]:
+                self.retiring.remove(item)
+                log.info("removing replaced instance %s", item[0].name)
+                runtime.remove(item[0])
+        if self.frontend.ensure():
+            log.warning("the frontend (haproxy) had stopped: restarted")
+        if self.tayga.daemon.ensure():
+            log.warning("NAT64 (tayga) had stopped: restarted")
+        self.refresh_destinations()
+
+    def start_pending(self) -> None:
+        timeout = max([p.health_check_timeout for p in self.manifest.provides], default=0)
+        self.pending = (self.start_instance(), time.monotonic() + timeout)
 
     # -- configuration changes ------------------------------------------------------------------
     def reload_config(self) -> None:
         try:
             new = load_bootstrap(str(self.bootstrap_path))
             check_requires(self.manifest, new)
+            if new.frontend != self.bootstrap.frontend:
+                self.check_frontend(new)
         except AgentError as exc:
             log.error("ignoring the changed bootstrap YAML: %s; the running configuration stays", exc)
             return
@@ -210,17 +363,29 @@ class Agent:
         new_net = new.networks[0] if new.networks else None
         same_addressing = (old_net and new_net and old_net.subnet == new_net.subnet
                            and old_net.gateway == new_net.gateway) or (old_net is None and new_net is None)
-        if new.environment != old.environment or new.external_services != old.external_services \
-                or not same_addressing:
-            log.info("bootstrap YAML changed (environment, services or addressing): replacing the instance")
-            if not same_addressing and new_net is not None:
-                network.ensure_bridge(new_net)
-            previous, self.container = self.container, None
-            if previous is not None:
-                runtime.remove(previous)
-            self.restart_at = 0
-            self.supervise_once()
+        if new.nat64 != old.nat64:
+            log.info("bootstrap YAML changed: NAT64 %s, pool %s", new.nat64.prefix, new.nat64.ipv4_pool)
+            self.tayga.stop()
+            nat64.remove_device()
+            self.tayga = Tayga(new.nat64, self.state.path)
+            self.tayga.ensure()
+        if new.frontend != old.frontend:
+            log.info("bootstrap YAML changed: frontend settings")
+            self.publish()
+        if new.environment != old.environment or not same_addressing:
+            log.info("bootstrap YAML changed (environment or addressing): replacing the instance")
+            if not same_addressing:
+                network.ensure_bridge(self.network())
+                if self.container is not None:  # unreachable at the new addressing: no point in draining
+                    runtime.remove(self.container)
+                    self.container = None
+            if self.pending is not None:
+                runtime.remove(self.pending[0])
+                self.pending = None
+            self.refresh_destinations(force=True)
+            self.start_pending()
             return
+        self.refresh_destinations(force=True)
         if self.container is not None and old_net and new_net:
             pid = self.container.attrs["State"]["Pid"]
             if old_net.routes != new_net.routes:
@@ -233,7 +398,10 @@ class Agent:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
         network.ensure_bridge(self.network())
+        self.tayga.ensure()
+        self.refresh_destinations(force=True)
         self.adopt()
+        self.publish()
         observer = Observer()
         observer.schedule(_ConfigChanged(self.bootstrap_path, self.config_changed),
                           str(self.bootstrap_path.resolve().parent))
@@ -244,31 +412,41 @@ class Agent:
                 if self.config_changed.is_set():
                     self.stop.wait(0.3)  # let the editor finish writing
                     self.config_changed.clear()
-                    self.reload_config()
+                    try:
+                        self.reload_config()
+                    except AgentError as exc:
+                        log.error("%s", exc)
                 try:
                     self.supervise_once()
                 except AgentError as exc:
                     log.error("%s", exc)
-                self.stop.wait(1.0)
+                self.stop.wait(0.25 if self.pending or self.retiring else 1.0)
         finally:
             observer.stop()
             observer.join(5)
-        log.info("agent stopped; instances keep running and are re-adopted on the next start")
+        log.info("agent stopped; instances, NAT64 and the frontend keep running and are re-adopted on the next start")
 
 
 def teardown(client: docker.DockerClient, state_dir: Path) -> list[str]:
-    """Remove every container, link and file of ours; nothing else."""
+    """Remove every container, daemon, link, rule and file of ours; nothing else."""
     removed = []
+    if frontend.Frontend(state_dir).stop():
+        removed.append("haproxy (frontend)")
     for container in runtime.our_containers(client):
         runtime.remove(container, timeout=5)
         removed.append(f"container {container.name}")
+    if Tayga(Nat64(), state_dir).stop():
+        removed.append("tayga (NAT64)")
+    if nat64.remove_device():
+        removed.append(f"link {nat64.TUN}")
+    removed += firewall.remove()
     removed += [f"link {name}" for name in network.remove_veths()]
     if network.remove_bridge():
         removed.append(f"link {network.BRIDGE}")
     state = StateDir(state_dir)
     if state.file.exists():
         state.file.unlink()
-    instances = state.path / "instances"
-    if instances.is_dir():
-        shutil.rmtree(instances)
+    for directory in ("instances", "haproxy", "tayga"):
+        if (state.path / directory).is_dir():
+            shutil.rmtree(state.path / directory)
     return removed

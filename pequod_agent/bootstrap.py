@@ -11,6 +11,13 @@
         ipv6_dns: ["fd00:5eed:1::53"]
         ipv6_routes:
           - {destination_ip: "fd99:69a4:fefb:64::", destination_prefixlen: 96, gateway: "fd00:5eed:1::1"}
+    nat64:                      # optional; defaults below
+      prefix: "fd99:69a4:fefb:64::/96"
+      ipv4_pool: "198.19.64.0/24"
+    frontend:                   # optional; defaults below
+      bind: "::"                # "::" listens on IPv6 and IPv4
+      port: 80                  # for every provided service without its own entry in ports
+      ports: {srcco-de: 80}
     environment:
       SITE_REPO: file:///srv/pequod/site.git
 """
@@ -61,12 +68,36 @@ class Network:
     routes: tuple[Route, ...] = ()
 
 
+DEFAULT_NAT64_PREFIX = ipaddress.IPv6Network("fd99:69a4:fefb:64::/96")
+DEFAULT_NAT64_POOL = ipaddress.IPv4Network("198.19.64.0/24")
+
+
+@dataclass(frozen=True)
+class Nat64:
+    """Tayga's NAT64 prefix (/96) and its IPv4 pool (/16 to /28): the pool's first address is Tayga's
+    own, the second the host's end of the tunnel, the upper half is mapped to instance addresses."""
+    prefix: ipaddress.IPv6Network = DEFAULT_NAT64_PREFIX
+    ipv4_pool: ipaddress.IPv4Network = DEFAULT_NAT64_POOL
+
+
+@dataclass(frozen=True)
+class Frontend:
+    bind: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address("::")
+    port: int = 80
+    ports: tuple[tuple[str, int], ...] = ()
+
+    def port_of(self, service: str) -> int:
+        return dict(self.ports).get(service, self.port)
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     source: str
     external_services: tuple[ExternalService, ...] = ()
     networks: tuple[Network, ...] = ()
     environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    nat64: Nat64 = Nat64()
+    frontend: Frontend = Frontend()
 
     @property
     def env(self) -> dict[str, str]:
@@ -80,11 +111,12 @@ class _Reader:
     def fail(self, where: str, message: str) -> BootstrapError:
         return BootstrapError(f"{self.source}: {where}: {message}")
 
-    def mapping(self, value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...] | None, required: tuple[str, ...]) -> dict:
+        """A mapping with only `allowed` keys (any keys where allowed is None) and every `required` one."""
         if not isinstance(value, dict):
             raise self.fail(where, f"expected a mapping, got {_kind(value)}")
         for key in value:
-            if key not in allowed:
+            if allowed is not None and key not in allowed:
                 raise self.fail(f"{where}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
         for key in required:
             if key not in value:
@@ -139,7 +171,7 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
         raise r.fail(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if data is None:
         data = {}
-    top = r.mapping(data, "top level", ("external_services", "networks", "environment"), ())
+    top = r.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend"), ())
 
     services = []
     for index, item in enumerate(r.listing(top.get("external_services"), "external_services")):
@@ -192,7 +224,7 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
     if len(networks) > 1:
         raise r.fail("networks", "this agent runs one network per host; list exactly one")
 
-    environment = r.mapping(top.get("environment") or {}, "environment", tuple(top.get("environment") or {}), ())
+    environment = r.mapping(top.get("environment") or {}, "environment", None, ())
     env_items = []
     for key, value in environment.items():
         if not isinstance(key, str) or not _ENV_KEY.match(key):
@@ -200,7 +232,58 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
         if isinstance(value, dict | list) or value is None:
             raise r.fail(f"environment.{key}", f"expected a string, got {_kind(value)}")
         env_items.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
-    return Bootstrap(source, tuple(services), tuple(networks), tuple(sorted(env_items)))
+    nat64 = _nat64(r, top.get("nat64"), networks)
+    frontend = _frontend(r, top.get("frontend"))
+    return Bootstrap(source, tuple(services), tuple(networks), tuple(sorted(env_items)), nat64, frontend)
+
+
+def _nat64(r: _Reader, value: Any, networks: list[Network]) -> Nat64:
+    """The `nat64` section; without one, a /96 among the network's routes is the prefix (as in the seed)."""
+    m = r.mapping(value if value is not None else {}, "nat64", ("prefix", "ipv4_pool"), ())
+    routed = [route.destination for net in networks for route in net.routes if route.destination.prefixlen == 96]
+    prefix = routed[0] if routed else DEFAULT_NAT64_PREFIX
+    if "prefix" in m:
+        text = r.text(m["prefix"], "nat64.prefix")
+        try:
+            prefix = ipaddress.IPv6Network(text)
+        except ValueError:
+            raise r.fail("nat64.prefix", f"{text!r} is not an IPv6 network such as fd99:69a4:fefb:64::/96") from None
+        if prefix.prefixlen != 96:
+            raise r.fail("nat64.prefix", f"{text} must be a /96")
+    if prefix.subnet_of(ipaddress.IPv6Network("64:ff9b::/96")):
+        raise r.fail("nat64.prefix", "the well-known prefix 64:ff9b::/96 cannot reach private IPv4 addresses; "
+                     "use a network-specific prefix such as fd99:69a4:fefb:64::/96")
+    for net in networks:
+        if prefix.overlaps(net.subnet):
+            raise r.fail("nat64.prefix", f"{prefix} overlaps the instance subnet {net.subnet}")
+    pool = DEFAULT_NAT64_POOL
+    if "ipv4_pool" in m:
+        text = r.text(m["ipv4_pool"], "nat64.ipv4_pool")
+        try:
+            pool = ipaddress.IPv4Network(text)
+        except ValueError:
+            raise r.fail("nat64.ipv4_pool", f"{text!r} is not an IPv4 network such as 198.19.64.0/24") from None
+        if not 16 <= pool.prefixlen <= 28:
+            raise r.fail("nat64.ipv4_pool", f"{text}: expected a /16 to /28")
+    return Nat64(prefix, pool)
+
+
+def _frontend(r: _Reader, value: Any) -> Frontend:
+    m = r.mapping(value if value is not None else {}, "frontend", ("bind", "port", "ports"), ())
+    bind = Frontend.bind
+    if "bind" in m:
+        text = r.text(m["bind"], "frontend.bind")
+        try:
+            bind = ipaddress.ip_address(text)
+        except ValueError:
+            raise r.fail("frontend.bind", f"{text!r} is not an IP address (\"::\" listens on IPv6 and IPv4)") from None
+    port = r.integer(m["port"], "frontend.port", 1, 65535, "a port number") if "port" in m else Frontend.port
+    ports = r.mapping(m.get("ports") or {}, "frontend.ports", None, ())
+    per_service = []
+    for name, service_port in ports.items():
+        r.text(name, f"frontend.ports.{name}", _NAME, "a service name (lowercase, digits, '-')")
+        per_service.append((name, r.integer(service_port, f"frontend.ports.{name}", 1, 65535, "a port number")))
+    return Frontend(bind, port, tuple(sorted(per_service)))
 
 
 def load_bootstrap(path: str) -> Bootstrap:

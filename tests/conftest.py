@@ -8,7 +8,7 @@ import requests
 
 from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
 
-pytest_plugins = ["tests.docker_fixtures"]
+pytest_plugins = ["tests.docker_fixtures", "tests.agent_fixtures"]
 
 
 @pytest.fixture

@@ -3,105 +3,21 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 import requests
 from pyroute2 import IPRoute
 
 from pequod_agent import network, runtime
-from pequod_agent.agent import teardown
 from pequod_agent.capacity import host_capacity, nano_cpus
 from pequod_agent.cli import main
 from pequod_agent.manifest import load_manifest
-from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
-
-
-def agent_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pequod_agent", *args]
-
-
-def bootstrap_yaml(subnet_id: int, git_port: int, extra_env: str = "", routes: str = "") -> str:
-    prefix = f"fd00:5eed:{subnet_id:x}"
-    return f"""\
-external_services:
-  - {{service_name: github-https, service_version: "1", external_host: github.com, external_port: 443}}
-networks:
-  - ipv6_subnet_ip: "{prefix}::"
-    ipv6_subnet_prefixlen: 64
-    location_name: test
-    ipv6_gateway: "{prefix}::1"
-    ipv6_routes:
-      - {{destination_ip: "fd99:69a4:fefb:64::", destination_prefixlen: 96, gateway: "{prefix}::1"}}{routes}
-environment:
-  SITE_REPO: git://[{prefix}::1]:{git_port}/site.git
-  POLL_INTERVAL: 1{extra_env}
-"""
-
-
-class AgentRun:
-    def __init__(self, tmp: Path, client: docker.DockerClient, repo: SiteRepo):
-        self.tmp, self.client, self.repo = tmp, client, repo
-        self.subnet_id = random.randrange(1, 0xFFFF)
-        self.git_port = free_port()
-        self.yaml = tmp / "pequod-bootstrap.yaml"
-        self.yaml.write_text(bootstrap_yaml(self.subnet_id, self.git_port))
-        self.state_dir = tmp / "state"
-        self.processes: list[Process] = []
-        # The site's remote, served to the instance over IPv6 on the bridge.
-        self.git_daemon = Process(
-            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repo.bare.parent}",
-             "--listen=::", f"--port={self.git_port}", str(repo.bare.parent)],
-            python_env(), tmp / "git-daemon.log",
-        )
-        self.agent: Process | None = None
-
-    def start(self) -> Process:
-        self.agent = Process(
-            agent_cmd("--bootstrap", "srcco-de:1", str(self.yaml), "--state-dir", str(self.state_dir)),
-            python_env(), self.tmp / f"agent-{len(self.processes)}.log",
-        )
-        self.processes.append(self.agent)
-        return self.agent
-
-    def instances(self) -> list[dict]:
-        out = subprocess.run(agent_cmd("-i", "--json"), capture_output=True, text=True, timeout=60, env=python_env())
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-    def wait_healthy(self, timeout: float = 60, not_name: str | None = None) -> dict:
-        def healthy() -> dict | None:
-            for row in self.instances():
-                if row["instance_name"] == not_name:
-                    continue
-                response = requests.get(f"http://[{row['ipv6']}]:8000/_site/health", timeout=2)
-                if response.status_code == 200:
-                    return row
-            return None
-
-        return wait_for("a healthy instance", healthy, timeout, interval=0.5)
-
-    def cleanup(self) -> None:
-        for process in self.processes:
-            process.stop()
-        self.git_daemon.stop()
-        teardown(self.client, self.state_dir)
-
-
-@pytest.fixture
-def agent_run(tmp_path: Path, docker_client, app_image, site_repo: SiteRepo) -> Iterator[AgentRun]:
-    run = AgentRun(tmp_path, docker_client, site_repo)
-    try:
-        yield run
-    finally:
-        run.cleanup()
+from tests.agent_fixtures import AgentRun, agent_cmd, bootstrap_yaml
+from tests.helpers import REPO_ROOT, free_port, wait_for
 
 
 def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None:
@@ -198,7 +114,7 @@ def test_bootstrap_yaml_changes_are_applied_or_refused(agent_run: AgentRun) -> N
 
     gateway = f"fd00:5eed:{agent_run.subnet_id:x}::1"
     route = f'\n      - {{destination_ip: "fd42::", destination_prefixlen: 64, gateway: "{gateway}"}}'
-    agent_run.yaml.write_text(bootstrap_yaml(agent_run.subnet_id, agent_run.git_port, routes=route))
+    agent_run.write_yaml(routes=route)
 
     def has_route() -> bool:
         with IPRoute(netns=f"/proc/{first['pid']}/ns/net", flags=0) as ns:
@@ -214,7 +130,7 @@ def test_bootstrap_yaml_changes_are_applied_or_refused(agent_run: AgentRun) -> N
     assert container.status == "running"
     assert requests.get(f"http://[{first['ipv6']}]:8000/_site/health", timeout=5).status_code == 200
 
-    agent_run.yaml.write_text(bootstrap_yaml(agent_run.subnet_id, agent_run.git_port, extra_env="\n  GREETING: hello"))
+    agent_run.write_yaml(extra_env="\n  GREETING: hello")
     second = agent_run.wait_healthy(timeout=30, not_name=first["instance_name"])
     env = agent_run.client.containers.get(second["instance_name"]).attrs["Config"]["Env"]
     assert "GREETING=hello" in env
@@ -237,7 +153,7 @@ def test_teardown_leaves_nothing_of_ours(agent_run: AgentRun) -> None:
     assert not (agent_run.state_dir / "state.json").exists()
 
 
-GOOD = bootstrap_yaml(0x77, 9418)
+GOOD = bootstrap_yaml(0x77, "198.18.0.2", 8080)
 BAD_BOOTSTRAP = [
     ("not YAML", "networks: [unclosed", "not valid YAML"),
     ("top level list", "- a\n- b\n", "top level: expected a mapping, got a list"),
@@ -271,6 +187,9 @@ BAD_BOOTSTRAP = [
     ("environment value nested", GOOD + "  NESTED: {a: 1}\n", "environment.NESTED: expected a string, got a mapping"),
     ("require not defined", GOOD.split("networks:")[0].replace("github-https", "gitlab-https") + "networks:"
      + GOOD.split("networks:")[1], '<require service-name="github-https"> is not defined in'),
+    ("NAT64 prefix not /96", GOOD + "nat64: {prefix: 'fd99::/64'}\n", "nat64.prefix: fd99::/64 must be a /96"),
+    ("frontend port not a number", GOOD.replace("port: 8080", "port: http"),
+     "frontend.port: expected a port number (1-65535), got a string 'http'"),
 ]
 
 
@@ -286,6 +205,18 @@ def test_bad_bootstrap_yaml_starts_nothing(
     assert len(err) == 1 and err[0].startswith("pequod-agent: ") and message in err[0], err
     assert {c.id for c in runtime.our_containers(docker_client)} == before
     assert not (tmp_path / "state").exists()
+
+
+def test_frontend_port_in_use_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str], docker_client,
+                                             app_image) -> None:
+    port = free_port()
+    path = tmp_path / "pequod-bootstrap.yaml"
+    path.write_text(bootstrap_yaml(0x77, "198.18.0.2", port))
+    with socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True):
+        assert main(["--bootstrap", app_image, str(path), "--state-dir", str(tmp_path / "state")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pequod-agent: cannot publish srcco-de on [::]:{port}: Address already in use"), err
+    assert "frontend.port" in err and not (tmp_path / "state").exists()
 
 
 def test_image_without_manifest_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], docker_client,

@@ -1,0 +1,161 @@
+"""NAT64 for the IPv6-only instances: Tayga on a tun device, plus the names of external services.
+
+Tayga translates between the NAT64 prefix (IPv6 side, routed from the bridge) and its IPv4 pool;
+the firewall masquerades the pool to the outside (NAT44). An instance reaches an IPv4-only service
+at `<prefix>:<IPv4>`: the agent resolves each required service's external host on the host and
+writes the synthesised addresses under the manifest's local hostname into the instance's /etc/hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from pequod_agent.bootstrap import ExternalService, Nat64
+from pequod_agent.daemon import Daemon
+from pequod_agent.errors import AgentError
+from pequod_agent.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+TUN = "pequod64"
+
+
+class Nat64Error(AgentError):
+    """The NAT64 device or Tayga cannot be set up."""
+
+
+def tayga_address(nat64: Nat64) -> ipaddress.IPv4Address:
+    return nat64.ipv4_pool[1]
+
+
+def host_tun_address(nat64: Nat64) -> ipaddress.IPv4Address:
+    return nat64.ipv4_pool[2]
+
+
+def dynamic_pool(nat64: Nat64) -> ipaddress.IPv4Network:
+    return list(nat64.ipv4_pool.subnets(prefixlen_diff=1))[1]
+
+
+def render_tayga_conf(nat64: Nat64, data_dir: Path) -> str:
+    """Tayga's configuration: a pure function of the NAT64 settings."""
+    return (
+        "# Written by pequod-agent; changes are overwritten.\n"
+        f"tun-device {TUN}\n"
+        f"ipv4-addr {tayga_address(nat64)}\n"
+        f"prefix {nat64.prefix}\n"
+        f"dynamic-pool {dynamic_pool(nat64)}\n"
+        f"data-dir {data_dir}\n"
+    )
+
+
+def synthesise(nat64: Nat64, address: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
+    """The IPv6 address under which an instance reaches `address` (RFC 6052, /96 prefix)."""
+    return ipaddress.IPv6Address(int(nat64.prefix.network_address) | int(address))
+
+
+def resolve_ipv4(host: str) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses of `host`, resolved on the host, sorted; () when it does not resolve."""
+    try:
+        return (ipaddress.IPv4Address(host),)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        log.warning("cannot resolve %s on the host: %s; retrying later", host, exc)
+        return ()
+    return tuple(sorted({ipaddress.IPv4Address(info[4][0]) for info in infos}))
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One external service an instance may reach: its local name and port, and where they lead."""
+    service: str
+    local_hostname: str
+    local_port: int
+    external_host: str
+    external_port: int
+    ipv4: tuple[ipaddress.IPv4Address, ...]
+    ipv6: tuple[ipaddress.IPv6Address, ...]
+
+
+def destinations(manifest: Manifest, services: tuple[ExternalService, ...], nat64: Nat64,
+                 resolve=resolve_ipv4) -> tuple[Destination, ...]:
+    defined = {service.name: service for service in services}
+    found = []
+    for require in manifest.requires:
+        service = defined[require.name]
+        ipv4 = resolve(service.external_host)
+        found.append(Destination(require.name, require.local_hostname, require.local_port,
+                                 service.external_host, service.external_port, ipv4,
+                                 tuple(synthesise(nat64, a) for a in ipv4)))
+    return tuple(found)
+
+
+def hosts_entries(found: tuple[Destination, ...]) -> str:
+    return "".join(f"{address}\t{d.local_hostname}\n" for d in found for address in d.ipv6)
+
+
+class Tayga:
+    """The tun device (pyroute2), its addresses and routes, and the Tayga daemon on it."""
+
+    def __init__(self, nat64: Nat64, state_dir: Path):
+        self.nat64 = nat64
+        self.dir = state_dir / "tayga"
+        self.conf = self.dir / "tayga.conf"
+        self.daemon = Daemon("tayga", ["tayga", "--nodetach", "--config", str(self.conf)],
+                             self.dir / "tayga.pid", self.dir / "tayga.log", str(self.conf))
+
+    def ensure(self) -> None:
+        """Device, routes and a running Tayga with the current configuration. Idempotent."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "data").mkdir(exist_ok=True)
+        text = render_tayga_conf(self.nat64, self.dir / "data")
+        changed = not self.conf.exists() or self.conf.read_text() != text
+        if changed:
+            self.conf.write_text(text)
+        self.ensure_device()
+        if changed and self.daemon.pid() is not None:
+            log.info("NAT64 settings changed: restarting tayga")
+            self.daemon.stop()
+        self.daemon.ensure()
+
+    def ensure_device(self) -> None:
+        try:
+            with IPRoute() as ipr:
+                if not ipr.link_lookup(ifname=TUN):
+                    ipr.link("add", ifname=TUN, kind="tuntap", mode="tun")
+                    log.info("created NAT64 device %s", TUN)
+                index = ipr.link_lookup(ifname=TUN)[0]
+                ipr.link("set", index=index, state="up")
+                present = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index)}
+                host = str(host_tun_address(self.nat64))
+                if host not in present:
+                    ipr.addr("add", index=index, address=host, prefixlen=32)
+                ipr.route("replace", dst=str(self.nat64.ipv4_pool.network_address),
+                          dst_len=self.nat64.ipv4_pool.prefixlen, oif=index, family=socket.AF_INET)
+                ipr.route("replace", dst=str(self.nat64.prefix.network_address), dst_len=96, oif=index,
+                          family=socket.AF_INET6)
+            Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+            Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")
+        except (NetlinkError, OSError) as exc:
+            raise Nat64Error(f"cannot set up the NAT64 device {TUN}: {exc} "
+                             "(is /dev/net/tun available and are we root?)") from None
+
+    def stop(self) -> bool:
+        return self.daemon.stop()
+
+
+def remove_device() -> bool:
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=TUN):
+            ipr.link("del", ifname=TUN)
+            return True
+    return False

@@ -1,0 +1,236 @@
+"""NAT64, the egress allowlist and the HAProxy frontend, end to end: real Tayga, iptables, HAProxy,
+Docker and git, with IPv4-only hosts in their own network namespaces."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from pyroute2 import IPRoute
+
+from pequod_agent import firewall, nat64, network
+from pequod_agent.bootstrap import Nat64
+from pequod_agent.daemon import running_cmdline
+from tests.agent_fixtures import AgentRun, agent_cmd
+from tests.docker_fixtures import exec_http
+from tests.helpers import free_port, wait_for
+from tests.netns import Ipv4Host
+
+
+def synthesised(address: ipaddress.IPv4Address) -> str:
+    """The address under which instances reach `address` (the tests' YAML routes the default prefix)."""
+    return str(nat64.synthesise(Nat64(), address))
+
+
+def frontend_text(run: AgentRun, path: str = "/") -> str | None:
+    try:
+        response = requests.get(run.frontend + path, timeout=5)
+    except requests.RequestException:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def connect_from(container, host: str, port: int) -> str:
+    """Open a TCP connection from inside the instance: 'ok' or the error."""
+    script = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(({host!r}, {port}), timeout=3).close(); print('ok')\n"
+        "except Exception as e: print(type(e).__name__, e)\n"
+    )
+    return container.exec_run(["python3", "-c", script]).output.decode(errors="replace").strip()
+
+
+class Loop:
+    """A client fetching the front page through the frontend, over and over, counting failures."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = requests.get(self.url, timeout=10)
+                if response.status_code == 200 and "A Pequod Blog" in response.text:
+                    self.ok += 1
+                else:
+                    self.failed.append(f"{time.time():.2f} status {response.status_code}")
+            except requests.RequestException as exc:
+                self.failed.append(f"{time.time():.2f} {type(exc).__name__}")
+            time.sleep(0.02)
+
+    def __enter__(self) -> Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+@pytest.fixture
+def other_host(tmp_path: Path) -> Iterator[Ipv4Host]:
+    """A second IPv4-only host the instance did not declare, serving HTTP on 443 and 8080."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("undeclared")
+    host = Ipv4Host(tmp_path, "other")
+    try:
+        host.serve_http(tmp_path / "www", 443)
+        host.serve_http(tmp_path / "www", 8080)
+        yield host
+    finally:
+        host.remove()
+
+
+def test_blog_clones_through_nat64_and_is_served_by_the_frontend(agent_run: AgentRun) -> None:
+    agent_run.start()
+    wait_for("the blog through the frontend", lambda: frontend_text(agent_run), 120)
+    assert "A Pequod Blog" in frontend_text(agent_run)
+    v4 = requests.get(f"http://127.0.0.1:{agent_run.frontend_port}/", timeout=5)  # IPv4 too
+    assert v4.status_code == 200 and "A Pequod Blog" in v4.text
+    row = agent_run.instances()[0]
+    container = agent_run.client.containers.get(row["instance_name"])
+
+    # github.com resolves inside the instance to the NAT64 address of the IPv4-only host.
+    hosts = container.exec_run(["cat", "/etc/hosts"]).output.decode()
+    assert f"{synthesised(agent_run.github.address)}\tgithub.com" in hosts
+    assert network.instance_addresses(row["pid"]) == [row["ipv6"]]  # still no IPv4 in the instance
+
+    # A push reaches the instance over NAT64 and shows through the frontend.
+    agent_run.repo.add_post("over-nat64", "Fetched over NAT64")
+    wait_for("the pushed post through the frontend",
+             lambda: "Fetched over NAT64" in (frontend_text(agent_run, "/posts/over-nat64/") or ""), 60)
+
+    services = subprocess.run(agent_cmd("-i", "services"), capture_output=True, text=True, timeout=60).stdout
+    assert [row["instance_name"], "srcco-de", "1", "require", "github-https", "1", "github.com", "443"] in [
+        line.split() for line in services.splitlines()]
+
+
+def test_instance_reaches_only_what_it_declared(agent_run: AgentRun, other_host: Ipv4Host) -> None:
+    agent_run.github.serve_http(agent_run.tmp, 8080)  # the declared host, but a port not declared
+    host_port = free_port()
+    listener = socket.create_server(("::", host_port), family=socket.AF_INET6, dualstack_ipv6=True)
+    try:
+        agent_run.start()
+        row = agent_run.wait_healthy(timeout=120)
+        container = agent_run.client.containers.get(row["instance_name"])
+        gateway = f"fd00:5eed:{agent_run.subnet_id:x}::1"
+        before = firewall.rejected_counts()
+
+        assert connect_from(container, "github.com", 443) == "ok"
+        assert connect_from(container, synthesised(agent_run.github.address), 443) == "ok"
+        refused = {
+            "undeclared host, declared port": (synthesised(other_host.address), 443),
+            "undeclared host, other port": (synthesised(other_host.address), 8080),
+            "declared host, undeclared port": (synthesised(agent_run.github.address), 8080),
+            "the host itself": (gateway, host_port),
+            "other IPv6": ("fd00:dead:beef::1", 443),
+        }
+        for what, (host, port) in refused.items():
+            result = connect_from(container, host, port)
+            assert result != "ok", what
+        # The undeclared host itself is up: the host (not an instance) reaches it.
+        assert requests.get(f"http://{other_host.address}:8080/", timeout=5).text == "undeclared"
+        after = firewall.rejected_counts()
+        key = "ip6tables PEQUOD-FORWARD egress not declared"
+        assert after[key] - before.get(key, 0) >= 4
+        key = "ip6tables PEQUOD-INPUT host not declared"
+        assert after[key] - before.get(key, 0) >= 1
+        assert "undeclared" not in exec_http(container, f"http://[{synthesised(other_host.address)}]:8080/")
+    finally:
+        listener.close()
+
+
+def _pid(path: Path) -> int:
+    return int(path.read_text().split()[0])
+
+
+def test_frontend_rides_out_failures_and_reconfiguration(agent_run: AgentRun) -> None:
+    agent_run.start()
+    wait_for("the blog through the frontend", lambda: frontend_text(agent_run), 120)
+    first = agent_run.instances()[0]
+
+    # The instance dies: the frontend serves again by itself once the replacement is healthy.
+    with Loop(agent_run.frontend + "/") as loop:
+        time.sleep(0.5)
+        agent_run.client.containers.get(first["instance_name"]).kill()
+        wait_for("a replacement", lambda: [r for r in agent_run.instances()
+                                           if r["instance_name"] != first["instance_name"]], 30)
+        failed_then = len(loop.failed)
+        wait_for("the frontend to serve again", lambda: len(loop.failed) == failed_then and loop.ok and
+                 frontend_text(agent_run), 60)
+    second = agent_run.instances()[0]
+
+    # A configuration change replaces the instance: the new one joins, the old one leaves; no request fails.
+    with Loop(agent_run.frontend + "/") as loop:
+        time.sleep(0.5)
+        agent_run.write_yaml(extra_env="\n  GREETING: hello")
+        wait_for("the old instance to be removed",
+                 lambda: [r["instance_name"] for r in agent_run.instances()] not in ([], [second["instance_name"]]),
+                 120, interval=0.5)
+        time.sleep(1)
+    assert loop.failed == [] and loop.ok > 20, (loop.failed[:5], loop.ok)
+
+    # Tayga and HAProxy killed: the agent starts them again; NAT64 and the frontend work again.
+    tayga_pid = _pid(agent_run.state_dir / "tayga" / "tayga.pid")
+    haproxy_pid = _pid(agent_run.state_dir / "haproxy" / "haproxy.pid")
+    os.kill(tayga_pid, signal.SIGKILL)
+    os.kill(haproxy_pid, signal.SIGKILL)
+    wait_for("tayga restarted", lambda: _pid(agent_run.state_dir / "tayga" / "tayga.pid") != tayga_pid, 20)
+    wait_for("the frontend back", lambda: frontend_text(agent_run), 20)
+    assert _pid(agent_run.state_dir / "haproxy" / "haproxy.pid") != haproxy_pid
+    agent_run.repo.add_post("after-restart", "Tayga came back")
+    wait_for("a post fetched through the restarted NAT64",
+             lambda: "Tayga came back" in (frontend_text(agent_run, "/posts/after-restart/") or ""), 60)
+
+
+def _our_rules() -> list[str]:
+    rules = []
+    for command in ("iptables-save", "ip6tables-save"):
+        rules += [line for line in subprocess.run([command], capture_output=True, text=True).stdout.splitlines()
+                  if "PEQUOD" in line]
+    return rules
+
+
+def test_agent_restart_adopts_everything_and_teardown_removes_it(agent_run: AgentRun) -> None:
+    agent_run.start()
+    wait_for("the blog through the frontend", lambda: frontend_text(agent_run), 120)
+    rules = _our_rules()
+    pids = (_pid(agent_run.state_dir / "tayga" / "tayga.pid"), _pid(agent_run.state_dir / "haproxy" / "haproxy.pid"))
+    instance = agent_run.instances()[0]["instance_name"]
+
+    agent_run.agent.stop(signal.SIGKILL)
+    agent_run.start()  # a second start creates nothing twice
+    wait_for("re-adoption", lambda: "re-adopted running instance" in agent_run.agent.log, 30)
+    time.sleep(2)
+    assert _our_rules() == rules
+    assert [line for line in rules if line.startswith("-A FORWARD")] == ["-A FORWARD -j PEQUOD-FORWARD"] * 2
+    assert (_pid(agent_run.state_dir / "tayga" / "tayga.pid"),
+            _pid(agent_run.state_dir / "haproxy" / "haproxy.pid")) == pids
+    assert [r["instance_name"] for r in agent_run.instances()] == [instance]
+    assert frontend_text(agent_run)
+
+    agent_run.agent.stop()
+    result = subprocess.run(agent_cmd("--teardown", "--state-dir", str(agent_run.state_dir)),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "removed tayga (NAT64)" in result.stdout and "removed haproxy (frontend)" in result.stdout
+    assert _our_rules() == []
+    with IPRoute() as ipr:
+        assert not ipr.link_lookup(ifname=nat64.TUN)
+    for pid in pids:
+        assert not running_cmdline(pid)  # gone (or a zombie waiting for its parent)
+    assert frontend_text(agent_run) is None

@@ -66,6 +66,16 @@ def hosts_file(hostname: str, address: ipaddress.IPv6Address, found: tuple[Desti
             + nat64.hosts_entries(found))
 
 
+def check_mounts(manifest: Manifest, bootstrap: Bootstrap) -> None:
+    reserved = {"/etc/hosts", "/etc/resolv.conf", *(fs.mountpoint for fs in manifest.filesystems)}
+    for index, mount in enumerate(bootstrap.mounts):
+        if not Path(mount.source).exists():
+            raise AgentError(f"{bootstrap.source}: mounts[{index}].source: {mount.source} does not exist on the host")
+        if mount.target in reserved:
+            raise AgentError(f"{bootstrap.source}: mounts[{index}].target: {mount.target} is managed by the agent "
+                             "or the manifest; choose another path")
+
+
 def check_host_programs() -> None:
     missing = sorted({package for program, package in HOST_PROGRAMS.items() if shutil.which(program) is None})
     if missing:
@@ -139,6 +149,7 @@ class Agent:
         self.bootstrap = load_bootstrap(str(self.bootstrap_path))
         self.manifest = manifest_from_image(self.client, self.image)
         check_requires(self.manifest, self.bootstrap)
+        check_mounts(self.manifest, self.bootstrap)
         check_host_programs()
         self.capacity = host_capacity()
         others = [c for c in runtime.our_containers(self.client)
@@ -147,6 +158,7 @@ class Agent:
         check_fits(self.application, self.manifest.resources, [r for r in in_use if r], self.capacity)
         self.check_frontend(self.bootstrap)
         self.tayga = Tayga(self.bootstrap.nat64, self.state.path)
+        self.image_id = self.client.images.get(self.image).id
 
     def check_frontend(self, bootstrap: Bootstrap) -> None:
         """Ports distinct and free (unless our HAProxy holds them), and a configuration HAProxy accepts."""
@@ -262,12 +274,15 @@ class Agent:
             "/etc/resolv.conf": str(self.state.write_etc_file(instance.name, "resolv.conf", resolv_conf(net))),
             "/etc/hosts": str(self.state.write_etc_file(instance.name, "hosts", hosts)),
         }
-        image_user = self.client.images.get(self.image).attrs["Config"].get("User") or ""
+        image = self.client.images.get(self.image)
+        self.image_id = image.id
+        image_user = image.attrs["Config"].get("User") or ""
         args = runtime.container_args(
             image=self.image, instance=instance, manifest=self.manifest, environment=self.bootstrap.env,
-            image_user=image_user, capacity=self.capacity, etc_files=etc,
+            image_user=image_user, capacity=self.capacity, read_only_binds={**etc, **self.bootstrap.mount_map},
             labels={"zone": ZONE, "repo": "", "application": self.application, "version": self.version,
-                    "ipv6": str(address), "started": f"{time.time():.3f}", "image": self.image},
+                    "ipv6": str(address), "started": f"{time.time():.3f}", "image": self.image,
+                    "image_id": self.image_id},
         )
         container = runtime.create_and_start(self.client, args)
         try:
@@ -351,6 +366,7 @@ class Agent:
         try:
             new = load_bootstrap(str(self.bootstrap_path))
             check_requires(self.manifest, new)
+            check_mounts(self.manifest, new)
             if new.frontend != self.bootstrap.frontend:
                 self.check_frontend(new)
         except AgentError as exc:
@@ -372,8 +388,8 @@ class Agent:
         if new.frontend != old.frontend:
             log.info("bootstrap YAML changed: frontend settings")
             self.publish()
-        if new.environment != old.environment or not same_addressing:
-            log.info("bootstrap YAML changed (environment or addressing): replacing the instance")
+        if new.environment != old.environment or new.mounts != old.mounts or not same_addressing:
+            log.info("bootstrap YAML changed (environment, mounts or addressing): replacing the instance")
             if not same_addressing:
                 network.ensure_bridge(self.network())
                 if self.container is not None:  # unreachable at the new addressing: no point in draining
@@ -402,6 +418,9 @@ class Agent:
         self.refresh_destinations(force=True)
         self.adopt()
         self.publish()
+        if self.container is not None and runtime.label(self.container, "image_id") not in ("", self.image_id):
+            log.info("the image %s changed since %s started: starting a replacement", self.image, self.container.name)
+            self.start_pending()
         observer = Observer()
         observer.schedule(_ConfigChanged(self.bootstrap_path, self.config_changed),
                           str(self.bootstrap_path.resolve().parent))

@@ -18,6 +18,8 @@
       bind: "::"                # "::" listens on IPv6 and IPv4
       port: 80                  # for every provided service without its own entry in ports
       ports: {srcco-de: 80}
+    mounts:                     # optional: host paths the instance may read
+      - {source: /srv/pequod/site.git, target: /srv/pequod/site.git}
     environment:
       SITE_REPO: file:///srv/pequod/site.git
 """
@@ -37,6 +39,7 @@ MAX_BYTES = 256 * 1024
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ABS_PATH = re.compile(r"^/(?!.*(^|/)\.\.(/|$))[^\0\n]*$")
 _HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
@@ -91,6 +94,13 @@ class Frontend:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host path bind-mounted read-only into the instance."""
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
 class Bootstrap:
     source: str
     external_services: tuple[ExternalService, ...] = ()
@@ -98,10 +108,16 @@ class Bootstrap:
     environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     nat64: Nat64 = Nat64()
     frontend: Frontend = Frontend()
+    mounts: tuple[Mount, ...] = ()
 
     @property
     def env(self) -> dict[str, str]:
         return dict(self.environment)
+
+    @property
+    def mount_map(self) -> dict[str, str]:
+        """target inside the instance → source on the host"""
+        return {mount.target: mount.source for mount in self.mounts}
 
 
 class _Reader:
@@ -171,7 +187,8 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
         raise r.fail(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if data is None:
         data = {}
-    top = r.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend"), ())
+    top = r.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend",
+                                                 "mounts"), ())
 
     services = []
     for index, item in enumerate(r.listing(top.get("external_services"), "external_services")):
@@ -234,7 +251,18 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
         env_items.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
     nat64 = _nat64(r, top.get("nat64"), networks)
     frontend = _frontend(r, top.get("frontend"))
-    return Bootstrap(source, tuple(services), tuple(networks), tuple(sorted(env_items)), nat64, frontend)
+    mounts = []
+    for index, item in enumerate(r.listing(top.get("mounts"), "mounts")):
+        where = f"mounts[{index}]"
+        m = r.mapping(item, where, ("source", "target"), ("source", "target"))
+        mounts.append(Mount(*(r.text(m[key], f"{where}.{key}", _ABS_PATH, "an absolute path without '..'")
+                              for key in ("source", "target"))))
+    targets = [mount.target for mount in mounts]
+    for target in targets:
+        if targets.count(target) > 1:
+            raise r.fail("mounts", f"target {target} is mounted twice")
+    return Bootstrap(source, tuple(services), tuple(networks), tuple(sorted(env_items)), nat64, frontend,
+                     tuple(mounts))
 
 
 def _nat64(r: _Reader, value: Any, networks: list[Network]) -> Nat64:

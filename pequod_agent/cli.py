@@ -1,6 +1,7 @@
 """`pequod-agent`: the host agent's command line.
 
     pequod-agent --bootstrap IMAGE BOOTSTRAP_YAML   run and supervise one instance (foreground)
+        [--supervise --pid-file FILE]               ... as a child restarted whenever it exits
     pequod-agent -i [services] [--json]             what runs
     pequod-agent --teardown                         remove every container, link and rule of ours
     pequod-agent --check PATH_OR_IMAGE...           validate manifests (files, or images' /pequod.xml)
@@ -95,6 +96,57 @@ def bootstrap(image: str, yaml_path: str, state_dir: Path) -> int:
     return 0
 
 
+def supervise(agent_args: list[str], pid_file: Path) -> int:
+    """Run the agent as a child and start it again whenever it exits (back-off for crash loops).
+
+    For hosts without systemd: the pid file names this supervisor; SIGTERM stops the agent, then it."""
+    import subprocess
+    import threading
+    import time
+
+    from pequod_agent.agent import STABLE_AFTER, restart_delay
+    from pequod_agent.daemon import running_cmdline
+
+    log = logging.getLogger("pequod_agent")
+    try:
+        other = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        other = 0
+    if other and other != os.getpid() and "--supervise" in running_cmdline(other):
+        raise AgentError(f"already running: a supervisor with pid {other} holds {pid_file}")
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    stopping = threading.Event()
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    failures = 0
+    try:
+        while not stopping.is_set():
+            started = time.monotonic()
+            child = subprocess.Popen([sys.executable, "-m", "pequod_agent", *agent_args], stdin=subprocess.DEVNULL)
+            log.info("supervisor: agent started (pid %d)", child.pid)
+            code = child.wait()
+            if stopping.is_set():
+                break
+            failures = failures + 1 if time.monotonic() - started < STABLE_AFTER else 1
+            delay = max(1.0, restart_delay(failures))
+            log.warning("supervisor: agent exited with status %s; starting it again in %.0f s", code, delay)
+            stopping.wait(delay)
+    finally:
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            child.wait(30)
+        pid_file.unlink(missing_ok=True)
+    return 0
+
+
 def inspect(what: str, as_json: bool) -> int:
     from pequod_agent import engine
     from pequod_agent import inspect as tables
@@ -142,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/pequod-agent"),
                         help="what survives a restart (default /var/lib/pequod-agent)")
     parser.add_argument("--json", action="store_true", help="with -i: JSON instead of a table")
+    parser.add_argument("--supervise", action="store_true",
+                        help="with --bootstrap: run the agent as a child and restart it whenever it exits")
+    parser.add_argument("--pid-file", type=Path, default=Path("/run/pequod-agent.pid"),
+                        help="with --supervise: where the supervisor writes its pid (default /run/pequod-agent.pid)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -149,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("docker", "urllib3", "watchdog", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.bootstrap and args.supervise:
+            return supervise(["--bootstrap", *args.bootstrap, "--state-dir", str(args.state_dir)]
+                             + (["-v"] if args.verbose else []), args.pid_file)
         if args.bootstrap:
             return bootstrap(args.bootstrap[0], args.bootstrap[1], args.state_dir)
         if args.inspect:

@@ -17,7 +17,7 @@ from pequod_agent.manifest import Manifest
 log = logging.getLogger(__name__)
 
 LABEL = "org.pequod.agent"
-APP_LABELS = ("zone", "repo", "application", "version", "ipv6", "started", "image")
+APP_LABELS = ("zone", "repo", "application", "version", "ipv6", "started", "image", "image_id")
 NOBODY = "65534"
 
 
@@ -50,9 +50,11 @@ def run_user(image_user: str) -> tuple[str, int | None]:
 
 def container_args(
     *, image: str, instance: InstanceId, manifest: Manifest, environment: dict[str, str], image_user: str,
-    capacity: Capacity, etc_files: dict[str, str], labels: dict[str, str],
+    capacity: Capacity, read_only_binds: dict[str, str], labels: dict[str, str],
 ) -> dict[str, Any]:
-    """Everything `containers.create` gets: limits from the manifest and the hardening."""
+    """Everything `containers.create` gets: limits from the manifest and the hardening.
+
+    `read_only_binds` maps paths inside the container to host paths (the /etc files, the YAML's mounts)."""
     res = manifest.resources
     user, uid = run_user(image_user)
     owner = f"uid={uid},gid={uid},mode=0700" if uid is not None else "mode=1777"
@@ -75,7 +77,7 @@ def container_args(
         "tmpfs": {fs.mountpoint: f"size={fs.size_mb}m,{owner}" for fs in manifest.filesystems},
         "sysctls": {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0",
                     "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"},
-        "volumes": {host: {"bind": inside, "mode": "ro"} for inside, host in etc_files.items()},
+        "volumes": {host: {"bind": inside, "mode": "ro"} for inside, host in read_only_binds.items()},
         "labels": {LABEL: "1", **{f"{LABEL}.{key}": value for key, value in labels.items()}},
     }
 

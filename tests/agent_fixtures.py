@@ -6,6 +6,8 @@ import json
 import random
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +103,34 @@ def agent_run(tmp_path: Path, docker_client, app_image, site_repo: SiteRepo) -> 
         yield run
     finally:
         run.cleanup()
+
+
+class Loop:
+    """A client fetching the front page through the frontend, over and over, counting failures."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = requests.get(self.url, timeout=10)
+                if response.status_code == 200 and "A Pequod Blog" in response.text:
+                    self.ok += 1
+                else:
+                    self.failed.append(f"{time.time():.2f} status {response.status_code}")
+            except requests.RequestException as exc:
+                self.failed.append(f"{time.time():.2f} {type(exc).__name__}")
+            time.sleep(0.02)
+
+    def __enter__(self) -> Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)

@@ -188,6 +188,14 @@ BAD_BOOTSTRAP = [
     ("require not defined", GOOD.split("networks:")[0].replace("github-https", "gitlab-https") + "networks:"
      + GOOD.split("networks:")[1], '<require service-name="github-https"> is not defined in'),
     ("NAT64 prefix not /96", GOOD + "nat64: {prefix: 'fd99::/64'}\n", "nat64.prefix: fd99::/64 must be a /96"),
+    ("mount not absolute", GOOD + "mounts: [{source: srv, target: /srv}]\n",
+     "mounts[0].source: 'srv' is not an absolute path without '..'"),
+    ("mount source missing", GOOD + "mounts: [{source: /nonexistent/site.git, target: /srv/site.git}]\n",
+     "mounts[0].source: /nonexistent/site.git does not exist on the host"),
+    ("mount over /etc/hosts", GOOD + "mounts: [{source: /tmp, target: /etc/hosts}]\n",
+     "mounts[0].target: /etc/hosts is managed by the agent or the manifest"),
+    ("mount target twice", GOOD + "mounts: [{source: /tmp, target: /x}, {source: /var, target: /x}]\n",
+     "mounts: target /x is mounted twice"),
     ("frontend port not a number", GOOD.replace("port: 8080", "port: http"),
      "frontend.port: expected a port number (1-65535), got a string 'http'"),
 ]

@@ -70,7 +70,7 @@ def test_container_args_carry_limits_and_hardening() -> None:
     args = container_args(
         image="srcco-de:1", instance=InstanceId("bootstrap", "", "srcco-de", "1", "abcd"), manifest=manifest,
         environment={"A": "1"}, image_user="10001", capacity=Capacity(2, 5000, 8192),
-        etc_files={"/etc/hosts": "/state/hosts"}, labels={"zone": "bootstrap"},
+        read_only_binds={"/etc/hosts": "/state/hosts"}, labels={"zone": "bootstrap"},
     )
     assert args["network_mode"] == "none" and args["read_only"] is True
     assert args["cap_drop"] == ["ALL"] and args["security_opt"] == ["no-new-privileges"]

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pyroute2 import IPRoute
 from pequod_agent import firewall, nat64, network
 from pequod_agent.bootstrap import Nat64
 from pequod_agent.daemon import running_cmdline
-from tests.agent_fixtures import AgentRun, agent_cmd
+from tests.agent_fixtures import AgentRun, Loop, agent_cmd
 from tests.docker_fixtures import exec_http
 from tests.helpers import free_port, wait_for
 from tests.netns import Ipv4Host
@@ -48,37 +47,6 @@ def connect_from(container, host: str, port: int) -> str:
         "except Exception as e: print(type(e).__name__, e)\n"
     )
     return container.exec_run(["python3", "-c", script]).output.decode(errors="replace").strip()
-
-
-class Loop:
-    """A client fetching the front page through the frontend, over and over, counting failures."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.ok = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                response = requests.get(self.url, timeout=10)
-                if response.status_code == 200 and "A Pequod Blog" in response.text:
-                    self.ok += 1
-                else:
-                    self.failed.append(f"{time.time():.2f} status {response.status_code}")
-            except requests.RequestException as exc:
-                self.failed.append(f"{time.time():.2f} {type(exc).__name__}")
-            time.sleep(0.02)
-
-    def __enter__(self) -> Loop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 @pytest.fixture

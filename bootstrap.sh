@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# One command sets up this host and starts the blog; run as root on Debian 12 or Ubuntu 24.04.
+#
+#   ./bootstrap.sh [--repo URL_OR_PATH] [--port PORT]    set up (again: changes only what is not right)
+#   ./bootstrap.sh teardown [--purge]                   remove what it set up (--purge: the site repository too)
+#
+# Installs the host packages and the agent, builds the blog image, creates a local git remote seeded with
+# site_template/ (default) and starts pequod-agent under systemd or, without systemd, as a supervised
+# daemon; then waits until the blog answers through the frontend.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+SOURCE=$PWD
+
+PREFIX=${PEQUOD_PREFIX:-/opt/pequod}              # the agent's virtual environment
+ETC=${PEQUOD_ETC:-/etc/pequod}                    # the bootstrap YAML
+STATE=${PEQUOD_STATE:-/var/lib/pequod-agent}      # the agent's state
+SITE_REPO_DIR=${PEQUOD_SITE_REPO:-/srv/pequod/site.git}
+LOG=${PEQUOD_LOG:-/var/log/pequod-agent.log}
+PID_FILE=${PEQUOD_PID_FILE:-/run/pequod-agent.pid}
+IMAGE=srcco-de:1
+UNIT=/etc/systemd/system/pequod-agent.service
+YAML=$ETC/pequod-bootstrap.yaml
+AGENT=$PREFIX/venv/bin/pequod-agent
+
+repo=""
+port=80
+purge=0
+command=setup
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        teardown) command=teardown ;;
+        --purge) purge=1 ;;
+        --repo) repo=${2:?--repo needs a URL or a path}; shift ;;
+        --port) port=${2:?--port needs a number}; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; echo "bootstrap.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# -- steps with their duration; a failing step says which and what to do ----------------------------
+current="" hint="" started=0
+step() {
+    current=$1 hint=${2:-}
+    started=$(date +%s.%N)
+    printf '\n==> %s\n' "$current"
+}
+on_error() {
+    local status=$?
+    printf '\nbootstrap.sh: step failed: %s (exit status %s)\n' "$current" "$status" >&2
+    [ -n "$hint" ] && printf '  what to do: %s\n' "$hint" >&2
+    exit "$status"
+}
+trap on_error ERR
+fail() { printf 'bootstrap.sh: %s\n' "$*" >&2; exit 1; }
+done_step() {
+    local now
+    now=$(date +%s.%N)
+    printf '    done in %s s\n' "$(awk -v a="$started" -v b="$now" 'BEGIN { printf "%.1f", b - a }')"
+}
+
+has_systemd() { [ -d /run/systemd/system ]; }
+
+supervisor_pid() {
+    local pid
+    pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
+    [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--supervise" && echo "$pid"
+}
+
+stop_agent() {
+    if has_systemd && [ -f "$UNIT" ]; then
+        systemctl disable --now pequod-agent.service >/dev/null 2>&1 || true
+    fi
+    local pid
+    if pid=$(supervisor_pid); then
+        kill -TERM "$pid"
+        for _ in $(seq 1 150); do  # up to 30 s; a zombie counts as gone
+            grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" || break
+            sleep 0.2
+        done
+        echo "    stopped the agent (supervisor pid $pid)"
+    fi
+}
+
+# -- teardown ------------------------------------------------------------------------------------------
+if [ "$command" = teardown ]; then
+    [ "$(id -u)" = 0 ] || fail "run as root"
+    step "stopping the agent"
+    stop_agent
+    done_step
+    step "removing instances, NAT64, frontend, network and firewall rules"
+    if [ -x "$AGENT" ]; then
+        "$AGENT" --teardown --state-dir "$STATE"
+    fi
+    done_step
+    step "removing the unit, configuration and state"
+    if [ -f "$UNIT" ]; then rm -f "$UNIT"; has_systemd && systemctl daemon-reload; fi
+    rm -rf "$ETC" "$STATE" "$PID_FILE"
+    if [ "$purge" = 1 ]; then
+        rm -rf "$SITE_REPO_DIR" "$PREFIX"
+        echo "    removed $SITE_REPO_DIR and $PREFIX"
+    else
+        [ -d "$SITE_REPO_DIR" ] && echo "    kept the site repository $SITE_REPO_DIR (--purge removes it)"
+    fi
+    done_step
+    echo; echo "pequod is removed from this host."
+    exit 0
+fi
+
+# -- setup ---------------------------------------------------------------------------------------------
+case $port in ''|*[!0-9]*) fail "--port: '$port' is not a port number" ;; esac
+[ "$port" -ge 1 ] && [ "$port" -le 65535 ] || fail "--port: $port is out of range (1-65535)"
+
+step "checking the host" "run as root on Debian 12 or Ubuntu 24.04 with IPv6 enabled"
+[ "$(id -u)" = 0 ] || fail "run as root (sudo ./bootstrap.sh): it installs packages and sets up networking"
+. /etc/os-release 2>/dev/null || true
+case "${ID:-} ${ID_LIKE:-}" in
+    *debian*|*ubuntu*) echo "    ${PRETTY_NAME:-Debian-like}" ;;
+    *) fail "this is ${PRETTY_NAME:-an unknown system}; bootstrap.sh supports Debian 12 and Ubuntu 24.04" ;;
+esac
+[ "$(cat /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null || echo 1)" = 0 ] \
+    || fail "IPv6 is disabled on this host (sysctl net.ipv6.conf.all.disable_ipv6=0 enables it); the instances are IPv6-only"
+[ -c /dev/net/tun ] || fail "/dev/net/tun is missing: NAT64 needs the tun driver (modprobe tun)"
+done_step
+
+step "installing host packages" "apt-get must reach a Debian/Ubuntu mirror; see /etc/apt/sources.list*"
+packages=(docker.io haproxy tayga iptables iproute2 git python3 python3-venv ca-certificates debootstrap
+          debian-archive-keyring)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "    installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "    all present: ${packages[*]}"
+fi
+done_step
+
+step "installing pequod-agent into $PREFIX/venv" "pip must reach PyPI (or set PIP_INDEX_URL)"
+stamp=$(cd "$SOURCE" && find pyproject.toml serve.py run.sh pipeline pequod_agent -type f -not -name '*.pyc' \
+        -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [ -x "$AGENT" ] && [ "$(cat "$PREFIX/installed" 2>/dev/null)" = "$stamp" ]; then
+    echo "    up to date"
+else
+    [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
+    "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
+    "$PREFIX/venv/bin/python" -m pip install -q --upgrade "$SOURCE"
+    echo "$stamp" > "$PREFIX/installed"
+    echo "    installed $("$PREFIX/venv/bin/python" -m pip show pequod 2>/dev/null | sed -n 's/^Version: //p')"
+fi
+done_step
+
+step "Docker engine and the blog image $IMAGE" "see /var/log/pequod-dockerd.log if the engine does not answer"
+"$AGENT" --build-image "$IMAGE" --context "$SOURCE"
+done_step
+
+if [ -z "$repo" ]; then
+    step "the site repository $SITE_REPO_DIR" "git must be installed; the directory must be writable"
+    if git --git-dir="$SITE_REPO_DIR" rev-parse --verify -q refs/heads/main >/dev/null 2>&1; then
+        echo "    present ($(git --git-dir="$SITE_REPO_DIR" rev-list --count main) commits on main): kept as it is"
+    else
+        mkdir -p "$SITE_REPO_DIR"
+        git init -q --bare -b main "$SITE_REPO_DIR"
+        seed=$(mktemp -d)
+        cp -r "$SOURCE/site_template/." "$seed/"
+        git -C "$seed" init -q -b main
+        git -C "$seed" add -A
+        git -C "$seed" -c user.name=pequod -c user.email=pequod@localhost commit -q -m "The bundled blog"
+        git -C "$seed" push -q "$SITE_REPO_DIR" main
+        rm -rf "$seed"
+        echo "    created, seeded with site_template/"
+    fi
+    chmod -R a+rX "$SITE_REPO_DIR"  # the instance reads it as an unprivileged user
+    site_url="file://$SITE_REPO_DIR"
+    mounts="mounts:
+  - {source: \"$SITE_REPO_DIR\", target: \"$SITE_REPO_DIR\"}   # read-only in the instance
+"
+    done_step
+elif [ -d "$repo" ]; then
+    repo=$(readlink -f "$repo")
+    git --git-dir="$repo" rev-parse --git-dir >/dev/null 2>&1 || git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 \
+        || fail "--repo $repo is a directory but not a git repository"
+    site_url="file://$repo"
+    mounts="mounts:
+  - {source: \"$repo\", target: \"$repo\"}   # read-only in the instance
+"
+else
+    case $repo in
+        https://github.com/*) ;;
+        *) fail "--repo $repo: use a local git repository path, or an https://github.com/… URL (the blog image declares github.com:443 as its only external service)" ;;
+    esac
+    site_url=$repo
+    mounts=""
+fi
+
+step "the bootstrap YAML $YAML"
+mkdir -p "$ETC"
+new_yaml="# Written by bootstrap.sh; the agent applies changes to this file while it runs.
+external_services:
+  - {service_name: github-https, service_version: \"1\", external_host: github.com, external_port: 443}
+frontend:
+  port: $port
+${mounts}environment:
+  SITE_REPO: \"$site_url\"
+  POLL_INTERVAL: 5
+"
+if [ "$(cat "$YAML" 2>/dev/null)" = "${new_yaml%$'\n'}" ]; then
+    echo "    unchanged"
+else
+    tmp=$(mktemp "$ETC/.yaml.XXXXXX")
+    printf '%s' "$new_yaml" > "$tmp"
+    mv "$tmp" "$YAML"
+    echo "    written"
+fi
+done_step
+
+agent_args=(--bootstrap "$IMAGE" "$YAML" --state-dir "$STATE")
+if has_systemd; then
+    step "the agent as systemd unit pequod-agent.service" "journalctl -u pequod-agent shows why it does not run"
+    unit="[Unit]
+Description=pequod-agent: the blog's instance, NAT64 and frontend
+After=network-online.target docker.service
+Wants=network-online.target docker.service
+
+[Service]
+ExecStart=$AGENT ${agent_args[*]}
+Restart=always
+RestartSec=2
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target"
+    if [ "$(cat "$UNIT" 2>/dev/null)" != "$unit" ]; then
+        printf '%s\n' "$unit" > "$UNIT"
+        systemctl daemon-reload
+        systemctl enable -q pequod-agent.service
+        systemctl restart pequod-agent.service
+        echo "    installed and started"
+    elif ! systemctl is-active -q pequod-agent.service; then
+        systemctl enable -q --now pequod-agent.service
+        echo "    started"
+    else
+        echo "    running"
+    fi
+    logs="journalctl -u pequod-agent"
+else
+    step "the agent as a supervised daemon (no systemd here)" "see $LOG"
+    if pid=$(supervisor_pid); then
+        echo "    running (supervisor pid $pid)"
+    else
+        mkdir -p "$(dirname "$LOG")" "$(dirname "$PID_FILE")"
+        setsid "$AGENT" --supervise --pid-file "$PID_FILE" "${agent_args[@]}" >> "$LOG" 2>&1 < /dev/null &
+        for _ in $(seq 1 50); do supervisor_pid >/dev/null && break; sleep 0.1; done
+        pid=$(supervisor_pid) || fail "the agent did not start; see $LOG"
+        echo "    started (supervisor pid $pid, log $LOG)"
+    fi
+    logs="tail -f $LOG"
+fi
+done_step
+
+url="http://localhost$([ "$port" = 80 ] || echo ":$port")/"
+step "waiting for the blog at $url" "the agent's log ($logs) says what it waits for"
+python3 - "$port" "$LOG" <<'EOF'
+import sys, time, urllib.request, urllib.error
+port, log = int(sys.argv[1]), sys.argv[2]
+deadline, last, shown = time.time() + 600, "", time.time()
+while time.time() < deadline:
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{port}/", timeout=5) as response:
+            if response.status == 200:
+                sys.exit(0)
+    except urllib.error.HTTPError as exc:
+        last = f"HTTP {exc.code}"
+    except OSError as exc:
+        last = str(getattr(exc, "reason", exc))
+    if time.time() - shown >= 10:
+        shown = time.time()
+        try:
+            tail = open(log, errors="replace").read().strip().splitlines()[-1][:160]
+        except (OSError, IndexError):
+            tail = ""
+        print(f"    still waiting ({last}) {tail}", flush=True)
+    time.sleep(0.5)
+print(f"    no answer within 10 minutes (last: {last})", file=sys.stderr)
+sys.exit(1)
+EOF
+done_step
+
+cat <<EOF
+
+The blog is live: $url      (set up in ${SECONDS} s)
+EOF
+if [ -z "$repo" ]; then
+    cat <<EOF
+
+Publish with git push:
+    git clone $SITE_REPO_DIR blog && cd blog
+    \$EDITOR posts/my-post.md          # or: nikola new_post
+    git add -A && git commit -m "A new post" && git push
+The new post is live within seconds.
+EOF
+fi
+cat <<EOF
+
+Inspect:  $AGENT -i  ·  $AGENT -i services  ·  $logs
+Remove:   ./bootstrap.sh teardown      (keeps $SITE_REPO_DIR unless --purge)
+EOF

@@ -1,0 +1,149 @@
+"""./bootstrap.sh end to end on this machine: set up, publish by git push, run again, agent killed and
+restarted, teardown. Uses the real default paths and port 80, so it refuses to run where a host
+bootstrap is already installed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+from pyroute2 import IPRoute
+
+from pequod_agent import runtime
+from pequod_agent.daemon import running_cmdline
+from tests.agent_fixtures import Loop
+from tests.helpers import REPO_ROOT, wait_for
+
+SITE_REPO = Path("/srv/pequod/site.git")
+PID_FILE = Path("/run/pequod-agent.pid")
+LOG = Path("/var/log/pequod-agent.log")
+URL = "http://localhost/"
+
+
+def bootstrap(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PEQUOD_")}
+    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # not the test venv
+    result = subprocess.run([str(REPO_ROOT / "bootstrap.sh"), *args], capture_output=True, text=True, timeout=1200,
+                            env=env)
+    assert result.returncode == 0, f"bootstrap.sh {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr}"
+    return result
+
+
+def _port_80_free() -> bool:
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("::", 80))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def clean_host(docker_client: docker.DockerClient, app_image: str) -> Iterator[None]:
+    if Path("/etc/pequod").exists() or PID_FILE.exists() or SITE_REPO.exists():
+        pytest.fail("a host bootstrap is installed on this machine (/etc/pequod, /srv/pequod or the pid file "
+                    "exist): run ./bootstrap.sh teardown --purge first; this test needs a host without one")
+    if not _port_80_free():
+        pytest.fail("port 80 is taken on this machine; the host bootstrap test publishes the blog there")
+    try:
+        yield
+    finally:
+        bootstrap("teardown", "--purge")
+
+
+def site_release() -> str | None:
+    try:
+        response = requests.get(URL, timeout=5)
+    except requests.RequestException:
+        return None
+    return response.headers.get("X-Site-Release") if response.status_code == 200 else None
+
+
+def our_rules() -> list[str]:
+    return [line for command in ("iptables-save", "ip6tables-save")
+            for line in subprocess.run([command], capture_output=True, text=True).stdout.splitlines()
+            if "PEQUOD" in line and not line.startswith("#")]
+
+
+def agent_child(supervisor: int) -> int | None:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return int(children[0]) if children else None
+
+
+def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_client: docker.DockerClient,
+                                                  tmp_path: Path) -> None:
+    first = bootstrap()
+    assert "The blog is live: http://localhost/" in first.stdout
+    assert "git clone /srv/pequod/site.git" in first.stdout
+    for step in ("installing host packages", "the site repository /srv/pequod/site.git", "waiting for the blog"):
+        assert f"==> {step}" in first.stdout
+    assert first.stdout.count("done in ") >= 8
+    assert "A Pequod Blog" in requests.get(URL, timeout=5).text
+
+    # Publish with git push.
+    work = tmp_path / "blog"
+    subprocess.run(["git", "clone", "-q", str(SITE_REPO), str(work)], check=True)
+    (work / "posts" / "pushed.md").write_text(
+        "<!--\n.. title: Pushed from a clone\n.. slug: pushed\n.. date: 2026-11-28 10:00:00 UTC\n-->\n\n"
+        "Written, committed, pushed.\n")
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "A post"], check=True)
+    subprocess.run([*git, "push", "-q"], check=True)
+    wait_for("the pushed post at http://localhost/", lambda: "Written, committed, pushed." in
+             requests.get(URL + "posts/pushed/", timeout=5).text, 30, interval=0.5)
+    release = site_release()
+    instance = [c.name for c in runtime.our_containers(docker_client)]
+    rules = our_rules()
+    yaml_stat = Path("/etc/pequod/pequod-bootstrap.yaml").stat()
+    supervisor = int(PID_FILE.read_text())
+
+    # Running it again changes nothing, and the site stays up meanwhile.
+    with Loop(URL) as loop:
+        again = bootstrap()
+    assert loop.failed == [] and loop.ok > 0
+    for unchanged in ("up to date", "kept as it is", "unchanged", f"running (supervisor pid {supervisor})"):
+        assert unchanged in again.stdout
+    assert site_release() == release and [c.name for c in runtime.our_containers(docker_client)] == instance
+    assert our_rules() == rules and Path("/etc/pequod/pequod-bootstrap.yaml").stat().st_mtime == yaml_stat.st_mtime
+
+    # The agent killed midway comes back and re-adopts what runs.
+    agent = agent_child(supervisor)
+    assert agent is not None
+    os.kill(agent, signal.SIGKILL)
+    wait_for("a new agent", lambda: agent_child(supervisor) not in (None, agent), 30)
+    wait_for("re-adoption", lambda: LOG.read_text().count("re-adopted running instance") >= 1, 30)
+    assert [c.name for c in runtime.our_containers(docker_client)] == instance and site_release() == release
+
+    # A host-level restart of the agent: stopped, then started by bootstrap.sh; nothing is rebuilt.
+    os.kill(supervisor, signal.SIGTERM)
+    wait_for("the supervisor to stop", lambda: not running_cmdline(supervisor), 30)
+    assert not PID_FILE.exists()
+    assert site_release() == release  # instance and frontend outlive the agent
+    bootstrap()
+    assert int(PID_FILE.read_text()) != supervisor
+    wait_for("re-adoption", lambda: LOG.read_text().count("re-adopted running instance") >= 2, 30)
+    time.sleep(2)
+    assert [c.name for c in runtime.our_containers(docker_client)] == instance
+    assert site_release() == release  # the same release: the site was not rebuilt
+
+    # Teardown leaves no agent, container, link or rule; the site repository stays.
+    supervisor = int(PID_FILE.read_text())
+    bootstrap("teardown")
+    assert not running_cmdline(supervisor) and not PID_FILE.exists()
+    assert runtime.our_containers(docker_client) == []
+    with IPRoute() as ipr:
+        names = [link.get("IFLA_IFNAME") for link in ipr.get_links()]
+    assert not [name for name in names if name.startswith(("pequod", "pq-"))]
+    assert our_rules() == []
+    assert site_release() is None
+    assert (SITE_REPO / "HEAD").exists() and not Path("/etc/pequod").exists()

@@ -1,4 +1,4 @@
-"""The long-running agent: start one instance from an image and a bootstrap YAML, keep it alive.
+"""The long-running agent: start one instance per image from a bootstrap YAML, keep them alive.
 
 Everything is checked before the first side effect. Then: the bridge, NAT64 (Tayga) and the egress
 firewall, one container (limits and hardening from the manifest), its network, the HAProxy frontend,
@@ -47,27 +47,45 @@ HOST_PROGRAMS = {"tayga": "tayga", "haproxy": "haproxy", "iptables-restore": "ip
                  "ip6tables-restore": "iptables"}
 
 
-def check_requires(manifest: Manifest, bootstrap: Bootstrap) -> None:
-    defined = {service.name for service in bootstrap.external_services}
-    for require in manifest.requires:
-        if require.name not in defined:
-            raise AgentError(
-                f"{manifest.source}: <require service-name=\"{require.name}\"> is not defined in "
-                f"{bootstrap.source} (add it under external_services)"
-            )
+def required_services(apps: list[App], bootstrap: Bootstrap) -> None:
+    """Every <require> must be provided by one of the applications here, or defined as external service."""
+    provided: dict[str, str] = {}
+    for app in apps:
+        for provide in app.manifest.provides:
+            if provide.name in provided:
+                raise AgentError(f"service {provide.name!r} is provided by both {provided[provide.name]} and "
+                                 f"{app.image}; run one of them")
+            provided[provide.name] = app.image
+    external = {service.name for service in bootstrap.external_services}
+    local_ports: dict[int, str] = {}
+    for app in apps:
+        for require in app.manifest.requires:
+            if require.name in provided:
+                other = local_ports.setdefault(require.local_port, require.name)
+                if other != require.name:
+                    raise AgentError(f"{app.manifest.source}: <require service-name=\"{require.name}\" "
+                                     f"local-port=\"{require.local_port}\">: the port is already used for {other}")
+            elif require.name not in external:
+                raise AgentError(
+                    f"{app.manifest.source}: <require service-name=\"{require.name}\"> is not defined in "
+                    f"{bootstrap.source} (add it under external_services) and no application here provides it"
+                )
 
 
 def restart_delay(quick_failures: int) -> float:
     return 0.0 if quick_failures <= 0 else min(2.0 ** (quick_failures - 1), MAX_BACKOFF)
 
 
-def hosts_file(hostname: str, address: ipaddress.IPv6Address, found: tuple[Destination, ...] = ()) -> str:
+def hosts_file(hostname: str, address: ipaddress.IPv6Address, found: tuple[Destination, ...] = (),
+               local: dict[str, ipaddress.IPv6Address] | None = None) -> str:
+    """/etc/hosts of an instance: itself, its external services (NAT64), services provided here (gateway)."""
     return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
-            + nat64.hosts_entries(found))
+            + nat64.hosts_entries(found)
+            + "".join(f"{gateway}\t{name}\n" for name, gateway in sorted((local or {}).items())))
 
 
-def check_mounts(manifest: Manifest, bootstrap: Bootstrap) -> None:
-    reserved = {"/etc/hosts", "/etc/resolv.conf", *(fs.mountpoint for fs in manifest.filesystems)}
+def check_mounts(apps: list[App], bootstrap: Bootstrap) -> None:
+    reserved = {"/etc/hosts", "/etc/resolv.conf", *(fs.mountpoint for app in apps for fs in app.manifest.filesystems)}
     for index, mount in enumerate(bootstrap.mounts):
         if not Path(mount.source).exists():
             raise AgentError(f"{bootstrap.source}: mounts[{index}].source: {mount.source} does not exist on the host")
@@ -122,55 +140,85 @@ class _ConfigChanged(FileSystemEventHandler):
             self.flag.set()
 
 
-class Agent:
-    def __init__(self, image: str, bootstrap_path: Path, state_dir: Path, client: docker.DockerClient):
+class App:
+    """One application (image) the agent runs: its manifest and its instances."""
+
+    def __init__(self, image: str):
         self.image = image
+        self.name, self.version = runtime.app_from_image(image)
+        self.manifest: Manifest
+        self.image_id = ""
+        self.container: Any = None  # the instance in the frontend
+        self.pending: tuple[Any, float] | None = None  # a started instance and its health deadline
+        self.retiring: list[tuple[Any, float]] = []  # replaced instances and when to remove them
+        self.starting: ipaddress.IPv6Address | None = None  # the address of an instance being created
+        self.quick_failures = 0
+        self.restart_at = 0.0
+
+    def live(self) -> list[Any]:
+        return [c for c in (self.container, self.pending[0] if self.pending else None) if c is not None]
+
+    def addresses(self) -> tuple[ipaddress.IPv6Address, ...]:
+        found = [ipaddress.IPv6Address(runtime.label(c, "ipv6")) for c in self.live()]
+        return tuple(found + ([self.starting] if self.starting else []))
+
+    @property
+    def health_timeout(self) -> int:
+        return max([p.health_check_timeout for p in self.manifest.provides], default=0)
+
+
+class Agent:
+    def __init__(self, images: list[str], bootstrap_path: Path, state_dir: Path, client: docker.DockerClient):
+        self.apps = [App(image) for image in images]
+        names = [app.name for app in self.apps]
+        for name in names:
+            if names.count(name) > 1:
+                raise AgentError(f"application {name!r} is given twice; one instance per application")
         self.bootstrap_path = bootstrap_path
         self.client = client
         self.state = StateDir(state_dir)
-        self.application, self.version = runtime.app_from_image(image)
         self.stop = threading.Event()
         self.config_changed = threading.Event()
-        self.manifest: Manifest
         self.bootstrap: Bootstrap
         self.capacity: Capacity
         self.tayga: Tayga
         self.frontend = frontend.Frontend(state_dir)
-        self.container: Any = None  # the instance in the frontend
-        self.pending: tuple[Any, float] | None = None  # a started instance and its health deadline
-        self.retiring: list[tuple[Any, float]] = []  # replaced instances and when to remove them
-        self.destinations: tuple[Destination, ...] = ()
+        self.destinations: dict[str, tuple[Destination, ...]] = {}  # application → its external services
         self.resolved_at = -RESOLVE_INTERVAL
-        self.quick_failures = 0
-        self.restart_at = 0.0
+        self.rules: dict[str, str] = {}
 
     # -- checks, before any side effect ------------------------------------------------------
     def load(self) -> None:
         self.bootstrap = load_bootstrap(str(self.bootstrap_path))
-        self.manifest = manifest_from_image(self.client, self.image)
-        check_requires(self.manifest, self.bootstrap)
-        check_mounts(self.manifest, self.bootstrap)
+        for app in self.apps:
+            app.manifest = manifest_from_image(self.client, app.image)
+            app.image_id = self.client.images.get(app.image).id
+        required_services(self.apps, self.bootstrap)
+        check_mounts(self.apps, self.bootstrap)
         check_host_programs()
         self.capacity = host_capacity()
-        others = [c for c in runtime.our_containers(self.client)
-                  if c.status == "running" and runtime.label(c, "application") != self.application]
-        in_use = [self._resources_of(c) for c in others]
-        check_fits(self.application, self.manifest.resources, [r for r in in_use if r], self.capacity)
+        ours = {app.name for app in self.apps}
+        in_use = [self._resources_of(c) for c in runtime.our_containers(self.client)
+                  if c.status == "running" and runtime.label(c, "application") not in ours]
+        in_use = [r for r in in_use if r]
+        for app in self.apps:
+            check_fits(app.name, app.manifest.resources, in_use, self.capacity)
+            in_use.append(app.manifest.resources)
         self.check_frontend(self.bootstrap)
         self.tayga = Tayga(self.bootstrap.nat64, self.state.path)
-        self.image_id = self.client.images.get(self.image).id
 
     def check_frontend(self, bootstrap: Bootstrap) -> None:
         """Ports distinct and free (unless our HAProxy holds them), and a configuration HAProxy accepts."""
         services = self.frontend_services(bootstrap)
-        ports = [s.port for s in services]
+        ports = [s.port for s in services if s.port]
         for service in services:
-            if ports.count(service.port) > 1:
+            if service.port and ports.count(service.port) > 1:
                 raise AgentError(f"{bootstrap.source}: frontend: port {service.port} is used by more than one "
-                                 "provided service; give each its own under frontend.ports")
+                                 "provided service; give each its own under frontend.ports (0: not published)")
         if self.frontend.daemon.pid() is None:
             for service in services:
-                check_port_free(service.bind, service.port, service.name)
+                if service.port:
+                    check_port_free(service.bind, service.port, service.name)
         frontend.check_config(self.frontend.render(services))
 
     def _resources_of(self, container: Any) -> Any:
@@ -190,183 +238,217 @@ class Agent:
             self.state.save(state)
         return network.generated_network(seed.encode())
 
-    # -- NAT64, firewall, frontend -------------------------------------------------------------
+    # -- services: NAT64, firewall, frontend ---------------------------------------------------
+    def _provider(self, service: str) -> App | None:
+        return next((app for app in self.apps if any(p.name == service for p in app.manifest.provides)), None)
+
+    def _local_requires(self, app: App) -> list[Any]:
+        """The app's <require>s that another application here provides (reached through the frontend)."""
+        return [r for r in app.manifest.requires if self._provider(r.name) is not None]
+
     def refresh_destinations(self, force: bool = False) -> None:
         """Resolve the external services; on a change, update the firewall and the instances' /etc/hosts."""
         if not force and time.monotonic() - self.resolved_at < RESOLVE_INTERVAL:
             return
         self.resolved_at = time.monotonic()
-        found = nat64.destinations(self.manifest, self.bootstrap.external_services, self.bootstrap.nat64)
+        found = {}
+        for app in self.apps:
+            local = {r.name for r in self._local_requires(app)}
+            external = tuple(s for s in self.bootstrap.external_services if s.name not in local)
+            found[app.name] = nat64.destinations(app.manifest, external, self.bootstrap.nat64)
         if found == self.destinations and not force:
             return
-        if found != self.destinations:
-            for d in found:
-                log.info("%s: %s → %s (as %s:%d)", d.service, d.external_host,
-                         ", ".join(map(str, d.ipv4)) or "unresolved", d.local_hostname, d.local_port)
+        for d in {d for ds in found.values() for d in ds} - {d for ds in self.destinations.values() for d in ds}:
+            log.info("%s: %s → %s (as %s:%d)", d.service, d.external_host,
+                     ", ".join(map(str, d.ipv4)) or "unresolved", d.local_hostname, d.local_port)
         self.destinations = found
-        firewall.apply(firewall.render_rules(self.network(), self.bootstrap.nat64, found))
-        for container in self._live():
-            self.state.write_etc_file(container.name, "hosts", self._hosts(container))
+        self.apply_firewall()
+        for app in self.apps:
+            for container in app.live():
+                self.state.write_etc_file(container.name, "hosts", self._hosts(app, runtime.label(container, "ipv6")))
 
-    def _hosts(self, container: Any) -> str:
-        return hosts_file(self.application, ipaddress.IPv6Address(runtime.label(container, "ipv6")), self.destinations)
+    def apply_firewall(self) -> None:
+        """Rules for the current instance addresses; applied only when they changed."""
+        grants, listeners = [], []
+        for app in self.apps:
+            sources = app.addresses()
+            grants += [firewall.Grant(sources, d) for d in self.destinations.get(app.name, ())]
+            listeners += [firewall.HostListener(sources, r.local_port, f"{app.name} -> {r.name}")
+                          for r in self._local_requires(app)]
+        rules = firewall.render_rules(self.network(), self.bootstrap.nat64, tuple(grants), tuple(listeners))
+        if rules != self.rules:
+            firewall.apply(rules)
+            self.rules = rules
 
-    def _live(self) -> list[Any]:
-        pending = [self.pending[0]] if self.pending else []
-        return [c for c in [self.container, *pending] if c is not None]
+    def _hosts(self, app: App, address: str) -> str:
+        gateway = self.network().gateway
+        local = {r.local_hostname: gateway for r in self._local_requires(app)}
+        return hosts_file(app.name, ipaddress.IPv6Address(address), self.destinations.get(app.name, ()), local)
 
     def frontend_services(self, bootstrap: Bootstrap | None = None) -> tuple[frontend.Service, ...]:
         bootstrap = bootstrap or self.bootstrap
-        servers = []
-        if self.container is not None:
-            servers.append((self.container.name, ipaddress.IPv6Address(runtime.label(self.container, "ipv6"))))
-        return tuple(
-            frontend.Service(
-                provide.name, bootstrap.frontend.bind, bootstrap.frontend.port_of(provide.name),
-                provide.health_check_path,
-                tuple(frontend.Server(name, address, provide.local_port) for name, address in servers),
-            ) for provide in self.manifest.provides
-        )
+        gateway = (bootstrap.networks[0].gateway if bootstrap.networks else self.network().gateway)
+        services = []
+        for app in self.apps:
+            for provide in app.manifest.provides:
+                servers: tuple[frontend.Server, ...] = ()
+                if app.container is not None:
+                    address = ipaddress.IPv6Address(runtime.label(app.container, "ipv6"))
+                    servers = (frontend.Server(app.container.name, address, provide.local_port),)
+                local_binds = sorted({(gateway, r.local_port) for other in self.apps
+                                      for r in other.manifest.requires if r.name == provide.name})
+                services.append(frontend.Service(
+                    provide.name, bootstrap.frontend.bind, bootstrap.frontend.port_of(provide.name),
+                    provide.health_check_path, servers, tuple(local_binds)))
+        return tuple(services)
 
     def publish(self) -> None:
-        if self.manifest.provides:
+        if any(app.manifest.provides for app in self.apps):
             self.frontend.apply(self.frontend_services())
 
-    def healthy(self, container: Any) -> bool:
+    def healthy(self, app: App, container: Any) -> bool:
         address = runtime.label(container, "ipv6")
-        return all(answers_health(address, p.local_port, p.health_check_path) for p in self.manifest.provides)
+        return all(answers_health(address, p.local_port, p.health_check_path) for p in app.manifest.provides)
 
     # -- instances ----------------------------------------------------------------------------
-    def _instances(self) -> list[Any]:
+    def _instances(self, app: App) -> list[Any]:
         return [c for c in runtime.our_containers(self.client)
-                if runtime.label(c, "zone") == ZONE and runtime.label(c, "application") == self.application]
+                if runtime.label(c, "zone") == ZONE and runtime.label(c, "application") == app.name]
 
-    def adopt(self) -> None:
+    def adopt(self, app: App) -> None:
         """Take over a running instance left by an earlier agent (the newest healthy one); remove the rest."""
         running = []
-        for container in self._instances():
+        for container in self._instances(app):
             if container.status == "running":
                 running.append(container)
             else:
                 log.info("removing stopped instance %s", container.name)
                 runtime.remove(container)
-        running.sort(key=lambda c: (self.healthy(c), runtime.label(c, "started")), reverse=True)
+        running.sort(key=lambda c: (self.healthy(app, c), runtime.label(c, "started")), reverse=True)
         for duplicate in running[1:]:
             log.warning("removing duplicate instance %s", duplicate.name)
             runtime.remove(duplicate)
         if running:
-            self.container = running[0]
-            pid = self.container.attrs["State"]["Pid"]
-            address = runtime.label(self.container, "ipv6")
+            app.container = running[0]
+            pid = app.container.attrs["State"]["Pid"]
+            address = runtime.label(app.container, "ipv6")
             if address not in network.instance_addresses(pid):
-                log.info("re-wiring the network of %s", self.container.name)
-                network.wire_instance(pid, self.container.name, self.network(), ipaddress.IPv6Address(address))
-            self.state.write_etc_file(self.container.name, "hosts", self._hosts(self.container))
-            log.info("re-adopted running instance %s (%s)", self.container.name, address)
+                log.info("re-wiring the network of %s", app.container.name)
+                network.wire_instance(pid, app.container.name, self.network(), ipaddress.IPv6Address(address))
+            self.state.write_etc_file(app.container.name, "hosts", self._hosts(app, address))
+            log.info("re-adopted running instance %s (%s)", app.container.name, address)
 
-    def start_instance(self) -> Any:
+    def start_instance(self, app: App) -> Any:
         net = self.network()
         suffix = f"{network.random16():04x}"
-        instance = runtime.InstanceId(ZONE, "", self.application, self.version, suffix)
+        instance = runtime.InstanceId(ZONE, "", app.name, app.version, suffix)
         address = network.instance_address(net.subnet, network.host_ipv4(), network.random16())
-        hosts = hosts_file(self.application, address, self.destinations)
-        etc = {
-            "/etc/resolv.conf": str(self.state.write_etc_file(instance.name, "resolv.conf", resolv_conf(net))),
-            "/etc/hosts": str(self.state.write_etc_file(instance.name, "hosts", hosts)),
-        }
-        image = self.client.images.get(self.image)
-        self.image_id = image.id
-        image_user = image.attrs["Config"].get("User") or ""
-        args = runtime.container_args(
-            image=self.image, instance=instance, manifest=self.manifest, environment=self.bootstrap.env,
-            image_user=image_user, capacity=self.capacity, read_only_binds={**etc, **self.bootstrap.mount_map},
-            labels={"zone": ZONE, "repo": "", "application": self.application, "version": self.version,
-                    "ipv6": str(address), "started": f"{time.time():.3f}", "image": self.image,
-                    "image_id": self.image_id},
-        )
-        container = runtime.create_and_start(self.client, args)
+        app.starting = address
         try:
-            network.wire_instance(container.attrs["State"]["Pid"], instance.name, net, address)
-        except AgentError:
-            runtime.remove(container)
-            raise
+            self.apply_firewall()  # its services are open before it runs
+            etc = {
+                "/etc/resolv.conf": str(self.state.write_etc_file(instance.name, "resolv.conf", resolv_conf(net))),
+                "/etc/hosts": str(self.state.write_etc_file(instance.name, "hosts", self._hosts(app, str(address)))),
+            }
+            image = self.client.images.get(app.image)
+            app.image_id = image.id
+            args = runtime.container_args(
+                image=app.image, instance=instance, manifest=app.manifest, environment=self.bootstrap.env,
+                image_user=image.attrs["Config"].get("User") or "", capacity=self.capacity,
+                read_only_binds={**etc, **self.bootstrap.mount_map},
+                labels={"zone": ZONE, "repo": "", "application": app.name, "version": app.version,
+                        "ipv6": str(address), "started": f"{time.time():.3f}", "image": app.image,
+                        "image_id": app.image_id},
+            )
+            container = runtime.create_and_start(self.client, args)
+            try:
+                network.wire_instance(container.attrs["State"]["Pid"], instance.name, net, address)
+            except AgentError:
+                runtime.remove(container)
+                raise
+        finally:
+            app.starting = None
         log.info("started %s at %s", instance.name, address)
         return container
 
-    def _alive(self, container: Any) -> str:
+    @staticmethod
+    def _status(container: Any) -> str:
         try:
             container.reload()
             return container.status
         except docker.errors.NotFound:
             return "removed"
 
-    def _failed(self, container: Any, status: str, why: str = "") -> None:
+    def _failed(self, app: App, container: Any, status: str, why: str = "") -> None:
         """Remove a dead or unhealthy instance and schedule its replacement (back-off for crash loops)."""
         lived = time.time() - float(runtime.label(container, "started") or 0)
         code = container.attrs.get("State", {}).get("ExitCode") if status != "removed" else None
-        self.quick_failures = self.quick_failures + 1 if lived < STABLE_AFTER or why else 1
-        delay = restart_delay(self.quick_failures)
+        app.quick_failures = app.quick_failures + 1 if lived < STABLE_AFTER or why else 1
+        delay = restart_delay(app.quick_failures)
         log.warning("instance %s %s (exit code %s) after %.0f s%s; replacing it in %.0f s",
                     container.name, status, code, lived, f" ({why})" if why else "", delay)
         runtime.remove(container)
-        self.restart_at = time.monotonic() + delay
+        app.restart_at = time.monotonic() + delay
         state = self.state.load()
         state["restarts"] = int(state.get("restarts", 0)) + 1
         self.state.save(state)
 
     def supervise_once(self) -> None:
-        now = time.monotonic()
-        if self.container is not None:
-            status = self._alive(self.container)
-            if status != "running":
-                dead, self.container = self.container, None
-                self.publish()
-                self._failed(dead, status)
-        if self.pending is not None:
-            candidate, deadline = self.pending
-            status = self._alive(candidate)
-            if status != "running":
-                self.pending = None
-                self._failed(candidate, status)
-            elif self.healthy(candidate):
-                self.pending = None
-                previous, self.container = self.container, candidate
-                self.publish()
-                log.info("%s is healthy and in the frontend", candidate.name)
-                if previous is not None:
-                    self.retiring.append((previous, now + DRAIN_SECONDS))
-            elif now > deadline:
-                self.pending = None
-                timeout = max(p.health_check_timeout for p in self.manifest.provides)
-                self._failed(candidate, status, f"not healthy within {timeout} s")
-        if self.container is None and self.pending is None and now >= self.restart_at:
-            try:
-                self.start_pending()
-            except AgentError as exc:
-                self.quick_failures += 1
-                self.restart_at = time.monotonic() + restart_delay(self.quick_failures)
-                log.error("%s; retrying", exc)
-        for item in list(self.retiring):
-            if now >= item[1]:
-                self.retiring.remove(item)
-                log.info("removing replaced instance %s", item[0].name)
-                runtime.remove(item[0])
+        for app in self.apps:
+            self._supervise(app)
         if self.frontend.ensure():
             log.warning("the frontend (haproxy) had stopped: restarted")
         if self.tayga.daemon.ensure():
             log.warning("NAT64 (tayga) had stopped: restarted")
         self.refresh_destinations()
+        self.apply_firewall()
 
-    def start_pending(self) -> None:
-        timeout = max([p.health_check_timeout for p in self.manifest.provides], default=0)
-        self.pending = (self.start_instance(), time.monotonic() + timeout)
+    def _supervise(self, app: App) -> None:
+        now = time.monotonic()
+        if app.container is not None:
+            status = self._status(app.container)
+            if status != "running":
+                dead, app.container = app.container, None
+                self.publish()
+                self._failed(app, dead, status)
+        if app.pending is not None:
+            candidate, deadline = app.pending
+            status = self._status(candidate)
+            if status != "running":
+                app.pending = None
+                self._failed(app, candidate, status)
+            elif self.healthy(app, candidate):
+                app.pending = None
+                previous, app.container = app.container, candidate
+                self.publish()
+                log.info("%s is healthy and in the frontend", candidate.name)
+                if previous is not None:
+                    app.retiring.append((previous, now + DRAIN_SECONDS))
+            elif now > deadline:
+                app.pending = None
+                self._failed(app, candidate, status, f"not healthy within {app.health_timeout} s")
+        if app.container is None and app.pending is None and now >= app.restart_at:
+            try:
+                self.start_pending(app)
+            except AgentError as exc:
+                app.quick_failures += 1
+                app.restart_at = time.monotonic() + restart_delay(app.quick_failures)
+                log.error("%s; retrying", exc)
+        for item in list(app.retiring):
+            if now >= item[1]:
+                app.retiring.remove(item)
+                log.info("removing replaced instance %s", item[0].name)
+                runtime.remove(item[0])
+
+    def start_pending(self, app: App) -> None:
+        app.pending = (self.start_instance(app), time.monotonic() + app.health_timeout)
 
     # -- configuration changes ------------------------------------------------------------------
     def reload_config(self) -> None:
         try:
             new = load_bootstrap(str(self.bootstrap_path))
-            check_requires(self.manifest, new)
-            check_mounts(self.manifest, new)
+            required_services(self.apps, new)
+            check_mounts(self.apps, new)
             if new.frontend != self.bootstrap.frontend:
                 self.check_frontend(new)
         except AgentError as exc:
@@ -389,43 +471,50 @@ class Agent:
             log.info("bootstrap YAML changed: frontend settings")
             self.publish()
         if new.environment != old.environment or new.mounts != old.mounts or not same_addressing:
-            log.info("bootstrap YAML changed (environment, mounts or addressing): replacing the instance")
+            log.info("bootstrap YAML changed (environment, mounts or addressing): replacing the instances")
             if not same_addressing:
                 network.ensure_bridge(self.network())
-                if self.container is not None:  # unreachable at the new addressing: no point in draining
-                    runtime.remove(self.container)
-                    self.container = None
-            if self.pending is not None:
-                runtime.remove(self.pending[0])
-                self.pending = None
+            for app in self.apps:
+                if not same_addressing and app.container is not None:  # unreachable now: no point in draining
+                    runtime.remove(app.container)
+                    app.container = None
+                if app.pending is not None:
+                    runtime.remove(app.pending[0])
+                    app.pending = None
             self.refresh_destinations(force=True)
-            self.start_pending()
+            for app in self.apps:
+                self.start_pending(app)
             return
         self.refresh_destinations(force=True)
-        if self.container is not None and old_net and new_net:
-            pid = self.container.attrs["State"]["Pid"]
-            if old_net.routes != new_net.routes:
-                network.update_routes(pid, old_net.routes, new_net.routes)
-                log.info("bootstrap YAML changed: routes updated in %s", self.container.name)
-            if old_net.dns != new_net.dns:
-                self.state.write_etc_file(self.container.name, "resolv.conf", resolv_conf(new_net))
-                log.info("bootstrap YAML changed: resolv.conf updated in %s", self.container.name)
+        if old_net and new_net:
+            for container in [c for app in self.apps for c in app.live()]:
+                pid = container.attrs["State"]["Pid"]
+                if old_net.routes != new_net.routes:
+                    network.update_routes(pid, old_net.routes, new_net.routes)
+                    log.info("bootstrap YAML changed: routes updated in %s", container.name)
+                if old_net.dns != new_net.dns:
+                    self.state.write_etc_file(container.name, "resolv.conf", resolv_conf(new_net))
+                    log.info("bootstrap YAML changed: resolv.conf updated in %s", container.name)
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
         network.ensure_bridge(self.network())
         self.tayga.ensure()
         self.refresh_destinations(force=True)
-        self.adopt()
+        for app in self.apps:
+            self.adopt(app)
+        self.apply_firewall()
         self.publish()
-        if self.container is not None and runtime.label(self.container, "image_id") not in ("", self.image_id):
-            log.info("the image %s changed since %s started: starting a replacement", self.image, self.container.name)
-            self.start_pending()
+        for app in self.apps:
+            if app.container is not None and runtime.label(app.container, "image_id") not in ("", app.image_id):
+                log.info("the image %s changed since %s started: starting a replacement", app.image,
+                         app.container.name)
+                self.start_pending(app)
         observer = Observer()
         observer.schedule(_ConfigChanged(self.bootstrap_path, self.config_changed),
                           str(self.bootstrap_path.resolve().parent))
         observer.start()
-        log.info("supervising %s from %s", self.image, self.bootstrap_path)
+        log.info("supervising %s from %s", ", ".join(app.image for app in self.apps), self.bootstrap_path)
         try:
             while not self.stop.is_set():
                 if self.config_changed.is_set():
@@ -439,7 +528,8 @@ class Agent:
                     self.supervise_once()
                 except AgentError as exc:
                     log.error("%s", exc)
-                self.stop.wait(0.25 if self.pending or self.retiring else 1.0)
+                busy = any(app.pending or app.retiring for app in self.apps)
+                self.stop.wait(0.25 if busy else 1.0)
         finally:
             observer.stop()
             observer.join(5)

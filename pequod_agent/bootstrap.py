@@ -17,7 +17,7 @@
     frontend:                   # optional; defaults below
       bind: "::"                # "::" listens on IPv6 and IPv4
       port: 80                  # for every provided service without its own entry in ports
-      ports: {srcco-de: 80}
+      ports: {srcco-de: 80}     # 0: not published (only instances that require it reach it)
     mounts:                     # optional: host paths the instance may read
       - {source: /srv/pequod/site.git, target: /srv/pequod/site.git}
     environment:
@@ -310,7 +310,8 @@ def _frontend(r: _Reader, value: Any) -> Frontend:
     per_service = []
     for name, service_port in ports.items():
         r.text(name, f"frontend.ports.{name}", _NAME, "a service name (lowercase, digits, '-')")
-        per_service.append((name, r.integer(service_port, f"frontend.ports.{name}", 1, 65535, "a port number")))
+        per_service.append((name, r.integer(service_port, f"frontend.ports.{name}", 0, 65535,
+                                            "a port number, 0 for not published")))
     return Frontend(bind, port, tuple(sorted(per_service)))
 
 

@@ -1,6 +1,6 @@
 """`pequod-agent`: the host agent's command line.
 
-    pequod-agent --bootstrap IMAGE BOOTSTRAP_YAML   run and supervise one instance (foreground)
+    pequod-agent --bootstrap IMAGE [IMAGE...] BOOTSTRAP_YAML   run and supervise one instance per image
         [--supervise --pid-file FILE]               ... as a child restarted whenever it exits
     pequod-agent -i [services] [--json]             what runs
     pequod-agent --teardown                         remove every container, link and rule of ours
@@ -70,14 +70,14 @@ def build_image(tag: str, base_image: str | None, context: Path) -> int:
     return 0
 
 
-def bootstrap(image: str, yaml_path: str, state_dir: Path) -> int:
+def bootstrap(images: list[str], yaml_path: str, state_dir: Path) -> int:
     from pequod_agent import engine
     from pequod_agent.agent import Agent
 
     client = engine.connect()
     if client is None:
         raise AgentError("no Docker engine answers: start dockerd (or run pequod-agent --build-image)")
-    agent = Agent(image, Path(yaml_path), state_dir, client)
+    agent = Agent(images, Path(yaml_path), state_dir, client)
     agent.load()  # everything checked before anything is touched
 
     agent_pid = os.getpid()
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pequod-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--bootstrap", nargs=2, metavar=("IMAGE", "BOOTSTRAP_YAML"),
-                        help="start one instance of IMAGE and supervise it (runs in the foreground)")
+    action.add_argument("--bootstrap", nargs="+", metavar="IMAGE [IMAGE...] BOOTSTRAP_YAML",
+                        help="start one instance of each IMAGE and supervise them (runs in the foreground)")
     action.add_argument("-i", "--inspect", nargs="?", const="instances", choices=("instances", "services"),
                         help="print the running instances, or their services")
     action.add_argument("--teardown", action="store_true", help="remove every container and link of ours")
@@ -205,11 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("docker", "urllib3", "watchdog", "pyroute2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if args.bootstrap and len(args.bootstrap) < 2:
+            parser.error("--bootstrap needs at least one IMAGE and the BOOTSTRAP_YAML")
         if args.bootstrap and args.supervise:
             return supervise(["--bootstrap", *args.bootstrap, "--state-dir", str(args.state_dir)]
                              + (["-v"] if args.verbose else []), args.pid_file)
         if args.bootstrap:
-            return bootstrap(args.bootstrap[0], args.bootstrap[1], args.state_dir)
+            return bootstrap(args.bootstrap[:-1], args.bootstrap[-1], args.state_dir)
         if args.inspect:
             return inspect(args.inspect, args.json)
         if args.teardown:

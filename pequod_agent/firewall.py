@@ -1,7 +1,9 @@
 """The egress allowlist and NAT44, as iptables/ip6tables rules in chains of our own.
 
 An instance's traffic leaves the bridge only towards what it declared: the external services of
-its manifest's `require`s (their NAT64-synthesised addresses and port), the DNS servers of the
+its manifest's `require`s (their NAT64-synthesised addresses and port; rules match the instance's
+own address, so each instance gets only its own application's services), the services other
+instances provide to it through the frontend's listeners on the gateway, the DNS servers of the
 bootstrap YAML, and replies. Anything else is rejected (ICMPv6 "administratively prohibited", so
 programs fail at once instead of hanging) and counted. Tayga's IPv4 side is masqueraded to the
 outside and may only reach the declared IPv4 addresses and ports.
@@ -12,6 +14,7 @@ table (`--noflush`: only our chains are replaced); the built-in chains get a sin
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import subprocess
@@ -40,8 +43,17 @@ class FirewallError(AgentError):
 
 
 @dataclass(frozen=True)
+class Grant:
+    """Instances (by address) that may reach an external service through NAT64."""
+    sources: tuple[ipaddress.IPv6Address, ...]
+    destination: Destination
+
+
+@dataclass(frozen=True)
 class HostListener:
-    """A port on the bridge's gateway address that instances may connect to (HAProxy, local services)."""
+    """A port on the bridge's gateway address that instances may connect to (a service another instance
+    provides, through the frontend)."""
+    sources: tuple[ipaddress.IPv6Address, ...]
     port: int
     comment: str
 
@@ -50,7 +62,7 @@ def _comment(text: str) -> str:
     return f'-m comment --comment "pequod: {text}"'
 
 
-def render_rules(network: Network, nat64: Nat64, found: tuple[Destination, ...],
+def render_rules(network: Network, nat64: Nat64, grants: tuple[Grant, ...],
                  listeners: tuple[HostListener, ...] = ()) -> dict[str, str]:
     """iptables-restore input for each of ('ip6tables', 'iptables'): a pure function."""
     v6_filter = [
@@ -62,15 +74,22 @@ def render_rules(network: Network, nat64: Nat64, found: tuple[Destination, ...],
         "*filter", f":{FORWARD} - [0:0]",
         f"-A {FORWARD} -o {TUN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     ]
-    for d in found:
+    v4_allowed: list[str] = []
+    for grant in grants:
+        d = grant.destination
         for v6, v4 in zip(d.ipv6, d.ipv4, strict=True):
-            if d.local_port != d.external_port:
-                v6_nat.append(f"-A {PREROUTING} -i {BRIDGE} -d {v6}/128 -p tcp --dport {d.local_port} "
-                              f"{_comment(d.service)} -j DNAT --to-destination [{v6}]:{d.external_port}")
-            v6_filter.append(f"-A {FORWARD} -i {BRIDGE} -o {TUN} -d {v6}/128 -p tcp --dport {d.external_port} "
-                             f"{_comment(d.service)} -j ACCEPT")
-            v4_filter.append(f"-A {FORWARD} -i {TUN} -s {nat64.ipv4_pool} -d {v4}/32 -p tcp "
-                             f"--dport {d.external_port} {_comment(d.service)} -j ACCEPT")
+            for source in grant.sources:
+                if d.local_port != d.external_port:
+                    v6_nat.append(f"-A {PREROUTING} -i {BRIDGE} -s {source}/128 -d {v6}/128 -p tcp "
+                                  f"--dport {d.local_port} {_comment(d.service)} "
+                                  f"-j DNAT --to-destination [{v6}]:{d.external_port}")
+                v6_filter.append(f"-A {FORWARD} -i {BRIDGE} -o {TUN} -s {source}/128 -d {v6}/128 -p tcp "
+                                 f"--dport {d.external_port} {_comment(d.service)} -j ACCEPT")
+            rule = (f"-A {FORWARD} -i {TUN} -s {nat64.ipv4_pool} -d {v4}/32 -p tcp "
+                    f"--dport {d.external_port} {_comment(d.service)} -j ACCEPT")
+            if grant.sources and rule not in v4_allowed:
+                v4_allowed.append(rule)
+    v4_filter += v4_allowed
     for server in network.dns:
         chain = INPUT if server == network.gateway else FORWARD
         for proto in ("udp", "tcp"):
@@ -81,8 +100,8 @@ def render_rules(network: Network, nat64: Nat64, found: tuple[Destination, ...],
         f"-A {FORWARD} -o {BRIDGE} {_comment('inbound to instances')} -j DROP",
         f"-A {INPUT} -i {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         f"-A {INPUT} -i {BRIDGE} -p ipv6-icmp -j ACCEPT",
-        *(f"-A {INPUT} -i {BRIDGE} -d {network.gateway}/128 -p tcp --dport {listener.port} "
-          f"{_comment(listener.comment)} -j ACCEPT" for listener in listeners),
+        *(f"-A {INPUT} -i {BRIDGE} -s {source}/128 -d {network.gateway}/128 -p tcp --dport {listener.port} "
+          f"{_comment(listener.comment)} -j ACCEPT" for listener in listeners for source in listener.sources),
         f"-A {INPUT} -i {BRIDGE} {_comment('host not declared')} -j REJECT --reject-with icmp6-adm-prohibited",
         "COMMIT",
     ]

@@ -58,12 +58,14 @@ class Server:
 
 @dataclass(frozen=True)
 class Service:
-    """A provided service, published on bind:port, served by `servers` (instances that passed a check)."""
+    """A provided service, published on bind:port (port 0: not published), and on `local_binds` (gateway
+    address and port) for instances that require it; served by `servers` (instances that passed a check)."""
     name: str
     bind: ipaddress.IPv4Address | ipaddress.IPv6Address
     port: int
     health_path: str
     servers: tuple[Server, ...] = ()
+    local_binds: tuple[tuple[ipaddress.IPv6Address, int], ...] = ()
 
 
 def _bind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
@@ -86,11 +88,13 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
         lines += [f"    user {user}", f"    group {user}"]
     lines += ["", DEFAULTS.rstrip("\n"), "    log global", ""]
     for service in services:
+        binds = ([_bind(service.bind, service.port)] if service.port else []) + [
+            _bind(address, port) for address, port in service.local_binds]
+        if not binds:
+            continue
+        lines += [f"frontend {service.name}", *(f"    bind {bind}" for bind in binds),
+                  f"    default_backend {service.name}", ""]
         lines += [
-            f"frontend {service.name}",
-            f"    bind {_bind(service.bind, service.port)}",
-            f"    default_backend {service.name}",
-            "",
             f"backend {service.name}",
             f"    option httpchk GET {service.health_path}",
             "    http-check expect status 200",

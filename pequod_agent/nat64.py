@@ -88,10 +88,13 @@ class Destination:
 
 def destinations(manifest: Manifest, services: tuple[ExternalService, ...], nat64: Nat64,
                  resolve=resolve_ipv4) -> tuple[Destination, ...]:
+    """The manifest's requires that `services` defines, resolved (others are provided on this host)."""
     defined = {service.name: service for service in services}
     found = []
     for require in manifest.requires:
-        service = defined[require.name]
+        service = defined.get(require.name)
+        if service is None:
+            continue
         ipv4 = resolve(service.external_host)
         found.append(Destination(require.name, require.local_hostname, require.local_port,
                                  service.external_host, service.external_port, ipv4,

@@ -24,7 +24,8 @@ def agent_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pequod_agent", *args]
 
 
-def bootstrap_yaml(subnet_id: int, github: str, frontend_port: int, extra_env: str = "", routes: str = "") -> str:
+def bootstrap_yaml(subnet_id: int, github: str, frontend_port: int, extra_env: str = "", routes: str = "",
+                   extra_frontend: str = "") -> str:
     prefix = f"fd00:5eed:{subnet_id:x}"
     return f"""\
 external_services:
@@ -37,7 +38,7 @@ networks:
     ipv6_routes:
       - {{destination_ip: "fd99:69a4:fefb:64::", destination_prefixlen: 96, gateway: "{prefix}::1"}}{routes}
 frontend:
-  port: {frontend_port}
+  port: {frontend_port}{extra_frontend}
 environment:
   SITE_REPO: git://github.com:443/site.git
   POLL_INTERVAL: 1{extra_env}
@@ -64,9 +65,9 @@ class AgentRun:
     def write_yaml(self, **kwargs: str) -> None:
         self.yaml.write_text(bootstrap_yaml(self.subnet_id, str(self.github.address), self.frontend_port, **kwargs))
 
-    def start(self) -> Process:
+    def start(self, images: tuple[str, ...] = ("srcco-de:1",)) -> Process:
         self.agent = Process(
-            agent_cmd("--bootstrap", "srcco-de:1", str(self.yaml), "--state-dir", str(self.state_dir)),
+            agent_cmd("--bootstrap", *images, str(self.yaml), "--state-dir", str(self.state_dir)),
             python_env(), self.tmp / f"agent-{len(self.processes)}.log",
         )
         self.processes.append(self.agent)

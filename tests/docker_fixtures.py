@@ -16,6 +16,7 @@ from pequod_agent.image import build_app_image
 from tests.helpers import REPO_ROOT
 
 APP_IMAGE = "srcco-de:1"
+READER_IMAGE = "pequod-reader:1"
 
 
 def _progress(message: str) -> None:
@@ -34,6 +35,15 @@ def app_image(docker_client: docker.DockerClient) -> str:
     base = base_image.ensure_base_image(docker_client, progress=_progress)
     build_app_image(docker_client, REPO_ROOT, APP_IMAGE, base, _progress)
     return APP_IMAGE
+
+
+@pytest.fixture(scope="session")
+def reader_image(docker_client: docker.DockerClient, app_image: str) -> str:
+    """A second application (tests/reader_image): it requires the blog's service as blog.internal:80."""
+    base = base_image.ensure_base_image(docker_client, progress=_progress)
+    docker_client.images.build(path=str(REPO_ROOT / "tests" / "reader_image"), tag=READER_IMAGE,
+                               buildargs={"BASE_IMAGE": base}, rm=True)
+    return READER_IMAGE
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import ipaddress
 import pytest
 
 from pequod_agent import network
-from pequod_agent.agent import restart_delay
+from pequod_agent.agent import App, hosts_file, required_services, restart_delay
 from pequod_agent.bootstrap import parse_bootstrap
 from pequod_agent.capacity import Capacity, check_fits, nano_cpus, parse_cpuinfo, parse_meminfo
 from pequod_agent.errors import AgentError
 from pequod_agent.inspect import relative, table
-from pequod_agent.manifest import Manifest, Resources, TemporaryFilesystem
+from pequod_agent.manifest import Manifest, ProvidedService, RequiredService, Resources, TemporaryFilesystem
 from pequod_agent.runtime import InstanceId, app_from_image, container_args, run_user
 
 
@@ -102,3 +102,39 @@ def test_bootstrap_defaults_and_environment() -> None:
     assert boot.networks[0].gateway == ipaddress.IPv6Address("fd00:1::1")
     assert boot.env == {"SITE_REPO": "x", "POLL_INTERVAL": "5", "DEBUG": "true"}
     assert parse_bootstrap("", "empty.yaml").networks == ()
+
+
+def _app(image: str, provides: tuple = (), requires: tuple = ()) -> App:
+    app = App(image)
+    app.manifest = Manifest(f"{image}:/pequod.xml", Resources(64, 100, 32, 256), (), provides, requires)
+    return app
+
+
+def test_requires_are_satisfied_here_or_by_external_services() -> None:
+    blog = _app("srcco-de:1", (ProvidedService("srcco-de", "1", 8000, "/", 30),),
+                (RequiredService("github-https", "1", "github.com", 443),))
+    reader = _app("reader:1", (), (RequiredService("srcco-de", "1", "blog.internal", 80),))
+    external = parse_bootstrap("external_services:\n  - {service_name: github-https, service_version: '1', "
+                               "external_host: github.com, external_port: 443}\n", "b.yaml")
+    required_services([blog, reader], external)  # github from the YAML, srcco-de from the blog
+    with pytest.raises(AgentError, match=r'reader:1:/pequod.xml: <require service-name="srcco-de"> is not defined '
+                                         r"in b.yaml \(add it under external_services\) and no application here"):
+        required_services([reader], external)
+    twice = _app("copy:1", (ProvidedService("srcco-de", "1", 8000, "/", 30),))
+    with pytest.raises(AgentError, match="'srcco-de' is provided by both srcco-de:1 and copy:1"):
+        required_services([blog, twice, reader], external)
+    clash = _app("api:1", (ProvidedService("api", "1", 9000, "/", 30),))
+    both = _app("both:1", (), (RequiredService("srcco-de", "1", "blog", 80), RequiredService("api", "1", "api", 80)))
+    with pytest.raises(AgentError, match='local-port="80">: the port is already used for srcco-de'):
+        required_services([blog, clash, both], external)
+
+
+def test_hosts_file_names_external_and_local_services() -> None:
+    from pequod_agent.nat64 import Destination
+
+    github = Destination("github-https", "github.com", 443, "github.com", 443, (ipaddress.IPv4Address("140.82.121.4"),),
+                         (ipaddress.IPv6Address("fd99:69a4:fefb:64::8c52:7904"),))
+    text = hosts_file("reader", ipaddress.IPv6Address("fd00::aacc:1:c000:202"), (github,),
+                      {"blog.internal": ipaddress.IPv6Address("fd00::1")})
+    assert text.splitlines()[2:] == ["fd00::aacc:1:c000:202\treader", "fd99:69a4:fefb:64::8c52:7904\tgithub.com",
+                                     "fd00::1\tblog.internal"]

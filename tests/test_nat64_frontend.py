@@ -20,7 +20,7 @@ from pequod_agent import firewall, nat64, network
 from pequod_agent.bootstrap import Nat64
 from pequod_agent.daemon import running_cmdline
 from tests.agent_fixtures import AgentRun, Loop, agent_cmd
-from tests.docker_fixtures import exec_http
+from tests.docker_fixtures import exec_http, wait_exec_http
 from tests.helpers import free_port, wait_for
 from tests.netns import Ipv4Host
 
@@ -202,3 +202,29 @@ def test_agent_restart_adopts_everything_and_teardown_removes_it(agent_run: Agen
     for pid in pids:
         assert not running_cmdline(pid)  # gone (or a zombie waiting for its parent)
     assert frontend_text(agent_run) is None
+
+
+def test_service_provided_by_another_instance_is_reached_through_the_frontend(agent_run: AgentRun,
+                                                                             reader_image: str) -> None:
+    agent_run.write_yaml(extra_frontend="\n  ports: {reader: 0}")  # the reader is not published
+    agent_run.start(images=("srcco-de:1", reader_image))
+    wait_for("the blog through the frontend", lambda: frontend_text(agent_run), 120)
+    rows = {row["application_name"]: row for row in agent_run.instances()}
+    reader = agent_run.client.containers.get(rows["pequod-reader"]["instance_name"])
+    blog = agent_run.client.containers.get(rows["srcco-de"]["instance_name"])
+    gateway = f"fd00:5eed:{agent_run.subnet_id:x}::1"
+
+    # The reader reaches the blog by the name and port of its <require>, through the frontend.
+    assert f"{gateway}\tblog.internal" in reader.exec_run(["cat", "/etc/hosts"]).output.decode()
+    answer = wait_exec_http(reader, "http://blog.internal/", "200", timeout=30)
+    assert "A Pequod Blog" in answer
+    # Each instance gets only what its own manifest declares.
+    assert connect_from(reader, "github.com", 443) != "ok"
+    assert connect_from(blog, gateway, 80) != "ok"
+    assert connect_from(blog, "github.com", 443) == "ok"
+
+    services = [line.split() for line in subprocess.run(agent_cmd("-i", "services"), capture_output=True,
+                                                        text=True, timeout=60).stdout.splitlines()]
+    assert [reader.name, "pequod-reader", "1", "require", "srcco-de", "1", "blog.internal", "80"] in services
+    assert [reader.name, "pequod-reader", "1", "provide", "reader", "1", rows["pequod-reader"]["ipv6"],
+            "8080"] in services

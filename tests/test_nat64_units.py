@@ -68,23 +68,29 @@ MOVED = Destination("mirror", "mirror.local", 80, "mirror.example", 8080, (V4("1
 
 
 def test_rules_allow_declared_destinations_then_reject_the_rest() -> None:
-    rules = firewall.render_rules(NET, NAT, (GITHUB, MOVED), (firewall.HostListener(9000, "local service"),))
+    blog, other = V6("fd00:5eed:1:0:aacc:1:c000:202"), V6("fd00:5eed:1:0:aacc:2:c000:202")
+    rules = firewall.render_rules(NET, NAT, (firewall.Grant((blog,), GITHUB), firewall.Grant((blog,), MOVED)),
+                                  (firewall.HostListener((other,), 9000, "reader -> srcco-de"),))
     v6 = rules["ip6tables"].splitlines()
-    accept = ('-A PEQUOD-FORWARD -i pequod0 -o pequod64 -d fd99:69a4:fefb:64::c612:2/128 -p tcp --dport 443 '
+    accept = ('-A PEQUOD-FORWARD -i pequod0 -o pequod64 -s fd00:5eed:1:0:aacc:1:c000:202/128 '
+              '-d fd99:69a4:fefb:64::c612:2/128 -p tcp --dport 443 '
               '-m comment --comment "pequod: github-https" -j ACCEPT')
     reject = ('-A PEQUOD-FORWARD -i pequod0 -m comment --comment "pequod: egress not declared" '
               '-j REJECT --reject-with icmp6-adm-prohibited')
     assert v6.index(accept) < v6.index(reject)
     assert v6[3] == "-A PEQUOD-FORWARD -o pequod0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     # A local port that differs from the external one is translated before the filter sees it.
-    assert ('-A PEQUOD-PREROUTING -i pequod0 -d fd99:69a4:fefb:64::c612:6/128 -p tcp --dport 80 '
+    assert ('-A PEQUOD-PREROUTING -i pequod0 -s fd00:5eed:1:0:aacc:1:c000:202/128 '
+            '-d fd99:69a4:fefb:64::c612:6/128 -p tcp --dport 80 '
             '-m comment --comment "pequod: mirror" -j DNAT --to-destination [fd99:69a4:fefb:64::c612:6]:8080') in v6
     assert any("--dport 8080" in line and "-j ACCEPT" in line and "c612:6" in line for line in v6)
     # DNS on the gateway and the declared host listener are the only ways into the host.
     assert ('-A PEQUOD-INPUT -i pequod0 -d fd00:5eed:1::1/128 -p udp --dport 53 '
             '-m comment --comment "pequod: dns" -j ACCEPT') in v6
-    assert ('-A PEQUOD-INPUT -i pequod0 -d fd00:5eed:1::1/128 -p tcp --dport 9000 '
-            '-m comment --comment "pequod: local service" -j ACCEPT') in v6
+    # Only the instance that requires it reaches a service another instance provides.
+    assert ('-A PEQUOD-INPUT -i pequod0 -s fd00:5eed:1:0:aacc:2:c000:202/128 -d fd00:5eed:1::1/128 -p tcp '
+            '--dport 9000 -m comment --comment "pequod: reader -> srcco-de" -j ACCEPT') in v6
+    assert not [line for line in v6 if "aacc:2:" in line and "c612" in line]  # and nothing of the blog's
     last_input = [line for line in v6 if line.startswith("-A PEQUOD-INPUT")][-1]
     assert last_input.endswith("-j REJECT --reject-with icmp6-adm-prohibited")
     v4 = rules["iptables"].splitlines()
@@ -110,6 +116,7 @@ def test_haproxy_conf_is_accepted_by_haproxy() -> None:
         frontend.Service("srcco-de", V6("::"), 80, "/_site/health",
                          (frontend.Server("bootstrap--srcco-de-1-9641", V6("fd00:5eed:1:0:aacc:1:c000:202"), 8000),)),
         frontend.Service("api", V4("127.0.0.1"), 8081, "/health"),
+        frontend.Service("internal", V6("::"), 0, "/", (), ((V6("fd00:5eed:1::1"), 80),)),
     )
     text = frontend.render_haproxy_conf(services, Path("/run/pequod"), "haproxy")
     assert "    master-worker\n" in text and "expose-fd listeners" in text
@@ -117,6 +124,8 @@ def test_haproxy_conf_is_accepted_by_haproxy() -> None:
     assert "    option httpchk GET /_site/health\n    http-check expect status 200\n" in text
     assert "    server bootstrap--srcco-de-1-9641 [fd00:5eed:1:0:aacc:1:c000:202]:8000\n" in text
     assert "    bind 127.0.0.1:8081\n" in text
+    # Port 0: not published; only the listener on the gateway for instances that require it.
+    assert "frontend internal\n    bind [fd00:5eed:1::1]:80\n    default_backend internal\n" in text
     assert "    timeout http-request 10s\n" in text  # slow clients cannot hold a connection forever
     frontend.check_config(text)
     with pytest.raises(frontend.FrontendError, match="haproxy -c refused"):

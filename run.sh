@@ -16,7 +16,8 @@ if [ ! -w "${TMPDIR:-/tmp}" ]; then
     mkdir -p "$TMPDIR" || exit 2
 fi
 
-"$python" "$here/serve.py" "$data_dir/current" --port "${PORT:-8000}" --status-file "$data_dir/status.json" &
+"$python" "$here/serve.py" "$data_dir/current" --port "${PORT:-8000}" --status-file "$data_dir/status.json" \
+    --wake-file "$data_dir/wake" &
 serve_pid=$!
 "$python" -m pipeline watch &
 watch_pid=$!

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Serve the live release of a static site with CherryPy.
 
-    serve.py SITE_DIR [--host ::] [--port 8000] [--status-file FILE]
+    serve.py SITE_DIR [--host ::] [--port 8000] [--status-file FILE] [--wake-file FILE]
 
 SITE_DIR is usually the pipeline's `current` symlink. It is resolved once per request, so a
 request is answered entirely from one release even while a new one is swapped in.
-Reserved paths (never shadowed by site content): /_site/health, /_site/status.
+Reserved paths (never shadowed by site content): /_site/health, /_site/status, and
+POST /_site/hook (a push webhook: with WEBHOOK_SECRET set, a valid hook touches the wake file,
+which makes the watcher check the remote at once).
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import os
 import socket
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import cherrypy
 
 from pipeline import releases
+from pipeline.releases import COMPRESSIBLE
 from pipeline.status import read_status
+from pipeline.webhook import HookGuard
 
 StartResponse = Callable[..., Any]
 RESERVED_PREFIX = "/_site/"
@@ -33,9 +39,12 @@ INDEX_FILE = "index.html"
 NOT_FOUND_PAGES = ("404.html", "404/index.html")
 READ_WHOLE_LIMIT = 1 << 20
 CHUNK = 64 * 1024
-# HTML is revalidated on every request (cheap with ETag) so a new release shows at once;
-# other files may be reused for a short while.
-HTML_CACHE_CONTROL = "no-cache"
+# HTML: a shared cache (the frontend's) may keep it 1 s; browsers find it already expired and
+# revalidate on every request (cheap with ETag), so a new release shows at once. (max-age=0 would
+# say the same to browsers, but HAProxy's cache then stores nothing.) Other files may be reused
+# for a short while.
+HTML_CACHE_CONTROL = "public, s-maxage=1"
+HTML_EXPIRES = "Thu, 01 Jan 1970 00:00:00 GMT"
 ASSET_CACHE_CONTROL = "public, max-age=60"
 
 mimetypes.add_type("application/rss+xml", ".xml", strict=False)
@@ -85,6 +94,15 @@ def content_type(name: str) -> str:
     return kind
 
 
+def accepts_gzip(environ: dict[str, Any]) -> bool:
+    for item in environ.get("HTTP_ACCEPT_ENCODING", "").split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
+
+
 def not_modified(environ: dict[str, Any], etag: str, mtime: float) -> bool:
     if_none_match = environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
@@ -103,9 +121,12 @@ def not_modified(environ: dict[str, Any], etag: str, mtime: float) -> bool:
 class SiteApp:
     """A WSGI application serving files from the release `site_link` points at."""
 
-    def __init__(self, site_link: Path, status_file: Path | None):
+    def __init__(self, site_link: Path, status_file: Path | None, wake_file: Path | None = None,
+                 hook_guard: HookGuard | None = None):
         self.site_link = str(site_link)
         self.status_file = status_file
+        self.wake_file = wake_file
+        self.hook_guard = hook_guard or HookGuard(None)
 
     def live_root(self) -> str | None:
         root = os.path.realpath(self.site_link)
@@ -115,6 +136,8 @@ class SiteApp:
         method = environ.get("REQUEST_METHOD", "GET")
         path_info = environ.get("PATH_INFO") or "/"
         if path_info.startswith(RESERVED_PREFIX):
+            if path_info == RESERVED_PREFIX + "hook":
+                return self.hook(environ, method, start_response)
             return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response)
         if method not in ("GET", "HEAD"):
             return self.method_not_allowed(start_response)
@@ -152,15 +175,27 @@ class SiteApp:
         self, environ: dict[str, Any], start_response: StartResponse, root: str, path: str,
         st: os.stat_result, status: str,
     ) -> Iterable[bytes]:
-        etag = etag_for(st)
         kind = content_type(path)
         headers = [
             ("Content-Type", kind),
             ("Last-Modified", http_date(st.st_mtime)),
-            ("ETag", etag),
             ("Cache-Control", HTML_CACHE_CONTROL if kind.startswith("text/html") else ASSET_CACHE_CONTROL),
             ("X-Site-Release", os.path.basename(root)),
         ]
+        if kind.startswith("text/html"):
+            headers.append(("Expires", HTML_EXPIRES))
+        etag = etag_for(st)
+        if path.endswith(COMPRESSIBLE):
+            headers.append(("Vary", "Accept-Encoding"))
+            if accepts_gzip(environ):
+                try:
+                    st = os.stat(path + ".gz")  # precompressed at publish time
+                    path += ".gz"
+                    etag = etag[:-1] + '-gz"'  # each representation has its own tag
+                    headers.append(("Content-Encoding", "gzip"))
+                except OSError:
+                    pass
+        headers.append(("ETag", etag))
         if status.startswith("200") and not_modified(environ, etag, st.st_mtime):
             start_response("304 Not Modified", headers)
             return []
@@ -197,6 +232,27 @@ class SiteApp:
             return self.json(start_response, "200 OK", self.status(root))
         return self.plain(start_response, "404 Not Found", "not found\n")
 
+    def hook(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
+        if method != "POST":
+            return self.plain(start_response, "405 Method Not Allowed", "POST only\n", [("Allow", "POST")])
+        try:
+            length: int | None = int(environ["CONTENT_LENGTH"])
+        except (KeyError, ValueError):
+            length = None
+        verdict = self.hook_guard.precheck(length)
+        if verdict is None:
+            body = environ["wsgi.input"].read(length) if length else b""
+            headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
+                       if key.startswith("HTTP_")}
+            verdict = self.hook_guard.check(headers, body)
+        client = environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", "?")
+        if verdict.accepted and self.wake_file is not None:
+            self.wake_file.write_text(f"{time.time():.3f}\n")
+        print(f"serve.py: hook from {client}: {verdict.status} {verdict.reason}", file=sys.stderr, flush=True)
+        extra = [("Retry-After", "1")] if verdict.status == 429 else []
+        return self.json(start_response, f"{verdict.status} {HTTPStatus(verdict.status).phrase}",
+                         {"accepted": verdict.accepted, "reason": verdict.reason}, extra)
+
     def status(self, root: str | None) -> dict[str, Any]:
         status = read_status(self.status_file) if self.status_file else {}
         meta = releases.read_meta(Path(root)) if root else None
@@ -219,11 +275,12 @@ class SiteApp:
         return cls.plain(start_response, "405 Method Not Allowed", "method not allowed\n", [("Allow", "GET, HEAD")])
 
     @staticmethod
-    def json(start_response: StartResponse, status: str, body: dict[str, Any]) -> Iterable[bytes]:
+    def json(start_response: StartResponse, status: str, body: dict[str, Any],
+             extra: list[tuple[str, str]] | None = None) -> Iterable[bytes]:
         data = (json.dumps(body, indent=2) + "\n").encode()
         start_response(status, [
             ("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-            ("Cache-Control", "no-store"),
+            ("Cache-Control", "no-store"), *(extra or []),
         ])
         return [data]
 
@@ -252,6 +309,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--status-file", help="deploy status JSON (default: status.json beside SITE_DIR)")
     parser.add_argument("--threads", type=int, default=32, help="worker threads (default: 32)")
+    parser.add_argument("--wake-file", help="touched by a valid POST /_site/hook (WEBHOOK_SECRET from the environment)")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error(f"--port {args.port}: expected a port number 1-65535")
@@ -289,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         "server.socket_queue_size": 1024,
         "server.shutdown_timeout": 1,
     })
-    cherrypy.tree.graft(SiteApp(site, status_file), "")
+    wake_file = Path(args.wake_file) if args.wake_file else None
+    guard = HookGuard(os.environ.get("WEBHOOK_SECRET") or None)
+    cherrypy.tree.graft(SiteApp(site, status_file, wake_file, guard), "")
     cherrypy.engine.signals.subscribe()
     cherrypy.engine.start()
     # Stock cheroot closes keep-alive connections beyond 10; read at run time, so set it here.

@@ -48,6 +48,11 @@ class Settings:
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    @property
+    def wake_file(self) -> Path:
+        """Touched by serve.py for a valid webhook: the watcher checks the remote at once."""
+        return self.data_dir / "wake"
+
 
 def redact_url(url: str) -> str:
     """The URL with any user/password removed, fit for logs and the status page."""

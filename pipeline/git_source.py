@@ -28,7 +28,8 @@ def _message(exc: git.GitCommandError) -> str:
     return lines[-1] if lines else f"git exited with status {exc.status}"
 
 
-def _local_path(url: str) -> str | None:
+def local_path(url: str) -> str | None:
+    """The repository's path when the remote is on this machine (file:// or a plain path)."""
     return url.removeprefix("file://") if url.startswith(("file://", "/")) else None
 
 
@@ -45,7 +46,7 @@ class GitSource:
     def _env(self) -> dict[str, str]:
         """git's environment, computed once: the config file it may name is written here."""
         env = dict(_GIT_ENV)
-        path = _local_path(self.url)
+        path = local_path(self.url)
         if path:
             # A local remote mounted into the container belongs to another user, and git refuses
             # such repositories unless its global config names them safe (the environment and -c

@@ -8,6 +8,7 @@ Layout under DATA_DIR:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -34,12 +35,36 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
 
 
+COMPRESSIBLE = (".html", ".css", ".js", ".xml", ".json", ".svg", ".txt", ".md", ".rss", ".atom", ".map")
+COMPRESS_MIN_BYTES = 512
+
+
+def precompress(path: Path) -> bool:
+    """Write `path`.gz beside a text file when that saves at least 10 %; deterministic (no name, no time
+    in the header) and given the file's mtime, so an unchanged file's .gz is shared like the file."""
+    if not path.name.endswith(COMPRESSIBLE):
+        return False
+    st = path.stat()
+    gz = path.with_name(path.name + ".gz")
+    if st.st_size < COMPRESS_MIN_BYTES or gz.exists():
+        return False
+    data = path.read_bytes()
+    packed = gzip.compress(data, compresslevel=9, mtime=0)
+    if len(packed) > 0.9 * len(data):
+        return False
+    gz.write_bytes(packed)
+    os.utime(gz, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return True
+
+
 def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | None) -> Path:
     """Copy a build's output into a new release directory and return it.
 
     Files identical (size and mtime, which copy2 preserves) to the previous release are
-    hard-linked instead of copied: releases are never modified, so sharing is safe, and keeping
-    five releases then costs little more than one on a memory-backed /workdir.
+    hard-linked instead of copied (with their precompressed .gz): releases are never modified, so
+    sharing is safe, and keeping five releases then costs little more than one on a memory-backed
+    /workdir. Text files get a gzip copy beside them (`name.gz`) that serve.py sends to clients
+    accepting gzip.
     """
     releases_dir.mkdir(parents=True, exist_ok=True)
     final = releases_dir / meta.release
@@ -60,10 +85,14 @@ def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | 
                 try:
                     if _same_file(os.stat(src), os.stat(old, follow_symlinks=False)):
                         os.link(old, dst)
+                        old_gz = old.with_name(name + ".gz")
+                        if old_gz.is_file() and not os.path.exists(os.path.join(root, name + ".gz")):
+                            os.link(old_gz, dst.with_name(name + ".gz"))
                         continue
                 except OSError:
                     pass
             shutil.copy2(src, dst)
+            precompress(dst)
         dirs.sort()
     meta_file = releases_dir / f"{meta.release}.json"
     meta_file.write_text(json.dumps(asdict(meta), indent=2) + "\n")

@@ -7,10 +7,10 @@ import threading
 import time
 from dataclasses import asdict
 
-from pipeline import releases
+from pipeline import releases, triggers
 from pipeline.config import Settings, redact_url
 from pipeline.errors import BuildError, GitError, PipelineError
-from pipeline.git_source import GitSource
+from pipeline.git_source import GitSource, local_path
 from pipeline.nikola_build import NikolaBuilder, clean_build_reason
 from pipeline.status import StatusStore, utc_now
 
@@ -138,15 +138,20 @@ class Watcher:
             "watching %s branch %s every %g s", redact_url(self.settings.site_repo),
             self.settings.site_branch, self.settings.poll_interval,
         )
-        while not self.stop.is_set():
-            self.wake.clear()
-            try:
-                delay = self.check_once()
-            except PipelineError as exc:
-                self._record_error(str(exc), transient=True)
-                delay = backoff_delay(self.settings.poll_interval, self._transient_failures)
-            if delay > 0:
-                self.wake.wait(delay)
+        observer = triggers.start(self.wake, self.settings.wake_file, local_path(self.settings.site_repo))
+        try:
+            while not self.stop.is_set():
+                self.wake.clear()
+                try:
+                    delay = self.check_once()
+                except PipelineError as exc:
+                    self._record_error(str(exc), transient=True)
+                    delay = backoff_delay(self.settings.poll_interval, self._transient_failures)
+                if delay > 0:
+                    self.wake.wait(delay)
+        finally:
+            if observer is not None:
+                observer.stop()
 
 
 def rollback(settings: Settings, wanted: str | None) -> releases.Release:

@@ -53,7 +53,7 @@ def start_site(tmp_path: Path) -> Iterator:
     def start(repo_url: str, **settings: object) -> RunningSite:
         port = free_port()
         data_dir = tmp_path / f"data-{len(started)}"
-        env = python_env(SITE_REPO=repo_url, DATA_DIR=data_dir, PORT=port, POLL_INTERVAL=0.3, **settings)
+        env = python_env(SITE_REPO=repo_url, DATA_DIR=data_dir, PORT=port, **{"POLL_INTERVAL": 0.3, **settings})
         process = Process(["bash", str(REPO_ROOT / "run.sh")], env, tmp_path / f"run-{len(started)}.log")
         started.append(process)
         site = RunningSite(process, port, data_dir)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,3 +229,43 @@ def test_service_provided_by_another_instance_is_reached_through_the_frontend(ag
     assert [reader.name, "pequod-reader", "1", "require", "srcco-de", "1", "blog.internal", "80"] in services
     assert [reader.name, "pequod-reader", "1", "provide", "reader", "1", rows["pequod-reader"]["ipv6"],
             "8080"] in services
+
+
+def test_frontend_cache_serves_no_old_release_beyond_one_second(agent_run: AgentRun) -> None:
+    agent_run.start()
+    wait_for("the blog through the frontend", lambda: frontend_text(agent_run), 120)
+    row = agent_run.instances()[0]
+    direct = f"http://[{row['ipv6']}]:8000/"
+    old = requests.get(direct, timeout=5).headers["X-Site-Release"]
+    served: list[tuple[float, str, bool]] = []  # (answered at, release, from the cache)
+    live_at: list[float] = []
+    stop = threading.Event()
+
+    def through_frontend() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                response = session.get(agent_run.frontend + "/", timeout=10)
+                served.append((time.monotonic(), response.headers["X-Site-Release"], "Age" in response.headers))
+
+    def watch_instance() -> None:
+        while not stop.is_set() and not live_at:
+            asked = time.monotonic()
+            if requests.get(direct, timeout=5).headers["X-Site-Release"] != old:
+                live_at.append(asked)  # the swap happened before this request started
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=through_frontend), threading.Thread(target=watch_instance)]
+    for thread in threads:
+        thread.start()
+    try:
+        agent_run.repo.add_post("cache-bound", "A new release")
+        wait_for("the new release at the instance", lambda: live_at, 60)
+        time.sleep(2.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    stale = [at - live_at[0] for at, release, _cached in served if release == old and at > live_at[0] + 1.0]
+    assert stale == [], f"old release served {stale[:3]} s after the new one went live"
+    assert any(release != old for _at, release, _cached in served)
+    assert sum(cached for _at, _release, cached in served) > len(served) / 2  # hot pages come from the cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -99,6 +100,24 @@ def test_stage_links_unchanged_files_and_publish_swaps(tmp_path: Path) -> None:
     releases.publish(link, second)
     assert releases.current_release_dir(link) == second.resolve()
     assert releases.read_meta(second) == releases.Release("r2", "c2", "t", 1.0)
+
+
+def test_stage_precompresses_text_and_shares_unchanged_gz(tmp_path: Path) -> None:
+    page, css = "<p>words</p>" * 100, "body { margin: 0 }\n" * 60
+    output = _make_output(tmp_path / "output", {"index.html": page, "a/b.css": css, "small.html": "<p>x</p>",
+                                                "img.png": "x" * 2000})
+    rels = tmp_path / "releases"
+    first = releases.stage(output, rels, releases.Release("r1", "c1", "t", 1.0), None)
+    assert gzip.decompress((first / "index.html.gz").read_bytes()).decode() == page
+    assert gzip.decompress((first / "a/b.css.gz").read_bytes()).decode() == css
+    assert not (first / "small.html.gz").exists() and not (first / "img.png.gz").exists()  # too small; not text
+    assert (first / "index.html.gz").stat().st_mtime_ns == (first / "index.html").stat().st_mtime_ns
+    (output / "index.html").write_text(page + "<p>new</p>")
+    second = releases.stage(output, rels, releases.Release("r2", "c2", "t", 1.0), first)
+    assert (second / "a/b.css.gz").stat().st_ino == (first / "a/b.css.gz").stat().st_ino
+    assert gzip.decompress((second / "index.html.gz").read_bytes()).decode() == page + "<p>new</p>"
+    assert (second / "index.html.gz").read_bytes() == releases.gzip.compress(
+        (page + "<p>new</p>").encode(), compresslevel=9, mtime=0)  # deterministic
 
 
 def test_prune_keeps_the_newest_and_the_live_one(tmp_path: Path) -> None:

@@ -6,12 +6,11 @@ import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import BuildError, CommandError
-from pipeline.proc import run
+from pipeline.errors import BuildError
+from pipeline.proc import BuildWorker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,8 @@ class NikolaBuilder:
         self.site_dir = site_dir
         self.timeout = timeout
         self.memory_limit_mb = memory_limit_mb
+        self.worker = BuildWorker()
+        self.last_warm = False  # whether the last build started in an already warm worker
 
     @property
     def output_dir(self) -> Path:
@@ -85,23 +86,25 @@ class NikolaBuilder:
         """Build the checked-out `commit` into output/; return the build log. Raises BuildError."""
         if clean:
             self.reset()
-        env = dict(os.environ, SITE_COMMIT=commit, NIKOLA_MONO="1")
-        cmd = [sys.executable, "-m", "pipeline.nikola_runner", str(self.site_dir)]
+        request = {"site_dir": str(self.site_dir), "log_path": str(log_path), "timeout": self.timeout,
+                   "env": {"SITE_COMMIT": commit, "NIKOLA_MONO": "1"}, "memory_limit_mb": self.memory_limit_mb}
         try:
-            output = run(
-                cmd, timeout=self.timeout, cwd=self.site_dir, env=env,
-                log_path=log_path, memory_limit_mb=self.memory_limit_mb,
-            )
-        except CommandError as exc:
+            answer, self.last_warm = self.worker.build(request)
+        except BuildError:
             self._record_state(BuildState(commit, ok=False))
-            if exc.timed_out:
+            raise
+        output = log_path.read_text(errors="replace") if log_path.exists() else ""
+        status = answer["status"]
+        if answer["timed_out"] or status != 0:
+            self._record_state(BuildState(commit, ok=False))
+            if answer["timed_out"]:
                 message = f"nikola build timed out after {self.timeout:g} s"
-            elif exc.returncode == -9:
+            elif status == -9:
                 message = "nikola build was killed (signal 9; out of memory?)"
-            elif "MemoryError" in exc.output:
+            elif "MemoryError" in output:
                 message = "nikola build ran out of memory"
             else:
-                message = f"nikola build failed with status {exc.returncode}"
-            raise BuildError(message, log_tail(exc.output)) from None
+                message = f"nikola build failed with status {status}"
+            raise BuildError(message, log_tail(output))
         self._record_state(BuildState(commit, ok=True))
         return output

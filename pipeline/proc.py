@@ -1,18 +1,22 @@
-"""The one gateway through which the pipeline runs programs (Nikola)."""
+"""The one gateway through which programs are run: subprocesses with limits, and the build worker."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import select
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from pipeline.errors import CommandError
+from pipeline.errors import BuildError, CommandError
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +128,68 @@ def _run_streaming(
     if timed_out or proc.returncode != 0:
         raise CommandError(cmdline, proc.returncode, text, timed_out=timed_out)
     return text
+
+
+class BuildWorker:
+    """`python -m pipeline.build_worker`, kept between builds (see that module)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, start_new_session=True,
+        )
+        running_groups.add(self.proc.pid)
+        if self._read(60) is None:
+            self.stop()
+            raise BuildError("the build worker did not start (see the pipeline's log)", "")
+
+    def _read(self, timeout: float) -> dict[str, Any] | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if readable else ""
+        return json.loads(line) if line else None
+
+    def build(self, request: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Run one build; returns the worker's answer and whether the worker was already warm.
+
+        A warm worker that went away meanwhile (it ends itself when idle) is replaced once."""
+        warm = self.running()
+        if not warm:
+            self._start()
+        answer = self._ask(request)
+        if answer is None and warm:
+            log.info("the build worker had gone; starting a fresh one")
+            self.stop()
+            self._start()
+            warm = False
+            answer = self._ask(request)
+        if answer is None:
+            self.stop()
+            raise BuildError("the build worker stopped answering (see the pipeline's log)", "")
+        if answer.get("exiting"):
+            self.stop()
+        return answer, warm
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            return self._read(float(request["timeout"]) + 30)
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            running_groups.discard(self.proc.pid)
+            self.proc = None

@@ -112,6 +112,7 @@ class Watcher:
             log.error("publishing %s failed, the live release stays: %s", commit[:12], exc)
             return
         record["release"] = meta.release
+        record["worker"] = "warm" if self.builder.last_warm else "cold"
         self._finish(record, "success", None, "", started)
         log.info(
             "published %s as %s in %.2f s (%s build)%s", commit[:12], meta.release, seconds, mode,

@@ -35,6 +35,7 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
     builder = NikolaBuilder(source.clone_dir, timeout=300)
     assert build(source, builder, tmp_path / "1.log") == "no previous build"
+    assert not builder.last_warm  # the worker started with this build
 
     # One commit that adds a post, edits another, drops a tag from the site entirely and
     # deletes a post: the kinds of change that leave stale pages behind if handled naively.
@@ -46,6 +47,8 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     (site_repo.work / "posts" / "atomic-deploys.rst").unlink()
     site_repo.commit("Edit, retag and delete posts")
     assert build(source, builder, tmp_path / "2.log") is None  # really incremental
+    assert builder.last_warm  # ... in the worker that stayed loaded: no start-up paid again
+    worker_pid = builder.worker.proc.pid
 
     clean_source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
     clean_builder = NikolaBuilder(clean_source.clone_dir, timeout=300)
@@ -56,6 +59,9 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     assert incremental == clean
     assert "categories/limits.html" not in incremental and "posts/atomic-deploys/index.html" not in incremental
     assert b"Every single" in incremental["posts/welcome/index.html"]
+    assert builder.worker.proc.pid == worker_pid
+    builder.worker.stop()
+    clean_builder.worker.stop()
 
 
 def test_configuration_changes_get_a_clean_build(site_repo: SiteRepo, tmp_path: Path) -> None:

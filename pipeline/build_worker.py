@@ -5,10 +5,10 @@
 A build request is one line: {"site_dir", "log_path", "env", "timeout", "memory_limit_mb"}. The
 worker forks; the child (its own session, the memory limit applied, stdout and stderr to the log)
 runs `pipeline.nikola_runner` in a fresh copy of the warm interpreter, so nothing of one build can
-leak into the next and the output is exactly that of a cold `nikola build`. The answer is one line:
-{"status", "timed_out", "seconds"}. The worker exits after a failed build, after MAX_BUILDS builds,
-or after IDLE_SECONDS without a request, and is started again on demand; its own memory is the
-imported libraries only.
+leak into the next and the output is exactly that of a cold `nikola build`. The answer is one
+line: {"status", "timed_out", "seconds", "max_rss_kb", "exiting"}. The worker exits after a failed
+build, after MAX_BUILDS builds, or after IDLE_SECONDS without a request, and is started again on
+demand; its own memory is the imported libraries only.
 """
 
 from __future__ import annotations
@@ -82,18 +82,19 @@ def build(request: dict) -> dict:
     deadline = started + float(request["timeout"])
     timed_out = False
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
         if time.monotonic() > deadline:
             timed_out = True
             _kill_child()
-            _, status = os.waitpid(pid, 0)
+            _, status, usage = os.wait4(pid, 0)
             break
         time.sleep(0.02)
     _child = 0
     code = os.waitstatus_to_exitcode(status)
-    return {"status": code, "timed_out": timed_out, "seconds": round(time.monotonic() - started, 3)}
+    return {"status": code, "timed_out": timed_out, "seconds": round(time.monotonic() - started, 3),
+            "max_rss_kb": usage.ru_maxrss}
 
 
 def _kill_child() -> None:

@@ -53,6 +53,7 @@ class NikolaBuilder:
         self.memory_limit_mb = memory_limit_mb
         self.worker = BuildWorker()
         self.last_warm = False  # whether the last build started in an already warm worker
+        self.last_max_rss_kb = 0  # peak memory of the last build
 
     @property
     def output_dir(self) -> Path:
@@ -93,6 +94,7 @@ class NikolaBuilder:
         except BuildError:
             self._record_state(BuildState(commit, ok=False))
             raise
+        self.last_max_rss_kb = int(answer.get("max_rss_kb") or 0)
         output = log_path.read_text(errors="replace") if log_path.exists() else ""
         status = answer["status"]
         if answer["timed_out"] or status != 0:

@@ -39,6 +39,7 @@ INDEX_FILE = "index.html"
 NOT_FOUND_PAGES = ("404.html", "404/index.html")
 READ_WHOLE_LIMIT = 1 << 20
 CHUNK = 64 * 1024
+MEMO_BYTES, MEMO_ENTRIES = 32 << 20, 20000
 # HTML: a shared cache (the frontend's) may keep it 1 s; browsers find it already expired and
 # revalidate on every request (cheap with ETag), so a new release shows at once. (max-age=0 would
 # say the same to browsers, but HAProxy's cache then stores nothing.) Other files may be reused
@@ -118,19 +119,70 @@ def not_modified(environ: dict[str, Any], etag: str, mtime: float) -> bool:
     return False
 
 
+class Answer:
+    """A rendered GET answer: replayed for GET, HEAD and conditional requests alike."""
+
+    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+        fields = dict(headers)
+        self.etag = fields.get("ETag", "")
+        modified = fields.get("Last-Modified")
+        self.mtime = email.utils.parsedate_to_datetime(modified).timestamp() if modified else 0.0
+
+    def replay(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if self.status.startswith("200") and self.etag and not_modified(environ, self.etag, self.mtime):
+            start_response("304 Not Modified", [h for h in self.headers if h[0] != "Content-Length"])
+            return []
+        start_response(self.status, self.headers)
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [self.body]
+
+
+class Memo:
+    """Answers of the live release (MEMO_ENTRIES, MEMO_BYTES of bodies at most); emptied when the release
+    changes."""
+
+    def __init__(self) -> None:
+        self.root = ""
+        self.answers: dict[tuple[str, bool], Answer] = {}
+        self.size = 0
+
+    def get(self, root: str, key: tuple[str, bool]) -> Answer | None:
+        return self.answers.get(key) if root == self.root else None
+
+    def put(self, root: str, key: tuple[str, bool], answer: Answer) -> None:
+        if root != self.root:
+            self.root, self.answers, self.size = root, {}, 0
+        if self.size + len(answer.body) <= MEMO_BYTES and len(self.answers) < MEMO_ENTRIES:
+            self.answers[key] = answer
+            self.size += len(answer.body)
+
+
 class SiteApp:
     """A WSGI application serving files from the release `site_link` points at."""
 
     def __init__(self, site_link: Path, status_file: Path | None, wake_file: Path | None = None,
                  hook_guard: HookGuard | None = None):
+        self._roots: dict[str, str] = {}
+        self.memo = Memo()
         self.site_link = str(site_link)
         self.status_file = status_file
         self.wake_file = wake_file
         self.hook_guard = hook_guard or HookGuard(None)
 
     def live_root(self) -> str | None:
-        root = os.path.realpath(self.site_link)
-        return root if os.path.isdir(root) else None
+        """The live release's canonical path: one readlink(2) per request; the (costly) canonical path
+        of a link target is computed once, as releases never move."""
+        try:
+            target = os.readlink(self.site_link)
+        except OSError:
+            target = ""  # a plain directory, or nothing yet
+        root = self._roots.get(target)
+        if root is None:
+            root = os.path.realpath(self.site_link)
+            if not os.path.isdir(root):
+                return None
+            self._roots = {target: root}
+        return root
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -146,6 +198,31 @@ class SiteApp:
             return self.plain(
                 start_response, "503 Service Unavailable", "no release is live yet\n", [("Retry-After", "5")]
             )
+        # Releases never change: a rendered answer is kept per release (a new release starts afresh).
+        key = (path_info, accepts_gzip(environ))
+        entry = self.memo.get(root, key)
+        if entry is None:
+            entry = self.render(root, path_info, key[1], environ.get("SCRIPT_NAME", ""))
+            if entry is None:
+                return self.serve(root, environ, start_response)
+            self.memo.put(root, key, entry)
+        return entry.replay(environ, start_response)
+
+    def render(self, root: str, path_info: str, gzip_ok: bool, script_name: str) -> Answer | None:
+        """The plain GET answer for a path, when it can be kept (a file small enough, or the 404 page)."""
+        captured: list[Any] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path_info, "SCRIPT_NAME": script_name,
+                   "HTTP_ACCEPT_ENCODING": "gzip" if gzip_ok else "identity"}
+        body = self.serve(root, environ, lambda status, headers, exc_info=None: captured.extend((status, headers)))
+        if not isinstance(body, list) or captured[0][:3] not in ("200", "404"):
+            close = getattr(body, "close", None)
+            if close:
+                close()
+            return None
+        return Answer(captured[0], captured[1], b"".join(body))
+
+    def serve(self, root: str, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path_info = environ.get("PATH_INFO") or "/"
         try:
             segments = split_request_path(path_info)
         except BadPath:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,10 +103,16 @@ def test_etag_last_modified_and_304(server: tuple[str, Path]) -> None:
     assert again.status_code == 304 and again.content == b""
     since = requests.get(base + "/style.css", headers={"If-Modified-Since": modified}, timeout=5)
     assert since.status_code == 304
+    # A new release (releases never change once published) answers anew, also for a kept tag.
     time.sleep(0.01)
-    (data / "releases/20260101T000000Z-aaaaaaaaaaaa/style.css").write_text("body{color:red}")
+    shutil.copytree(data / "releases/20260101T000000Z-aaaaaaaaaaaa", data / "releases/20260102T000000Z-bbbbbbbbbbbb",
+                    symlinks=True)
+    (data / "releases/20260102T000000Z-bbbbbbbbbbbb/style.css").write_text("body{color:red}")
+    (data / "next").symlink_to("releases/20260102T000000Z-bbbbbbbbbbbb")
+    os.replace(data / "next", data / "current")
     changed = requests.get(base + "/style.css", headers={"If-None-Match": etag}, timeout=5)
     assert changed.status_code == 200 and changed.text == "body{color:red}"
+    assert changed.headers["X-Site-Release"] == "20260102T000000Z-bbbbbbbbbbbb"
 
 
 @pytest.mark.parametrize("path", [

@@ -1,0 +1,369 @@
+"""Whole-run benchmarks on this machine, side by side in one run; see bench/run.sh and the README.
+
+    python bench/bench.py [--quick] [--out bench/results]
+
+1. serving: nginx, our frontend (HAProxy + CherryPy), CherryPy alone and a naive CherryPy
+   staticdir server (like the seed's serve.py), all serving the same release; wrk with keep-alive,
+   32 connections, an index page and a post page; req/s, p50, p99, each as a ratio to nginx.
+2. publish latency on a generated 200-post blog: pushes changing one post each, from `git push`
+   returning to the new text being served through the frontend: by webhook, by polling, and for
+   a local file:// remote (watched).
+3. builds of that blog: full, one post changed, nothing changed; wall time and peak RSS, cold
+   (a new process, as `nikola build`) and warm (the build worker).
+4. idle: builds started and CPU seconds used by the instance over 60 s without pushes; its RSS.
+
+Results: bench/results/<time>.json and .md (the markdown table is also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import requests  # noqa: E402
+
+from pequod_agent import engine, runtime  # noqa: E402
+from pipeline.nikola_build import NikolaBuilder  # noqa: E402
+from tests.agent_fixtures import AgentRun  # noqa: E402
+from tests.helpers import Process, SiteRepo, free_port, python_env, wait_for  # noqa: E402
+
+POSTS = 200
+SECRET = "bench-secret"
+TAGS = ["python", "ipv6", "docker", "nikola", "git", "haproxy", "nat64", "linux"]
+PARAGRAPH = ("Static sites are fast because there is nothing to compute per request: the server "
+             "reads a file and sends it. Everything interesting happens once, at build time. ")
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- the blog -------------------------------------------------------------------------------------
+def post_text(number: int, revision: int = 0) -> str:
+    tags = ", ".join(TAGS[(number + k) % len(TAGS)] for k in range(2))
+    body = "\n\n".join(f"{PARAGRAPH * 3}(part {part} of post {number})" for part in range(6))
+    return (f".. title: Post number {number}\n.. slug: post-{number:03d}\n"
+            f".. date: 2025-{1 + number % 12:02d}-{1 + number % 28:02d} 10:{number % 60:02d}:00 UTC\n"
+            f".. tags: {tags}\n\n{body}\n\nRevision marker: rev-{revision}-of-{number}\n")
+
+
+def generate_blog(repo: SiteRepo, posts: int) -> None:
+    for number in range(posts - 5):  # the template brings five
+        repo.write(f"posts/post-{number:03d}.rst", post_text(number))
+    repo.commit(f"{posts} posts")
+
+
+# -- serving ----------------------------------------------------------------------------------------
+_LAT = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def wrk(url: str, seconds: int) -> dict:
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url], capture_output=True,
+                         text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    latency = {f"p{p}": float(v) * scale[u] for p, v, u in _LAT.findall(out)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
+            "errors": errors.group(0) if errors else ""}
+
+
+NGINX_CONF = """\
+user root;
+worker_processes auto;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    gzip_static on;
+    server {{
+        listen [::1]:{port};
+        root {root};
+        index index.html;
+    }}
+}}
+"""
+
+NAIVE_SERVER = """\
+import sys, cherrypy
+root, port = sys.argv[1], int(sys.argv[2])
+cherrypy.config.update({"server.socket_host": "::1", "server.socket_port": port, "environment": "production",
+                        "log.screen": False})
+cherrypy.quickstart(None, "/", {"/": {"tools.staticdir.on": True, "tools.staticdir.dir": root,
+                                      "tools.staticdir.index": "index.html"}})
+"""
+
+
+def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
+    row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
+    workdir = Path(f"/proc/{row['pid']}/root/workdir")  # the instance's tmpfs, seen from the host
+    release = workdir / os.readlink(workdir / "current")
+    say(f"serving: release {release.name}")
+    nginx_port, naive_port, serve_port = free_port(), free_port(), free_port()
+    (tmp / "nginx").mkdir()
+    (tmp / "nginx" / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp / "nginx", port=nginx_port, root=release))
+    nginx = Process(["nginx", "-c", str(tmp / "nginx" / "nginx.conf"), "-g", "daemon off;"], python_env(),
+                    tmp / "nginx.log")
+    (tmp / "naive.py").write_text(NAIVE_SERVER)
+    naive = Process([sys.executable, str(tmp / "naive.py"), str(release), str(naive_port)], python_env(),
+                    tmp / "naive.log")
+    ours = Process([sys.executable, str(REPO / "serve.py"), str(release), "--host", "::1", "--port", str(serve_port)],
+                   python_env(), tmp / "serve.log")
+    targets = {
+        "nginx": f"http://[::1]:{nginx_port}",
+        "frontend (HAProxy + CherryPy)": run.frontend,
+        "CherryPy alone (serve.py, on the host)": f"http://[::1]:{serve_port}",
+        "naive CherryPy staticdir (on the host)": f"http://[::1]:{naive_port}",
+        "serve.py in the instance (its CPU limit)": f"http://[{row['ipv6']}]:8000",
+    }
+    pages = {"index": "/", "post": "/posts/post-100/"}
+    results: dict = {}
+    try:
+        for name, base in targets.items():
+            wait_for(name, lambda base=base: requests.get(base + "/", timeout=5).status_code == 200, 30)
+        for page, path in pages.items():
+            for name, base in targets.items():
+                requests.get(base + path, timeout=5).raise_for_status()
+                say(f"wrk {name} {page}")
+                results.setdefault(page, {})[name] = wrk(base + path, seconds)
+    finally:
+        ours.stop()
+        naive.stop()
+        nginx.stop()
+    for page in results.values():
+        base = page["nginx"]
+        for figures in page.values():
+            figures["rps_vs_nginx"] = round(figures["rps"] / base["rps"], 2)
+            if figures["p99_ms"] and base["p99_ms"]:
+                figures["p99_vs_nginx"] = round(figures["p99_ms"] / base["p99_ms"], 2)
+        naive = page["naive CherryPy staticdir (on the host)"]
+        ours_alone = page["CherryPy alone (serve.py, on the host)"]
+        ours_alone["rps_vs_naive"] = round(ours_alone["rps"] / naive["rps"], 2)
+    return results
+
+
+# -- publish latency --------------------------------------------------------------------------------
+def write_yaml(run: AgentRun, mode: str, poll: int, worker_idle: int = 600) -> None:
+    local = mode == "local"
+    site_repo = f"file://{run.repo.bare}" if local else "git://github.com:443/site.git"
+    mounts = f"mounts:\n  - {{source: \"{run.repo.bare}\", target: \"{run.repo.bare}\"}}\n" if local else ""
+    run.yaml.write_text(f"""\
+external_services:
+  - {{service_name: github-https, service_version: "1", external_host: "{run.github.address}", external_port: 443}}
+networks:
+  - ipv6_subnet_ip: "fd00:5eed:{run.subnet_id:x}::"
+    ipv6_subnet_prefixlen: 64
+frontend:
+  port: {run.frontend_port}
+{mounts}environment:
+  SITE_REPO: "{site_repo}"
+  POLL_INTERVAL: {poll}
+  WEBHOOK_SECRET: {SECRET}
+  BUILD_WORKER_IDLE: {worker_idle}
+""")
+
+
+def wait_mode(run: AgentRun, mode: str) -> None:
+    """After a YAML change the agent replaces the instance; wait until the new one serves."""
+    def ready() -> bool:
+        status = requests.get(run.frontend + "/_site/status", timeout=5).json()
+        remote = status.get("remote") or ""
+        return bool(status.get("current")) and (remote.startswith("file://") == (mode == "local"))
+    wait_for(f"the instance in mode {mode}", ready, 600, interval=1)
+
+
+def publish_latency(run: AgentRun, mode: str, pushes: int, start_revision: int) -> list[float]:
+    seconds = []
+    for index in range(pushes):
+        number, revision = 100 + index, start_revision + index
+        run.repo.write(f"posts/post-{number:03d}.rst", post_text(number, revision))
+        run.repo.commit(f"Edit post {number}")  # returns when `git push` has returned
+        pushed = time.monotonic()
+        if mode == "webhook":
+            requests.post(run.frontend + "/_site/hook", headers={"X-Hook-Token": SECRET}, timeout=5)
+        marker = f"rev-{revision}-of-{number}"
+        url = f"{run.frontend}/posts/post-{number:03d}/"
+        wait_for(f"{marker} through the frontend",
+                 lambda marker=marker, url=url: marker in requests.get(url, timeout=5).text, 300,
+                 interval=0.05)
+        seconds.append(round(time.monotonic() - pushed, 3))
+        say(f"publish {mode}: {seconds[-1]:.2f} s")
+        time.sleep(1)
+    return seconds
+
+
+def summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"p50_s": round(statistics.median(ordered), 2),
+            "p90_s": round(ordered[max(0, int(round(0.9 * len(ordered))) - 1)], 2), "all_s": values}
+
+
+# -- builds -----------------------------------------------------------------------------------------
+def bench_builds(repo: SiteRepo, tmp: Path) -> dict:
+    site = tmp / "build-site"
+    shutil.copytree(repo.work, site, ignore=shutil.ignore_patterns(".git"))
+    subprocess.run(["git", "init", "-q"], cwd=site, check=True)
+    results: dict = {}
+
+    def cold(label: str) -> None:
+        started = time.monotonic()
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "pipeline.nikola_runner", str(site)],
+                             capture_output=True, text=True, cwd=REPO, timeout=900)
+        results[label] = {"seconds": round(time.monotonic() - started, 2),
+                          "peak_rss_mib": round(int(out.stderr.strip().splitlines()[-1]) / 1024, 1)}
+        say(f"build {label}: {results[label]}")
+
+    def warm(builder: NikolaBuilder, label: str) -> None:
+        started = time.monotonic()
+        builder.build("0" * 40, clean=False, log_path=tmp / "build.log")
+        results[label] = {"seconds": round(time.monotonic() - started, 2),
+                          "peak_rss_mib": round(builder.last_max_rss_kb / 1024, 1),
+                          "worker": "warm" if builder.last_warm else "cold"}
+        say(f"build {label}: {results[label]}")
+
+    def touch_post(revision: int) -> None:
+        (site / "posts" / "post-050.rst").write_text(post_text(50, revision))
+
+    cold("full (cold process)")
+    touch_post(1)
+    cold("one post changed (cold process)")
+    cold("nothing changed (cold process)")
+    builder = NikolaBuilder(site, timeout=900)
+    os.environ["PYTHONPATH"] = str(REPO)
+    try:
+        warm(builder, "nothing changed (worker starting)")
+        touch_post(2)
+        warm(builder, "one post changed (warm worker)")
+        warm(builder, "nothing changed (warm worker)")
+        for name in ("output", "cache"):
+            shutil.rmtree(site / name, ignore_errors=True)
+        for path in site.glob(".doit.db*"):
+            path.unlink()
+        warm(builder, "full (warm worker)")
+    finally:
+        builder.worker.stop()
+    return results
+
+
+# -- idle -------------------------------------------------------------------------------------------
+def container_rss_mib(container) -> float:
+    total = 0
+    for process in container.top(ps_args="-eo pid")["Processes"]:
+        try:
+            status = Path(f"/proc/{process[0]}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        total += int(match.group(1)) if match else 0
+    return round(total / 1024, 1)
+
+
+def bench_idle(run: AgentRun, seconds: int) -> dict:
+    row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
+    container = run.client.containers.get(row["instance_name"])
+    builds_before = len(requests.get(run.frontend + "/_site/status", timeout=5).json()["builds"])
+    cpu_before = container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
+    rss_start = container_rss_mib(container)
+    time.sleep(seconds)
+    cpu_after = container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
+    builds_after = len(requests.get(run.frontend + "/_site/status", timeout=5).json()["builds"])
+    cpu_seconds = (cpu_after - cpu_before) / 1e9
+    return {"seconds": seconds, "builds_started": builds_after - builds_before,
+            "cpu_seconds": round(cpu_seconds, 2), "cpu_percent_of_a_core": round(100 * cpu_seconds / seconds, 2),
+            "instance_rss_mib_at_start": rss_start, "instance_rss_mib": container_rss_mib(container)}
+
+
+# -- report -----------------------------------------------------------------------------------------
+def markdown(results: dict) -> str:
+    lines = [f"Measured {results['when']} on {results['machine']}.", ""]
+    for page, targets in results["serving"].items():
+        lines += [f"**Serving, {page} page** (wrk, 2 threads, 32 keep-alive connections, {results['wrk_seconds']} s)",
+                  "", "| server | req/s | × nginx | p50 ms | p99 ms | p99 × nginx |", "|---|---|---|---|---|---|"]
+        for name, f in targets.items():
+            versus = f" ({f['rps_vs_naive']:.1f} × naive)" if "rps_vs_naive" in f else ""
+            lines.append(f"| {name} | {f['rps']:.0f}{versus} | {f['rps_vs_nginx']:.2f} | {f['p50_ms']:.2f} | "
+                         f"{f['p99_ms']:.2f} | {f.get('p99_vs_nginx', 0):.2f} |")
+        lines.append("")
+    lines += ["**Publish latency**, 200-post blog, one post changed per push, push → visible through the frontend",
+              "", "| trigger | pushes | p50 s | p90 s |", "|---|---|---|---|"]
+    for mode, f in results["publish"].items():
+        lines.append(f"| {mode} | {len(f['all_s'])} | {f['p50_s']:.2f} | {f['p90_s']:.2f} |")
+    lines += ["", "**Builds**, 200-post blog, on the host", "", "| build | seconds | peak RSS MiB |", "|---|---|---|"]
+    for name, f in results["builds"].items():
+        lines.append(f"| {name} | {f['seconds']:.2f} | {f['peak_rss_mib']:.1f} |")
+    idle = results["idle"]
+    lines += ["", f"**Idle** ({idle['seconds']} s without pushes): {idle['builds_started']} builds started, "
+              f"{idle['cpu_seconds']} CPU s ({idle['cpu_percent_of_a_core']} % of a core); "
+              f"instance RSS (sum over its processes) {idle['instance_rss_mib_at_start']} MiB at the start "
+              f"(build worker still loaded), {idle['instance_rss_mib']} MiB at the end (worker ended after "
+              "BUILD_WORKER_IDLE=30 s).", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs (3 s wrk, 3 pushes, 20 s idle)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    wrk_seconds, pushes, idle_seconds = (3, 3, 20) if args.quick else (10, 10, 60)
+    tmp = Path(tempfile.mkdtemp(prefix="pequod-bench-"))
+    results: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "machine": f"{os.cpu_count()} CPUs, {os.uname().release}", "wrk_seconds": wrk_seconds}
+    client = engine.ensure_engine(say)
+    repo = SiteRepo(tmp / "remote")
+    say(f"generating a {POSTS}-post blog")
+    generate_blog(repo, POSTS)
+    results["builds"] = bench_builds(repo, tmp)
+
+    run = AgentRun(tmp, client, repo)
+    try:
+        write_yaml(run, "local", poll=10, worker_idle=30)
+        run.start()
+        say("waiting for the first (full) build of the blog in the instance")
+        wait_mode(run, "local")
+        results["idle"] = bench_idle(run, idle_seconds)
+        say(f"idle: {results['idle']}")
+        results["serving"] = bench_serving(run, tmp, wrk_seconds)
+        publish = {}
+        publish["local file:// remote (watched)"] = summary(publish_latency(run, "local", pushes, 1000))
+        write_yaml(run, "webhook", poll=300)
+        wait_mode(run, "webhook")
+        publish["webhook (remote over NAT64)"] = summary(publish_latency(run, "webhook", pushes, 2000))
+        write_yaml(run, "polling", poll=5)
+        time.sleep(3)  # only POLL_INTERVAL changes: the instance is replaced
+        wait_mode(run, "polling")
+        publish["polling every 5 s (remote over NAT64)"] = summary(publish_latency(run, "polling", pushes, 3000))
+        results["publish"] = publish
+    finally:
+        run.cleanup()
+        if not runtime.our_containers(client):
+            shutil.rmtree(tmp, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = markdown(results)
+    (args.out / f"{stamp}.md").write_text(text)
+    print("\n" + text)
+    say(f"results in {args.out}/{stamp}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

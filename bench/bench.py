@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,7 @@ import requests  # noqa: E402
 from pequod_agent import engine, runtime  # noqa: E402
 from pipeline.nikola_build import NikolaBuilder  # noqa: E402
 from tests.agent_fixtures import AgentRun  # noqa: E402
-from tests.helpers import Process, SiteRepo, free_port, python_env, wait_for  # noqa: E402
+from tests.helpers import Process, SiteRepo, python_env, wait_for  # noqa: E402
 
 POSTS = 200
 SECRET = "bench-secret"
@@ -111,12 +112,22 @@ cherrypy.quickstart(None, "/", {"/": {"tools.staticdir.on": True, "tools.staticd
 """
 
 
+def distinct_ports(count: int) -> list[int]:
+    """Free ports, all different (each socket stays bound until all are chosen)."""
+    sockets = [socket.create_server(("::1", 0), family=socket.AF_INET6) for _ in range(count)]
+    try:
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
     row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
     workdir = Path(f"/proc/{row['pid']}/root/workdir")  # the instance's tmpfs, seen from the host
     release = workdir / os.readlink(workdir / "current")
     say(f"serving: release {release.name}")
-    nginx_port, naive_port, serve_port = free_port(), free_port(), free_port()
+    nginx_port, naive_port, serve_port = distinct_ports(3)
     (tmp / "nginx").mkdir()
     (tmp / "nginx" / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp / "nginx", port=nginx_port, root=release))
     nginx = Process(["nginx", "-c", str(tmp / "nginx" / "nginx.conf"), "-g", "daemon off;"], python_env(),

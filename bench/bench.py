@@ -125,7 +125,9 @@ def distinct_ports(count: int) -> list[int]:
 def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
     row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
     workdir = Path(f"/proc/{row['pid']}/root/workdir")  # the instance's tmpfs, seen from the host
-    release = workdir / os.readlink(workdir / "current")
+    live = os.readlink(workdir / "current")
+    release = tmp / "served" / Path(live).name  # a copy, so the host's servers all serve the same files
+    shutil.copytree(workdir / live, release, symlinks=True)
     say(f"serving: release {release.name}")
     nginx_port, naive_port, serve_port = distinct_ports(3)
     (tmp / "nginx").mkdir()

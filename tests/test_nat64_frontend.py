@@ -65,6 +65,7 @@ def other_host(tmp_path: Path) -> Iterator[Ipv4Host]:
 
 
 def test_blog_clones_through_nat64_and_is_served_by_the_frontend(agent_run: AgentRun) -> None:
+    agent_run.write_yaml(extra_env="\n  WEBHOOK_SECRET: frontend-hook")
     agent_run.start()
     wait_for("the blog through the frontend", lambda: frontend_text(agent_run), 120)
     assert "A Pequod Blog" in frontend_text(agent_run)
@@ -86,6 +87,12 @@ def test_blog_clones_through_nat64_and_is_served_by_the_frontend(agent_run: Agen
     services = subprocess.run(agent_cmd("-i", "services"), capture_output=True, text=True, timeout=60).stdout
     assert [row["instance_name"], "srcco-de", "1", "require", "github-https", "1", "github.com", "443"] in [
         line.split() for line in services.splitlines()]
+
+    # The webhook is reachable through the frontend (and never cached there).
+    hook = agent_run.frontend + "/_site/hook"
+    assert requests.post(hook, headers={"X-Hook-Token": "guess"}, timeout=5).status_code == 403
+    for _ in range(2):
+        assert requests.post(hook, headers={"X-Hook-Token": "frontend-hook"}, timeout=5).status_code == 202
 
 
 def test_instance_reaches_only_what_it_declared(agent_run: AgentRun, other_host: Ipv4Host) -> None:

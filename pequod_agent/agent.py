@@ -205,6 +205,9 @@ class Agent:
             check_fits(app.name, app.manifest.resources, in_use, self.capacity)
             in_use.append(app.manifest.resources)
         self.check_frontend(self.bootstrap)
+        # iptables must accept our kind of rules (conntrack, comment, REJECT, NAT) before anything is set up.
+        net = self.bootstrap.networks[0] if self.bootstrap.networks else network.generated_network(b"check")
+        firewall.check_rules(firewall.render_rules(net, self.bootstrap.nat64, ()))
         self.tayga = Tayga(self.bootstrap.nat64, self.state.path)
 
     def check_frontend(self, bootstrap: Bootstrap) -> None:
@@ -287,7 +290,6 @@ class Agent:
 
     def frontend_services(self, bootstrap: Bootstrap | None = None) -> tuple[frontend.Service, ...]:
         bootstrap = bootstrap or self.bootstrap
-        gateway = (bootstrap.networks[0].gateway if bootstrap.networks else self.network().gateway)
         services = []
         for app in self.apps:
             for provide in app.manifest.provides:
@@ -295,11 +297,15 @@ class Agent:
                 if app.container is not None:
                     address = ipaddress.IPv6Address(runtime.label(app.container, "ipv6"))
                     servers = (frontend.Server(app.container.name, address, provide.local_port),)
-                local_binds = sorted({(gateway, r.local_port) for other in self.apps
+                local_ports = sorted({r.local_port for other in self.apps
                                       for r in other.manifest.requires if r.name == provide.name})
+                local_binds: tuple[tuple[ipaddress.IPv6Address, int], ...] = ()
+                if local_ports:  # listeners on the gateway for the instances that require this service
+                    net = bootstrap.networks[0] if bootstrap.networks else self.network()
+                    local_binds = tuple((net.gateway, port) for port in local_ports)
                 services.append(frontend.Service(
                     provide.name, bootstrap.frontend.bind, bootstrap.frontend.port_of(provide.name),
-                    provide.health_check_path, servers, tuple(local_binds)))
+                    provide.health_check_path, servers, local_binds))
         return tuple(services)
 
     def publish(self) -> None:

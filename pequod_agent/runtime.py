@@ -17,7 +17,6 @@ from pequod_agent.manifest import Manifest
 log = logging.getLogger(__name__)
 
 LABEL = "org.pequod.agent"
-APP_LABELS = ("zone", "repo", "application", "version", "ipv6", "started", "image", "image_id")
 NOBODY = "65534"
 
 

@@ -34,7 +34,7 @@ defaults
     option redispatch
     retries 3
     retry-on conn-failure empty-response
-    timeout connect 5s
+    timeout connect 2s
     timeout client 30s
     timeout client-fin 5s
     timeout http-request 10s

@@ -61,11 +61,12 @@ def clean_host(docker_client: docker.DockerClient, app_image: str) -> Iterator[N
 
 
 def site_release() -> str | None:
+    """The live release, asked through the frontend (the health answer is never cached)."""
     try:
-        response = requests.get(URL, timeout=5)
+        response = requests.get(URL + "_site/health", timeout=5)
     except requests.RequestException:
         return None
-    return response.headers.get("X-Site-Release") if response.status_code == 200 else None
+    return response.json()["release"] if response.status_code == 200 else None
 
 
 def our_rules() -> list[str]:

@@ -146,8 +146,10 @@ def test_frontend_rides_out_failures_and_reconfiguration(agent_run: AgentRun) ->
         wait_for("a replacement", lambda: [r for r in agent_run.instances()
                                            if r["instance_name"] != first["instance_name"]], 30)
         wait_for("the frontend to serve again", lambda: frontend_text(agent_run), 60)
+        ok = loop.ok
+        wait_for("the looping client to be served again", lambda: loop.ok > ok, 30)
         failed, ok = len(loop.failed), loop.ok
-        time.sleep(1.5)
+        time.sleep(2)
         assert len(loop.failed) == failed and loop.ok > ok  # back for good
     second = agent_run.instances()[0]
 

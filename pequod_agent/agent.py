@@ -43,6 +43,7 @@ MAX_BACKOFF = 60.0
 STABLE_AFTER = 30.0  # an instance that ran this long resets the crash-loop back-off
 DRAIN_SECONDS = 3.0  # a replaced instance serves this long after leaving the frontend
 RESOLVE_INTERVAL = 60.0  # external hosts are resolved again this often
+FIREWALL_CHECK_INTERVAL = 10.0  # our jumps in the built-in chains are checked this often
 HOST_PROGRAMS = {"tayga": "tayga", "haproxy": "haproxy", "iptables-restore": "iptables",
                  "ip6tables-restore": "iptables"}
 
@@ -186,6 +187,7 @@ class Agent:
         self.destinations: dict[str, tuple[Destination, ...]] = {}  # application → its external services
         self.resolved_at = -RESOLVE_INTERVAL
         self.rules: dict[str, str] = {}
+        self.firewall_checked = time.monotonic()
 
     # -- checks, before any side effect ------------------------------------------------------
     def load(self) -> None:
@@ -407,6 +409,11 @@ class Agent:
         if self.tayga.daemon.ensure():
             log.warning("NAT64 (tayga) had stopped: restarted")
         self.refresh_destinations()
+        if time.monotonic() - self.firewall_checked > FIREWALL_CHECK_INTERVAL:
+            self.firewall_checked = time.monotonic()
+            if not firewall.intact():
+                log.warning("our firewall rules were removed from outside: applying them again")
+                self.rules = {}
         self.apply_firewall()
 
     def _supervise(self, app: App) -> None:

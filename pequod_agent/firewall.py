@@ -144,6 +144,12 @@ def apply(rules: dict[str, str]) -> None:
             _run([command, "-w", "-t", table, "-I", builtin, "1", "-j", chain])
 
 
+def intact() -> bool:
+    """Every built-in chain still jumps into ours (an `iptables -F` elsewhere would have removed them)."""
+    return all(_run([command, "-w", "-t", table, "-C", builtin, "-j", chain], check=False).returncode == 0
+               for command, table, chain, builtin in JUMPS)
+
+
 def remove() -> list[str]:
     """Remove our jumps and chains; returns what was removed."""
     removed = []

@@ -202,6 +202,11 @@ def test_agent_restart_adopts_everything_and_teardown_removes_it(agent_run: Agen
     assert [r["instance_name"] for r in agent_run.instances()] == [instance]
     assert frontend_text(agent_run)
 
+    # Someone removes a jump into our chains: the agent notices and puts it back.
+    subprocess.run(["ip6tables", "-w", "-D", "FORWARD", "-j", "PEQUOD-FORWARD"], check=True)
+    assert _our_rules() != rules
+    wait_for("the agent to restore its rules", lambda: _our_rules() == rules, 30, interval=0.5)
+
     agent_run.agent.stop()
     result = subprocess.run(agent_cmd("--teardown", "--state-dir", str(agent_run.state_dir)),
                             capture_output=True, text=True, timeout=120)

@@ -146,9 +146,11 @@ done_step
 step "installing pequod-agent into $PREFIX/venv" "pip must reach PyPI (or set PIP_INDEX_URL)"
 stamp=$(cd "$SOURCE" && find pyproject.toml serve.py run.sh pipeline pequod_agent -type f -not -name '*.pyc' \
         -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+upgraded=0  # the agent or the image changed: a running agent is restarted to use them
 if [ -x "$AGENT" ] && [ "$(cat "$PREFIX/installed" 2>/dev/null)" = "$stamp" ]; then
     echo "    up to date"
 else
+    [ -x "$AGENT" ] && upgraded=1
     [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
     "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
     "$PREFIX/venv/bin/python" -m pip install -q --upgrade "$SOURCE"
@@ -158,7 +160,10 @@ fi
 done_step
 
 step "Docker engine and the blog image $IMAGE" "see /var/log/pequod-dockerd.log if the engine does not answer"
+image_id() { docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true; }
+before=$(image_id)
 "$AGENT" --build-image "$IMAGE" --context "$SOURCE"
+[ -n "$before" ] && [ "$before" != "$(image_id)" ] && upgraded=1
 done_step
 
 if [ -z "$repo" ]; then
@@ -243,6 +248,9 @@ WantedBy=multi-user.target"
         systemctl enable -q pequod-agent.service
         systemctl restart pequod-agent.service
         echo "    installed and started"
+    elif [ "$upgraded" = 1 ]; then
+        systemctl restart pequod-agent.service
+        echo "    restarted on the new version (instances are re-adopted or replaced without downtime)"
     elif ! systemctl is-active -q pequod-agent.service; then
         systemctl enable -q --now pequod-agent.service
         echo "    started"
@@ -252,6 +260,10 @@ WantedBy=multi-user.target"
     logs="journalctl -u pequod-agent"
 else
     step "the agent as a supervised daemon (no systemd here)" "see $LOG"
+    if [ "$upgraded" = 1 ] && supervisor_pid >/dev/null; then
+        stop_agent
+        echo "    restarting on the new version (instances are re-adopted or replaced without downtime)"
+    fi
     if pid=$(supervisor_pid); then
         echo "    running (supervisor pid $pid)"
     else

@@ -4,6 +4,7 @@ with the same config, stopped by that PID only."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -51,9 +52,16 @@ class Daemon:
             pid = int(self.pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        cmdline = running_cmdline(pid)
-        if cmdline and os.path.basename(cmdline[0]) == os.path.basename(self.argv[0]) and self.marker in cmdline:
-            return pid
+        for _ in range(20):
+            cmdline = running_cmdline(pid)
+            if cmdline:
+                return pid if os.path.basename(cmdline[0]) == os.path.basename(self.argv[0]) and \
+                    self.marker in cmdline else None
+            if not os.path.exists(f"/proc/{pid}"):
+                return None
+            # Alive, but no command line for the moment: HAProxy's master re-executes itself on a
+            # reload. Look again rather than start a second one beside it.
+            time.sleep(0.05)
         return None
 
     def start(self) -> int:
@@ -90,21 +98,33 @@ class Daemon:
         os.kill(pid, signum)
         return True
 
+    def _ours(self) -> list[int]:
+        """Every process running our program with our config (a duplicate left by a crash included)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                cmdline = running_cmdline(int(entry))
+                if cmdline and os.path.basename(cmdline[0]) == os.path.basename(self.argv[0]) and \
+                        self.marker in cmdline:
+                    found.append(int(entry))
+        return found
+
     def stop(self, timeout: float = 5.0) -> bool:
-        pid = self.pid()
         stopped = False
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+        for pid in self._ours():  # a master first: its workers usually go with it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and running_cmdline(pid):
                 if self._child is not None:
                     self._child.poll()
                 time.sleep(0.05)
             if running_cmdline(pid):
-                os.kill(pid, signal.SIGKILL)
-            if self._child is not None:
-                self._child.wait(timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             stopped = True
+        if self._child is not None:
+            self._child.wait(timeout)
         self._child = None
         self.pid_file.unlink(missing_ok=True)
         return stopped

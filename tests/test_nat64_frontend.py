@@ -202,6 +202,15 @@ def test_agent_restart_adopts_everything_and_teardown_removes_it(agent_run: Agen
     assert [r["instance_name"] for r in agent_run.instances()] == [instance]
     assert frontend_text(agent_run)
 
+    # The adopted HAProxy is reloaded (a replacement instance joins): still the same master, no second one.
+    agent_run.write_yaml(extra_env="\n  GREETING: adopted")
+    wait_for("the replacement", lambda: [r["instance_name"] for r in agent_run.instances()] not in (
+        [], [instance]) and len(agent_run.instances()) == 1, 90, interval=0.5)
+    time.sleep(3)
+    assert _pid(agent_run.state_dir / "haproxy" / "haproxy.pid") == pids[1]
+    assert "had stopped" not in agent_run.agent.log
+    rules = _our_rules()  # the replacement's address is in them now
+
     # Someone removes a jump into our chains: the agent notices and puts it back.
     subprocess.run(["ip6tables", "-w", "-D", "FORWARD", "-j", "PEQUOD-FORWARD"], check=True)
     assert _our_rules() != rules

@@ -165,3 +165,14 @@ def test_split_request_path_refuses_escapes(path: str) -> None:
 def test_split_request_path_accepts_utf8() -> None:
     assert split_request_path("/posts/caf\xc3\xa9/") == ["posts", "café"]
     assert split_request_path("//a//b/") == ["a", "b"]
+
+
+def test_only_ref_changes_of_the_local_remote_wake_the_watcher() -> None:
+    from pipeline.triggers import is_ref_change
+
+    repo = "/srv/pequod/site.git"
+    assert is_ref_change(f"{repo}/refs/heads/main", repo)
+    assert is_ref_change(f"{repo}/packed-refs", repo)
+    assert not is_ref_change(f"{repo}/refs/heads/main.lock", repo)
+    assert not is_ref_change(f"{repo}/objects/ab/cdef", repo)
+    assert not is_ref_change("/srv/pequod/other.git/refs/heads/main", repo)

@@ -44,7 +44,7 @@ def test_guard_rules() -> None:
     assert guard.check({"x-hub-signature-256": sign(body + b" ")}, body).status == 403  # forged
     assert guard.check({"x-hub-signature-256": sign(body, "guess")}, body).status == 403
     assert guard.check({"x-hub-signature-256": "sha1=abc"}, body).status == 403
-    assert guard.check({}, body) .status == 401
+    assert guard.check({}, body).status == 401
     assert guard.check({"authorization": f"Bearer {SECRET}"}, b"").status == 202
     assert guard.check({"x-hook-token": SECRET}, b"").status == 202
     assert guard.check({"x-hook-token": SECRET + "x"}, b"").status == 403

@@ -27,8 +27,10 @@ class Release:
 
 
 def release_id(commit: str, now: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
-    return f"{stamp}-{commit[:12]}"
+    """`<UTC time to the millisecond>-<commit>`: ids sort by time, also for two publishes in one second."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return f"{stamp}.{int(now * 1000) % 1000:03d}Z-{commit[:12]}"
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:

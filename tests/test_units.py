@@ -143,8 +143,10 @@ def test_rollback_target() -> None:
 
 
 def test_release_ids_sort_by_time() -> None:
-    assert releases.release_id("abcdef0123456789", now=0) == "19700101T000000Z-abcdef012345"
+    assert releases.release_id("abcdef0123456789", now=0) == "19700101T000000.000Z-abcdef012345"
     assert releases.release_id("f" * 40, now=100) > releases.release_id("0" * 40, now=99)
+    # Two publishes within one second (a watched local remote makes that common) still sort by time.
+    assert releases.release_id("0" * 40, now=100.25) > releases.release_id("f" * 40, now=100.2)
 
 
 def test_status_store_keeps_bounded_history(tmp_path: Path) -> None:

@@ -101,6 +101,7 @@ if [ "$command" = teardown ]; then
     rm -rf "$ETC" "$STATE" "$PID_FILE"
     if [ "$purge" = 1 ]; then
         rm -rf "$SITE_REPO_DIR" "$PREFIX"
+        rmdir --ignore-fail-on-non-empty "$(dirname "$SITE_REPO_DIR")" 2>/dev/null || true
         echo "    removed $SITE_REPO_DIR and $PREFIX"
     else
         [ -d "$SITE_REPO_DIR" ] && echo "    kept the site repository $SITE_REPO_DIR (--purge removes it)"

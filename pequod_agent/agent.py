@@ -187,6 +187,7 @@ class Agent:
         self.destinations: dict[str, tuple[Destination, ...]] = {}  # application → its external services
         self.resolved_at = -RESOLVE_INTERVAL
         self.rules: dict[str, str] = {}
+        self._generated: Network | None = None
         self.firewall_checked = time.monotonic()
 
     # -- checks, before any side effect ------------------------------------------------------
@@ -233,15 +234,18 @@ class Agent:
             return None
 
     def network(self) -> Network:
+        """The YAML's network, or the generated one (its seed kept in the state dir, read once)."""
         if self.bootstrap.networks:
             return self.bootstrap.networks[0]
-        state = self.state.load()
-        seed = state.get("generated_network_seed")
-        if not seed:
-            seed = network.random16().to_bytes(2, "big").hex() + str(time.time())
-            state["generated_network_seed"] = seed
-            self.state.save(state)
-        return network.generated_network(seed.encode())
+        if self._generated is None:
+            state = self.state.load()
+            seed = state.get("generated_network_seed")
+            if not seed:
+                seed = network.random16().to_bytes(2, "big").hex() + str(time.time())
+                state["generated_network_seed"] = seed
+                self.state.save(state)
+            self._generated = network.generated_network(seed.encode())
+        return self._generated
 
     # -- services: NAT64, firewall, frontend ---------------------------------------------------
     def _provider(self, service: str) -> App | None:
@@ -477,7 +481,7 @@ class Agent:
         if new.nat64 != old.nat64:
             log.info("bootstrap YAML changed: NAT64 %s, pool %s", new.nat64.prefix, new.nat64.ipv4_pool)
             self.tayga.stop()
-            nat64.remove_device()
+            network.remove_link(nat64.TUN)
             self.tayga = Tayga(new.nat64, self.state.path)
             self.tayga.ensure()
         if new.frontend != old.frontend:
@@ -559,11 +563,11 @@ def teardown(client: docker.DockerClient, state_dir: Path) -> list[str]:
         removed.append(f"container {container.name}")
     if Tayga(Nat64(), state_dir).stop():
         removed.append("tayga (NAT64)")
-    if nat64.remove_device():
+    if network.remove_link(nat64.TUN):
         removed.append(f"link {nat64.TUN}")
     removed += firewall.remove()
     removed += [f"link {name}" for name in network.remove_veths()]
-    if network.remove_bridge():
+    if network.remove_link(network.BRIDGE):
         removed.append(f"link {network.BRIDGE}")
     state = StateDir(state_dir)
     if state.file.exists():

@@ -21,6 +21,7 @@ from pequod_agent.bootstrap import ExternalService, Nat64
 from pequod_agent.daemon import Daemon
 from pequod_agent.errors import AgentError
 from pequod_agent.manifest import Manifest
+from pequod_agent.network import sysctl
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +147,12 @@ class Tayga:
                           dst_len=self.nat64.ipv4_pool.prefixlen, oif=index, family=socket.AF_INET)
                 ipr.route("replace", dst=str(self.nat64.prefix.network_address), dst_len=96, oif=index,
                           family=socket.AF_INET6)
-            Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
-            Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")
         except (NetlinkError, OSError) as exc:
             raise Nat64Error(f"cannot set up the NAT64 device {TUN}: {exc} "
                              "(is /dev/net/tun available and are we root?)") from None
+        sysctl("ipv4/ip_forward", "1")
+        sysctl("ipv6/conf/all/forwarding", "1")
 
     def stop(self) -> bool:
         return self.daemon.stop()
 
-
-def remove_device() -> bool:
-    with IPRoute() as ipr:
-        if ipr.link_lookup(ifname=TUN):
-            ipr.link("del", ifname=TUN)
-            return True
-    return False

@@ -68,7 +68,7 @@ def veth_name(instance: str) -> str:
     return VETH_PREFIX + hashlib.sha1(instance.encode()).hexdigest()[:10]
 
 
-def _sysctl(path: str, value: str) -> None:
+def sysctl(path: str, value: str) -> None:
     try:
         Path("/proc/sys/net", path).write_text(value)
     except OSError as exc:
@@ -83,22 +83,23 @@ def ensure_bridge(network: Network) -> None:
                 ipr.link("add", ifname=BRIDGE, kind="bridge")
                 log.info("created bridge %s", BRIDGE)
             index = ipr.link_lookup(ifname=BRIDGE)[0]
-            _sysctl(f"ipv6/conf/{BRIDGE}/disable_ipv6", "0")
-            _sysctl(f"ipv6/conf/{BRIDGE}/accept_dad", "0")
+            sysctl(f"ipv6/conf/{BRIDGE}/disable_ipv6", "0")
+            sysctl(f"ipv6/conf/{BRIDGE}/accept_dad", "0")
             present = {a.get("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET6, index=index)}
             if str(network.gateway) not in present:
                 ipr.addr("add", index=index, address=str(network.gateway), prefixlen=network.subnet.prefixlen,
                          flags=IFA_F_NODAD)
             ipr.link("set", index=index, state="up")
-        _sysctl("ipv6/conf/all/forwarding", "1")
+        sysctl("ipv6/conf/all/forwarding", "1")
     except NetlinkError as exc:
         raise NetworkError(f"cannot set up bridge {BRIDGE}: {exc}") from None
 
 
-def remove_bridge() -> bool:
+def remove_link(name: str) -> bool:
+    """Delete the link `name` (the bridge, the NAT64 device) if it exists; True when it did."""
     with IPRoute() as ipr:
-        if ipr.link_lookup(ifname=BRIDGE):
-            ipr.link("del", ifname=BRIDGE)
+        if ipr.link_lookup(ifname=name):
+            ipr.link("del", ifname=name)
             return True
     return False
 

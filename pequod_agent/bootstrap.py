@@ -29,13 +29,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from pequod_agent.errors import AgentError
 
 MAX_BYTES = 256 * 1024
+IPNetwork = TypeVar("IPNetwork", ipaddress.IPv4Network, ipaddress.IPv6Network)
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -161,6 +162,15 @@ class _Reader:
             raise self.fail(where, f"{value} is out of range: expected {what} ({low}-{high})")
         return value
 
+    def network(self, value: Any, where: str, kind: type[IPNetwork], example: str) -> IPNetwork:
+        """An IPv4Network or IPv6Network, without host bits."""
+        text = self.text(value, where)
+        try:
+            return kind(text)
+        except ValueError:
+            version = 4 if kind is ipaddress.IPv4Network else 6
+            raise self.fail(where, f"{text!r} is not an IPv{version} network such as {example}") from None
+
     def ipv6(self, value: Any, where: str) -> ipaddress.IPv6Address:
         text = self.text(value, where)
         try:
@@ -271,13 +281,9 @@ def _nat64(r: _Reader, value: Any, networks: list[Network]) -> Nat64:
     routed = [route.destination for net in networks for route in net.routes if route.destination.prefixlen == 96]
     prefix = routed[0] if routed else DEFAULT_NAT64_PREFIX
     if "prefix" in m:
-        text = r.text(m["prefix"], "nat64.prefix")
-        try:
-            prefix = ipaddress.IPv6Network(text)
-        except ValueError:
-            raise r.fail("nat64.prefix", f"{text!r} is not an IPv6 network such as fd99:69a4:fefb:64::/96") from None
+        prefix = r.network(m["prefix"], "nat64.prefix", ipaddress.IPv6Network, "fd99:69a4:fefb:64::/96")
         if prefix.prefixlen != 96:
-            raise r.fail("nat64.prefix", f"{text} must be a /96")
+            raise r.fail("nat64.prefix", f"{m['prefix']} must be a /96")
     if prefix.subnet_of(ipaddress.IPv6Network("64:ff9b::/96")):
         raise r.fail("nat64.prefix", "the well-known prefix 64:ff9b::/96 cannot reach private IPv4 addresses; "
                      "use a network-specific prefix such as fd99:69a4:fefb:64::/96")
@@ -286,13 +292,9 @@ def _nat64(r: _Reader, value: Any, networks: list[Network]) -> Nat64:
             raise r.fail("nat64.prefix", f"{prefix} overlaps the instance subnet {net.subnet}")
     pool = DEFAULT_NAT64_POOL
     if "ipv4_pool" in m:
-        text = r.text(m["ipv4_pool"], "nat64.ipv4_pool")
-        try:
-            pool = ipaddress.IPv4Network(text)
-        except ValueError:
-            raise r.fail("nat64.ipv4_pool", f"{text!r} is not an IPv4 network such as 198.19.64.0/24") from None
+        pool = r.network(m["ipv4_pool"], "nat64.ipv4_pool", ipaddress.IPv4Network, "198.19.64.0/24")
         if not 16 <= pool.prefixlen <= 28:
-            raise r.fail("nat64.ipv4_pool", f"{text}: expected a /16 to /28")
+            raise r.fail("nat64.ipv4_pool", f"{m['ipv4_pool']}: expected a /16 to /28")
     return Nat64(prefix, pool)
 
 

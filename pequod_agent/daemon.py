@@ -55,8 +55,7 @@ class Daemon:
         for _ in range(20):
             cmdline = running_cmdline(pid)
             if cmdline:
-                return pid if os.path.basename(cmdline[0]) == os.path.basename(self.argv[0]) and \
-                    self.marker in cmdline else None
+                return pid if self._matches(cmdline) else None
             if not os.path.exists(f"/proc/{pid}"):
                 return None
             # Alive, but no command line for the moment: HAProxy's master re-executes itself on a
@@ -98,16 +97,15 @@ class Daemon:
         os.kill(pid, signum)
         return True
 
+    def _matches(self, cmdline: list[str]) -> bool:
+        """Our program with our config."""
+        return bool(cmdline) and os.path.basename(cmdline[0]) == os.path.basename(self.argv[0]) and \
+            self.marker in cmdline
+
     def _ours(self) -> list[int]:
         """Every process running our program with our config (a duplicate left by a crash included)."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                cmdline = running_cmdline(int(entry))
-                if cmdline and os.path.basename(cmdline[0]) == os.path.basename(self.argv[0]) and \
-                        self.marker in cmdline:
-                    found.append(int(entry))
-        return found
+        return [int(entry) for entry in os.listdir("/proc")
+                if entry.isdigit() and self._matches(running_cmdline(int(entry)))]
 
     def stop(self, timeout: float = 5.0) -> bool:
         stopped = False

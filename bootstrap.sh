@@ -128,20 +128,8 @@ esac
 done_step
 
 step "installing host packages" "apt-get must reach a Debian/Ubuntu mirror; see /etc/apt/sources.list*"
-packages=(docker.io haproxy tayga iptables iproute2 git python3 python3-venv ca-certificates debootstrap
-          debian-archive-keyring)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "    installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-else
-    echo "    all present: ${packages[*]}"
-fi
+"$SOURCE/scripts/ensure-packages.sh" docker.io haproxy tayga iptables iproute2 git python3 python3-venv \
+    ca-certificates debootstrap debian-archive-keyring
 done_step
 
 step "installing pequod-agent into $PREFIX/venv" "pip must reach PyPI (or set PIP_INDEX_URL)"

@@ -10,19 +10,9 @@ fail() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "run as root: the tests create network namespaces, bridges and containers"
 
-# Debian packages the tests drive for real.
-packages=(git python3 python3-venv ca-certificates iproute2 iptables docker.io debootstrap debian-archive-keyring
-          haproxy tayga)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    step "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+step "Debian packages the tests drive for real"
+scripts/ensure-packages.sh git python3 python3-venv ca-certificates iproute2 iptables docker.io debootstrap \
+    debian-archive-keyring haproxy tayga
 
 python=${PEQUOD_PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -4,15 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/run.sh: run as root" >&2; exit 1; }
-missing=()
-for package in nginx-light wrk haproxy tayga iptables docker.io git python3-venv debootstrap debian-archive-keyring; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "==> installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+echo "==> Debian packages"
+scripts/ensure-packages.sh nginx-light wrk haproxy tayga iptables docker.io git python3-venv debootstrap \
+    debian-archive-keyring
 venv=${PEQUOD_TEST_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q '.[test]'

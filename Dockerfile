@@ -22,7 +22,7 @@ RUN set -eux; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /src/requirements.txt
 COPY README.md /src/
 COPY pipeline /src/pipeline
-COPY pequod_agent /src/pequod_agent
+COPY container /src/container
 COPY serve.py /src/
 RUN set -eux; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /src; \
@@ -40,4 +40,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001
 WORKDIR /workdir
 EXPOSE 8000
+# The manifest's health check path, for Docker's own health state (the agent times it from the manifest).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://localhost:' + os.environ.get('PORT', '8000') + '/_site/health', timeout=3)"]
 CMD ["/run.sh"]

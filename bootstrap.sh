@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command sets up this host and starts the blog; run as root on Debian 12 or Ubuntu 24.04.
 #
-#   ./bootstrap.sh [--repo URL_OR_PATH] [--port PORT]    set up (again: changes only what is not right)
+#   ./bootstrap.sh [--repo URL_OR_PATH] [--port PORT] [--notify-url URL [--notify-secret KEY]]
+#                                                       set up (again: changes only what is not right)
 #   ./bootstrap.sh teardown [--purge]                   remove what it set up (--purge: the site repository too)
 #
 # Installs the host packages and the agent, builds the blog image, creates a local git remote seeded with
@@ -24,10 +25,12 @@ AGENT=$PREFIX/venv/bin/pequod-agent
 
 repo=""
 port=80
+notify_url=""
+notify_secret=""
 purge=0
 command=setup
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -35,6 +38,8 @@ while [ $# -gt 0 ]; do
         --purge) purge=1 ;;
         --repo) repo=${2:?--repo needs a URL or a path}; shift ;;
         --port) port=${2:?--port needs a number}; shift ;;
+        --notify-url) notify_url=${2:?--notify-url needs a URL}; shift ;;
+        --notify-secret) notify_secret=${2:?--notify-secret needs a value}; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; echo "bootstrap.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -93,18 +98,24 @@ if [ "$command" = teardown ]; then
     done_step
     step "removing instances, NAT64, frontend, network and firewall rules"
     if [ -x "$AGENT" ]; then
-        "$AGENT" --teardown --state-dir "$STATE"
+        "$AGENT" --teardown --state-dir "$STATE" $([ "$purge" = 1 ] && echo --purge)
     fi
     done_step
     step "removing the unit, configuration and state"
     if [ -f "$UNIT" ]; then rm -f "$UNIT"; has_systemd && systemctl daemon-reload; fi
-    rm -rf "$ETC" "$STATE" "$PID_FILE"
+    # The applications' volumes (their releases) stay unless --purge; never cross into a mounted one.
+    rm -rf --one-file-system "$ETC" "$PID_FILE"
+    if [ -d "$STATE" ]; then
+        find "$STATE" -mindepth 1 -maxdepth 1 ! -name volumes -exec rm -rf --one-file-system {} +
+    fi
     if [ "$purge" = 1 ]; then
+        rm -rf --one-file-system "$STATE"
         rm -rf "$SITE_REPO_DIR" "$PREFIX"
         rmdir --ignore-fail-on-non-empty "$(dirname "$SITE_REPO_DIR")" 2>/dev/null || true
         echo "    removed $SITE_REPO_DIR and $PREFIX"
     else
         [ -d "$SITE_REPO_DIR" ] && echo "    kept the site repository $SITE_REPO_DIR (--purge removes it)"
+        [ -d "$STATE/volumes" ] && echo "    kept the blog's volume (its releases) in $STATE/volumes (--purge removes it)"
     fi
     done_step
     echo; echo "pequod is removed from this host."
@@ -128,12 +139,12 @@ esac
 done_step
 
 step "installing host packages" "apt-get must reach a Debian/Ubuntu mirror; see /etc/apt/sources.list*"
-"$SOURCE/scripts/ensure-packages.sh" docker.io haproxy tayga iptables iproute2 git python3 python3-venv \
+"$SOURCE/scripts/ensure-packages.sh" docker.io haproxy tayga iptables iproute2 e2fsprogs mount git python3 python3-venv \
     ca-certificates debootstrap debian-archive-keyring
 done_step
 
 step "installing pequod-agent into $PREFIX/venv" "pip must reach PyPI (or set PIP_INDEX_URL)"
-stamp=$(cd "$SOURCE" && find pyproject.toml serve.py run.sh pipeline pequod_agent -type f -not -name '*.pyc' \
+stamp=$(cd "$SOURCE" && find pyproject.toml serve.py run.sh pipeline container -type f -not -name '*.pyc' \
         -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 upgraded=0  # the agent or the image changed: a running agent is restarted to use them
 if [ -x "$AGENT" ] && [ "$(cat "$PREFIX/installed" 2>/dev/null)" = "$stamp" ]; then
@@ -173,46 +184,29 @@ if [ -z "$repo" ]; then
     fi
     chmod -R a+rX "$SITE_REPO_DIR"  # the instance reads it as an unprivileged user
     site_url="file://$SITE_REPO_DIR"
-    mounts="mounts:
-  - {source: \"$SITE_REPO_DIR\", target: \"$SITE_REPO_DIR\"}   # read-only in the instance
-"
+    mount=$SITE_REPO_DIR
     done_step
 elif [ -d "$repo" ]; then
     repo=$(readlink -f "$repo")
     git --git-dir="$repo" rev-parse --git-dir >/dev/null 2>&1 || git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 \
         || fail "--repo $repo is a directory but not a git repository"
     site_url="file://$repo"
-    mounts="mounts:
-  - {source: \"$repo\", target: \"$repo\"}   # read-only in the instance
-"
+    mount=$repo
 else
     case $repo in
         https://github.com/*) ;;
         *) fail "--repo $repo: use a local git repository path, or an https://github.com/… URL (the blog image declares github.com:443 as its only external service)" ;;
     esac
     site_url=$repo
-    mounts=""
+    mount=""
 fi
 
-step "the bootstrap YAML $YAML"
+step "the bootstrap YAML $YAML" "fix the file, or move it away to start from a fresh one"
 mkdir -p "$ETC"
-new_yaml="# Written by bootstrap.sh; the agent applies changes to this file while it runs.
-external_services:
-  - {service_name: github-https, service_version: \"1\", external_host: github.com, external_port: 443}
-frontend:
-  port: $port
-${mounts}environment:
-  SITE_REPO: \"$site_url\"
-  POLL_INTERVAL: 5
-"
-if [ "$(cat "$YAML" 2>/dev/null)" = "${new_yaml%$'\n'}" ]; then
-    echo "    unchanged"
-else
-    tmp=$(mktemp "$ETC/.yaml.XXXXXX")
-    printf '%s' "$new_yaml" > "$tmp"
-    mv "$tmp" "$YAML"
-    echo "    written"
-fi
+# Sets the repository, its mount and the port; keeps whatever else the file holds (e.g. WEBHOOK_SECRET).
+"$PREFIX/venv/bin/python" -m container.host_settings "$YAML" --site-repo "$site_url" --port "$port" \
+    ${mount:+--mount "$mount"} ${notify_url:+--notify-url "$notify_url"} \
+    ${notify_secret:+--notify-secret "$notify_secret"} | sed 's/^/    /'
 done_step
 
 agent_args=(--bootstrap "$IMAGE" "$YAML" --state-dir "$STATE")

@@ -15,21 +15,25 @@ import docker
 import pytest
 import requests
 
-from pequod_agent.agent import teardown
+from container.teardown import teardown
 from tests.helpers import Process, SiteRepo, free_port, python_env, wait_for
 from tests.netns import Ipv4Host
 
 
 def agent_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pequod_agent", *args]
+    return [sys.executable, "-m", "container", *args]
 
 
 def bootstrap_yaml(subnet_id: int, github: str, frontend_port: int, extra_env: str = "", routes: str = "",
-                   extra_frontend: str = "") -> str:
+                   extra_frontend: str = "", client_limits: tuple[int, int] = (0, 0),
+                   metrics_ports: tuple[int, int] | None = None, extra_services: str = "") -> str:
+    """Per-client limits are off unless asked for: tests that hammer the frontend from ::1 are one client.
+    Metrics listen on ports of their own (the defaults are for one agent per host)."""
+    agent_port, haproxy_port = metrics_ports or (free_port(), free_port())
     prefix = f"fd00:5eed:{subnet_id:x}"
     return f"""\
 external_services:
-  - {{service_name: github-https, service_version: "1", external_host: "{github}", external_port: 443}}
+  - {{service_name: github-https, service_version: "1", external_host: "{github}", external_port: 443}}{extra_services}
 networks:
   - ipv6_subnet_ip: "{prefix}::"
     ipv6_subnet_prefixlen: 64
@@ -38,7 +42,12 @@ networks:
     ipv6_routes:
       - {{destination_ip: "fd99:69a4:fefb:64::", destination_prefixlen: 96, gateway: "{prefix}::1"}}{routes}
 frontend:
-  port: {frontend_port}{extra_frontend}
+  port: {frontend_port}
+  max_connections_per_client: {client_limits[0]}
+  max_requests_per_client: {client_limits[1]}{extra_frontend}
+metrics:
+  agent: "127.0.0.1:{agent_port}"
+  haproxy: "127.0.0.1:{haproxy_port}"
 environment:
   SITE_REPO: git://github.com:443/site.git
   POLL_INTERVAL: 1{extra_env}
@@ -54,6 +63,7 @@ class AgentRun:
         self.subnet_id = random.randrange(1, 0xFFFF)
         self.frontend_port = free_port()
         self.frontend = f"http://[::1]:{self.frontend_port}"
+        self.metrics_ports = (free_port(), free_port())
         self.yaml = tmp / "pequod-bootstrap.yaml"
         self.state_dir = tmp / "state"
         self.processes: list[Process] = []
@@ -62,7 +72,8 @@ class AgentRun:
         self.github.serve_git(repo.bare.parent, 443)
         self.write_yaml()
 
-    def write_yaml(self, **kwargs: str) -> None:
+    def write_yaml(self, **kwargs) -> None:
+        kwargs.setdefault("metrics_ports", self.metrics_ports)
         self.yaml.write_text(bootstrap_yaml(self.subnet_id, str(self.github.address), self.frontend_port, **kwargs))
 
     def start(self, images: tuple[str, ...] = ("srcco-de:1",)) -> Process:
@@ -74,7 +85,8 @@ class AgentRun:
         return self.agent
 
     def instances(self) -> list[dict]:
-        out = subprocess.run(agent_cmd("-i", "--json"), capture_output=True, text=True, timeout=60, env=python_env())
+        out = subprocess.run(agent_cmd("-i", "--json", "--state-dir", str(self.state_dir)), capture_output=True,
+                             text=True, timeout=60, env=python_env())
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 

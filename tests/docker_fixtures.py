@@ -11,8 +11,8 @@ import docker
 import docker.errors
 import pytest
 
-from pequod_agent import base_image, engine
-from pequod_agent.image import build_app_image
+from container import base_image, engine
+from container.image import build_app_image
 from tests.helpers import REPO_ROOT
 
 APP_IMAGE = "srcco-de:1"

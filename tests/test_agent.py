@@ -12,10 +12,11 @@ import pytest
 import requests
 from pyroute2 import IPRoute
 
-from pequod_agent import network, runtime
-from pequod_agent.capacity import host_capacity, nano_cpus
-from pequod_agent.cli import main
-from pequod_agent.manifest import load_manifest
+from container import network, runtime, volume
+from container.capacity import host_capacity, nano_cpus
+from container.cli import main
+from container.manifest import load_manifest
+from container.teardown import teardown
 from tests.agent_fixtures import AgentRun, agent_cmd, bootstrap_yaml
 from tests.helpers import REPO_ROOT, free_port, wait_for
 
@@ -50,7 +51,10 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     manifest = load_manifest(str(REPO_ROOT / "pequod.xml"))
     assert host["NanoCpus"] == nano_cpus(manifest.resources, host_capacity()) and host["PidsLimit"] == 256
     assert host["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
-    assert host["Tmpfs"]["/workdir"].startswith("size=128m")
+    assert host["Tmpfs"]["/tmp"].startswith("size=64m")
+    volume_dir = agent_run.state_dir / "volumes" / "srcco-de-workdir"
+    assert f"{volume_dir}:/workdir:rw" in host["Binds"]
+    assert container.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
 
@@ -61,8 +65,12 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     assert "Max open files            4096                 4096" in inside("cat", "/proc/self/limits")
     status = inside("cat", "/proc/self/status")
     assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
-    workdir = next(line for line in inside("cat", "/proc/mounts").splitlines() if " /workdir " in line)
-    assert "size=131072k" in workdir
+    mounts = inside("cat", "/proc/mounts").splitlines()
+    assert "size=65536k" in next(line for line in mounts if " /tmp " in line)
+    workdir = next(line for line in mounts if " /workdir " in line)  # the volume: ext4 of its own size
+    assert workdir.split()[2] == "ext4" and "nosuid" in workdir and "nodev" in workdir
+    size_kib = int(inside("df", "-k", "/workdir").splitlines()[1].split()[1])
+    assert 900 * 1024 < size_kib <= 1024 * 1024
     memory = inside("sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null")
     assert str(384 * 1024 * 1024) in memory
     pids = inside("sh", "-c", "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null")
@@ -84,6 +92,15 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     assert table[0].split()[-3:] == ["PID", "IPv6", "Started"]
     assert table[1].split()[:6] == [row["instance_name"], "srcco-de", "1", "bootstrap", str(pid), row["ipv6"]]
     assert table[1].endswith("ago")
+
+    # Teardown keeps the volume (the releases) unless purged.
+    assert agent_run.agent is not None
+    agent_run.agent.stop()
+    removed = teardown(agent_run.client, agent_run.state_dir)
+    image = agent_run.state_dir / "volumes" / "srcco-de-workdir.ext4"
+    assert f"volume mount {volume_dir}" in removed and image.is_file() and not volume.mounted(volume_dir)
+    assert f"volume {image}" in teardown(agent_run.client, agent_run.state_dir, purge=True)
+    assert not image.exists()
 
 
 def test_dead_instance_is_replaced_and_agent_restart_re_adopts(agent_run: AgentRun) -> None:

@@ -6,14 +6,22 @@ import ipaddress
 
 import pytest
 
-from pequod_agent import network
-from pequod_agent.agent import App, hosts_file, required_services, restart_delay
-from pequod_agent.bootstrap import parse_bootstrap
-from pequod_agent.capacity import Capacity, check_fits, nano_cpus, parse_cpuinfo, parse_meminfo
-from pequod_agent.errors import AgentError
-from pequod_agent.inspect import relative, table
-from pequod_agent.manifest import Manifest, ProvidedService, RequiredService, Resources, TemporaryFilesystem
-from pequod_agent.runtime import InstanceId, app_from_image, container_args, run_user
+from container import network
+from container.bootstrap import parse_bootstrap
+from container.capacity import Capacity, check_fits, nano_cpus, parse_cpuinfo, parse_meminfo
+from container.errors import AgentError
+from container.manifest import (
+    Manifest,
+    PersistentFilesystem,
+    ProvidedService,
+    RequiredService,
+    Resources,
+    TemporaryFilesystem,
+)
+from container.plan import Application, check_services, hosts_file
+from container.runtime import InstanceId, app_from_image, container_args, run_user
+from container.supervision import restart_delay
+from container.tables import relative, table
 
 
 def test_instance_address_follows_the_seed_pattern() -> None:
@@ -81,6 +89,22 @@ def test_container_args_carry_limits_and_hardening() -> None:
     assert args["volumes"] == {"/state/hosts": {"bind": "/etc/hosts", "mode": "ro"}}
     assert args["labels"] == {"org.pequod.agent": "1", "org.pequod.agent.zone": "bootstrap"}
     assert args["sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "0"
+    assert "healthcheck" not in args  # nothing provided, no test in the image
+
+
+def test_container_args_volumes_and_docker_health_check_from_the_manifest() -> None:
+    provide = ProvidedService("srcco-de", "1", 8000, "/_site/health", 90)
+    manifest = Manifest("m", Resources(384, 1000, 256, 4096), (), (provide,), (),
+                        (PersistentFilesystem("/workdir", 1024),))
+    test = ["CMD", "python3", "-c", "probe"]
+    args = container_args(
+        image="srcco-de:1", instance=InstanceId("bootstrap", "", "srcco-de", "1", "abcd"), manifest=manifest,
+        environment={}, image_user="10001", capacity=Capacity(2, 5000, 8192), read_only_binds={}, labels={},
+        read_write_binds={"/workdir": "/state/volumes/srcco-de-workdir"}, image_healthcheck=test,
+    )
+    assert args["volumes"] == {"/state/volumes/srcco-de-workdir": {"bind": "/workdir", "mode": "rw"}}
+    assert args["healthcheck"]["test"] == test
+    assert args["healthcheck"]["start_period"] == 90 * 10**9 and args["healthcheck"]["retries"] == 3
 
 
 def test_restart_back_off() -> None:
@@ -99,15 +123,15 @@ def test_bootstrap_defaults_and_environment() -> None:
         "networks:\n  - {ipv6_subnet_ip: 'fd00:1::', ipv6_subnet_prefixlen: 64}\n"
         "environment: {SITE_REPO: x, POLL_INTERVAL: 5, DEBUG: true}\n", "b.yaml",
     )
-    assert boot.networks[0].gateway == ipaddress.IPv6Address("fd00:1::1")
+    assert boot.network is not None and boot.network.gateway == ipaddress.IPv6Address("fd00:1::1")
     assert boot.env == {"SITE_REPO": "x", "POLL_INTERVAL": "5", "DEBUG": "true"}
-    assert parse_bootstrap("", "empty.yaml").networks == ()
+    assert parse_bootstrap("", "empty.yaml").network is None
 
 
-def _app(image: str, provides: tuple = (), requires: tuple = ()) -> App:
-    app = App(image)
-    app.manifest = Manifest(f"{image}:/pequod.xml", Resources(64, 100, 32, 256), (), provides, requires)
-    return app
+def _app(image: str, provides: tuple = (), requires: tuple = ()) -> Application:
+    name, version = image.split(":")
+    return Application(image, name, version,
+                       Manifest(f"{image}:/pequod.xml", Resources(64, 100, 32, 256), (), provides, requires))
 
 
 def test_requires_are_satisfied_here_or_by_external_services() -> None:
@@ -116,21 +140,21 @@ def test_requires_are_satisfied_here_or_by_external_services() -> None:
     reader = _app("reader:1", (), (RequiredService("srcco-de", "1", "blog.internal", 80),))
     external = parse_bootstrap("external_services:\n  - {service_name: github-https, service_version: '1', "
                                "external_host: github.com, external_port: 443}\n", "b.yaml")
-    required_services([blog, reader], external)  # github from the YAML, srcco-de from the blog
+    check_services((blog, reader,), external)  # github from the YAML, srcco-de from the blog
     with pytest.raises(AgentError, match=r'reader:1:/pequod.xml: <require service-name="srcco-de"> is not defined '
                                          r"in b.yaml \(add it under external_services\) and no application here"):
-        required_services([reader], external)
+        check_services((reader,), external)
     twice = _app("copy:1", (ProvidedService("srcco-de", "1", 8000, "/", 30),))
     with pytest.raises(AgentError, match="'srcco-de' is provided by both srcco-de:1 and copy:1"):
-        required_services([blog, twice, reader], external)
+        check_services((blog, twice, reader,), external)
     clash = _app("api:1", (ProvidedService("api", "1", 9000, "/", 30),))
     both = _app("both:1", (), (RequiredService("srcco-de", "1", "blog", 80), RequiredService("api", "1", "api", 80)))
     with pytest.raises(AgentError, match='local-port="80">: the port is already used for srcco-de'):
-        required_services([blog, clash, both], external)
+        check_services((blog, clash, both,), external)
 
 
 def test_hosts_file_names_external_and_local_services() -> None:
-    from pequod_agent.nat64 import Destination
+    from container.nat64 import Destination
 
     github = Destination("github-https", "github.com", 443, "github.com", 443, (ipaddress.IPv4Address("140.82.121.4"),),
                          (ipaddress.IPv6Address("fd99:69a4:fefb:64::8c52:7904"),))
@@ -138,3 +162,24 @@ def test_hosts_file_names_external_and_local_services() -> None:
                       {"blog.internal": ipaddress.IPv6Address("fd00::1")})
     assert text.splitlines()[2:] == ["fd00::aacc:1:c000:202\treader", "fd99:69a4:fefb:64::8c52:7904\tgithub.com",
                                      "fd00::1\tblog.internal"]
+
+
+def test_liveness_replaces_only_after_failing_for_the_whole_threshold() -> None:
+    from container.supervision import liveness
+
+    assert liveness(None, True, 100.0) == (None, False)
+    since, replace = liveness(None, False, 100.0)
+    assert (since, replace) == (100.0, False)  # the first failed check starts the clock
+    assert liveness(since, False, 109.9) == (100.0, False)
+    assert liveness(since, False, 110.0) == (100.0, True)
+    assert liveness(since, True, 109.0) == (None, False)  # one good answer resets it
+
+
+def test_replacements_are_counted_per_application_and_reason() -> None:
+    from container.supervision import count_replacement
+
+    state = count_replacement({"restarts": 2}, "srcco-de", "unhealthy")
+    state = count_replacement(state, "srcco-de", "crash")
+    state = count_replacement(state, "reader", "unhealthy")
+    assert state["restarts"] == 5
+    assert state["replacements"] == {"srcco-de": {"unhealthy": 1, "crash": 1}, "reader": {"unhealthy": 1}}

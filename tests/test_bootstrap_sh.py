@@ -17,8 +17,8 @@ import pytest
 import requests
 from pyroute2 import IPRoute
 
-from pequod_agent import runtime
-from pequod_agent.daemon import running_cmdline
+from container import runtime, volume
+from container.daemon import running_cmdline
 from tests.agent_fixtures import Loop
 from tests.helpers import REPO_ROOT, wait_for
 
@@ -105,7 +105,12 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     release = site_release()
     instance = [c.name for c in runtime.our_containers(docker_client)]
     rules = our_rules()
-    yaml_stat = Path("/etc/pequod/pequod-bootstrap.yaml").stat()
+    # What an administrator adds to the YAML survives a re-run (a frontend setting: HAProxy reloads).
+    yaml_path = Path("/etc/pequod/pequod-bootstrap.yaml")
+    assert yaml_path.stat().st_mode & 0o777 == 0o600
+    yaml_path.write_text(yaml_path.read_text().replace("  port: 80\n", "  port: 80\n  max_requests_per_client: 5000\n"))
+    wait_for("the agent to apply the edit", lambda: "frontend settings" in LOG.read_text(), 30)
+    yaml_stat = yaml_path.stat()
     supervisor = int(PID_FILE.read_text())
 
     # Running it again changes nothing, and the site stays up meanwhile.
@@ -115,7 +120,8 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     for unchanged in ("up to date", "kept as it is", "unchanged", f"running (supervisor pid {supervisor})"):
         assert unchanged in again.stdout
     assert site_release() == release and [c.name for c in runtime.our_containers(docker_client)] == instance
-    assert our_rules() == rules and Path("/etc/pequod/pequod-bootstrap.yaml").stat().st_mtime == yaml_stat.st_mtime
+    assert our_rules() == rules and yaml_path.stat().st_mtime == yaml_stat.st_mtime
+    assert "max_requests_per_client: 5000" in yaml_path.read_text()
 
     # The agent killed midway comes back and re-adopts what runs.
     agent = agent_child(supervisor)
@@ -148,3 +154,6 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     assert our_rules() == []
     assert site_release() is None
     assert (SITE_REPO / "HEAD").exists() and not Path("/etc/pequod").exists()
+    # The blog's volume (its releases) stays too, unmounted, until --purge.
+    volumes = Path("/var/lib/pequod-agent/volumes")
+    assert (volumes / "srcco-de-workdir.ext4").is_file() and not volume.mounted(volumes / "srcco-de-workdir")

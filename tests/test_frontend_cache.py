@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from pequod_agent.frontend import Server, Service, render_haproxy_conf
+from container.frontend import Server, Service, render_haproxy_conf
 from tests.helpers import REPO_ROOT, Process, free_port, python_env, wait_for
 
 

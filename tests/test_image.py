@@ -55,14 +55,14 @@ def test_image_serves_the_site_hardened(docker_client, app_image, containers, si
 
 def test_check_reads_the_manifest_from_the_image(app_image) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pequod_agent", "--check", "pequod.xml", app_image],
+        [sys.executable, "-m", "container", "--check", "pequod.xml", app_image],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"{app_image}:/pequod.xml: ok" in result.stdout
     assert "requires: github-https 1 as github.com:443" in result.stdout
     no_manifest = subprocess.run(
-        [sys.executable, "-m", "pequod_agent", "--check", "pequod/base:bookworm"],
+        [sys.executable, "-m", "container", "--check", "pequod/base:bookworm"],
         capture_output=True, text=True, timeout=120,
     )
     assert no_manifest.returncode == 1

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pequod_agent.cli import main
-from pequod_agent.manifest import (
+from container.cli import main
+from container.manifest import (
     Manifest,
+    PersistentFilesystem,
     ProvidedService,
     RequiredService,
     Resources,
@@ -32,9 +33,10 @@ def test_the_blogs_manifest_parses_into_typed_objects() -> None:
     assert manifest == Manifest(
         source=str(REPO_ROOT / "pequod.xml"),
         resources=Resources(memory_mb=384, cpu_vmhz=2000, processes=256, open_files=4096),
-        filesystems=(TemporaryFilesystem("/workdir", 128),),
+        filesystems=(TemporaryFilesystem("/tmp", 64),),
         provides=(ProvidedService("srcco-de", "1", 8000, "/_site/health", 120),),
         requires=(RequiredService("github-https", "1", "github.com", 443),),
+        volumes=(PersistentFilesystem("/workdir", 1024),),
     )
 
 
@@ -88,8 +90,15 @@ MALFORMED = [
     ("duplicate mountpoint", doc(RES + '<filesystems><temporary mountpoint="/w" default-mb="1"/>'
                                        '<temporary mountpoint="/w" default-mb="2"/></filesystems>'),
      "mountpoint '/w' is declared twice"),
-    ("unknown filesystem kind", doc(RES + '<filesystems><persistent mountpoint="/w"/></filesystems>'),
-     "<persistent> is not allowed in <filesystems>"),
+    ("unknown filesystem kind", doc(RES + '<filesystems><shared mountpoint="/w"/></filesystems>'),
+     "<shared> is not allowed in <filesystems>"),
+    ("persistent without size", doc(RES + '<filesystems><persistent mountpoint="/w"/></filesystems>'),
+     "<persistent>: missing attribute default-mb (a size in MB 16-1048576)"),
+    ("persistent too small", doc(RES + '<filesystems><persistent mountpoint="/w" default-mb="8"/></filesystems>'),
+     '<persistent default-mb="8">: expected a size in MB 16-1048576'),
+    ("persistent over temporary", doc(RES + '<filesystems><temporary mountpoint="/w" default-mb="1"/>'
+                                            '<persistent mountpoint="/w" default-mb="64"/></filesystems>'),
+     "mountpoint '/w' is declared twice"),
     ("port not a number", doc(RES + '<services><provide service-name="a" service-version="1" local-port="80x"/>'
                                     "</services>"), '<provide local-port="80x">: expected a port number 1-65535'),
     ("port out of range", doc(RES + '<services><provide service-name="a" service-version="1" local-port="70000"/>'
@@ -140,14 +149,14 @@ def test_check_exit_status_from_the_command_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.xml"
     bad.write_text(doc(RES.replace('mb="256"', 'mb="x"')))
     result = subprocess.run(
-        [sys.executable, "-m", "pequod_agent", "--check", str(REPO_ROOT / "pequod.xml"), str(bad)],
+        [sys.executable, "-m", "container", "--check", str(REPO_ROOT / "pequod.xml"), str(bad)],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1
     assert "pequod.xml: ok" in result.stdout and "provides: srcco-de 1 on port 8000" in result.stdout
     assert result.stderr.strip() == f'error: {bad}:3: <resources mb="x">: expected memory in MB 16-1048576'
     missing = subprocess.run(
-        [sys.executable, "-m", "pequod_agent", "--check", str(tmp_path / "none.xml")],
+        [sys.executable, "-m", "container", "--check", str(tmp_path / "none.xml")],
         capture_output=True, text=True, timeout=60,
     )
     assert missing.returncode == 1 and "cannot read: No such file or directory" in missing.stderr

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pequod_agent import firewall, frontend, nat64
-from pequod_agent.bootstrap import BootstrapError, Nat64, Network, parse_bootstrap
-from pequod_agent.manifest import Manifest, RequiredService, Resources
-from pequod_agent.nat64 import Destination
+from container import firewall, frontend, nat64
+from container.bootstrap import BootstrapError, Nat64, Network, parse_bootstrap
+from container.manifest import Manifest, RequiredService, Resources
+from container.nat64 import Destination
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address
@@ -114,18 +114,24 @@ def test_rules_without_declarations_allow_nothing_out() -> None:
 def test_haproxy_conf_is_accepted_by_haproxy() -> None:
     services = (
         frontend.Service("srcco-de", V6("::"), 80, "/_site/health",
-                         (frontend.Server("bootstrap--srcco-de-1-9641", V6("fd00:5eed:1:0:aacc:1:c000:202"), 8000),)),
+                         (frontend.Server("bootstrap--srcco-de-1-9641", V6("fd00:5eed:1:0:aacc:1:c000:202"), 8000),),
+                         (), 100, 1000),
         frontend.Service("api", V4("127.0.0.1"), 8081, "/health"),
         frontend.Service("internal", V6("::"), 0, "/", (), ((V6("fd00:5eed:1::1"), 80),)),
     )
     text = frontend.render_haproxy_conf(services, Path("/run/pequod"), "haproxy")
     assert "    master-worker\n" in text and "expose-fd listeners" in text
-    assert "frontend srcco-de\n    bind [::]:80 v4v6\n    default_backend srcco-de\n" in text
+    assert "frontend srcco-de\n    bind [::]:80 v4v6\n    stick-table type ipv6" in text
+    # Per-client limits where set, and every frontend takes requests whole and bounded.
+    assert "    tcp-request connection reject if { sc_conn_cur(0) gt 100 }\n" in text
+    assert "    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000 }\n" in text
+    assert text.count("    http-request wait-for-body time 10s\n") == 3
+    assert text.count("sc_conn_cur") == 1
     assert "    option httpchk GET /_site/health\n    http-check expect status 200\n" in text
     assert "    server bootstrap--srcco-de-1-9641 [fd00:5eed:1:0:aacc:1:c000:202]:8000\n" in text
     assert "    bind 127.0.0.1:8081\n" in text
     # Port 0: not published; only the listener on the gateway for instances that require it.
-    assert "frontend internal\n    bind [fd00:5eed:1::1]:80\n    default_backend internal\n" in text
+    assert "frontend internal\n    bind [fd00:5eed:1::1]:80\n    http-request return status 414" in text
     assert "    timeout http-request 10s\n" in text  # slow clients cannot hold a connection forever
     frontend.check_config(text)
     with pytest.raises(frontend.FrontendError, match="haproxy -c refused"):

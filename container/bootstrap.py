@@ -33,19 +33,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pequod_agent.errors import AgentError
+from container.errors import BootstrapError
+from container.manifest import HOSTNAME, NAME
 
 MAX_BYTES = 256 * 1024
 IPNetwork = TypeVar("IPNetwork", ipaddress.IPv4Network, ipaddress.IPv6Network)
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _ABS_PATH = re.compile(r"^/(?!.*(^|/)\.\.(/|$))[^\0\n]*$")
-_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 
-class BootstrapError(AgentError):
-    """The bootstrap YAML is unreadable or invalid; the message names file and key."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +81,13 @@ class Nat64:
 
 
 @dataclass(frozen=True)
-class Frontend:
+class FrontendSettings:
     bind: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address("::")
     port: int = 80
     ports: tuple[tuple[str, int], ...] = ()
+    # Per client address (0: no limit): connections open at once, and requests in any 10 s.
+    max_connections_per_client: int = 100
+    max_requests_per_client: int = 3000
 
     def port_of(self, service: str) -> int:
         return dict(self.ports).get(service, self.port)
@@ -101,15 +100,26 @@ class Mount:
     target: str
 
 
+Listen = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Host-only addresses of the agent's metrics and HAProxy's exporter (None: off)."""
+    agent: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9464)
+    haproxy: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9465)
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     source: str
     external_services: tuple[ExternalService, ...] = ()
-    networks: tuple[Network, ...] = ()
+    network: Network | None = None  # at most one per host; None: the agent generates one
     environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     nat64: Nat64 = Nat64()
-    frontend: Frontend = Frontend()
+    frontend: FrontendSettings = FrontendSettings()
     mounts: tuple[Mount, ...] = ()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def env(self) -> dict[str, str]:
@@ -186,135 +196,172 @@ def _kind(value: Any) -> str:
 
 
 def parse_bootstrap(text: str, source: str) -> Bootstrap:
-    r = _Reader(source)
+    read = _Reader(source)
     if len(text.encode()) > MAX_BYTES:
-        raise r.fail("file", f"larger than {MAX_BYTES} bytes")
+        raise read.fail("file", f"larger than {MAX_BYTES} bytes")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "file"
-        raise r.fail(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        raise read.fail(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if data is None:
         data = {}
-    top = r.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend",
-                                                 "mounts"), ())
+    top = read.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend",
+                                                 "mounts", "metrics"), ())
 
     services = []
-    for index, item in enumerate(r.listing(top.get("external_services"), "external_services")):
+    for index, item in enumerate(read.listing(top.get("external_services"), "external_services")):
         where = f"external_services[{index}]"
-        m = r.mapping(item, where, ("service_name", "service_version", "external_host", "external_port", "zone_name"),
+        fields = read.mapping(item, where,
+                              ("service_name", "service_version", "external_host", "external_port", "zone_name"),
                       ("service_name", "service_version", "external_host", "external_port"))
         services.append(ExternalService(
-            name=r.text(m["service_name"], f"{where}.service_name", _NAME, "a service name (lowercase, digits, '-')"),
-            version=r.text(m["service_version"], f"{where}.service_version"),
-            external_host=r.text(m["external_host"], f"{where}.external_host", _HOST, "a host name or IPv4 address"),
-            external_port=r.integer(m["external_port"], f"{where}.external_port", 1, 65535, "a port number"),
-            zone=r.text(m.get("zone_name", "bootstrap"), f"{where}.zone_name", _NAME, "a zone name"),
+            name=read.text(fields["service_name"], f"{where}.service_name", NAME,
+                           "a service name (lowercase, digits, '-')"),
+            version=read.text(fields["service_version"], f"{where}.service_version"),
+            external_host=read.text(fields["external_host"], f"{where}.external_host", HOSTNAME,
+                                    "a host name or IPv4 address"),
+            external_port=read.integer(fields["external_port"], f"{where}.external_port", 1, 65535, "a port number"),
+            zone=read.text(fields.get("zone_name", "bootstrap"), f"{where}.zone_name", NAME, "a zone name"),
         ))
     names = [s.name for s in services]
     for name in names:
         if names.count(name) > 1:
-            raise r.fail("external_services", f"service {name!r} is defined twice")
+            raise read.fail("external_services", f"service {name!r} is defined twice")
 
     networks = []
-    for index, item in enumerate(r.listing(top.get("networks"), "networks")):
+    for index, item in enumerate(read.listing(top.get("networks"), "networks")):
         where = f"networks[{index}]"
-        m = r.mapping(item, where, ("ipv6_subnet_ip", "ipv6_subnet_prefixlen", "location_name", "ipv6_gateway",
+        fields = read.mapping(item, where, ("ipv6_subnet_ip", "ipv6_subnet_prefixlen", "location_name", "ipv6_gateway",
                                     "ipv6_dns", "ipv6_routes"), ("ipv6_subnet_ip", "ipv6_subnet_prefixlen"))
-        prefixlen = r.integer(m["ipv6_subnet_prefixlen"], f"{where}.ipv6_subnet_prefixlen", 48, 64,
+        prefixlen = read.integer(fields["ipv6_subnet_prefixlen"], f"{where}.ipv6_subnet_prefixlen", 48, 64,
                               "a prefix length (instances need 64 bits of host part at most)")
-        subnet_ip = r.ipv6(m["ipv6_subnet_ip"], f"{where}.ipv6_subnet_ip")
+        subnet_ip = read.ipv6(fields["ipv6_subnet_ip"], f"{where}.ipv6_subnet_ip")
         try:
             subnet = ipaddress.IPv6Network(f"{subnet_ip}/{prefixlen}")
         except ValueError:
-            raise r.fail(f"{where}.ipv6_subnet_ip", f"{subnet_ip} has host bits set for /{prefixlen}") from None
-        gateway = r.ipv6(m["ipv6_gateway"], f"{where}.ipv6_gateway") if "ipv6_gateway" in m else subnet[1]
+            raise read.fail(f"{where}.ipv6_subnet_ip", f"{subnet_ip} has host bits set for /{prefixlen}") from None
+        gateway = read.ipv6(fields["ipv6_gateway"], f"{where}.ipv6_gateway") if "ipv6_gateway" in fields else subnet[1]
         if gateway not in subnet:
-            raise r.fail(f"{where}.ipv6_gateway", f"{gateway} is not inside {subnet}")
-        dns_list = r.listing(m.get("ipv6_dns"), f"{where}.ipv6_dns")
-        dns = tuple(r.ipv6(value, f"{where}.ipv6_dns[{i}]") for i, value in enumerate(dns_list))
+            raise read.fail(f"{where}.ipv6_gateway", f"{gateway} is not inside {subnet}")
+        dns_list = read.listing(fields.get("ipv6_dns"), f"{where}.ipv6_dns")
+        dns = tuple(read.ipv6(value, f"{where}.ipv6_dns[{i}]") for i, value in enumerate(dns_list))
         routes = []
-        for ri, route in enumerate(r.listing(m.get("ipv6_routes"), f"{where}.ipv6_routes")):
-            rw = f"{where}.ipv6_routes[{ri}]"
-            rm = r.mapping(route, rw, ("destination_ip", "destination_prefixlen", "gateway"),
+        for route_index, route in enumerate(read.listing(fields.get("ipv6_routes"), f"{where}.ipv6_routes")):
+            route_where = f"{where}.ipv6_routes[{route_index}]"
+            route_fields = read.mapping(route, route_where, ("destination_ip", "destination_prefixlen", "gateway"),
                            ("destination_ip", "destination_prefixlen", "gateway"))
-            dest_ip = r.ipv6(rm["destination_ip"], f"{rw}.destination_ip")
-            dest_len = r.integer(rm["destination_prefixlen"], f"{rw}.destination_prefixlen", 0, 128, "a prefix length")
+            dest_ip = read.ipv6(route_fields["destination_ip"], f"{route_where}.destination_ip")
+            dest_len = read.integer(route_fields["destination_prefixlen"], f"{route_where}.destination_prefixlen",
+                                    0, 128, "a prefix length")
             try:
                 destination = ipaddress.IPv6Network(f"{dest_ip}/{dest_len}")
             except ValueError:
-                raise r.fail(f"{rw}.destination_ip", f"{dest_ip} has host bits set for /{dest_len}") from None
-            routes.append(Route(destination, r.ipv6(rm["gateway"], f"{rw}.gateway")))
-        location = r.text(m.get("location_name", "default"), f"{where}.location_name")
+                raise read.fail(f"{route_where}.destination_ip",
+                                f"{dest_ip} has host bits set for /{dest_len}") from None
+            routes.append(Route(destination, read.ipv6(route_fields["gateway"], f"{route_where}.gateway")))
+        location = read.text(fields.get("location_name", "default"), f"{where}.location_name")
         networks.append(Network(subnet, location, gateway, dns, tuple(routes)))
     if len(networks) > 1:
-        raise r.fail("networks", "this agent runs one network per host; list exactly one")
+        raise read.fail("networks", "this agent runs one network per host; list exactly one")
 
-    environment = r.mapping(top.get("environment") or {}, "environment", None, ())
+    environment = read.mapping(top.get("environment") or {}, "environment", None, ())
     env_items = []
     for key, value in environment.items():
         if not isinstance(key, str) or not _ENV_KEY.match(key):
-            raise r.fail(f"environment.{key}", "not a valid environment variable name")
+            raise read.fail(f"environment.{key}", "not a valid environment variable name")
         if isinstance(value, dict | list) or value is None:
-            raise r.fail(f"environment.{key}", f"expected a string, got {_kind(value)}")
+            raise read.fail(f"environment.{key}", f"expected a string, got {_kind(value)}")
         env_items.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
-    nat64 = _nat64(r, top.get("nat64"), networks)
-    frontend = _frontend(r, top.get("frontend"))
+    nat64 = _nat64(read, top.get("nat64"), networks)
+    frontend = _frontend(read, top.get("frontend"))
     mounts = []
-    for index, item in enumerate(r.listing(top.get("mounts"), "mounts")):
+    for index, item in enumerate(read.listing(top.get("mounts"), "mounts")):
         where = f"mounts[{index}]"
-        m = r.mapping(item, where, ("source", "target"), ("source", "target"))
-        mounts.append(Mount(*(r.text(m[key], f"{where}.{key}", _ABS_PATH, "an absolute path without '..'")
+        fields = read.mapping(item, where, ("source", "target"), ("source", "target"))
+        mounts.append(Mount(*(read.text(fields[key], f"{where}.{key}", _ABS_PATH, "an absolute path without '..'")
                               for key in ("source", "target"))))
     targets = [mount.target for mount in mounts]
     for target in targets:
         if targets.count(target) > 1:
-            raise r.fail("mounts", f"target {target} is mounted twice")
-    return Bootstrap(source, tuple(services), tuple(networks), tuple(sorted(env_items)), nat64, frontend,
-                     tuple(mounts))
+            raise read.fail("mounts", f"target {target} is mounted twice")
+    return Bootstrap(source, tuple(services), networks[0] if networks else None, tuple(sorted(env_items)), nat64,
+                     frontend, tuple(mounts), _metrics(read, top.get("metrics")))
 
 
-def _nat64(r: _Reader, value: Any, networks: list[Network]) -> Nat64:
+def _nat64(read: _Reader, value: Any, networks: list[Network]) -> Nat64:
     """The `nat64` section; without one, a /96 among the network's routes is the prefix (as in the seed)."""
-    m = r.mapping(value if value is not None else {}, "nat64", ("prefix", "ipv4_pool"), ())
+    fields = read.mapping(value if value is not None else {}, "nat64", ("prefix", "ipv4_pool"), ())
     routed = [route.destination for net in networks for route in net.routes if route.destination.prefixlen == 96]
     prefix = routed[0] if routed else DEFAULT_NAT64_PREFIX
-    if "prefix" in m:
-        prefix = r.network(m["prefix"], "nat64.prefix", ipaddress.IPv6Network, "fd99:69a4:fefb:64::/96")
+    if "prefix" in fields:
+        prefix = read.network(fields["prefix"], "nat64.prefix", ipaddress.IPv6Network, "fd99:69a4:fefb:64::/96")
         if prefix.prefixlen != 96:
-            raise r.fail("nat64.prefix", f"{m['prefix']} must be a /96")
+            raise read.fail("nat64.prefix", f"{fields['prefix']} must be a /96")
     if prefix.subnet_of(ipaddress.IPv6Network("64:ff9b::/96")):
-        raise r.fail("nat64.prefix", "the well-known prefix 64:ff9b::/96 cannot reach private IPv4 addresses; "
+        raise read.fail("nat64.prefix", "the well-known prefix 64:ff9b::/96 cannot reach private IPv4 addresses; "
                      "use a network-specific prefix such as fd99:69a4:fefb:64::/96")
     for net in networks:
         if prefix.overlaps(net.subnet):
-            raise r.fail("nat64.prefix", f"{prefix} overlaps the instance subnet {net.subnet}")
+            raise read.fail("nat64.prefix", f"{prefix} overlaps the instance subnet {net.subnet}")
     pool = DEFAULT_NAT64_POOL
-    if "ipv4_pool" in m:
-        pool = r.network(m["ipv4_pool"], "nat64.ipv4_pool", ipaddress.IPv4Network, "198.19.64.0/24")
+    if "ipv4_pool" in fields:
+        pool = read.network(fields["ipv4_pool"], "nat64.ipv4_pool", ipaddress.IPv4Network, "198.19.64.0/24")
         if not 16 <= pool.prefixlen <= 28:
-            raise r.fail("nat64.ipv4_pool", f"{m['ipv4_pool']}: expected a /16 to /28")
+            raise read.fail("nat64.ipv4_pool", f"{fields['ipv4_pool']}: expected a /16 to /28")
     return Nat64(prefix, pool)
 
 
-def _frontend(r: _Reader, value: Any) -> Frontend:
-    m = r.mapping(value if value is not None else {}, "frontend", ("bind", "port", "ports"), ())
-    bind = Frontend.bind
-    if "bind" in m:
-        text = r.text(m["bind"], "frontend.bind")
+def _metrics(read: _Reader, value: Any) -> MetricsSettings:
+    """`metrics: {agent: "127.0.0.1:9464", haproxy: "127.0.0.1:9465"}`; `off` turns one off. Loopback only:
+    neither may be reachable from outside the host or from an instance."""
+    fields = read.mapping(value if value is not None else {}, "metrics", ("agent", "haproxy"), ())
+    found = {}
+    for key in ("agent", "haproxy"):
+        if key not in fields:
+            continue
+        text = str(fields[key]).strip()
+        if text in ("off", "False", "false"):
+            found[key] = None
+            continue
+        host, _, port = text.rpartition(":")
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+            number = int(port)
+        except ValueError:
+            raise read.fail(f"metrics.{key}",
+                            f"{text!r}: expected ADDRESS:PORT such as 127.0.0.1:9464, or off") from None
+        if not address.is_loopback:
+            raise read.fail(f"metrics.{key}", f"{address} is not a loopback address: metrics stay on this host")
+        if not 1 <= number <= 65535:
+            raise read.fail(f"metrics.{key}", f"{number}: expected a port number 1-65535")
+        found[key] = (address, number)
+    return MetricsSettings(**found)
+
+
+def _frontend(read: _Reader, value: Any) -> FrontendSettings:
+    fields = read.mapping(value if value is not None else {}, "frontend",
+                  ("bind", "port", "ports", "max_connections_per_client", "max_requests_per_client"), ())
+    bind = FrontendSettings.bind
+    if "bind" in fields:
+        text = read.text(fields["bind"], "frontend.bind")
         try:
             bind = ipaddress.ip_address(text)
         except ValueError:
-            raise r.fail("frontend.bind", f"{text!r} is not an IP address (\"::\" listens on IPv6 and IPv4)") from None
-    port = r.integer(m["port"], "frontend.port", 1, 65535, "a port number") if "port" in m else Frontend.port
-    ports = r.mapping(m.get("ports") or {}, "frontend.ports", None, ())
+            raise read.fail("frontend.bind",
+                            f"{text!r} is not an IP address (\"::\" listens on IPv6 and IPv4)") from None
+    port = (read.integer(fields["port"], "frontend.port", 1, 65535, "a port number") if "port" in fields
+            else FrontendSettings.port)
+    ports = read.mapping(fields.get("ports") or {}, "frontend.ports", None, ())
     per_service = []
     for name, service_port in ports.items():
-        r.text(name, f"frontend.ports.{name}", _NAME, "a service name (lowercase, digits, '-')")
-        per_service.append((name, r.integer(service_port, f"frontend.ports.{name}", 0, 65535,
+        read.text(name, f"frontend.ports.{name}", NAME, "a service name (lowercase, digits, '-')")
+        per_service.append((name, read.integer(service_port, f"frontend.ports.{name}", 0, 65535,
                                             "a port number, 0 for not published")))
-    return Frontend(bind, port, tuple(sorted(per_service)))
+    limits = {key: read.integer(fields[key], f"frontend.{key}", 0, 1000000, "a whole number (0: no limit)")
+              for key in ("max_connections_per_client", "max_requests_per_client") if key in fields}
+    return FrontendSettings(bind, port, tuple(sorted(per_service)), **limits)
 
 
 def load_bootstrap(path: str) -> Bootstrap:

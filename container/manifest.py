@@ -24,15 +24,16 @@ from typing import TypeVar
 
 from lxml import etree
 
-from pequod_agent.errors import ManifestError
+from container.errors import ManifestError
 
 NAMESPACE = "http://tech.zalando.com/pequod/schema/registry"
 VERSION = "1.0"
 MAX_BYTES = 64 * 1024
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Shared with the bootstrap YAML's reader: service, zone and host names.
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 _FORBIDDEN_MOUNTPOINTS = ("/", "/proc", "/sys", "/dev", "/etc")
 T = TypeVar("T")
 
@@ -47,6 +48,13 @@ class Resources:
 
 @dataclass(frozen=True)
 class TemporaryFilesystem:
+    mountpoint: str
+    size_mb: int
+
+
+@dataclass(frozen=True)
+class PersistentFilesystem:
+    """Storage that outlives the instance: a fixed-size volume of the application, kept on the host."""
     mountpoint: str
     size_mb: int
 
@@ -75,6 +83,7 @@ class Manifest:
     filesystems: tuple[TemporaryFilesystem, ...]
     provides: tuple[ProvidedService, ...]
     requires: tuple[RequiredService, ...]
+    volumes: tuple[PersistentFilesystem, ...] = ()
 
     def summary(self) -> str:
         res = self.resources
@@ -84,6 +93,7 @@ class Manifest:
             f"{res.open_files} open files",
         ]
         lines += [f"  temporary filesystem: {fs.mountpoint} ({fs.size_mb} MB)" for fs in self.filesystems]
+        lines += [f"  persistent filesystem: {fs.mountpoint} ({fs.size_mb} MB)" for fs in self.volumes]
         lines += [
             f"  provides: {p.name} {p.version} on port {p.local_port} "
             f"(health check {p.health_check_path}, {p.health_check_timeout} s)" for p in self.provides
@@ -216,15 +226,21 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
     )
 
     filesystems: list[TemporaryFilesystem] = []
+    volumes: list[PersistentFilesystem] = []
     fs_el = _one(source, sections, "filesystems", "manifest", required=False)
-    for el in _children(source, fs_el, ("temporary",)) if fs_el is not None else []:
+    for el in _children(source, fs_el, ("temporary", "persistent")) if fs_el is not None else []:
         check = _Checker(source, el, ("mountpoint", "default-mb"))
         mountpoint = check.text("mountpoint", re.compile(r"^/[A-Za-z0-9._/-]*$"), "an absolute path")
         if posixpath.normpath(mountpoint) != mountpoint or mountpoint in _FORBIDDEN_MOUNTPOINTS:
             check.fail("mountpoint", mountpoint,
                        f"expected a normalised absolute path other than {', '.join(_FORBIDDEN_MOUNTPOINTS)}")
-        filesystems.append(TemporaryFilesystem(mountpoint, check.integer("default-mb", 1, 1024 * 1024, "a size in MB")))
-    _unique(source, filesystems, lambda fs: fs.mountpoint, "mountpoint")
+        if _local(el.tag) == "temporary":
+            size = check.integer("default-mb", 1, 1024 * 1024, "a size in MB")
+            filesystems.append(TemporaryFilesystem(mountpoint, size))
+        else:
+            size = check.integer("default-mb", 16, 1024 * 1024, "a size in MB")
+            volumes.append(PersistentFilesystem(mountpoint, size))
+    _unique(source, [*filesystems, *volumes], lambda fs: fs.mountpoint, "mountpoint")
 
     provides: list[ProvidedService] = []
     requires: list[RequiredService] = []
@@ -236,7 +252,7 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
                 "health-check-timeout-seconds",
             ))
             provides.append(ProvidedService(
-                name=check.text("service-name", _NAME, "a service name (lowercase letters, digits, '-')"),
+                name=check.text("service-name", NAME, "a service name (lowercase letters, digits, '-')"),
                 version=check.text("service-version", _VERSION, "a version (letters, digits, '.', '_', '-')"),
                 local_port=check.integer("local-port", 1, 65535, "a port number"),
                 health_check_path=check.text(
@@ -249,15 +265,15 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
         else:
             check = _Checker(source, el, ("service-name", "service-version", "local-hostname", "local-port"))
             requires.append(RequiredService(
-                name=check.text("service-name", _NAME, "a service name (lowercase letters, digits, '-')"),
+                name=check.text("service-name", NAME, "a service name (lowercase letters, digits, '-')"),
                 version=check.text("service-version", _VERSION, "a version (letters, digits, '.', '_', '-')"),
-                local_hostname=check.text("local-hostname", _HOSTNAME, "a host name"),
+                local_hostname=check.text("local-hostname", HOSTNAME, "a host name"),
                 local_port=check.integer("local-port", 1, 65535, "a port number"),
             ))
     _unique(source, provides, lambda s: s.name, "provided service")
     _unique(source, provides, lambda s: s.local_port, "provided local-port")
     _unique(source, requires, lambda s: s.name, "required service")
-    return Manifest(source, resources, tuple(filesystems), tuple(provides), tuple(requires))
+    return Manifest(source, resources, tuple(filesystems), tuple(provides), tuple(requires), tuple(volumes))
 
 
 def load_manifest(path: str) -> Manifest:

@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import pwd
 import signal
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pequod_agent.daemon import Daemon
-from pequod_agent.errors import AgentError
+from container import proc
+from container.daemon import Daemon
+from container.errors import FrontendError
+from pipeline.layout import replace_file
 
 log = logging.getLogger(__name__)
 
+# Requests: HAProxy takes each request whole (headers and body, within `timeout http-request`) before
+# an instance sees it, so a client trickling bytes holds no instance thread; bodies are bounded by
+# MAX_BODY (which the buffer must hold whole), URLs by MAX_URL.
+MAX_BODY = 48 * 1024
+MAX_URL = 4096
+BUFFER_SIZE = 64 * 1024
 # Against slow clients: a request must arrive whole within 10 s, idle keep-alive connections close after
 # 10 s, a client that stops reading is dropped after 30 s.
 DEFAULTS = """\
@@ -56,8 +62,6 @@ cache pages
 """
 
 
-class FrontendError(AgentError):
-    """HAProxy refused a configuration or cannot run."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,31 @@ class Service:
     health_path: str
     servers: tuple[Server, ...] = ()
     local_binds: tuple[tuple[ipaddress.IPv6Address, int], ...] = ()
+    max_connections_per_client: int = 0  # 0: no limit
+    max_requests_per_client: int = 0  # in any 10 s; 0: no limit
+
+
+def request_rules(service: Service) -> list[str]:
+    """A frontend's checks of each request, before anything reaches an instance."""
+    lines = []
+    if service.max_connections_per_client or service.max_requests_per_client:
+        # One entry per client address (IPv4 clients appear as ::ffff:a.b.c.d), forgotten after 60 s idle.
+        lines += ["    stick-table type ipv6 size 200k expire 60s store conn_cur,http_req_rate(10s)",
+                  "    tcp-request connection track-sc0 src"]
+    connections, requests = service.max_connections_per_client, service.max_requests_per_client
+    if connections:
+        lines.append(f"    tcp-request connection reject if {{ sc_conn_cur(0) gt {connections} }}")
+    if requests:
+        lines.append(f"    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {requests} }}")
+    return lines + [
+        '    http-request return status 414 content-type text/plain string "URI too long\\n" '
+        f"if {{ url_len gt {MAX_URL} }}",
+        '    http-request return status 411 content-type text/plain string "Content-Length required\\n" '
+        "if { req.hdr(transfer-encoding) -m found }",
+        "    http-request deny deny_status 400 if METH_GET { req.hdr_val(content-length) gt 0 }",
+        f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {MAX_BODY} }}",
+        "    http-request wait-for-body time 10s",
+    ]
 
 
 def _bind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
@@ -85,7 +114,8 @@ def _bind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> 
     return f"[{address}]:{port}" + (" v4v6" if address == ipaddress.IPv6Address("::") else "")
 
 
-def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str | None = None) -> str:
+def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str | None = None,
+                        exporter: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None = None) -> str:
     """HAProxy's configuration: a pure function of the services and their servers."""
     lines = [
         "# Written by pequod-agent; changes are overwritten.",
@@ -93,6 +123,7 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
         "    master-worker",
         f"    stats socket {run_dir / 'admin.sock'} mode 600 level admin expose-fd listeners",
         "    maxconn 8192",
+        f"    tune.bufsize {BUFFER_SIZE}",
         "    log stderr format short local0 notice",
     ]
     if user:
@@ -103,7 +134,7 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
             _bind(address, port) for address, port in service.local_binds]
         if not binds:
             continue
-        lines += [f"frontend {service.name}", *(f"    bind {bind}" for bind in binds),
+        lines += [f"frontend {service.name}", *(f"    bind {bind}" for bind in binds), *request_rules(service),
                   f"    default_backend {service.name}", ""]
         lines += [
             f"backend {service.name}",
@@ -115,10 +146,14 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
         ]
         lines += [f"    server {s.name} [{s.address}]:{s.port}" for s in service.servers]
         lines.append("")
+    if exporter is not None:  # HAProxy's own Prometheus exporter, on a host-only address
+        lines += ["frontend pequod-metrics", f"    bind {_bind(*exporter)}", "    no log",
+                  "    http-request use-service prometheus-exporter if { path /metrics }",
+                  "    http-request deny deny_status 404", ""]
     return "\n".join(lines)
 
 
-def run_user() -> str | None:
+def haproxy_user() -> str | None:
     """Workers drop root to the `haproxy` user where the package created it."""
     try:
         pwd.getpwnam("haproxy")
@@ -131,11 +166,7 @@ def check_config(text: str) -> None:
     with tempfile.NamedTemporaryFile("w", prefix="pequod-haproxy-", suffix=".cfg") as handle:
         handle.write(text)
         handle.flush()
-        try:
-            result = subprocess.run(["haproxy", "-c", "-f", handle.name], capture_output=True, text=True,
-                                    timeout=30)
-        except FileNotFoundError:
-            raise FrontendError("haproxy is not installed (apt-get install haproxy)") from None
+        result = proc.run(["haproxy", "-c", "-f", handle.name], timeout=30, check=False, error=FrontendError)
     if result.returncode != 0:
         detail = " | ".join(line for line in (result.stdout + result.stderr).splitlines()
                             if line.strip() and "[NOTICE]" not in line)
@@ -149,12 +180,12 @@ class Frontend:
         self.daemon = Daemon("haproxy", ["haproxy", "-W", "-f", str(self.conf), "-S", str(self.dir / "master.sock")],
                              self.dir / "haproxy.pid", self.dir / "haproxy.log", str(self.conf))
 
-    def render(self, services: tuple[Service, ...]) -> str:
-        return render_haproxy_conf(services, self.dir, run_user())
+    def render(self, services: tuple[Service, ...], exporter=None) -> str:
+        return render_haproxy_conf(services, self.dir, haproxy_user(), exporter)
 
-    def apply(self, services: tuple[Service, ...]) -> bool:
+    def apply(self, services: tuple[Service, ...], exporter=None) -> bool:
         """Make HAProxy run with this configuration; True when something changed (started or reloaded)."""
-        text = self.render(services)
+        text = self.render(services, exporter)
         current = self.conf.read_text() if self.conf.exists() else None
         running = self.daemon.pid() is not None
         if text == current and running:
@@ -162,9 +193,7 @@ class Frontend:
         if text != current:
             check_config(text)
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.conf.with_name(".haproxy.cfg.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.conf)
+            replace_file(self.conf, text)
         if running:
             self.daemon.signal(signal.SIGUSR2)  # seamless reload: listeners pass to the new worker
             log.info("frontend reloaded: %s", ", ".join(f"{s.name} → {len(s.servers)} instance(s)" for s in services))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import tarfile
 import time
@@ -11,8 +12,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from pequod_agent.errors import ImageBuildError, ManifestError
-from pequod_agent.manifest import MAX_BYTES, Manifest, parse_manifest
+from container.errors import ImageBuildError, ManifestError
+from container.manifest import MAX_BYTES, Manifest, parse_manifest
 
 MANIFEST_PATH = "/pequod.xml"
 
@@ -39,6 +40,9 @@ def build_app_image(
     progress(f"image {tag}: built in {time.monotonic() - started:.0f} s")
 
 
+READER_LABEL = "org.pequod.manifest-reader"
+
+
 def manifest_from_image(client: docker.DockerClient, image: str) -> Manifest:
     """Read and parse /pequod.xml from an image without running it."""
     source = f"{image}:{MANIFEST_PATH}"
@@ -46,7 +50,14 @@ def manifest_from_image(client: docker.DockerClient, image: str) -> Manifest:
         client.images.get(image)
     except docker.errors.ImageNotFound:
         raise ManifestError(f"{image}: no such image (build it first, or check the name)") from None
-    container = client.containers.create(image, command=["/nonexistent"], network_mode="none")
+    # Never started; removed below. One left by a reader that was killed meanwhile is removed the next time
+    # (once it is a minute old: another reader may be using a fresh one).
+    for stale in client.containers.list(all=True, filters={"label": READER_LABEL, "status": "created"}):
+        created = datetime.datetime.fromisoformat(stale.attrs["Created"][:26].rstrip("Z") + "+00:00")
+        if (datetime.datetime.now(datetime.UTC) - created).total_seconds() > 60:
+            stale.remove(force=True)
+    container = client.containers.create(image, command=["/nonexistent"], network_mode="none",
+                                         labels={READER_LABEL: "1"})
     try:
         stream, _stat = container.get_archive(MANIFEST_PATH)
         data = b"".join(stream)

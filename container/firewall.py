@@ -20,10 +20,11 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from pequod_agent.bootstrap import Nat64, Network
-from pequod_agent.errors import AgentError
-from pequod_agent.nat64 import TUN, Destination
-from pequod_agent.network import BRIDGE
+from container import proc
+from container.bootstrap import Nat64, Network
+from container.errors import FirewallError
+from container.nat64 import TUN, Destination
+from container.network import BRIDGE
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ JUMPS = (
 )
 
 
-class FirewallError(AgentError):
-    """iptables refused our rules."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,10 @@ def _comment(text: str) -> str:
 
 
 def render_rules(network: Network, nat64: Nat64, grants: tuple[Grant, ...],
-                 listeners: tuple[HostListener, ...] = ()) -> dict[str, str]:
-    """iptables-restore input for each of ('ip6tables', 'iptables'): a pure function."""
+                 listeners: tuple[HostListener, ...] = (),
+                 sources: tuple[tuple[str, tuple[ipaddress.IPv6Address, ...]], ...] = ()) -> dict[str, str]:
+    """iptables-restore input for each of ('ip6tables', 'iptables'): a pure function. `sources` (application,
+    its instance addresses) gives each application a reject rule of its own, so its rejections are counted."""
     v6_filter = [
         "*filter", f":{FORWARD} - [0:0]", f":{INPUT} - [0:0]",
         f"-A {FORWARD} -o {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -95,6 +96,9 @@ def render_rules(network: Network, nat64: Nat64, grants: tuple[Grant, ...],
         for proto in ("udp", "tcp"):
             v6_filter.append(
                 f"-A {chain} -i {BRIDGE} -d {server}/128 -p {proto} --dport 53 {_comment('dns')} -j ACCEPT")
+    v6_filter += [f"-A {FORWARD} -i {BRIDGE} -s {address}/128 {_comment(f'egress not declared: {application}')} "
+                  "-j REJECT --reject-with icmp6-adm-prohibited"
+                  for application, addresses in sources for address in addresses]
     v6_filter += [
         f"-A {FORWARD} -i {BRIDGE} {_comment('egress not declared')} -j REJECT --reject-with icmp6-adm-prohibited",
         f"-A {FORWARD} -o {BRIDGE} {_comment('inbound to instances')} -j DROP",
@@ -118,15 +122,7 @@ def render_rules(network: Network, nat64: Nat64, grants: tuple[Grant, ...],
 
 
 def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    try:
-        result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise FirewallError(f"{argv[0]} is not installed (apt-get install iptables)") from None
-    except subprocess.TimeoutExpired:
-        raise FirewallError(f"{' '.join(argv)} did not finish within 60 s") from None
-    if check and result.returncode != 0:
-        raise FirewallError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
-    return result
+    return proc.run(argv, stdin=stdin, check=check, error=FirewallError, package="iptables")
 
 
 def check_rules(rules: dict[str, str]) -> None:
@@ -163,6 +159,19 @@ def remove() -> list[str]:
 
 
 _COUNTED = re.compile(r'^\[(\d+):(\d+)\] -A (PEQUOD-\S+) .*--comment "pequod: ([^"]+)" -j (REJECT|DROP)')
+
+
+def rejected_by_application() -> dict[str, tuple[int, int]]:
+    """(packets, bytes) rejected so far from each application's instances (their own reject rules)."""
+    found: dict[str, tuple[int, int]] = {}
+    result = _run(["ip6tables-save", "-c", "-t", "filter"], check=False)
+    for line in result.stdout.splitlines():
+        match = _COUNTED.match(line)
+        if match and match.group(4).startswith("egress not declared: "):
+            application = match.group(4).removeprefix("egress not declared: ")
+            packets, size = found.get(application, (0, 0))
+            found[application] = (packets + int(match.group(1)), size + int(match.group(2)))
+    return found
 
 
 def rejected_counts() -> dict[str, int]:

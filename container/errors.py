@@ -17,3 +17,27 @@ class DockerError(AgentError):
 
 class ImageBuildError(AgentError):
     """Building the base or the application image failed."""
+
+
+class BootstrapError(AgentError):
+    """The bootstrap YAML is unreadable or invalid; the message names file and key."""
+
+
+class NetworkError(AgentError):
+    """Setting up the bridge or an instance's interface failed."""
+
+
+class FirewallError(AgentError):
+    """iptables refused our rules."""
+
+
+class FrontendError(AgentError):
+    """HAProxy refused a configuration or cannot run."""
+
+
+class DaemonError(AgentError):
+    """A host daemon cannot be started."""
+
+
+class VolumeError(AgentError):
+    """A persistent filesystem cannot be created or mounted."""

@@ -17,8 +17,8 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pequod_agent.bootstrap import Network, Route
-from pequod_agent.errors import AgentError
+from container.bootstrap import Network, Route
+from container.errors import NetworkError
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,6 @@ VETH_PREFIX = "pq-"
 IFA_F_NODAD = 0x02
 
 
-class NetworkError(AgentError):
-    """Setting up the bridge or an instance's interface failed."""
 
 
 def instance_address(
@@ -95,27 +93,58 @@ def ensure_bridge(network: Network) -> None:
         raise NetworkError(f"cannot set up bridge {BRIDGE}: {exc}") from None
 
 
+def ensure_tun(name: str, host_address: ipaddress.IPv4Address, ipv4_routed: ipaddress.IPv4Network,
+               ipv6_routed: ipaddress.IPv6Network) -> None:
+    """A tun device (NAT64's), up, with the host's IPv4 address on it and both networks routed into it;
+    IPv4 and IPv6 forwarding on. Idempotent."""
+    try:
+        with IPRoute() as ipr:
+            if not ipr.link_lookup(ifname=name):
+                ipr.link("add", ifname=name, kind="tuntap", mode="tun")
+                log.info("created NAT64 device %s", name)
+            index = ipr.link_lookup(ifname=name)[0]
+            ipr.link("set", index=index, state="up")
+            present = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index)}
+            if str(host_address) not in present:
+                ipr.addr("add", index=index, address=str(host_address), prefixlen=32)
+            ipr.route("replace", dst=str(ipv4_routed.network_address), dst_len=ipv4_routed.prefixlen, oif=index,
+                      family=socket.AF_INET)
+            ipr.route("replace", dst=str(ipv6_routed.network_address), dst_len=ipv6_routed.prefixlen, oif=index,
+                      family=socket.AF_INET6)
+    except (NetlinkError, OSError) as exc:
+        raise NetworkError(f"cannot set up the device {name}: {exc} (is /dev/net/tun available and are we root?)"
+                           ) from None
+    sysctl("ipv4/ip_forward", "1")
+    sysctl("ipv6/conf/all/forwarding", "1")
+
+
 def remove_link(name: str) -> bool:
     """Delete the link `name` (the bridge, the NAT64 device) if it exists; True when it did."""
-    with IPRoute() as ipr:
-        if ipr.link_lookup(ifname=name):
-            ipr.link("del", ifname=name)
-            return True
+    try:
+        with IPRoute() as ipr:
+            if ipr.link_lookup(ifname=name):
+                ipr.link("del", ifname=name)
+                return True
+    except (NetlinkError, OSError) as exc:
+        raise NetworkError(f"cannot remove link {name}: {exc}") from None
     return False
 
 
 def remove_veths() -> list[str]:
     """Host ends of instance veths left behind (normally they vanish with the container)."""
     removed = []
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            name = link.get("IFLA_IFNAME") or ""
-            if name.startswith(VETH_PREFIX):
-                try:
-                    ipr.link("del", index=link["index"])
-                    removed.append(name)
-                except NetlinkError:
-                    pass  # gone with its container meanwhile
+    try:
+        with IPRoute() as ipr:
+            for link in ipr.get_links():
+                name = link.get("IFLA_IFNAME") or ""
+                if name.startswith(VETH_PREFIX):
+                    try:
+                        ipr.link("del", index=link["index"])
+                        removed.append(name)
+                    except NetlinkError:
+                        pass  # gone with its container meanwhile
+    except (NetlinkError, OSError) as exc:
+        raise NetworkError(f"cannot list links: {exc}") from None
     return removed
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from pequod_agent.errors import DockerError
+from container.errors import DockerError
 
 DOCKERD_LOG = Path("/var/log/pequod-dockerd.log")
 DOCKERD_PIDFILE = Path("/run/pequod-dockerd.pid")
@@ -59,10 +58,3 @@ def ensure_engine(progress: Callable[[str], None] = print, wait_seconds: float =
         time.sleep(0.5)
     raise DockerError(f"dockerd did not answer within {wait_seconds:g} s; see {DOCKERD_LOG}")
 
-
-def dockerd_pid() -> int | None:
-    try:
-        pid = int(DOCKERD_PIDFILE.read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if os.path.exists(f"/proc/{pid}") else None

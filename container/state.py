@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from pipeline.layout import replace_file
 
 
 class StateDir:
@@ -27,9 +28,7 @@ class StateDir:
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f".state.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.file)
+        replace_file(self.file, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
     def write_etc_file(self, instance: str, name: str, text: str) -> Path:
         """Write a file bind-mounted into the instance, in place, so the mount sees the change."""

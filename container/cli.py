@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from pequod_agent.errors import AgentError, ManifestError
-from pequod_agent.manifest import load_manifest
+from container.errors import AgentError, ManifestError
+from container.manifest import load_manifest
+from container.state import StateDir
 
 DEFAULT_IMAGE = "srcco-de:1"
 
@@ -42,8 +43,8 @@ def check(targets: list[str]) -> int:
             if looks_like_file(target):
                 manifest = load_manifest(target)
             else:
-                from pequod_agent import engine
-                from pequod_agent.image import manifest_from_image
+                from container import engine
+                from container.image import manifest_from_image
 
                 client = client or engine.connect()
                 if client is None:
@@ -58,9 +59,9 @@ def check(targets: list[str]) -> int:
 
 
 def build_image(tag: str, base_image: str | None, context: Path) -> int:
-    from pequod_agent import base_image as base
-    from pequod_agent import engine
-    from pequod_agent.image import build_app_image
+    from container import base_image as base
+    from container import engine
+    from container.image import build_app_image
 
     if not (context / "Dockerfile").is_file():
         raise AgentError(f"{context}: no Dockerfile here; run from the repository or pass --context PATH")
@@ -70,9 +71,41 @@ def build_image(tag: str, base_image: str | None, context: Path) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    """--export kubernetes IMAGE [IMAGE ...] BOOTSTRAP_YAML: print (or write) the Kubernetes objects."""
+    from container import engine, kubernetes, plan, runtime
+    from container.bootstrap import load_bootstrap
+
+    kind, *rest = args.export
+    if kind != "kubernetes" or len(rest) < 2:
+        raise AgentError("--export kubernetes IMAGE [IMAGE ...] BOOTSTRAP_YAML")
+    images, yaml_path = rest[:-1], rest[-1]
+    bootstrap = load_bootstrap(yaml_path)
+    client = engine.connect()
+    if client is None:
+        raise AgentError("no Docker engine answers: the images' manifests cannot be read")
+    apps = [plan.load_application(client, image) for image in images]
+    uids = {app.name: runtime.run_user(runtime.image_info(client, app.image).user)[1] or 65534 for app in apps}
+    options = kubernetes.Options(args.namespace, args.replicas, args.mhz_per_cpu, args.storage_class,
+                                 args.ingress_class, args.dns64)
+    plan.check_services(tuple(apps), bootstrap)
+    notes = kubernetes.not_expressed(tuple(apps), bootstrap, options)
+    if args.output is None:
+        print(kubernetes.render(kubernetes.export(tuple(apps), bootstrap, uids, options), notes), end="")
+        return 0
+    args.output.mkdir(parents=True, exist_ok=True)
+    for app in apps:
+        docs = [doc for doc in kubernetes.export(tuple(apps), bootstrap, uids, options)
+                if doc["metadata"]["labels"]["app.kubernetes.io/name"] == app.name]
+        path = args.output / f"{app.name}.yaml"
+        path.write_text(kubernetes.render(docs, notes))
+        print(f"wrote {path}")
+    return 0
+
+
 def bootstrap(images: list[str], yaml_path: str, state_dir: Path) -> int:
-    from pequod_agent import engine
-    from pequod_agent.agent import Agent
+    from container import engine
+    from container.agent import Agent
 
     client = engine.connect()
     if client is None:
@@ -87,7 +120,7 @@ def bootstrap(images: list[str], yaml_path: str, state_dir: Path) -> int:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        logging.getLogger("pequod_agent").info("signal %d: stopping", signum)
+        logging.getLogger("container").info("signal %d: stopping", signum)
         agent.stop.set()
 
     signal.signal(signal.SIGTERM, stop)
@@ -104,10 +137,10 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
     import threading
     import time
 
-    from pequod_agent.agent import STABLE_AFTER, restart_delay
-    from pequod_agent.daemon import running_cmdline
+    from container.daemon import running_cmdline
+    from container.supervision import STABLE_AFTER, restart_delay
 
-    log = logging.getLogger("pequod_agent")
+    log = logging.getLogger("container")
     try:
         other = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -130,7 +163,7 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
     try:
         while not stopping.is_set():
             started = time.monotonic()
-            child = subprocess.Popen([sys.executable, "-m", "pequod_agent", *agent_args], stdin=subprocess.DEVNULL)
+            child = subprocess.Popen([sys.executable, "-m", "container", *agent_args], stdin=subprocess.DEVNULL)
             log.info("supervisor: agent started (pid %d)", child.pid)
             code = child.wait()
             if stopping.is_set():
@@ -147,9 +180,8 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
     return 0
 
 
-def inspect(what: str, as_json: bool) -> int:
-    from pequod_agent import engine
-    from pequod_agent import inspect as tables
+def inspect(what: str, as_json: bool, state_dir: Path) -> int:
+    from container import engine, tables
 
     client = engine.connect()
     if client is None:
@@ -158,19 +190,20 @@ def inspect(what: str, as_json: bool) -> int:
         rows = tables.service_rows(client)
         print(json.dumps(rows, indent=2) if as_json else tables.services_table(rows))
     else:
-        rows = tables.instance_rows(client)
+        replacements = StateDir(state_dir).load().get("replacements", {})
+        rows = tables.instance_rows(client, replacements=replacements)
         print(json.dumps(rows, indent=2) if as_json else tables.instances_table(rows))
     return 0
 
 
-def teardown(state_dir: Path) -> int:
-    from pequod_agent import engine
-    from pequod_agent.agent import teardown as remove_all
+def teardown(state_dir: Path, purge: bool) -> int:
+    from container import engine
+    from container.teardown import teardown as remove_all
 
     client = engine.connect()
     if client is None:
         raise AgentError("no Docker engine answers: cannot remove containers")
-    for item in remove_all(client, state_dir):
+    for item in remove_all(client, state_dir, purge):
         print(f"removed {item}")
     return 0
 
@@ -188,12 +221,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="validate manifests: pequod.xml files or images holding /pequod.xml")
     action.add_argument("--build-image", nargs="?", const=DEFAULT_IMAGE, metavar="TAG",
                         help=f"build the application image (default tag {DEFAULT_IMAGE}) on a local stand-in base")
+    action.add_argument("--export", nargs="+", metavar="kubernetes IMAGE [IMAGE ...] BOOTSTRAP_YAML",
+                        help="print the applications as Kubernetes objects (multi-document YAML)")
+    parser.add_argument("--namespace", default="default", help="with --export: the namespace (default: default)")
+    parser.add_argument("--replicas", type=int, default=1, help="with --export: replicas per application (1)")
+    parser.add_argument("--mhz-per-cpu", type=int, default=2000,
+                        help="with --export: MHz of one CPU of the cluster's nodes, to convert vmhz (2000)")
+    parser.add_argument("--storage-class", help="with --export: volumes as claims of this class (a StatefulSet)")
+    parser.add_argument("--ingress-class", help="with --export: an Ingress of this class per published service")
+    parser.add_argument("--dns64", action="store_true",
+                        help="with --export: the cluster's DNS synthesises AAAA records (no hostAliases)")
+    parser.add_argument("--output", type=Path, help="with --export: write DIR/<application>.yaml instead")
     parser.add_argument("--base-image", help="with --build-image: use this base instead of the stand-in")
     parser.add_argument("--context", type=Path, default=Path("."),
                         help="with --build-image: the directory holding the Dockerfile (default: .)")
     parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/pequod-agent"),
                         help="what survives a restart (default /var/lib/pequod-agent)")
     parser.add_argument("--json", action="store_true", help="with -i: JSON instead of a table")
+    parser.add_argument("--purge", action="store_true",
+                        help="with --teardown: also delete the applications' persistent volumes (their releases)")
     parser.add_argument("--supervise", action="store_true",
                         help="with --bootstrap: run the agent as a child and restart it whenever it exits")
     parser.add_argument("--pid-file", type=Path, default=Path("/run/pequod-agent.pid"),
@@ -213,13 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.bootstrap:
             return bootstrap(args.bootstrap[:-1], args.bootstrap[-1], args.state_dir)
         if args.inspect:
-            return inspect(args.inspect, args.json)
+            return inspect(args.inspect, args.json, args.state_dir)
         if args.teardown:
-            return teardown(args.state_dir)
+            return teardown(args.state_dir, args.purge)
         if args.check:
             return check(args.check)
+        if args.export:
+            return export(args)
         return build_image(args.build_image, args.base_image, args.context)
     except AgentError as exc:
+        print(f"pequod-agent: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # anything a gateway did not map: still one line, no traceback
         print(f"pequod-agent: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

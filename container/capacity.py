@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pequod_agent.errors import AgentError
-from pequod_agent.manifest import Resources
+from container.errors import AgentError
+from container.manifest import Resources
 
 
 @dataclass(frozen=True)

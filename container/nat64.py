@@ -8,28 +8,23 @@ writes the synthesised addresses under the manifest's local hostname into the in
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import logging
+import os
+import pwd
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from pequod_agent.bootstrap import ExternalService, Nat64
-from pequod_agent.daemon import Daemon
-from pequod_agent.errors import AgentError
-from pequod_agent.manifest import Manifest
-from pequod_agent.network import sysctl
+from container import network
+from container.bootstrap import ExternalService, Nat64
+from container.daemon import Daemon
+from container.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
 TUN = "pequod64"
-
-
-class Nat64Error(AgentError):
-    """The NAT64 device or Tayga cannot be set up."""
 
 
 def tayga_address(nat64: Nat64) -> ipaddress.IPv4Address:
@@ -107,6 +102,22 @@ def hosts_entries(found: tuple[Destination, ...]) -> str:
     return "".join(f"{address}\t{d.local_hostname}\n" for d in found for address in d.ipv6)
 
 
+# Tayga opens its tun device as root, then runs as this user, chrooted into its data directory.
+TAYGA_USER, TAYGA_GROUP = "nobody", "nogroup"
+
+
+def tayga_ids() -> tuple[int, int] | None:
+    try:
+        return pwd.getpwnam(TAYGA_USER).pw_uid, grp.getgrnam(TAYGA_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def unprivileged() -> list[str]:
+    """Tayga's options to drop root (none where the host lacks the user)."""
+    return ["--user", TAYGA_USER, "--group", TAYGA_GROUP, "--chroot"] if tayga_ids() else []
+
+
 class Tayga:
     """The tun device (pyroute2), its addresses and routes, and the Tayga daemon on it."""
 
@@ -114,14 +125,19 @@ class Tayga:
         self.nat64 = nat64
         self.dir = state_dir / "tayga"
         self.conf = self.dir / "tayga.conf"
-        self.daemon = Daemon("tayga", ["tayga", "--nodetach", "--config", str(self.conf)],
+        self.daemon = Daemon("tayga", ["tayga", "--nodetach", "--config", str(self.conf), *unprivileged()],
                              self.dir / "tayga.pid", self.dir / "tayga.log", str(self.conf))
 
     def ensure(self) -> None:
         """Device, routes and a running Tayga with the current configuration. Idempotent."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "data").mkdir(exist_ok=True)
-        text = render_tayga_conf(self.nat64, self.dir / "data")
+        data = self.dir / "data"
+        data.mkdir(exist_ok=True)
+        ids = tayga_ids()
+        if ids:  # its address map is written there after dropping root
+            for path in [data, *data.iterdir()]:
+                os.chown(path, *ids)
+        text = render_tayga_conf(self.nat64, data)
         changed = not self.conf.exists() or self.conf.read_text() != text
         if changed:
             self.conf.write_text(text)
@@ -132,26 +148,7 @@ class Tayga:
         self.daemon.ensure()
 
     def ensure_device(self) -> None:
-        try:
-            with IPRoute() as ipr:
-                if not ipr.link_lookup(ifname=TUN):
-                    ipr.link("add", ifname=TUN, kind="tuntap", mode="tun")
-                    log.info("created NAT64 device %s", TUN)
-                index = ipr.link_lookup(ifname=TUN)[0]
-                ipr.link("set", index=index, state="up")
-                present = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index)}
-                host = str(host_tun_address(self.nat64))
-                if host not in present:
-                    ipr.addr("add", index=index, address=host, prefixlen=32)
-                ipr.route("replace", dst=str(self.nat64.ipv4_pool.network_address),
-                          dst_len=self.nat64.ipv4_pool.prefixlen, oif=index, family=socket.AF_INET)
-                ipr.route("replace", dst=str(self.nat64.prefix.network_address), dst_len=96, oif=index,
-                          family=socket.AF_INET6)
-        except (NetlinkError, OSError) as exc:
-            raise Nat64Error(f"cannot set up the NAT64 device {TUN}: {exc} "
-                             "(is /dev/net/tun available and are we root?)") from None
-        sysctl("ipv4/ip_forward", "1")
-        sysctl("ipv6/conf/all/forwarding", "1")
+        network.ensure_tun(TUN, host_tun_address(self.nat64), self.nat64.ipv4_pool, self.nat64.prefix)
 
     def stop(self) -> bool:
         return self.daemon.stop()

@@ -17,9 +17,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from pequod_agent.errors import ImageBuildError
-from pipeline.errors import CommandError
-from pipeline.proc import run
+from container import proc
+from container.errors import ImageBuildError
 
 BASE_IMAGE = "pequod/base:bookworm"
 SUITE = "bookworm"
@@ -83,9 +82,9 @@ def ensure_base_image(
                 progress(f"  {line}")
 
         try:
-            run(
+            proc.stream(
                 ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror],
-                timeout=1200, on_line=on_line,
+                timeout=1200, on_line=on_line, error=ImageBuildError, package="debootstrap",
             )
             certs = sorted(HOST_CA_DIR.glob("*.crt")) if HOST_CA_DIR.is_dir() else []
             target = rootfs / HOST_CA_DIR.relative_to("/")
@@ -94,10 +93,9 @@ def ensure_base_image(
                 shutil.copy2(cert, target / cert.name)
             if certs:
                 progress(f"  adding {len(certs)} host CA certificate(s)")
-            run(["chroot", str(rootfs), "update-ca-certificates"], timeout=120)
-        except CommandError as exc:
-            tail = "\n".join(exc.output.splitlines()[-5:])
-            raise ImageBuildError(f"building the base image failed: {exc}\n{tail}") from None
+            proc.run(["chroot", str(rootfs), "update-ca-certificates"], timeout=120, error=ImageBuildError)
+        except ImageBuildError as exc:
+            raise ImageBuildError(f"building the base image failed: {exc}") from None
         (rootfs / "etc" / "pip.conf").write_text(PIP_CONF)
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "var/log"):
             for path in (rootfs / junk).glob("*"):

@@ -9,11 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import docker
-
-from pequod_agent import runtime
-from pequod_agent.errors import AgentError
-from pequod_agent.image import manifest_from_image
+from container import runtime
+from container.errors import AgentError
+from container.image import manifest_from_image
 
 INSTANCE_COLUMNS = ("Instance Name", "Repo", "Application Name", "Ver", "Zone", "PID", "IPv6", "Started")
 SERVICE_COLUMNS = ("Instance Name", "Repo", "Application Name", "Ver", "Type", "Service", "Ver",
@@ -28,29 +26,33 @@ def relative(seconds: float) -> str:
     return f"{seconds}s ago"
 
 
-def instance_rows(client: docker.DockerClient, now: float | None = None) -> list[dict[str, Any]]:
+def instance_rows(client: Any, now: float | None = None,
+                  replacements: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
+    """Running instances; `replacements` (from state.json: application → reason → count) adds, per row, how
+    often its application's instance was replaced after a crash and after failing its health checks."""
     now = time.time() if now is None else now
+    replacements = replacements or {}
     rows = []
-    for container in runtime.our_containers(client):
-        if container.status != "running":
+    for instance in runtime.instances(client):
+        if not instance.running:
             continue
-        started = float(runtime.label(container, "started") or now)
+        started = instance.started or now
         rows.append({
-            "instance_name": container.name, "repo": runtime.label(container, "repo"),
-            "application_name": runtime.label(container, "application"),
-            "version": runtime.label(container, "version"), "zone": runtime.label(container, "zone"),
-            "pid": container.attrs["State"]["Pid"], "ipv6": runtime.label(container, "ipv6"),
+            "instance_name": instance.name, "repo": instance.repo, "application_name": instance.application,
+            "version": instance.version, "zone": instance.zone, "pid": instance.pid, "ipv6": str(instance.address),
             "started": started, "started_relative": relative(now - started),
+            "replacements": {reason: replacements.get(instance.application, {}).get(reason, 0)
+                             for reason in ("crash", "unhealthy")},
         })
     return sorted(rows, key=lambda row: row["instance_name"])
 
 
-def service_rows(client: docker.DockerClient) -> list[dict[str, Any]]:
+def service_rows(client: Any) -> list[dict[str, Any]]:
     rows = []
+    images = {instance.name: instance.image for instance in runtime.instances(client)}
     for instance in instance_rows(client):
-        container = client.containers.get(instance["instance_name"])
         try:
-            manifest = manifest_from_image(client, runtime.label(container, "image"))
+            manifest = manifest_from_image(client, images.get(instance["instance_name"], ""))
         except AgentError:
             continue
         base = {key: instance[key] for key in ("instance_name", "repo", "application_name", "version")}
@@ -75,10 +77,14 @@ def table(columns: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[in
 
 
 def instances_table(rows: list[dict[str, Any]]) -> str:
-    return table(INSTANCE_COLUMNS, [
+    text = table(INSTANCE_COLUMNS, [
         (r["instance_name"], r["repo"], r["application_name"], r["version"], r["zone"], str(r["pid"]), r["ipv6"],
          r["started_relative"]) for r in rows
     ])
+    replaced = {r["application_name"]: r["replacements"] for r in rows if any(r["replacements"].values())}
+    notes = [f"{name}: replaced {counts['crash']} time(s) after a crash, {counts['unhealthy']} after failing its "
+             "health checks" for name, counts in sorted(replaced.items())]
+    return "\n".join([text, *([""] + notes if notes else [])])
 
 
 def services_table(rows: list[dict[str, Any]]) -> str:

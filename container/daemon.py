@@ -12,13 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from pequod_agent.errors import AgentError
+from container.errors import DaemonError
 
 log = logging.getLogger(__name__)
 
 
-class DaemonError(AgentError):
-    """A host daemon cannot be started."""
 
 
 def running_cmdline(pid: int) -> list[str]:

@@ -1,0 +1,422 @@
+"""The long-running agent: the loop that applies the plan (`plan.py`) and the supervision rules
+(`supervision.py`) to the host, through one gateway per system (Docker: `runtime.py`, netlink:
+`network.py`, Tayga: `nat64.py`, iptables: `firewall.py`, HAProxy: `frontend.py`, volumes:
+`volume.py`).
+
+Everything is checked before the first side effect. Then: the bridge, NAT64 and the egress firewall,
+one instance per image, its network, the frontend, and a loop that replaces dead and hung instances,
+restarts Tayga and HAProxy if they die, re-resolves external services, re-adopts instances after an
+agent restart and applies changes of the bootstrap YAML by comparing plans. A new instance joins the
+frontend only once healthy; a replaced one leaves it first and is removed after it had time to finish.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from container import checks, firewall, frontend, metrics, nat64, network, plan, runtime, supervision, volume
+from container.bootstrap import Bootstrap, Network, load_bootstrap
+from container.capacity import Capacity, check_fits, host_capacity
+from container.errors import AgentError
+from container.image import manifest_from_image
+from container.nat64 import Destination, Tayga
+from container.state import StateDir
+from container.supervision import Instance, Pending, Retiring, Supervised
+
+log = logging.getLogger("container")
+
+ZONE = "bootstrap"
+RESOLVE_INTERVAL = 60.0  # external hosts are resolved again this often
+FIREWALL_CHECK_INTERVAL = 10.0  # our jumps in the built-in chains are checked this often
+
+
+class _ConfigChanged(FileSystemEventHandler):
+    def __init__(self, path: Path, flag: threading.Event):
+        self.path = path.resolve()
+        self.flag = flag
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = {event.src_path, getattr(event, "dest_path", "")}
+        if any(p and Path(str(p)).resolve() == self.path for p in paths):
+            self.flag.set()
+
+
+class Agent:
+    def __init__(self, images: list[str], bootstrap_path: Path, state_dir: Path, client: Any):
+        self.images = images
+        names = [runtime.app_from_image(image)[0] for image in images]
+        for name in names:
+            if names.count(name) > 1:
+                raise AgentError(f"application {name!r} is given twice; one instance per application")
+        self.bootstrap_path = bootstrap_path
+        self.client = client
+        self.state = StateDir(state_dir)
+        self.stop = threading.Event()
+        self.config_changed = threading.Event()
+        self.apps: tuple[plan.Application, ...] = ()
+        self.supervised: list[Supervised] = []
+        self.bootstrap: Bootstrap
+        self.plan: plan.Plan
+        self.capacity: Capacity
+        self.tayga: Tayga
+        self.frontend = frontend.Frontend(state_dir)
+        self.destinations: dict[str, tuple[Destination, ...]] = {}  # application → its external services
+        self.resolved_at = -RESOLVE_INTERVAL
+        self.rules: dict[str, str] = {}
+        self.firewall_checked = time.monotonic()
+
+    # -- checks, before any side effect ------------------------------------------------------
+    def load(self) -> None:
+        self.bootstrap = load_bootstrap(str(self.bootstrap_path))
+        self.apps = tuple(plan.load_application(self.client, image) for image in self.images)
+        self.supervised = [Supervised(app, runtime.image_info(self.client, app.image).id) for app in self.apps]
+        plan.check_services(self.apps, self.bootstrap)
+        checks.check_mounts([app.manifest for app in self.apps], self.bootstrap)
+        checks.check_host_programs(any(app.manifest.volumes for app in self.apps))
+        self.capacity = host_capacity()
+        ours = {app.name for app in self.apps}
+        in_use = [r for r in (self._resources_of(i) for i in runtime.instances(self.client)
+                              if i.running and i.application not in ours) if r]
+        for app in self.apps:
+            check_fits(app.name, app.manifest.resources, in_use, self.capacity)
+            in_use.append(app.manifest.resources)
+        if self.bootstrap.metrics.agent:
+            checks.check_port_free(*self.bootstrap.metrics.agent, "the agent's metrics", "metrics.agent")
+        net = self.bootstrap.network or network.generated_network(b"check")  # nothing is written while checking
+        self.check_frontend(self.bootstrap, net)
+        # iptables must accept our kind of rules (conntrack, comment, REJECT, NAT) before anything is set up.
+        firewall.check_rules(firewall.render_rules(net, self.bootstrap.nat64, ()))
+        self.tayga = Tayga(self.bootstrap.nat64, self.state.path)
+
+    def check_frontend(self, bootstrap: Bootstrap, net: Network) -> None:
+        """Ports distinct and free (unless our HAProxy holds them), and a configuration HAProxy accepts."""
+        services = plan.frontend_services(self.apps, bootstrap.frontend, net, {})
+        plan.check_frontend_ports(services, bootstrap.source)
+        if self.frontend.daemon.pid() is None:
+            for service in services:
+                if service.port:
+                    checks.check_port_free(service.bind, service.port, service.name)
+            if bootstrap.metrics.haproxy:
+                checks.check_port_free(*bootstrap.metrics.haproxy, "HAProxy's metrics", "metrics.haproxy")
+        frontend.check_config(self.frontend.render(services, bootstrap.metrics.haproxy))
+
+    def _resources_of(self, instance: Instance) -> Any:
+        try:
+            return manifest_from_image(self.client, instance.image).resources
+        except AgentError:
+            return None
+
+    def generated_network(self) -> Network:
+        """A stable ULA /64 when the YAML has no network: its seed is kept in the state dir."""
+        state = self.state.load()
+        seed = state.get("generated_network_seed")
+        if not seed:
+            seed = network.random16().to_bytes(2, "big").hex() + str(time.time())
+            state["generated_network_seed"] = seed
+            self.state.save(state)
+        return network.generated_network(seed.encode())
+
+    def network(self) -> Network:
+        return self.plan.network
+
+    # -- services: NAT64, firewall, frontend ---------------------------------------------------
+    def refresh_destinations(self, force: bool = False) -> None:
+        """Resolve the external services; on a change, update the firewall and the instances' /etc/hosts."""
+        if not force and time.monotonic() - self.resolved_at < RESOLVE_INTERVAL:
+            return
+        self.resolved_at = time.monotonic()
+        found = {app.name: nat64.destinations(plan.egress_manifest(app, self.bootstrap),
+                                              plan.external_services(self.apps, app, self.bootstrap),
+                                              self.bootstrap.nat64) for app in self.apps}
+        if found == self.destinations and not force:
+            return
+        for d in {d for ds in found.values() for d in ds} - {d for ds in self.destinations.values() for d in ds}:
+            log.info("%s: %s → %s (as %s:%d)", d.service, d.external_host,
+                     ", ".join(map(str, d.ipv4)) or "unresolved", d.local_hostname, d.local_port)
+        self.destinations = found
+        self.apply_firewall()
+        for sup in self.supervised:
+            for instance in sup.live():
+                self.state.write_etc_file(instance.name, "hosts", self._hosts(sup.app, instance.address))
+
+    def apply_firewall(self) -> None:
+        """Rules for the current instance addresses; applied only when they changed."""
+        addresses = {sup.app.name: sup.addresses() for sup in self.supervised}
+        rules = plan.firewall_rules(self.apps, self.network(), self.bootstrap.nat64, addresses, self.destinations)
+        if rules != self.rules:
+            firewall.apply(rules)
+            self.rules = rules
+
+    def _hosts(self, app: plan.Application, address: ipaddress.IPv6Address) -> str:
+        return plan.instance_hosts(self.apps, app, address, self.network(), self.destinations.get(app.name, ()))
+
+    def publish(self) -> None:
+        if any(app.manifest.provides for app in self.apps):
+            serving = {sup.app.name: plan.Serving(sup.serving.name, sup.serving.address)
+                       for sup in self.supervised if sup.serving is not None}
+            self.frontend.apply(plan.frontend_services(self.apps, self.bootstrap.frontend, self.network(), serving),
+                                self.bootstrap.metrics.haproxy)
+
+    def healthy(self, app: plan.Application, instance: Instance) -> bool:
+        return all(checks.answers_health(str(instance.address), p.local_port, p.health_check_path)
+                   for p in app.manifest.provides)
+
+    # -- instances ----------------------------------------------------------------------------
+    def adopt(self, sup: Supervised) -> None:
+        """Take over a running instance left by an earlier agent (the newest healthy one); remove the rest."""
+        running = []
+        for instance in runtime.instances(self.client, ZONE):
+            if instance.application != sup.app.name:
+                continue
+            if instance.running:
+                running.append((instance, self.healthy(sup.app, instance)))
+            else:
+                log.info("removing stopped instance %s", instance.name)
+                runtime.remove(self.client, instance.name)
+        kept, duplicates = supervision.adoption(running)
+        for duplicate in duplicates:
+            log.warning("removing duplicate instance %s", duplicate.name)
+            runtime.remove(self.client, duplicate.name)
+        if kept is not None:
+            sup.serving = kept
+            if str(kept.address) not in network.instance_addresses(kept.pid):
+                log.info("re-wiring the network of %s", kept.name)
+                network.wire_instance(kept.pid, kept.name, self.network(), kept.address)
+            self.state.write_etc_file(kept.name, "hosts", self._hosts(sup.app, kept.address))
+            log.info("re-adopted running instance %s (%s)", kept.name, kept.address)
+
+    def start_instance(self, sup: Supervised) -> Instance:
+        app, net = sup.app, self.network()
+        instance_id = runtime.InstanceId(ZONE, "", app.name, app.version, f"{network.random16():04x}")
+        address = network.instance_address(net.subnet, network.host_ipv4(), network.random16())
+        sup.starting = address
+        try:
+            self.apply_firewall()  # its services are open before it runs
+            name = instance_id.name
+            etc = {
+                "/etc/resolv.conf": str(self.state.write_etc_file(name, "resolv.conf", plan.resolv_conf(net))),
+                "/etc/hosts": str(self.state.write_etc_file(name, "hosts", self._hosts(app, address))),
+            }
+            image = runtime.image_info(self.client, app.image)
+            sup.image_id = image.id
+            uid = runtime.run_user(image.user)[1]
+            volumes = {fs.mountpoint: str(volume.ensure(self.state.path, app.name, fs, uid))
+                       for fs in app.manifest.volumes}
+            args = runtime.container_args(
+                image=app.image, instance=instance_id, manifest=app.manifest, environment=self.bootstrap.env,
+                image_user=image.user, capacity=self.capacity,
+                read_only_binds={**etc, **self.bootstrap.mount_map}, read_write_binds=volumes,
+                image_healthcheck=image.healthcheck,
+                labels={"zone": ZONE, "repo": "", "application": app.name, "version": app.version,
+                        "ipv6": str(address), "started": f"{time.time():.3f}", "image": app.image,
+                        "image_id": image.id},
+            )
+            instance = runtime.start(self.client, args)
+            try:
+                network.wire_instance(instance.pid, name, net, address)
+            except AgentError:
+                runtime.remove(self.client, name)
+                raise
+        finally:
+            sup.starting = None
+        log.info("started %s at %s", name, address)
+        return instance
+
+    def start_pending(self, sup: Supervised) -> None:
+        sup.pending = Pending(self.start_instance(sup), time.monotonic() + sup.app.health_timeout)
+
+    def _failed(self, sup: Supervised, instance: Instance, status: str, why: str = "") -> None:
+        """Remove a dead or unhealthy instance and schedule its replacement (back-off for crash loops)."""
+        _, code = runtime.state(self.client, instance.name)
+        lived = time.time() - instance.started
+        sup.quick_failures, delay = supervision.after_failure(sup.quick_failures, lived, bool(why))
+        log.warning("instance %s %s (exit code %s) after %.0f s%s; replacing it in %.0f s",
+                    instance.name, status, code, lived, f" ({why})" if why else "", delay)
+        runtime.remove(self.client, instance.name)
+        sup.restart_at = time.monotonic() + delay
+        self.state.save(supervision.count_replacement(self.state.load(), sup.app.name, "crash"))
+
+    def _check_liveness(self, sup: Supervised, now: float) -> None:
+        """Replace the instance in the frontend when it stopped answering its health check; it keeps its
+        place until the replacement is healthy (HAProxy stops sending it requests meanwhile)."""
+        assert sup.serving is not None
+        sup.checked_at = now
+        sup.unhealthy_since, replace = supervision.liveness(sup.unhealthy_since, self.healthy(sup.app, sup.serving),
+                                                            now)
+        if not replace:
+            return
+        log.warning("instance %s has not answered its health check for %.0f s; starting a replacement",
+                    sup.serving.name, now - (sup.unhealthy_since or now))
+        self.state.save(supervision.count_replacement(self.state.load(), sup.app.name, "unhealthy"))
+        try:
+            self.start_pending(sup)
+        except AgentError as exc:
+            log.error("%s; retrying", exc)
+
+    def _supervise(self, sup: Supervised) -> None:
+        now = time.monotonic()
+        if sup.serving is not None:
+            status, _ = runtime.state(self.client, sup.serving.name)
+            if status != "running":
+                dead, sup.serving, sup.unhealthy_since = sup.serving, None, None
+                self.publish()
+                self._failed(sup, dead, status)
+            elif sup.pending is None and now - sup.checked_at >= supervision.HEALTH_INTERVAL:
+                self._check_liveness(sup, now)
+        if sup.pending is not None:
+            candidate = sup.pending.instance
+            status, _ = runtime.state(self.client, candidate.name)
+            if status != "running":
+                sup.pending = None
+                self._failed(sup, candidate, status)
+            elif self.healthy(sup.app, candidate):
+                sup.pending, sup.unhealthy_since = None, None
+                previous, sup.serving = sup.serving, candidate
+                self.publish()
+                log.info("%s is healthy and in the frontend", candidate.name)
+                if previous is not None:
+                    sup.retiring += (Retiring(previous, now + supervision.DRAIN_SECONDS),)
+            elif now > sup.pending.deadline:
+                sup.pending = None
+                self._failed(sup, candidate, status, f"not healthy within {sup.app.health_timeout} s")
+        if sup.serving is None and sup.pending is None and now >= sup.restart_at:
+            try:
+                self.start_pending(sup)
+            except AgentError as exc:
+                sup.quick_failures += 1
+                sup.restart_at = time.monotonic() + supervision.restart_delay(sup.quick_failures)
+                log.error("%s; retrying", exc)
+        remove, sup.retiring = supervision.due(sup.retiring, now)
+        for item in remove:
+            log.info("removing replaced instance %s", item.instance.name)
+            runtime.remove(self.client, item.instance.name)
+
+    def supervise_once(self) -> None:
+        for sup in self.supervised:
+            self._supervise(sup)
+        if self.frontend.ensure():
+            log.warning("the frontend (haproxy) had stopped: restarted")
+        if self.tayga.daemon.ensure():
+            log.warning("NAT64 (tayga) had stopped: restarted")
+        self.refresh_destinations()
+        if time.monotonic() - self.firewall_checked > FIREWALL_CHECK_INTERVAL:
+            self.firewall_checked = time.monotonic()
+            if not firewall.intact():
+                log.warning("our firewall rules were removed from outside: applying them again")
+                self.rules = {}
+        self.apply_firewall()
+
+    # -- configuration changes ------------------------------------------------------------------
+    def reload_config(self) -> None:
+        try:
+            new = load_bootstrap(str(self.bootstrap_path))
+            plan.check_services(self.apps, new)
+            checks.check_mounts([app.manifest for app in self.apps], new)
+            new_plan = plan.make_plan(new, new.network or self.generated_network())
+            if new.frontend != self.bootstrap.frontend:
+                self.check_frontend(new, new_plan.network)
+        except AgentError as exc:
+            log.error("ignoring the changed bootstrap YAML: %s; the running configuration stays", exc)
+            return
+        old_plan, self.bootstrap, self.plan = self.plan, new, new_plan
+        change = plan.changes(old_plan, new_plan)
+        if not change.any:
+            return
+        if change.nat64:
+            log.info("bootstrap YAML changed: NAT64 %s, pool %s", new.nat64.prefix, new.nat64.ipv4_pool)
+            self.tayga.stop()
+            network.remove_link(nat64.TUN)
+            self.tayga = Tayga(new.nat64, self.state.path)
+            self.tayga.ensure()
+        if change.frontend:
+            log.info("bootstrap YAML changed: frontend settings")
+            self.publish()
+        if change.replace_instances:
+            log.info("bootstrap YAML changed (environment, mounts or addressing): replacing the instances")
+            if change.readdress:
+                network.ensure_bridge(self.network())
+            for sup in self.supervised:
+                if change.readdress and sup.serving is not None:  # unreachable now: no point in draining
+                    runtime.remove(self.client, sup.serving.name)
+                    sup.serving = None
+                if sup.pending is not None:
+                    runtime.remove(self.client, sup.pending.instance.name)
+                    sup.pending = None
+            self.refresh_destinations(force=True)
+            for sup in self.supervised:
+                self.state.save(supervision.count_replacement(self.state.load(), sup.app.name, "config"))
+                self.start_pending(sup)
+            return
+        self.refresh_destinations(force=True)
+        for instance in [i for sup in self.supervised for i in sup.live()]:
+            if change.routes:
+                network.update_routes(instance.pid, old_plan.network.routes, new_plan.network.routes)
+                log.info("bootstrap YAML changed: routes updated in %s", instance.name)
+            if change.dns:
+                self.state.write_etc_file(instance.name, "resolv.conf", plan.resolv_conf(new_plan.network))
+                log.info("bootstrap YAML changed: resolv.conf updated in %s", instance.name)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.plan = plan.make_plan(self.bootstrap, self.bootstrap.network or self.generated_network())
+        network.ensure_bridge(self.network())
+        self.tayga.ensure()
+        self.refresh_destinations(force=True)
+        for sup in self.supervised:
+            self.adopt(sup)
+        self.apply_firewall()
+        self.publish()
+        for sup in self.supervised:
+            if sup.serving is not None and sup.serving.image_id not in ("", sup.image_id):
+                log.info("the image %s changed since %s started: starting a replacement", sup.app.image,
+                         sup.serving.name)
+                self.state.save(supervision.count_replacement(self.state.load(), sup.app.name, "image"))
+                self.start_pending(sup)
+        if self.bootstrap.metrics.agent:
+            metrics.serve(*self.bootstrap.metrics.agent,
+                          metrics.AgentCollector(self.metrics_snapshot, self.state.path / "tayga" / "data"))
+        observer = Observer()
+        observer.schedule(_ConfigChanged(self.bootstrap_path, self.config_changed),
+                          str(self.bootstrap_path.resolve().parent))
+        observer.start()
+        log.info("supervising %s from %s", ", ".join(app.image for app in self.apps), self.bootstrap_path)
+        try:
+            while not self.stop.is_set():
+                if self.config_changed.is_set():
+                    self.stop.wait(0.3)  # let the editor finish writing
+                    self.config_changed.clear()
+                    self._guarded(self.reload_config)
+                self._guarded(self.supervise_once)
+                busy = any(sup.pending or sup.retiring for sup in self.supervised)
+                self.stop.wait(0.25 if busy else 1.0)
+        finally:
+            observer.stop()
+            observer.join(5)
+        log.info("agent stopped; instances, NAT64 and the frontend keep running and are re-adopted on the next start")
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """For the metrics thread: the instances with their states, and the replacement counters."""
+        instances = []
+        for sup in list(self.supervised):
+            instances += [(sup.serving, "serving")] if sup.serving else []
+            instances += [(sup.pending.instance, "pending")] if sup.pending else []
+            instances += [(item.instance, "retiring") for item in sup.retiring]
+        return {"instances": instances, "replacements": self.state.load().get("replacements", {})}
+
+    @staticmethod
+    def _guarded(step) -> None:
+        """One step of the loop: its errors are logged, never fatal (the next round tries again)."""
+        try:
+            step()
+        except AgentError as exc:
+            log.error("%s", exc)
+        except (OSError, ValueError, LookupError) as exc:  # the next round tries again; never a dead loop
+            log.error("unexpected %s: %s", type(exc).__name__, exc)

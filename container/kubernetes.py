@@ -1,0 +1,272 @@
+"""`pequod-agent --export kubernetes`: the applications the agent runs, as Kubernetes objects.
+
+A pure function of the manifests, the bootstrap settings, the images' users and the options: the same
+inputs give the same output (stable order, no times), so it can live in git and be applied by Argo CD
+or Flux. What Kubernetes cannot express is said in a comment at the top, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import yaml
+
+from container import nat64
+from container.bootstrap import Bootstrap
+from container.errors import AgentError
+from container.manifest import PersistentFilesystem
+from container.plan import Application, egress_manifest, external_services, local_requires, provider
+
+MANAGED_BY = "pequod"
+SECRET_KEYS = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_KEY$)", re.IGNORECASE)
+HEALTH_PERIOD = 2  # seconds between liveness and readiness probes, as the agent checks
+UNHEALTHY_AFTER = 10  # seconds of failed liveness probes before a restart, as the agent replaces
+
+
+class ExportError(AgentError):
+    """The applications cannot be exported as asked."""
+
+
+@dataclass(frozen=True)
+class Options:
+    namespace: str = "default"
+    replicas: int = 1
+    mhz_per_cpu: int = 2000
+    storage_class: str | None = None  # StatefulSet with a PersistentVolumeClaim per replica
+    ingress_class: str | None = None
+    dns64: bool = False  # the cluster synthesises AAAA records itself: no hostAliases
+
+
+def cpu_quantity(vmhz: int, mhz_per_cpu: int) -> str:
+    """VMHz as a CPU quantity in millicores (at least 1m)."""
+    return f"{max(1, round(vmhz * 1000 / mhz_per_cpu))}m"
+
+
+def is_secret(key: str, value: str) -> bool:
+    """Values that go into a Secret: secret-looking names, and URLs carrying credentials."""
+    if SECRET_KEYS.search(key):
+        return True
+    parts = urlsplit(value)
+    return bool(parts.scheme and "@" in parts.netloc and ":" in parts.netloc.rsplit("@", 1)[0])
+
+
+def check_repo(environment: dict[str, str]) -> None:
+    repo = environment.get("SITE_REPO", "")
+    if repo.startswith(("file://", "/")):
+        raise ExportError(f"SITE_REPO={repo}: a path on this host does not exist in a cluster; use a git URL the "
+                          "cluster can reach (https://, ssh://, git://)")
+
+
+def _labels(app: Application) -> dict[str, str]:
+    return {"app.kubernetes.io/name": app.name, "app.kubernetes.io/version": app.version,
+            "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def _meta(app: Application, options: Options, name: str | None = None) -> dict:
+    return {"name": name or app.name, "namespace": options.namespace, "labels": _labels(app)}
+
+
+def _volume_name(mountpoint: str) -> str:
+    return "vol" + re.sub(r"[^a-z0-9]+", "-", mountpoint.lower()).rstrip("-")
+
+
+def _probe(path: str, port: int, period: int, failures: int) -> dict:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 1,
+            "failureThreshold": failures}
+
+
+def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, uid: int, options: Options,
+             secret_name: str | None) -> dict:
+    manifest, resources = app.manifest, app.manifest.resources
+    env = {k: v for k, v in bootstrap.environment if not is_secret(k, v)}
+    container: dict = {
+        "name": app.name,
+        "image": app.image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": f"p{p.local_port}", "containerPort": p.local_port, "protocol": "TCP"}
+                  for p in manifest.provides],
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "resources": {
+            "requests": {"memory": f"{resources.memory_mb}Mi", "cpu": cpu_quantity(resources.cpu_vmhz,
+                                                                                     options.mhz_per_cpu)},
+            "limits": {"memory": f"{resources.memory_mb}Mi", "cpu": cpu_quantity(resources.cpu_vmhz,
+                                                                                   options.mhz_per_cpu)},
+        },
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": _volume_name(fs.mountpoint), "mountPath": fs.mountpoint}
+                         for fs in (*manifest.filesystems, *manifest.volumes)],
+    }
+    if secret_name:
+        container["envFrom"] = [{"secretRef": {"name": secret_name}}]
+    if manifest.provides:
+        first = manifest.provides[0]
+        container["startupProbe"] = _probe(first.health_check_path, first.local_port, HEALTH_PERIOD,
+                                           max(1, first.health_check_timeout // HEALTH_PERIOD))
+        container["readinessProbe"] = _probe(first.health_check_path, first.local_port, HEALTH_PERIOD, 1)
+        container["livenessProbe"] = _probe(first.health_check_path, first.local_port, HEALTH_PERIOD,
+                                            UNHEALTHY_AFTER // HEALTH_PERIOD)
+    volumes = [{"name": _volume_name(fs.mountpoint), "emptyDir": {"medium": "Memory", "sizeLimit": f"{fs.size_mb}Mi"}}
+               for fs in manifest.filesystems]
+    if not options.storage_class:
+        volumes += [{"name": _volume_name(fs.mountpoint), "emptyDir": {"sizeLimit": f"{fs.size_mb}Mi"}}
+                    for fs in manifest.volumes]
+    spec: dict = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    aliases = host_aliases(app, apps, bootstrap, options)
+    if aliases:
+        spec["hostAliases"] = aliases
+    if bootstrap.network and bootstrap.network.dns:
+        spec["dnsPolicy"] = "None"
+        spec["dnsConfig"] = {"nameservers": [str(server) for server in bootstrap.network.dns]}
+    return spec
+
+
+def _destinations(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap):
+    return nat64.destinations(egress_manifest(app, bootstrap), external_services(apps, app, bootstrap), bootstrap.nat64)
+
+
+def host_aliases(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> list:
+    """The required external services' local host names → their NAT64 addresses (unless the cluster does
+    DNS64 itself)."""
+    if options.dns64:
+        return []
+    by_address: dict[str, list[str]] = {}
+    for found in _destinations(app, apps, bootstrap):
+        for address in found.ipv6:
+            by_address.setdefault(str(address), []).append(found.local_hostname)
+    return [{"ip": ip, "hostnames": sorted(names)} for ip, names in sorted(by_address.items())]
+
+
+def network_policy(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> dict:
+    """Ingress only to the provided ports; egress only to the declared external services, the DNS servers
+    and the services of other applications it requires."""
+    egress: list[dict] = []
+    for found in _destinations(app, apps, bootstrap):
+        blocks = [{"ipBlock": {"cidr": f"{address}/128"}} for address in found.ipv6] or [
+            {"ipBlock": {"cidr": str(bootstrap.nat64.prefix)}}]
+        egress.append({"to": blocks, "ports": [{"protocol": "TCP", "port": found.local_port}]})
+    for require in local_requires(apps, app):
+        other = provider(apps, require.name)
+        assert other is not None
+        port = next(p.local_port for p in other.manifest.provides if p.name == require.name)
+        egress.append({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": other.name}}}],
+                       "ports": [{"protocol": "TCP", "port": port}]})
+    dns_to = ([{"ipBlock": {"cidr": f"{server}/128"}} for server in bootstrap.network.dns]
+              if bootstrap.network and bootstrap.network.dns else
+              [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}])
+    egress.append({"to": dns_to, "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]})
+    ingress = ([{"ports": [{"protocol": "TCP", "port": p.local_port} for p in app.manifest.provides]}]
+               if app.manifest.provides else [])
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(app, options),
+            "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": app.name}},
+                     "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress}}
+
+
+def workload(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, uid: int, options: Options,
+             secret_name: str | None) -> dict:
+    selector = {"matchLabels": {"app.kubernetes.io/name": app.name}}
+    template = {"metadata": {"labels": _labels(app)},
+                "spec": pod_spec(app, apps, bootstrap, uid, options, secret_name)}
+    if not options.storage_class or not app.manifest.volumes:
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(app, options),
+                "spec": {"replicas": options.replicas, "selector": selector,
+                         "strategy": {"type": "RollingUpdate",
+                                      "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                         "template": template}}
+    claims = [_claim(fs, options.storage_class) for fs in app.manifest.volumes]
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(app, options),
+            "spec": {"replicas": options.replicas, "selector": selector, "serviceName": app.name,
+                     "updateStrategy": {"type": "RollingUpdate"},
+                     "template": template, "volumeClaimTemplates": claims}}
+
+
+def _claim(fs: PersistentFilesystem, storage_class: str) -> dict:
+    return {"metadata": {"name": _volume_name(fs.mountpoint)},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
+                     "resources": {"requests": {"storage": f"{fs.size_mb}Mi"}}}}
+
+
+def export(apps: tuple[Application, ...], bootstrap: Bootstrap, uids: dict[str, int], options: Options) -> list[dict]:
+    """The Kubernetes objects for the applications, in a stable order."""
+    check_repo(bootstrap.env)
+    if options.replicas < 1 or options.mhz_per_cpu < 1:
+        raise ExportError("--replicas and --mhz-per-cpu must be at least 1")
+    secrets = {k: v for k, v in bootstrap.environment if is_secret(k, v)}
+    docs: list[dict] = []
+    for app in apps:
+        secret_name = f"{app.name}-env" if secrets else None
+        if secret_name:
+            docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": _meta(app, options, secret_name),
+                         "type": "Opaque", "stringData": dict(sorted(secrets.items()))})
+        docs.append(workload(app, apps, bootstrap, uids.get(app.name, 65534), options, secret_name))
+        for provide in app.manifest.provides:
+            docs.append({"apiVersion": "v1", "kind": "Service", "metadata": _meta(app, options, provide.name),
+                         "spec": {"selector": {"app.kubernetes.io/name": app.name},
+                                  "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"],
+                                  "ports": [{"name": "http", "port": provide.local_port,
+                                             "targetPort": provide.local_port, "protocol": "TCP"}]}})
+            if options.ingress_class and bootstrap.frontend.port_of(provide.name):
+                docs.append(ingress(app, provide.name, provide.local_port, options))
+        docs.append(network_policy(app, apps, bootstrap, options))
+        docs.append({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(app, options),
+                     "spec": {"maxUnavailable": 1,
+                              "selector": {"matchLabels": {"app.kubernetes.io/name": app.name}}}})
+    return docs
+
+
+def ingress(app: Application, service: str, port: int, options: Options) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": _meta(app, options, service),
+            "spec": {"ingressClassName": options.ingress_class,
+                     "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
+                         "service": {"name": service, "port": {"number": port}}}}]}}]}}
+
+
+def not_expressed(apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> list[str]:
+    """What the agent does that these objects cannot say."""
+    notes = [f"CPU: vmhz converted at {options.mhz_per_cpu} MHz per CPU (--mhz-per-cpu)."]
+    for app in apps:
+        res = app.manifest.resources
+        notes.append(f"{app.name}: procs={res.processes} is a node setting in Kubernetes (kubelet podPidsLimit); "
+                     f"files={res.open_files} (nofile) has no pod field.")
+        for require in app.manifest.requires:
+            other = provider(apps, require.name)
+            if other is not None:
+                notes.append(f"{app.name}: requires {require.name} as {require.local_hostname}:{require.local_port}; "
+                             f"in the cluster it is the Service {require.name} (port of {other.name}).")
+        for found in _destinations(app, apps, bootstrap):
+            if found.local_port != found.external_port:
+                notes.append(f"{app.name}: {found.local_hostname}:{found.local_port} is {found.external_host}:"
+                             f"{found.external_port}; a cluster does no port translation.")
+    if bootstrap.mounts:
+        notes.append("mounts (host paths) do not span nodes and are left out.")
+    if options.dns64:
+        notes.append("DNS64: the cluster's resolver synthesises the external services' addresses.")
+    else:
+        notes.append(f"The NAT64 addresses in hostAliases need NAT64 for the prefix {bootstrap.nat64.prefix} on the "
+                     "nodes or the provider's gateway (or --dns64 with a DNS64 resolver).")
+    if options.storage_class:
+        notes.append(f"Volumes: StatefulSet with a PersistentVolumeClaim per replica (storage class "
+                     f"{options.storage_class}).")
+    else:
+        notes.append("Volumes: disk-backed emptyDir of the manifest's size; it survives container restarts in the "
+                     "pod, not the pod (use --storage-class for claims).")
+    return notes
+
+
+def render(docs: list[dict], notes: list[str]) -> str:
+    header = "# Generated by pequod-agent --export kubernetes. Not expressed by these objects:\n"
+    header += "".join(f"# - {note}\n" for note in notes)
+    return header + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, explicit_start=True)
+

@@ -1,0 +1,110 @@
+"""The agent's metrics (Prometheus text format, via prometheus_client) on a host-only address.
+
+Instances by state, replacements by reason, each instance's memory and CPU from its cgroup, egress
+packets and bytes the firewall rejected per application, and NAT64 address mappings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from container import firewall
+from container.supervision import Instance
+
+log = logging.getLogger(__name__)
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cgroup_usage(pid: int) -> tuple[int, float] | None:
+    """(memory bytes, CPU seconds) of the cgroup the process is in (cgroup v1 or v2); None when unknown."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    paths = {}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path.lstrip("/")
+    try:
+        if "" in paths and (CGROUP / paths[""] / "memory.current").exists():  # v2
+            base = CGROUP / paths[""]
+            memory = int((base / "memory.current").read_text())
+            usage = dict(line.split() for line in (base / "cpu.stat").read_text().splitlines())
+            return memory, int(usage["usage_usec"]) / 1e6
+        memory = int((CGROUP / "memory" / paths["memory"] / "memory.usage_in_bytes").read_text())
+        cpuacct = next(CGROUP / mount / paths["cpuacct"] / "cpuacct.usage" for mount in ("cpuacct", "cpu,cpuacct")
+                       if (CGROUP / mount / paths["cpuacct"] / "cpuacct.usage").exists())
+        return memory, int(cpuacct.read_text()) / 1e9
+    except (OSError, KeyError, ValueError, StopIteration):
+        return None
+
+
+def nat64_mappings(data_dir: Path) -> int:
+    """Addresses Tayga has mapped dynamically (its dynamic.map, one line each)."""
+    try:
+        return sum(1 for line in (data_dir / "dynamic.map").read_text().splitlines() if line.strip()
+                   and not line.startswith("#"))
+    except OSError:
+        return 0
+
+
+class AgentCollector:
+    """`snapshot` gives, at each scrape: {"instances": [(Instance, state)], "replacements": {app: {reason: n}}}."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]], tayga_data: Path):
+        self.snapshot, self.tayga_data = snapshot, tayga_data
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot()
+        instances: list[tuple[Instance, str]] = snapshot["instances"]
+        by_state = GaugeMetricFamily("pequod_agent_instances", "Instances, by application and state.",
+                                     labels=["application", "state"])
+        counted: dict[tuple[str, str], int] = {}
+        for instance, state in instances:
+            counted[(instance.application, state)] = counted.get((instance.application, state), 0) + 1
+        for (application, state), count in sorted(counted.items()):
+            by_state.add_metric([application, state], count)
+        yield by_state
+        replaced = CounterMetricFamily("pequod_agent_replacements", "Instances replaced, by application and reason "
+                                       "(crash, unhealthy, config, image).", labels=["application", "reason"])
+        for application, reasons in sorted(snapshot["replacements"].items()):
+            for reason, count in sorted(reasons.items()):
+                replaced.add_metric([application, reason], int(count))
+        yield replaced
+        memory = GaugeMetricFamily("pequod_agent_instance_memory_bytes", "Memory charged to the instance's cgroup.",
+                                   labels=["application", "instance"])
+        cpu = CounterMetricFamily("pequod_agent_instance_cpu_seconds", "CPU time the instance's cgroup used.",
+                                  labels=["application", "instance"])
+        for instance, _state in instances:
+            usage = cgroup_usage(instance.pid)
+            if usage is not None:
+                memory.add_metric([instance.application, instance.name], usage[0])
+                cpu.add_metric([instance.application, instance.name], usage[1])
+        yield memory
+        yield cpu
+        packets = CounterMetricFamily("pequod_agent_egress_rejected_packets", "Packets from instances the firewall "
+                                      "rejected (not declared), by application.", labels=["application"])
+        volume = CounterMetricFamily("pequod_agent_egress_rejected_bytes", "Bytes of those packets.",
+                                     labels=["application"])
+        for application, (count, size) in sorted(firewall.rejected_by_application().items()):
+            packets.add_metric([application], count)
+            volume.add_metric([application], size)
+        yield packets
+        yield volume
+        yield GaugeMetricFamily("pequod_agent_nat64_mappings", "IPv4 addresses NAT64 has mapped to instance "
+                                "addresses.", value=nat64_mappings(self.tayga_data))
+
+
+def serve(address: Any, port: int, collector: AgentCollector) -> None:
+    """The metrics endpoint in a thread of the agent: http://ADDRESS:PORT/metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # type: ignore[arg-type]
+    start_http_server(port, addr=str(address), registry=registry)
+    log.info("metrics at http://%s/metrics", f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}")

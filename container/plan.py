@@ -1,0 +1,221 @@
+"""What should run, as a pure function of the bootstrap settings, the manifests and the instances' addresses.
+
+No Docker, no netlink, no files: the agent (`agent.py`) applies what these functions compute, and a
+configuration reload compares two plans instead of fields by hand. Everything here is unit-tested
+without root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from container import firewall, frontend, nat64
+from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network
+from container.errors import AgentError
+from container.manifest import Manifest, RequiredService
+from container.nat64 import Destination
+
+
+@dataclass(frozen=True)
+class Application:
+    """One image the agent runs: its name and version (from the tag) and its manifest."""
+    image: str
+    name: str
+    version: str
+    manifest: Manifest
+
+    @property
+    def health_timeout(self) -> int:
+        return max([p.health_check_timeout for p in self.manifest.provides], default=0)
+
+
+def load_application(client, image: str) -> Application:
+    """The application an image holds: name and version from its tag, the manifest from /pequod.xml."""
+    from container import runtime  # the Docker gateway; imported here so the plan itself stays pure
+    from container.image import manifest_from_image
+
+    name, version = runtime.app_from_image(image)
+    return Application(image, name, version, manifest_from_image(client, image))
+
+
+@dataclass(frozen=True)
+class Serving:
+    """An instance in the frontend: its name and address."""
+    name: str
+    address: ipaddress.IPv6Address
+
+
+def check_services(apps: tuple[Application, ...], bootstrap: Bootstrap) -> None:
+    """Every <require> is provided by one of the applications here, or defined as an external service."""
+    provided: dict[str, str] = {}
+    for app in apps:
+        for provide in app.manifest.provides:
+            if provide.name in provided:
+                raise AgentError(f"service {provide.name!r} is provided by both {provided[provide.name]} and "
+                                 f"{app.image}; run one of them")
+            provided[provide.name] = app.image
+    external = {service.name for service in bootstrap.external_services}
+    local_ports: dict[int, str] = {}
+    for app in apps:
+        for require in app.manifest.requires:
+            if require.name in provided:
+                other = local_ports.setdefault(require.local_port, require.name)
+                if other != require.name:
+                    raise AgentError(f"{app.manifest.source}: <require service-name=\"{require.name}\" "
+                                     f"local-port=\"{require.local_port}\">: the port is already used for {other}")
+            elif require.name not in external:
+                raise AgentError(
+                    f"{app.manifest.source}: <require service-name=\"{require.name}\"> is not defined in "
+                    f"{bootstrap.source} (add it under external_services) and no application here provides it"
+                )
+
+
+def provider(apps: tuple[Application, ...], service: str) -> Application | None:
+    return next((app for app in apps if any(p.name == service for p in app.manifest.provides)), None)
+
+
+def local_requires(apps: tuple[Application, ...], app: Application) -> tuple[RequiredService, ...]:
+    """The app's <require>s that another application here provides (reached through the frontend)."""
+    return tuple(r for r in app.manifest.requires if provider(apps, r.name) is not None)
+
+
+NOTIFY = "notify"
+
+
+def notify_require(bootstrap: Bootstrap) -> RequiredService | None:
+    """The deploy notifications' target (NOTIFY_URL in the environment) as a require of every instance: its
+    host name maps to its NAT64 address and the firewall lets exactly that host and port through."""
+    url = bootstrap.env.get("NOTIFY_URL", "")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return RequiredService(NOTIFY, "1", parts.hostname, port)
+
+
+def egress_manifest(app: Application, bootstrap: Bootstrap) -> Manifest:
+    """The app's manifest with the notification target required too (when there is one)."""
+    notify = notify_require(bootstrap)
+    if notify is None or any(r.name == NOTIFY for r in app.manifest.requires):
+        return app.manifest
+    return dataclasses.replace(app.manifest, requires=(*app.manifest.requires, notify))
+
+
+def external_services(apps: tuple[Application, ...], app: Application, bootstrap: Bootstrap):
+    """The bootstrap's external services that the app reaches through NAT64 (not those provided here), with
+    the notification target (a `notify` entry of the YAML, else NOTIFY_URL's own host and port)."""
+    local = {r.name for r in local_requires(apps, app)}
+    services = tuple(s for s in bootstrap.external_services if s.name not in local)
+    notify = notify_require(bootstrap)
+    if notify is not None and not any(s.name == NOTIFY for s in services):
+        services += (ExternalService(NOTIFY, "1", notify.local_hostname, notify.local_port, "bootstrap"),)
+    return services
+
+
+def hosts_file(hostname: str, address: ipaddress.IPv6Address, found: tuple[Destination, ...] = (),
+               local: dict[str, ipaddress.IPv6Address] | None = None) -> str:
+    """/etc/hosts of an instance: itself, its external services (NAT64), services provided here (gateway)."""
+    return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
+            + nat64.hosts_entries(found)
+            + "".join(f"{gateway}\t{name}\n" for name, gateway in sorted((local or {}).items())))
+
+
+def instance_hosts(apps: tuple[Application, ...], app: Application, address: ipaddress.IPv6Address,
+                   net: Network, found: tuple[Destination, ...]) -> str:
+    local = {r.local_hostname: net.gateway for r in local_requires(apps, app)}
+    return hosts_file(app.name, address, found, local)
+
+
+def resolv_conf(net: Network) -> str:
+    if not net.dns:
+        return "# no ipv6_dns in the bootstrap YAML\n"
+    return "".join(f"nameserver {server}\n" for server in net.dns)
+
+
+def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings, net: Network,
+                      serving: dict[str, Serving]) -> tuple[frontend.Service, ...]:
+    """The HAProxy frontends: each provided service on its public port and, for the instances that require
+    it, on the gateway; served by the app's instance in `serving` (application name → instance)."""
+    services = []
+    for app in apps:
+        for provide in app.manifest.provides:
+            instance = serving.get(app.name)
+            servers = (frontend.Server(instance.name, instance.address, provide.local_port),) if instance else ()
+            local_ports = sorted({r.local_port for other in apps for r in other.manifest.requires
+                                  if r.name == provide.name})
+            services.append(frontend.Service(
+                provide.name, settings.bind, settings.port_of(provide.name), provide.health_check_path, servers,
+                tuple((net.gateway, port) for port in local_ports),
+                settings.max_connections_per_client, settings.max_requests_per_client))
+    return tuple(services)
+
+
+def check_frontend_ports(services: tuple[frontend.Service, ...], source: str) -> None:
+    ports = [s.port for s in services if s.port]
+    for service in services:
+        if service.port and ports.count(service.port) > 1:
+            raise AgentError(f"{source}: frontend: port {service.port} is used by more than one provided service; "
+                             "give each its own under frontend.ports (0: not published)")
+
+
+def firewall_rules(apps: tuple[Application, ...], net: Network, nat64_settings: Nat64,
+                   addresses: dict[str, tuple[ipaddress.IPv6Address, ...]],
+                   destinations: dict[str, tuple[Destination, ...]]) -> dict[str, str]:
+    """The egress rules: each app's instance addresses may reach its external services and the services
+    provided here that it requires."""
+    grants, listeners = [], []
+    for app in apps:
+        sources = addresses.get(app.name, ())
+        grants += [firewall.Grant(sources, d) for d in destinations.get(app.name, ())]
+        listeners += [firewall.HostListener(sources, r.local_port, f"{app.name} -> {r.name}")
+                      for r in local_requires(apps, app)]
+    sources = tuple((app.name, addresses[app.name]) for app in apps if addresses.get(app.name))
+    return firewall.render_rules(net, nat64_settings, tuple(grants), tuple(listeners), sources)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The bootstrap settings the agent acts on, with the network actually used (the YAML's, or generated)."""
+    network: Network
+    nat64: Nat64
+    frontend: FrontendSettings
+    environment: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    external: tuple = field(default_factory=tuple)
+
+
+def make_plan(bootstrap: Bootstrap, net: Network) -> Plan:
+    return Plan(net, bootstrap.nat64, bootstrap.frontend, bootstrap.environment, bootstrap.mounts,
+                bootstrap.external_services)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a reload must do to go from one plan to another."""
+    nat64: bool = False  # restart Tayga on the new prefix and pool
+    frontend: bool = False  # reload HAProxy
+    replace_instances: bool = False  # environment, mounts or addressing: new instances beside the old
+    readdress: bool = False  # a new subnet or gateway: the old instances are unreachable at once
+    routes: bool = False  # apply in the running instances
+    dns: bool = False  # rewrite their resolv.conf
+    external: bool = False  # resolve again, firewall and /etc/hosts
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, name) for name in self.__dataclass_fields__)
+
+
+def changes(old: Plan, new: Plan) -> Changes:
+    readdress = (old.network.subnet, old.network.gateway) != (new.network.subnet, new.network.gateway)
+    replace = readdress or old.environment != new.environment or old.mounts != new.mounts
+    return Changes(
+        nat64=old.nat64 != new.nat64, frontend=old.frontend != new.frontend, replace_instances=replace,
+        readdress=readdress, routes=not replace and old.network.routes != new.network.routes,
+        dns=not replace and old.network.dns != new.network.dns, external=old.external != new.external,
+    )

@@ -1,0 +1,110 @@
+"""Supervision decisions as pure functions of state and time: when to replace an instance, how long to
+back off, which running instance to adopt, when a replaced one is removed. `agent.py` acts on them."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from container.plan import Application
+
+MAX_BACKOFF = 60.0
+STABLE_AFTER = 30.0  # an instance that ran this long resets the crash-loop back-off
+DRAIN_SECONDS = 3.0  # a replaced instance serves this long after leaving the frontend
+# Liveness: an instance in the frontend is checked every HEALTH_INTERVAL s (answer within 1 s); one that
+# fails every check for UNHEALTHY_AFTER s (hung, deadlocked, thrashing, stopped) gets a replacement.
+HEALTH_INTERVAL = 2.0
+UNHEALTHY_AFTER = 10.0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A running instance of ours, as the runtime reports it."""
+    name: str
+    application: str
+    version: str
+    zone: str
+    repo: str
+    address: ipaddress.IPv6Address
+    started: float  # wall-clock time it was started
+    image: str
+    image_id: str
+    pid: int
+    running: bool = True
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A started instance that joins the frontend once healthy, or is replaced after `deadline`."""
+    instance: Instance
+    deadline: float  # monotonic
+
+
+@dataclass(frozen=True)
+class Retiring:
+    """A replaced instance, removed at `remove_at` (monotonic) once it had time to finish its requests."""
+    instance: Instance
+    remove_at: float
+
+
+def restart_delay(quick_failures: int) -> float:
+    """Exponential back-off while instances keep failing: 0, 1, 2, 4 … MAX_BACKOFF seconds."""
+    return 0.0 if quick_failures <= 0 else min(2.0 ** (quick_failures - 1), MAX_BACKOFF)
+
+
+def after_failure(quick_failures: int, lived: float, unhealthy: bool) -> tuple[int, float]:
+    """(quick failures now, seconds until the replacement): a failure soon after start, or one that never
+    became healthy, counts towards the back-off; one after a stable run starts it afresh."""
+    failures = quick_failures + 1 if lived < STABLE_AFTER or unhealthy else 1
+    return failures, restart_delay(failures)
+
+
+def liveness(unhealthy_since: float | None, healthy: bool, now: float,
+             after: float = UNHEALTHY_AFTER) -> tuple[float | None, bool]:
+    """(since when the instance fails its checks, or None; whether to replace it now)."""
+    if healthy:
+        return None, False
+    since = now if unhealthy_since is None else unhealthy_since
+    return since, now - since >= after
+
+
+def adoption(candidates: list[tuple[Instance, bool]]) -> tuple[Instance | None, list[Instance]]:
+    """Of the running instances an earlier agent left (with whether each is healthy): the one to adopt (the
+    newest healthy one, else the newest) and the duplicates to remove."""
+    ranked = [instance for instance, _ in sorted(candidates, key=lambda c: (c[1], c[0].started), reverse=True)]
+    return (ranked[0] if ranked else None), ranked[1:]
+
+
+def due(retiring: tuple[Retiring, ...], now: float) -> tuple[tuple[Retiring, ...], tuple[Retiring, ...]]:
+    """(to remove now, to keep)."""
+    return (tuple(r for r in retiring if now >= r.remove_at), tuple(r for r in retiring if now < r.remove_at))
+
+
+def count_replacement(state: dict[str, Any], application: str, reason: str) -> dict[str, Any]:
+    """state.json's counters: `restarts` (all replacements) and per application and reason."""
+    state["restarts"] = int(state.get("restarts", 0)) + 1
+    per_app = state.setdefault("replacements", {}).setdefault(application, {})
+    per_app[reason] = int(per_app.get(reason, 0)) + 1
+    return state
+
+
+@dataclass
+class Supervised:
+    """The agent's live state of one application: its instances and its back-off."""
+    app: Application
+    image_id: str = ""
+    serving: Instance | None = None  # the instance in the frontend
+    pending: Pending | None = None
+    retiring: tuple[Retiring, ...] = ()
+    starting: ipaddress.IPv6Address | None = None  # the address of an instance being created
+    quick_failures: int = 0
+    restart_at: float = 0.0
+    unhealthy_since: float | None = None
+    checked_at: float = 0.0
+
+    def live(self) -> list[Instance]:
+        return [i for i in (self.serving, self.pending.instance if self.pending else None) if i is not None]
+
+    def addresses(self) -> tuple[ipaddress.IPv6Address, ...]:
+        return tuple([i.address for i in self.live()] + ([self.starting] if self.starting else []))

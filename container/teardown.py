@@ -1,0 +1,38 @@
+"""`pequod-agent --teardown`: remove every container, daemon, link, rule and file of ours; nothing else."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from container import firewall, frontend, nat64, network, runtime, volume
+from container.bootstrap import Nat64
+from container.nat64 import Tayga
+from container.state import StateDir
+
+
+def teardown(client: Any, state_dir: Path, purge: bool = False) -> list[str]:
+    """Returns what was removed. Persistent volumes are unmounted, and deleted only with `purge`."""
+    removed = []
+    if frontend.Frontend(state_dir).stop():
+        removed.append("haproxy (frontend)")
+    for instance in runtime.instances(client):
+        runtime.remove(client, instance.name, timeout=5)
+        removed.append(f"container {instance.name}")
+    removed += volume.unmount_all(state_dir, purge)
+    if Tayga(Nat64(), state_dir).stop():
+        removed.append("tayga (NAT64)")
+    if network.remove_link(nat64.TUN):
+        removed.append(f"link {nat64.TUN}")
+    removed += firewall.remove()
+    removed += [f"link {name}" for name in network.remove_veths()]
+    if network.remove_link(network.BRIDGE):
+        removed.append(f"link {network.BRIDGE}")
+    state = StateDir(state_dir)
+    if state.file.exists():
+        state.file.unlink()
+    for directory in ("instances", "haproxy", "tayga"):
+        if (state.path / directory).is_dir():
+            shutil.rmtree(state.path / directory)
+    return removed

@@ -1,5 +1,0 @@
-import sys
-
-from pequod_agent.cli import main
-
-sys.exit(main())

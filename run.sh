@@ -16,8 +16,8 @@ if [ ! -w "${TMPDIR:-/tmp}" ]; then
     mkdir -p "$TMPDIR" || exit 2
 fi
 
-"$python" "$here/serve.py" "$data_dir/current" --port "${PORT:-8000}" --status-file "$data_dir/status.json" \
-    --wake-file "$data_dir/wake" &
+export DATA_DIR=$data_dir  # serve.py and the watcher find everything in it (pipeline/layout.py)
+"$python" "$here/serve.py" --port "${PORT:-8000}" &
 serve_pid=$!
 "$python" -m pipeline watch &
 watch_pid=$!

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Serve the live release of a static site with CherryPy.
 
-    serve.py SITE_DIR [--host ::] [--port 8000] [--status-file FILE] [--wake-file FILE]
+    serve.py [SITE_DIR] [--host ::] [--port 8000] [--status-file FILE] [--wake-file FILE]
 
-SITE_DIR is usually the pipeline's `current` symlink. It is resolved once per request, so a
-request is answered entirely from one release even while a new one is swapped in.
+Without SITE_DIR it serves DATA_DIR's live release (`current`, see pipeline/layout.py) with DATA_DIR's
+status and wake files; that is how run.sh starts it. SITE_DIR is usually such a `current` symlink. It
+is resolved once per request, so a request is answered entirely from one release even while a new one
+is swapped in.
 Reserved paths (never shadowed by site content): /_site/health, /_site/status, and
 POST /_site/hook (a push webhook: with WEBHOOK_SECRET set, a valid hook touches the wake file,
 which makes the watcher check the remote at once).
@@ -13,33 +15,44 @@ which makes the watcher check the remote at once).
 from __future__ import annotations
 
 import argparse
-import email.utils
 import json
-import mimetypes
 import os
 import socket
 import stat
 import sys
-import time
-from collections.abc import Callable, Iterable
+import urllib.parse
+from collections.abc import Iterable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import cherrypy
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from pipeline import releases
+from pipeline import deploy_page, layout, metrics, releases
+from pipeline.answers import (
+    Answer,
+    BadPath,
+    Memo,
+    StartResponse,
+    accepts_gzip,
+    content_type,
+    etag_for,
+    file_inside,
+    http_date,
+    inside,
+    not_modified,
+    split_request_path,
+)
 from pipeline.releases import COMPRESSIBLE
 from pipeline.status import read_status
-from pipeline.webhook import HookGuard
+from pipeline.webhook import MAX_BODY, HookGuard, Verdict
 
-StartResponse = Callable[..., Any]
 RESERVED_PREFIX = "/_site/"
 INDEX_FILE = "index.html"
 NOT_FOUND_PAGES = ("404.html", "404/index.html")
 READ_WHOLE_LIMIT = 1 << 20
 CHUNK = 64 * 1024
-MEMO_BYTES, MEMO_ENTRIES = 32 << 20, 20000
 # HTML: a shared cache (the frontend's) may keep it 1 s; browsers find it already expired and
 # revalidate on every request (cheap with ETag), so a new release shows at once. (max-age=0 would
 # say the same to browsers, but HAProxy's cache then stores nothing.) Other files may be reused
@@ -47,114 +60,8 @@ MEMO_BYTES, MEMO_ENTRIES = 32 << 20, 20000
 HTML_CACHE_CONTROL = "public, s-maxage=1"
 HTML_EXPIRES = "Thu, 01 Jan 1970 00:00:00 GMT"
 ASSET_CACHE_CONTROL = "public, max-age=60"
+SERVER_NAME = "pequod"
 
-mimetypes.add_type("application/rss+xml", ".xml", strict=False)
-mimetypes.add_type("text/markdown", ".md")
-
-
-class BadPath(ValueError):
-    pass
-
-
-def split_request_path(path_info: str) -> list[str]:
-    """The path's segments, or BadPath for anything that could step outside the release.
-
-    PATH_INFO arrives percent-decoded (latin-1 code points of the raw bytes); an encoded slash
-    is left as the literal text %2F by the server. Nothing is decoded a second time.
-    """
-    try:
-        path = path_info.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        raise BadPath("path is not UTF-8") from None
-    if "\x00" in path or "\\" in path:
-        raise BadPath("NUL or backslash in path")
-    segments = [segment for segment in path.split("/") if segment]
-    for segment in segments:
-        if segment in (".", "..") or "%2f" in segment.lower() or "%5c" in segment.lower():
-            raise BadPath(f"forbidden path segment {segment!r}")
-    return segments
-
-
-def inside(root: str, candidate: str) -> bool:
-    return candidate == root or candidate.startswith(root + os.sep)
-
-
-def http_date(timestamp: float) -> str:
-    return email.utils.formatdate(timestamp, usegmt=True)
-
-
-def etag_for(st: os.stat_result) -> str:
-    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-
-def content_type(name: str) -> str:
-    kind, _ = mimetypes.guess_type(name, strict=False)
-    kind = kind or "application/octet-stream"
-    if kind.startswith("text/") or kind in ("application/javascript", "application/json", "application/rss+xml"):
-        kind += "; charset=utf-8"
-    return kind
-
-
-def accepts_gzip(environ: dict[str, Any]) -> bool:
-    for item in environ.get("HTTP_ACCEPT_ENCODING", "").split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            q = params.strip().lower()
-            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
-    return False
-
-
-def not_modified(environ: dict[str, Any], etag: str, mtime: float) -> bool:
-    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
-    if if_none_match is not None:
-        tags = [tag.strip() for tag in if_none_match.split(",")]
-        return "*" in tags or etag in tags or f"W/{etag}" in tags
-    since = environ.get("HTTP_IF_MODIFIED_SINCE")
-    if since:
-        try:
-            parsed = email.utils.parsedate_to_datetime(since).timestamp()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return False
-        return int(mtime) <= parsed
-    return False
-
-
-class Answer:
-    """A rendered GET answer: replayed for GET, HEAD and conditional requests alike."""
-
-    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes):
-        self.status, self.headers, self.body = status, headers, body
-        fields = dict(headers)
-        self.etag = fields.get("ETag", "")
-        modified = fields.get("Last-Modified")
-        self.mtime = email.utils.parsedate_to_datetime(modified).timestamp() if modified else 0.0
-
-    def replay(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if self.status.startswith("200") and self.etag and not_modified(environ, self.etag, self.mtime):
-            start_response("304 Not Modified", [h for h in self.headers if h[0] != "Content-Length"])
-            return []
-        start_response(self.status, self.headers)
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [self.body]
-
-
-class Memo:
-    """Answers of the live release (MEMO_ENTRIES, MEMO_BYTES of bodies at most); emptied when the release
-    changes."""
-
-    def __init__(self) -> None:
-        self.root = ""
-        self.answers: dict[tuple[str, bool], Answer] = {}
-        self.size = 0
-
-    def get(self, root: str, key: tuple[str, bool]) -> Answer | None:
-        return self.answers.get(key) if root == self.root else None
-
-    def put(self, root: str, key: tuple[str, bool], answer: Answer) -> None:
-        if root != self.root:
-            self.root, self.answers, self.size = root, {}, 0
-        if self.size + len(answer.body) <= MEMO_BYTES and len(self.answers) < MEMO_ENTRIES:
-            self.answers[key] = answer
-            self.size += len(answer.body)
 
 
 class SiteApp:
@@ -168,6 +75,9 @@ class SiteApp:
         self.status_file = status_file
         self.wake_file = wake_file
         self.hook_guard = hook_guard or HookGuard(None)
+        self.requests = metrics.Requests()
+        self.metrics = metrics.registry(metrics.InstanceCollector(
+            lambda: self.status(self.live_root()), self.requests, lambda: (len(self.memo.answers), self.memo.size)))
 
     def live_root(self) -> str | None:
         """The live release's canonical path: one readlink(2) per request; the (costly) canonical path
@@ -185,11 +95,20 @@ class SiteApp:
         return root
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def counted(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            self.requests.answered(status)
+            return start_response(status, headers, exc_info)
+
+        return self.answer(environ, counted)
+
+    def answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path_info = environ.get("PATH_INFO") or "/"
         if path_info.startswith(RESERVED_PREFIX):
             if path_info == RESERVED_PREFIX + "hook":
                 return self.hook(environ, method, start_response)
+            if path_info == RESERVED_PREFIX + "rollback":
+                return self.rollback(environ, method, start_response)
             return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response)
         if method not in ("GET", "HEAD"):
             return self.method_not_allowed(start_response)
@@ -199,13 +118,16 @@ class SiteApp:
                 start_response, "503 Service Unavailable", "no release is live yet\n", [("Retry-After", "5")]
             )
         # Releases never change: a rendered answer is kept per release (a new release starts afresh).
+        # A missing path's answer (the 404 page) is not kept: a flood of distinct URLs must not grow the memo.
         key = (path_info, accepts_gzip(environ))
         entry = self.memo.get(root, key)
+        self.requests.looked_up(entry is not None)
         if entry is None:
             entry = self.render(root, path_info, key[1], environ.get("SCRIPT_NAME", ""))
             if entry is None:
                 return self.serve(root, environ, start_response)
-            self.memo.put(root, key, entry)
+            if not entry.status.startswith("404"):
+                self.memo.put(root, key, entry)
         return entry.replay(environ, start_response)
 
     def render(self, root: str, path_info: str, gzip_ok: bool, script_name: str) -> Answer | None:
@@ -239,11 +161,10 @@ class SiteApp:
                 query = environ.get("QUERY_STRING")
                 location = environ.get("SCRIPT_NAME", "") + path_info + "/" + (f"?{query}" if query else "")
                 return self.plain(start_response, "301 Moved Permanently", "moved\n", [("Location", location)])
-            target = os.path.join(target, INDEX_FILE)
-            try:
-                st = os.stat(target)
-            except OSError:
+            index = file_inside(root, os.path.join(target, INDEX_FILE))
+            if index is None:
                 return self.not_found(root, environ, start_response)
+            target, st = index
         if not stat.S_ISREG(st.st_mode):
             return self.not_found(root, environ, start_response)
         return self.send_file(environ, start_response, root, target, st, "200 OK")
@@ -264,14 +185,11 @@ class SiteApp:
         etag = etag_for(st)
         if path.endswith(COMPRESSIBLE):
             headers.append(("Vary", "Accept-Encoding"))
-            if accepts_gzip(environ):
-                try:
-                    st = os.stat(path + ".gz")  # precompressed at publish time
-                    path += ".gz"
-                    etag = etag[:-1] + '-gz"'  # each representation has its own tag
-                    headers.append(("Content-Encoding", "gzip"))
-                except OSError:
-                    pass
+            twin = file_inside(root, path + ".gz") if accepts_gzip(environ) else None  # precompressed at publish
+            if twin is not None:
+                path, st = twin
+                etag = etag[:-1] + '-gz"'  # each representation has its own tag
+                headers.append(("Content-Encoding", "gzip"))
         headers.append(("ETag", etag))
         if status.startswith("200") and not_modified(environ, etag, st.st_mtime):
             start_response("304 Not Modified", headers)
@@ -289,12 +207,9 @@ class SiteApp:
 
     def not_found(self, root: str, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         for name in NOT_FOUND_PAGES:
-            page = os.path.join(root, name)
-            try:
-                st = os.stat(page)
-            except OSError:
-                continue
-            return self.send_file(environ, start_response, root, page, st, "404 Not Found")
+            page = file_inside(root, os.path.join(root, name))
+            if page is not None:
+                return self.send_file(environ, start_response, root, *page, "404 Not Found")
         return self.plain(start_response, "404 Not Found", "not found\n")
 
     def reserved(self, name: str, method: str, start_response: StartResponse) -> Iterable[bytes]:
@@ -307,24 +222,67 @@ class SiteApp:
             return self.json(start_response, "200 OK", {"healthy": True, "release": os.path.basename(root)})
         if name == "status":
             return self.json(start_response, "200 OK", self.status(root))
+        if name == "":
+            page = deploy_page.render(self.status(root), rollback_enabled=self.hook_guard.secret is not None)
+            return self.text(start_response, "200 OK", page.encode(), "text/html; charset=utf-8")
+        if name == "metrics":
+            return self.text(start_response, "200 OK", metrics.exposition(self.metrics), CONTENT_TYPE_LATEST)
         return self.plain(start_response, "404 Not Found", "not found\n")
+
+    def rollback(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
+        """`POST /_site/rollback` with `release=<id>` (form or query): only with the webhook secret as a bearer
+        token (no cookie carries authority, so no other site can make a browser do it)."""
+        if self.hook_guard.secret is None or self.status_file is None:
+            return self.plain(start_response, "404 Not Found", "not found\n")
+        if method != "POST":
+            return self.plain(start_response, "405 Method Not Allowed", "POST only\n", [("Allow", "POST")])
+        client = self.client(environ)
+        verdict, body = self.guarded_body(environ, client, missing_length=0)  # a query alone may name the release
+        if verdict is None:
+            verdict = self.hook_guard.refused(client, self.hook_guard.check_bearer(environ.get("HTTP_AUTHORIZATION")))
+        if not verdict.accepted:
+            return self.json(start_response, f"{verdict.status} {HTTPStatus(verdict.status).phrase}",
+                             {"message": verdict.reason})
+        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace") + "&" + environ.get("QUERY_STRING", ""))
+        wanted = (fields.get("release") or [None])[0]
+        try:
+            meta = releases.rollback(layout.Layout(self.status_file.parent), wanted)
+        except ValueError as exc:
+            return self.json(start_response, "400 Bad Request", {"message": str(exc)})
+        print(f"serve.py: rollback by {client} to {meta.release}", file=sys.stderr, flush=True)
+        return self.json(start_response, "200 OK", {"message": f"{meta.release} is live until the next push",
+                                                    "release": meta.release})
+
+    def guarded_body(self, environ: dict[str, Any], client: str,
+                     missing_length: int | None) -> tuple[Verdict | None, bytes]:
+        """The request body, read only when the guard lets the client in (configured, not refused too often,
+        a sane length; `missing_length` stands in for an absent Content-Length, None: refused)."""
+        try:
+            length: int | None = int(environ["CONTENT_LENGTH"])
+        except (KeyError, ValueError):
+            length = missing_length
+        verdict = self.hook_guard.precheck(length, client)
+        if verdict is not None:
+            return verdict, b""
+        return None, environ["wsgi.input"].read(length) if length else b""
+
+    @staticmethod
+    def client(environ: dict[str, Any]) -> str:
+        """Behind the frontend: the last address HAProxy appended (earlier ones are the client's own
+        claims); without it, the peer."""
+        return (environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", "?")).rsplit(",", 1)[-1].strip()
 
     def hook(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
         if method != "POST":
             return self.plain(start_response, "405 Method Not Allowed", "POST only\n", [("Allow", "POST")])
-        try:
-            length: int | None = int(environ["CONTENT_LENGTH"])
-        except (KeyError, ValueError):
-            length = None
-        verdict = self.hook_guard.precheck(length)
+        client = self.client(environ)
+        verdict, body = self.guarded_body(environ, client, missing_length=None)
         if verdict is None:
-            body = environ["wsgi.input"].read(length) if length else b""
             headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
                        if key.startswith("HTTP_")}
-            verdict = self.hook_guard.check(headers, body)
-        client = environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", "?")
+            verdict = self.hook_guard.refused(client, self.hook_guard.check(headers, body))
         if verdict.accepted and self.wake_file is not None:
-            self.wake_file.write_text(f"{time.time():.3f}\n")
+            layout.wake(self.wake_file)
         print(f"serve.py: hook from {client}: {verdict.status} {verdict.reason}", file=sys.stderr, flush=True)
         extra = [("Retry-After", "1")] if verdict.status == 429 else []
         return self.json(start_response, f"{verdict.status} {HTTPStatus(verdict.status).phrase}",
@@ -350,6 +308,12 @@ class SiteApp:
     @classmethod
     def method_not_allowed(cls, start_response: StartResponse) -> Iterable[bytes]:
         return cls.plain(start_response, "405 Method Not Allowed", "method not allowed\n", [("Allow", "GET, HEAD")])
+
+    @staticmethod
+    def text(start_response: StartResponse, status: str, data: bytes, kind: str) -> Iterable[bytes]:
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(data))),
+                                ("Cache-Control", "no-store")])
+        return [data]
 
     @staticmethod
     def json(start_response: StartResponse, status: str, body: dict[str, Any],
@@ -381,7 +345,8 @@ def _file_chunks(handle: Any) -> Iterable[bytes]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("site_dir", help="directory (or symlink to one) to serve")
+    parser.add_argument("site_dir", nargs="?", help="directory (or symlink to one) to serve (default: DATA_DIR's "
+                        "live release, with its status and wake files)")
     parser.add_argument("--host", default="::", help="address to listen on (default: ::)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--status-file", help="deploy status JSON (default: status.json beside SITE_DIR)")
@@ -411,8 +376,11 @@ def listen_host(host: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.host = listen_host(args.host)
-    site = Path(os.path.abspath(args.site_dir))
+    data = layout.Layout.from_env()
+    site = Path(os.path.abspath(args.site_dir)) if args.site_dir else data.current
     status_file = Path(args.status_file) if args.status_file else site.parent / "status.json"
+    if not args.site_dir and not args.wake_file:
+        args.wake_file = str(data.wake_file)
     cherrypy.config.update({
         "environment": "production",
         "engine.autoreload.on": False,
@@ -423,14 +391,20 @@ def main(argv: list[str] | None = None) -> int:
         # Stock values (backlog 5) make bursts of more than a few clients wait for SYN retries.
         "server.socket_queue_size": 1024,
         "server.shutdown_timeout": 1,
+        # Bounds of their own, also without the frontend in front: request headers and bodies.
+        "server.max_request_header_size": 64 * 1024,
+        "server.max_request_body_size": MAX_BODY,
     })
     wake_file = Path(args.wake_file) if args.wake_file else None
     guard = HookGuard(os.environ.get("WEBHOOK_SECRET") or None)
     cherrypy.tree.graft(SiteApp(site, status_file, wake_file, guard), "")
     cherrypy.engine.signals.subscribe()
+    # The HTTP server is made here (not by engine.start()) so it is set up before the first request:
+    httpserver, cherrypy.server.bind_addr = cherrypy.server.httpserver_from_self()
+    httpserver.keep_alive_conn_limit = 1024  # stock cheroot closes keep-alive connections beyond 10
+    httpserver.server_name = SERVER_NAME  # else the bind address (`::`), which HTTP linters flag as malformed
+    cherrypy.server.httpserver = httpserver
     cherrypy.engine.start()
-    # Stock cheroot closes keep-alive connections beyond 10; read at run time, so set it here.
-    cherrypy.server.httpserver.keep_alive_conn_limit = 1024
     print(f"serve.py: serving {site} on [{args.host}]:{args.port}", file=sys.stderr, flush=True)
     cherrypy.engine.block()
     return 0

@@ -11,11 +11,12 @@ import sys
 from dataclasses import asdict
 from types import FrameType
 
-from pipeline import proc, releases
+from pipeline import build_worker, releases
 from pipeline.config import Settings, settings_from_env
 from pipeline.errors import ConfigError
+from pipeline.releases import rollback
 from pipeline.status import read_status
-from pipeline.watcher import Watcher, live_release, rollback
+from pipeline.watcher import Watcher, live_release
 
 
 def _settings(args: argparse.Namespace, *, need_repo: bool) -> Settings:
@@ -35,7 +36,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         logging.getLogger("pipeline").info("signal %d: stopping", signum)
         watcher.stop.set()
         watcher.wake.set()
-        proc.terminate_children()
+        build_worker.terminate_running()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -51,10 +52,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, need_repo=False)
-    status = read_status(settings.status_file)
+    status = read_status(settings.layout.status)
     live = live_release(settings)
     status["current"] = asdict(live) if live else None
-    status["releases"] = releases.list_releases(settings.releases_dir)
+    status["releases"] = releases.list_releases(settings.layout.releases)
     print(json.dumps(status, indent=2))
     return 0
 
@@ -62,7 +63,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings(args, need_repo=False)
     try:
-        meta = rollback(settings, args.release)
+        meta = rollback(settings.layout, args.release)
     except ValueError as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import ConfigError
+from pipeline.layout import Layout
 
 _URL_SCHEMES = ("file", "http", "https", "ssh", "git")
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:.+$")
@@ -22,36 +23,17 @@ class Settings:
     site_branch: str = "main"
     poll_interval: float = 10.0
     data_dir: Path = Path("/workdir")
-    port: int = 8000
     build_timeout: float = 600.0
     git_timeout: float = 60.0
     keep_releases: int = 5
-    build_memory_mb: int | None = None
+    build_memory_mb: int = 2048
+    max_file_mb: int = 100
+    notify_url: str | None = None
+    notify_secret: str | None = None
 
     @property
-    def releases_dir(self) -> Path:
-        return self.data_dir / "releases"
-
-    @property
-    def current_link(self) -> Path:
-        return self.data_dir / "current"
-
-    @property
-    def status_file(self) -> Path:
-        return self.data_dir / "status.json"
-
-    @property
-    def source_dir(self) -> Path:
-        return self.data_dir / "source"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.data_dir / "logs"
-
-    @property
-    def wake_file(self) -> Path:
-        """Touched by serve.py for a valid webhook: the watcher checks the remote at once."""
-        return self.data_dir / "wake"
+    def layout(self) -> Layout:
+        return Layout(self.data_dir)
 
 
 def redact_url(url: str) -> str:
@@ -96,12 +78,22 @@ def check_branch(branch: str) -> str:
     return branch
 
 
+def check_notify_url(url: str) -> str | None:
+    url = url.strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"NOTIFY_URL={redact_url(url)!r}: expected an http:// or https:// URL")
+    return url
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Check every setting before anything is started; raise ConfigError naming the first bad one."""
+    # PORT is serve.py's (run.sh passes it on); checked here with the rest.
     port = int(_number(env, "PORT", 8000, minimum=1, integer=True))
     if port > 65535:
         raise ConfigError(f"PORT={port}: expected a port number 1-65535")
-    memory = env.get("BUILD_MEMORY_MB", "").strip()
     data_dir = env.get("DATA_DIR", "").strip() or "/workdir"
     if not data_dir.startswith("/"):
         raise ConfigError(f"DATA_DIR={data_dir!r}: expected an absolute path")
@@ -110,9 +102,11 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         site_branch=check_branch(env.get("SITE_BRANCH", "").strip() or "main"),
         poll_interval=_number(env, "POLL_INTERVAL", 10.0, minimum=0.1, integer=False),
         data_dir=Path(data_dir),
-        port=port,
         build_timeout=_number(env, "BUILD_TIMEOUT", 600.0, minimum=1, integer=False),
         git_timeout=_number(env, "GIT_TIMEOUT", 60.0, minimum=1, integer=False),
         keep_releases=int(_number(env, "KEEP_RELEASES", 5, minimum=2, integer=True)),
-        build_memory_mb=int(_number(env, "BUILD_MEMORY_MB", 0, minimum=64, integer=True)) if memory else None,
+        build_memory_mb=int(_number(env, "BUILD_MEMORY_MB", 2048, minimum=256, integer=True)),
+        max_file_mb=int(_number(env, "MAX_FILE_MB", 100, minimum=1, integer=True)),
+        notify_url=check_notify_url(env.get("NOTIFY_URL", "")),
+        notify_secret=env.get("NOTIFY_SECRET") or None,
     )

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from pathlib import Path
 
 import git
 
 from pipeline.config import redact_url
 from pipeline.errors import GitError
+from pipeline.nikola_build import NIKOLA_STATE
 
 log = logging.getLogger(__name__)
 
-# Nikola's incremental build state lives in the work tree; `git clean` must keep it.
-BUILD_STATE = ("/output", "/cache", "/.doit.db*")
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
 
 
@@ -34,24 +34,30 @@ def local_path(url: str) -> str | None:
 
 
 class GitSource:
-    """A remote branch and the local clone the pipeline builds from."""
+    """A remote branch and the local clone the pipeline builds from.
 
-    def __init__(self, url: str, branch: str, clone_dir: Path, timeout: float):
+    The repository (`git_dir`) lives outside the work tree (`clone_dir`): a build may write in its work
+    tree, never in git's hooks or configuration. Fetches are shallow (the newest commit only), so what
+    is fetched is bounded by what is built, not by the branch's history.
+    """
+
+    def __init__(self, url: str, branch: str, clone_dir: Path, timeout: float, git_dir: Path | None = None):
         self.url = url
         self.branch = branch
         self.clone_dir = clone_dir
+        self.git_dir = git_dir or clone_dir.with_name(clone_dir.name + ".git")
         self.timeout = timeout
 
     @functools.cached_property
     def _env(self) -> dict[str, str]:
         """git's environment, computed once: the config file it may name is written here."""
-        env = dict(_GIT_ENV)
+        env = {**_GIT_ENV, "GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.clone_dir)}
         path = local_path(self.url)
         if path:
             # A local remote mounted into the container belongs to another user, and git refuses
             # such repositories unless its global config names them safe (the environment and -c
             # do not count). This global config names just that path and includes the user's own.
-            config = self.clone_dir.parent / ".gitconfig-pequod"
+            config = self.git_dir.parent / ".gitconfig-pequod"
             config.parent.mkdir(parents=True, exist_ok=True)
             text = f"[include]\n\tpath = ~/.gitconfig\n[safe]\n\tdirectory = {path}\n"
             config.write_text(text)
@@ -80,17 +86,23 @@ class GitSource:
         return None
 
     def _repo(self) -> git.Repo:
-        if (self.clone_dir / ".git").is_dir():
-            repo = git.Repo(self.clone_dir)
+        self.clone_dir.mkdir(parents=True, exist_ok=True)
+        if (self.git_dir / "HEAD").is_file():
+            repo = git.Repo(self.git_dir)
         else:
-            self.clone_dir.mkdir(parents=True, exist_ok=True)
-            repo = git.Repo.init(self.clone_dir)
+            repo = git.Repo.init(self.git_dir, bare=True)
+            with repo.config_writer() as config:
+                config.set_value("core", "bare", "false")
+                config.set_value("core", "worktree", str(self.clone_dir))
         repo.git.update_environment(**self._env)
         with repo.config_writer() as config:
             # The remote URL may change between runs (a new SITE_REPO): always set it.
             if not config.has_section('remote "origin"'):
                 config.add_section('remote "origin"')
             config.set_value('remote "origin"', "url", self.url)
+            # Fetched objects stay in a pack (index-pack streams large files to disk; unpacking them into
+            # loose objects would hold each whole in memory).
+            config.set_value("fetch", "unpackLimit", "1")
         return repo
 
     def fetch(self) -> str:
@@ -99,19 +111,65 @@ class GitSource:
         tracking = f"refs/remotes/origin/{self.branch}"
         try:
             repo.git.fetch(
-                "--no-tags", "--prune", "origin", f"+{self._ref}:{tracking}",
+                "--depth", "1", "--no-tags", "--prune", "origin", f"+{self._ref}:{tracking}",
                 kill_after_timeout=self.timeout,
             )
             return repo.git.rev_parse("--verify", f"{tracking}^{{commit}}")
         except git.GitCommandError as exc:
+            self._remove_partial_fetch()
             raise GitError(f"cannot fetch {self.branch} from {redact_url(self.url)}: {_message(exc)}") from None
+
+    def _remove_partial_fetch(self) -> None:
+        """What an interrupted or failed fetch leaves (temporary packs, quarantine, locks)."""
+        objects = self.git_dir / "objects"
+        for leftover in [*objects.glob("pack/tmp_*"), *objects.glob("*/tmp_obj_*"), *objects.glob("incoming-*"),
+                         *self.git_dir.glob("*.lock")]:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+    def drop_fetched(self) -> None:
+        """Forget a fetched commit that will not be built (too large, say) and free its space: only what
+        the work tree was built from stays."""
+        repo = self._repo()
+        try:
+            repo.git.update_ref("-d", f"refs/remotes/origin/{self.branch}", kill_after_timeout=self.timeout)
+            repo.git.reflog("expire", "--expire=now", "--all", kill_after_timeout=self.timeout)
+            repo.git.gc("--prune=now", "--quiet", kill_after_timeout=self.timeout)
+        except git.GitCommandError as exc:
+            log.warning("could not free the space of a refused commit: %s", _message(exc))
+
+    def commit_info(self, commit: str) -> tuple[str, str]:
+        """(subject, author name) of a fetched commit; empty when git cannot tell."""
+        try:
+            out = self._repo().git.log("-1", "--format=%s%x00%an", commit, kill_after_timeout=self.timeout)
+        except git.GitCommandError:
+            return "", ""
+        subject, _, author = out.partition("\x00")
+        return subject[:300], author[:100]
+
+    def largest_file(self, commit: str) -> tuple[str, int]:
+        """(path, size in bytes) of the largest file in `commit`, without checking it out."""
+        try:
+            out = self._repo().git.ls_tree("-r", "-l", "--full-tree", commit, kill_after_timeout=self.timeout)
+        except git.GitCommandError as exc:
+            raise GitError(f"cannot list {commit[:12]}: {_message(exc)}") from None
+        largest = ("", 0)
+        for line in out.splitlines():
+            meta, _, path = line.partition("\t")
+            size = meta.split()[3] if len(meta.split()) == 4 else "-"
+            if size.isdigit() and int(size) > largest[1]:
+                largest = (path, int(size))
+        return largest
 
     def checkout(self, commit: str) -> None:
         """Make the work tree exactly `commit`, keeping Nikola's build state."""
         repo = self._repo()
         try:
             repo.git.checkout("--force", "--detach", commit, kill_after_timeout=self.timeout)
-            excludes = [arg for pattern in BUILD_STATE for arg in ("-e", pattern)]
+            # Nikola's incremental state lives in the work tree: `git clean` keeps it.
+            excludes = [arg for pattern in NIKOLA_STATE for arg in ("-e", f"/{pattern}")]
             repo.git.clean("-ffdx", *excludes, kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
             raise GitError(f"cannot check out {commit[:12]}: {_message(exc)}") from None

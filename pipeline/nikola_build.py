@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline import sandbox
+from pipeline.build_worker import BuildRequest, BuildWorker
 from pipeline.errors import BuildError
-from pipeline.proc import BuildWorker
+from pipeline.layout import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +20,8 @@ log = logging.getLogger(__name__)
 # (templates, plugins, the configuration module's code): they get a clean build.
 CLEAN_BUILD_PATHS = ("conf.py", "themes/", "templates/", "plugins/", "shortcodes/", "messages/")
 LOG_TAIL_LINES = 30
+# Nikola's incremental state in the work tree (kept between builds and by `git clean`; removed for a clean build).
+NIKOLA_STATE = ("output", "cache", ".doit.db*")
 
 
 @dataclass(frozen=True)
@@ -42,27 +46,45 @@ def clean_build_reason(previous: BuildState | None, changes: list[tuple[str, str
     return None
 
 
+def refuse_escaping_symlinks(root: Path, what: str, skip: tuple[str, ...] = ()) -> None:
+    """A symlink out of the site (to /proc/self/environ, /etc/passwd, ..) fails the build, named."""
+    found = sandbox.escaping_symlinks(root, skip)
+    if found:
+        path, target = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise BuildError(f"{what} has a symlink pointing outside the site: {path} -> {target}{more}; "
+                         "remove it or make it point inside the site", "")
+
+
 def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class BuildLimits:
+    memory_mb: int = 2048  # address space
+    file_mb: int = 100  # any one file written
+    processes: int = 128  # of the site's user, the server's threads included
+
+
 class NikolaBuilder:
-    def __init__(self, site_dir: Path, timeout: float, memory_limit_mb: int | None = None):
+    """Builds the work tree `site_dir` with the warm build worker, sandboxed (see pipeline.sandbox):
+    it may write only `site_dir` and `tmp_dir`, and sees no secret."""
+
+    def __init__(self, site_dir: Path, timeout: float, limits: BuildLimits | None = None,
+                 tmp_dir: Path | None = None, state_file: Path | None = None):
         self.site_dir = site_dir
         self.timeout = timeout
-        self.memory_limit_mb = memory_limit_mb
-        self.worker = BuildWorker()
+        self.limits = limits or BuildLimits()
+        self.tmp_dir = tmp_dir or site_dir.with_name(site_dir.name + ".tmp")
+        self._state_file = state_file or site_dir.with_name("build-state.json")
+        self.worker = BuildWorker(sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir))
         self.last_warm = False  # whether the last build started in an already warm worker
         self.last_max_rss_kb = 0  # peak memory of the last build
 
     @property
     def output_dir(self) -> Path:
         return self.site_dir / "output"
-
-    @property
-    def _state_file(self) -> Path:
-        # Inside .git so that `git clean` and checkouts never touch it.
-        return self.site_dir / ".git" / "pequod-build-state.json"
 
     def previous_state(self) -> BuildState | None:
         try:
@@ -72,41 +94,50 @@ class NikolaBuilder:
             return None
 
     def _record_state(self, state: BuildState) -> None:
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"commit": state.commit, "ok": state.ok}))
-        os.replace(tmp, self._state_file)
+        replace_file(self._state_file, json.dumps({"commit": state.commit, "ok": state.ok}))
 
     def reset(self) -> None:
         """Forget Nikola's incremental state so the next build is a clean one."""
-        for name in ("output", "cache"):
-            shutil.rmtree(self.site_dir / name, ignore_errors=True)
-        for path in self.site_dir.glob(".doit.db*"):
-            path.unlink()
+        for pattern in NIKOLA_STATE:
+            for path in self.site_dir.glob(pattern):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     def build(self, commit: str, *, clean: bool, log_path: Path) -> str:
         """Build the checked-out `commit` into output/; return the build log. Raises BuildError."""
+        self._record_state(BuildState(commit, ok=False))  # until it succeeded: an interrupted build is not trusted
+        refuse_escaping_symlinks(self.site_dir, "the site repository", skip=("output", "cache"))
         if clean:
             self.reset()
-        request = {"site_dir": str(self.site_dir), "log_path": str(log_path), "timeout": self.timeout,
-                   "env": {"SITE_COMMIT": commit, "NIKOLA_MONO": "1"}, "memory_limit_mb": self.memory_limit_mb}
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        env = sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir,
+                                        extra={"SITE_COMMIT": commit, "NIKOLA_MONO": "1"})
+        request = BuildRequest(str(self.site_dir), str(log_path), self.timeout, env, asdict(self.limits),
+                               [*sandbox.SYSTEM_READ, *sandbox.python_paths()],
+                               [str(self.site_dir), str(self.tmp_dir), *sandbox.DEVICES])
         try:
             answer, self.last_warm = self.worker.build(request)
         except BuildError:
             self._record_state(BuildState(commit, ok=False))
             raise
-        self.last_max_rss_kb = int(answer.get("max_rss_kb") or 0)
+        self.last_max_rss_kb = answer.max_rss_kb
         output = log_path.read_text(errors="replace") if log_path.exists() else ""
-        status = answer["status"]
-        if answer["timed_out"] or status != 0:
+        status = answer.status
+        if answer.timed_out or status != 0:
             self._record_state(BuildState(commit, ok=False))
-            if answer["timed_out"]:
+            if answer.timed_out:
                 message = f"nikola build timed out after {self.timeout:g} s"
             elif status == -9:
                 message = "nikola build was killed (signal 9; out of memory?)"
             elif "MemoryError" in output:
-                message = "nikola build ran out of memory"
+                message = f"nikola build ran out of memory (limit {self.limits.memory_mb} MB of address space)"
+            elif status == -25:  # SIGXFSZ
+                message = f"nikola build wrote a file larger than {self.limits.file_mb} MB"
             else:
                 message = f"nikola build failed with status {status}"
             raise BuildError(message, log_tail(output))
+        refuse_escaping_symlinks(self.output_dir, "the build output")
         self._record_state(BuildState(commit, ok=True))
         return output

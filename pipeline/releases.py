@@ -16,6 +16,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.layout import Layout
+from pipeline.status import StatusStore, utc_now
+
 
 @dataclass(frozen=True)
 class Release:
@@ -71,7 +74,21 @@ def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | 
     releases_dir.mkdir(parents=True, exist_ok=True)
     final = releases_dir / meta.release
     tmp = releases_dir / f".{meta.release}.tmp"
+    meta_file = releases_dir / f"{meta.release}.json"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _copy_tree(output_dir, tmp, previous)
+        meta_file.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+        os.replace(tmp, final)
+    except BaseException:
+        # A full volume, say: nothing half-copied is left behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        meta_file.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def _copy_tree(output_dir: Path, tmp: Path, previous: Path | None) -> None:
     for root, dirs, files in os.walk(output_dir):
         rel = os.path.relpath(root, output_dir)
         target_root = tmp / rel if rel != "." else tmp
@@ -79,7 +96,7 @@ def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | 
         for name in files:
             src = os.path.join(root, name)
             dst = target_root / name
-            if os.path.islink(src):
+            if os.path.islink(src):  # checked by the build: it points inside the output
                 os.symlink(os.readlink(src), dst)
                 continue
             if previous is not None:
@@ -96,10 +113,6 @@ def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | 
             shutil.copy2(src, dst)
             precompress(dst)
         dirs.sort()
-    meta_file = releases_dir / f"{meta.release}.json"
-    meta_file.write_text(json.dumps(asdict(meta), indent=2) + "\n")
-    os.replace(tmp, final)
-    return final
 
 
 def current_release_dir(current_link: Path) -> Path | None:
@@ -163,3 +176,19 @@ def rollback_target(ids: list[str], live: str | None, wanted: str | None) -> str
     if index == 0:
         raise ValueError(f"{live} is the oldest kept release; nothing to roll back to")
     return ids[index - 1]
+
+
+def rollback(layout: Layout, wanted: str | None) -> Release:
+    """Point `current` at an earlier kept release. It stays live until the next push. Raises ValueError
+    (naming the kept releases) for an unknown one."""
+    store = StatusStore(layout.status)
+    with store.edit() as status:
+        live = current_release_dir(layout.current)
+        ids = list_releases(layout.releases)
+        target = rollback_target(ids, live.name if live else None, wanted)
+        release_dir = layout.releases / target
+        publish(layout.current, release_dir)
+        meta = read_meta(release_dir) or Release(target, "", "", 0.0)
+        status.setdefault("rollbacks", []).insert(0, {"at": utc_now(), "to": asdict(meta)})
+        del status["rollbacks"][10:]
+    return meta

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-MAX_BUILDS = 20
+from pipeline.layout import replace_file
+
+HISTORY_LENGTH = 20
 
 
 def utc_now() -> str:
@@ -42,9 +43,7 @@ def read_status(path: Path) -> dict[str, Any]:
 
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(data, indent=2) + "\n")
 
 
 class StatusStore:
@@ -60,7 +59,7 @@ class StatusStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             status = read_status(self.path)
             yield status
-            status["builds"] = status["builds"][:MAX_BUILDS]
+            status["builds"] = status["builds"][:HISTORY_LENGTH]
             write_atomic(self.path, status)
 
     def read(self) -> dict[str, Any]:

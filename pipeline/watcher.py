@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import threading
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-from pipeline import releases, triggers
+from pipeline import metrics, notify, releases, triggers
 from pipeline.config import Settings, redact_url
 from pipeline.errors import BuildError, GitError, PipelineError
 from pipeline.git_source import GitSource, local_path
-from pipeline.nikola_build import NikolaBuilder, clean_build_reason
+from pipeline.nikola_build import BuildLimits, NikolaBuilder, clean_build_reason
 from pipeline.status import StatusStore, utc_now
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_BACKOFF = 300.0
+FETCH_ATTEMPTS = 3  # a head that cannot be fetched (or checked out) this often in a row is given up on
+INTERRUPTED_ATTEMPTS = 2  # builds of one commit the instance did not survive before it is given up on
 
 
 def backoff_delay(interval: float, failures: int) -> float:
@@ -29,20 +35,37 @@ def backoff_delay(interval: float, failures: int) -> float:
 class Watcher:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.source = GitSource(
-            settings.site_repo, settings.site_branch, settings.source_dir, settings.git_timeout
-        )
-        self.builder = NikolaBuilder(settings.source_dir, settings.build_timeout, settings.build_memory_mb)
-        self.store = StatusStore(settings.status_file)
+        layout = settings.layout
+        self.source = GitSource(settings.site_repo, settings.site_branch, layout.source, settings.git_timeout,
+                                layout.git_dir)
+        limits = BuildLimits(memory_mb=settings.build_memory_mb, file_mb=settings.max_file_mb)
+        self.builder = NikolaBuilder(layout.source, settings.build_timeout, limits, layout.build_tmp,
+                                     layout.build_state)
+        self.store = StatusStore(layout.status)
         self.wake = threading.Event()
         self.stop = threading.Event()
         self._transient_failures = 0
+        self._fetch_failures: tuple[str, int] = ("", 0)  # (head, attempts in a row)
+        self.notifier = (notify.Notifier(settings.notify_url, settings.notify_secret, self._notified)
+                         if settings.notify_url else None)
+
+    def _notified(self, ok: bool, message: str) -> None:
+        """A notification's final outcome, for the status and the deploy page."""
+        with contextlib.suppress(OSError), self.store.edit() as status:
+            notes = status.setdefault("notifications", {"delivered": 0, "failed": 0, "last_error": None})
+            if ok:
+                notes["delivered"] = int(notes.get("delivered", 0)) + 1
+            else:
+                notes["failed"] = int(notes.get("failed", 0)) + 1
+                notes["last_error"] = {"at": utc_now(), "message": message}
 
     def _record_error(self, message: str, *, transient: bool) -> None:
         log.error("%s", message)
         if transient:
             self._transient_failures += 1
         with self.store.edit() as status:
+            if transient:
+                metrics.count_remote_failure(status)
             status["last_error"] = {"at": utc_now(), "message": message}
             status["consecutive_failures"] += 1
 
@@ -71,43 +94,93 @@ class Watcher:
         try:
             self.deploy()
         except GitError as exc:
+            # Fetching or checking out the head failed (network, disk full, a size limit): retried a few
+            # times, then recorded as that commit's failure and not tried again until the head moves.
+            previous, attempts = self._fetch_failures
+            attempts = attempts + 1 if previous == head else 1
+            self._fetch_failures = (head, attempts)
+            self._forget_build()  # not the build's fault: no interrupted build to recover
+            if attempts >= FETCH_ATTEMPTS:
+                self._fetch_failures = ("", 0)
+                self._give_up(head, f"{exc} (tried {attempts} times; tried again when the branch moves)")
+                return settings.poll_interval
             self._record_error(str(exc), transient=True)
             return backoff_delay(settings.poll_interval, self._transient_failures)
+        self._fetch_failures = ("", 0)
         return 0 if self.wake.is_set() else settings.poll_interval
+
+    def _forget_build(self) -> None:
+        with self.store.edit() as status:
+            status.pop("building", None)
+
+    def _give_up(self, commit: str, message: str) -> None:
+        log.error("giving up on %s, the live release stays: %s", commit[:12], message)
+        now = utc_now()
+        subject, author = self.source.commit_info(commit)
+        self._finish({"commit": commit, "subject": subject, "author": author, "started_at": now, "mode": None,
+                      "release": None}, "failed", message, "", time.monotonic())
+
+    def recover_interrupted(self) -> None:
+        """A build the instance did not survive (out of memory, killed) is tried again once; after that its
+        commit is recorded as failed, so a bad head never becomes a crash loop."""
+        building = self.store.read().get("building")
+        if not building:
+            return
+        attempts = int(building.get("attempts", 1))
+        if attempts >= INTERRUPTED_ATTEMPTS:
+            self._give_up(building["commit"], f"the instance stopped during {attempts} builds of this commit (out "
+                          "of memory, or killed); it is built again when the branch moves")
+        else:
+            log.warning("the build of %s was interrupted; building it once more", building["commit"][:12])
 
     def deploy(self) -> None:
         """Fetch the branch, build its newest commit and publish it if the build succeeds."""
         settings = self.settings
         commit = self.source.fetch()
+        path, size = self.source.largest_file(commit)
+        if size > settings.max_file_mb << 20:
+            self.source.drop_fetched()
+            self._give_up(commit, f"{path} is {size / (1 << 20):.1f} MB, larger than MAX_FILE_MB="
+                          f"{settings.max_file_mb}; remove it from the branch (or raise MAX_FILE_MB)")
+            return
         previous = self.builder.previous_state()
         changes = self.source.changes(previous.commit, commit) if previous else None
+        with self.store.edit() as status:  # kept until the build ends: see recover_interrupted()
+            earlier = status.get("building") or {}
+            status["building"] = {"commit": commit, "started_at": utc_now(),
+                                  "attempts": int(earlier.get("attempts", 0)) + 1 if earlier.get("commit") == commit
+                                  else 1}
         self.source.checkout(commit)
         reason = clean_build_reason(previous, changes)
         mode = "clean" if reason else "incremental"
         log.info("building %s (%s build%s)", commit[:12], mode, f": {reason}" if reason else "")
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        settings.layout.logs.mkdir(parents=True, exist_ok=True)
         started_at, started = utc_now(), time.monotonic()
-        record = {"commit": commit, "started_at": started_at, "mode": mode, "release": None}
+        subject, author = self.source.commit_info(commit)
+        record = {"commit": commit, "subject": subject, "author": author, "started_at": started_at, "mode": mode,
+                  "release": None}
         try:
-            self.builder.build(commit, clean=reason is not None, log_path=settings.logs_dir / "last-build.log")
+            self.builder.build(commit, clean=reason is not None, log_path=settings.layout.logs / "last-build.log")
             seconds = round(time.monotonic() - started, 3)
-            live = releases.current_release_dir(settings.current_link)
+            live = releases.current_release_dir(settings.layout.current)
             meta = releases.Release(
                 release=releases.release_id(commit), commit=commit, built_at=utc_now(),
                 build_seconds=seconds, mode=mode,
             )
-            release_dir = releases.stage(self.builder.output_dir, settings.releases_dir, meta, live)
-            releases.publish(settings.current_link, release_dir)
-            removed = releases.prune(settings.releases_dir, settings.current_link, settings.keep_releases)
+            release_dir = releases.stage(self.builder.output_dir, settings.layout.releases, meta, live)
+            releases.publish(settings.layout.current, release_dir)
+            removed = releases.prune(settings.layout.releases, settings.layout.current, settings.keep_releases)
         except BuildError as exc:
             if self.stop.is_set():
                 log.info("build of %s interrupted by shutdown; it is retried on the next start", commit[:12])
+                self._forget_build()
                 return
             self._finish(record, "failed", str(exc), exc.log_tail, started)
             log.error("build of %s failed, the live release stays: %s\n%s", commit[:12], exc, exc.log_tail)
             return
         except OSError as exc:
-            # Disk full on the tmpfs and the like: nothing was swapped, the live release stays.
+            # A full volume and the like: nothing was swapped, the live release stays, nothing half-copied is
+            # left (stage() removes its temporary directory).
             self._finish(record, "failed", f"publishing failed: {exc}", "", started)
             log.error("publishing %s failed, the live release stays: %s", commit[:12], exc)
             return
@@ -125,6 +198,10 @@ class Watcher:
             result=result, error=error, log_tail=tail,
         )
         with self.store.edit() as status:
+            previous = status["builds"][0] if status["builds"] else {}
+            recovered = result == "success" and previous.get("result") == "failed"
+            status.pop("building", None)
+            metrics.count_build(status, result, record["build_seconds"], time.time())
             status["builds"].insert(0, record)
             status["last_attempted_commit"] = record["commit"]
             if result == "success":
@@ -133,20 +210,52 @@ class Watcher:
             else:
                 status["consecutive_failures"] += 1
                 status["last_error"] = {"at": record["finished_at"], "message": error}
+        if self.notifier is not None:
+            self.notifier.send({
+                "event": notify.event_for(result, recovered), "site": redact_url(self.settings.site_repo),
+                "branch": self.settings.site_branch, "commit": record["commit"], "subject": record.get("subject"),
+                "author": record.get("author"), "release": record.get("release"),
+                "duration_seconds": record["build_seconds"], "error": error, "log_tail": tail,
+                "at": record["finished_at"],
+            })
 
     def run_forever(self) -> None:
         log.info(
             "watching %s branch %s every %g s", redact_url(self.settings.site_repo),
             self.settings.site_branch, self.settings.poll_interval,
         )
-        observer = triggers.start(self.wake, self.settings.wake_file, local_path(self.settings.site_repo))
+        with self._only_watcher():
+            if self.stop.is_set():
+                return
+            self._loop()
+
+    @contextlib.contextmanager
+    def _only_watcher(self) -> Iterator[None]:
+        """One watcher per DATA_DIR: while an instance is replaced, the old and the new one share the volume;
+        the new one serves what is there and waits until the old one is gone."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.layout.watcher_lock, "a") as lock:
+            waiting = False
+            while not self.stop.is_set():
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not waiting:
+                        log.info("another watcher uses %s; serving its releases until it is gone",
+                                 self.settings.data_dir)
+                        waiting = True
+                    self.stop.wait(0.5)
+            yield
+
+    def _loop(self) -> None:
+        observer = triggers.start(self.wake, self.settings.layout.wake_file, local_path(self.settings.site_repo))
         try:
+            self._guarded(self.recover_interrupted)
             while not self.stop.is_set():
                 self.wake.clear()
-                try:
-                    delay = self.check_once()
-                except PipelineError as exc:
-                    self._record_error(str(exc), transient=True)
+                delay = self._guarded(self.check_once)
+                if delay is None:
                     delay = backoff_delay(self.settings.poll_interval, self._transient_failures)
                 if delay > 0:
                     self.wake.wait(delay)
@@ -154,22 +263,19 @@ class Watcher:
             if observer is not None:
                 observer.stop()
 
-
-def rollback(settings: Settings, wanted: str | None) -> releases.Release:
-    """Point `current` at an earlier kept release. It stays live until the next push."""
-    store = StatusStore(settings.status_file)
-    with store.edit() as status:
-        live = releases.current_release_dir(settings.current_link)
-        ids = releases.list_releases(settings.releases_dir)
-        target = releases.rollback_target(ids, live.name if live else None, wanted)
-        release_dir = settings.releases_dir / target
-        releases.publish(settings.current_link, release_dir)
-        meta = releases.read_meta(release_dir) or releases.Release(target, "", "", 0.0)
-        status.setdefault("rollbacks", []).insert(0, {"at": utc_now(), "to": asdict(meta)})
-        del status["rollbacks"][10:]
-    return meta
+    def _guarded(self, step: Callable[[], T]) -> T | None:
+        """Run one step; its errors are recorded, never fatal (a full disk must not end the watcher)."""
+        try:
+            return step()
+        except PipelineError as exc:
+            self._record_error(str(exc), transient=True)
+        except OSError as exc:
+            log.error("%s (the live release stays)", exc)
+            with contextlib.suppress(OSError):
+                self._record_error(f"{exc} (the live release stays)", transient=True)
+        return None
 
 
 def live_release(settings: Settings) -> releases.Release | None:
-    live = releases.current_release_dir(settings.current_link)
+    live = releases.current_release_dir(settings.layout.current)
     return releases.read_meta(live) if live else None

@@ -3,9 +3,9 @@
 Accepted: GitHub-style push webhooks signed with HMAC-SHA256 over the body (`X-Hub-Signature-256:
 sha256=<hex>`), and plain token requests (`Authorization: Bearer <secret>` or `X-Hook-Token:
 <secret>`), the secret being `WEBHOOK_SECRET`. Comparisons are constant-time. A signed delivery is
-accepted once: the same delivery id or signature again is a replay. Requests beyond a small rate
-are refused before any check. The body is never trusted for what to build: a valid hook only
-wakes the watcher, which asks the remote itself.
+accepted once: the same delivery id or signature again is a replay. A client whose requests were
+refused too often is refused before any check (per client: others are not affected). The body is
+never trusted for what to build: a valid hook only wakes the watcher, which asks the remote itself.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-MAX_BODY = 1 << 20  # GitHub's push payloads are far smaller
+MAX_BODY = 48 * 1024  # GitHub's push payloads are far smaller; the frontend buffers up to this size whole
 REPLAY_MEMORY = 4096  # deliveries remembered
-BURST, PER_SECOND = 10, 2.0  # the rate limit: a bucket of 10, refilled by 2 per second
+CLIENT_MEMORY = 4096  # clients whose refused requests are counted
+BURST, PER_SECOND = 10, 2.0  # refused requests a client may make: a bucket of 10, refilled by 2 per second
 _SIGNATURE = re.compile(r"^sha256=([0-9a-f]{64})$")
 
 
@@ -34,24 +35,34 @@ class Verdict:
         return self.status == 202
 
 
+class _Bucket:
+    def __init__(self, tokens: float, at: float):
+        self.tokens, self.at = tokens, at
+
+
 class HookGuard:
+    """The rate limit is per client and counts refused requests only: a client sending bad or unsigned
+    requests is refused (429) before its bodies are read, and never uses up anyone else's budget;
+    valid requests are never refused for rate (they only wake the watcher)."""
+
     def __init__(self, secret: str | None, *, burst: int = BURST, per_second: float = PER_SECOND,
                  clock=time.monotonic):
         self.secret = secret.encode() if secret else None
         self.burst, self.per_second, self.clock = burst, per_second, clock
-        self._tokens = float(burst)
-        self._refilled = clock()
+        self._clients: OrderedDict[str, _Bucket] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _take_token(self) -> bool:
+    def _bucket(self, client: str) -> _Bucket:
+        """The client's bucket, refilled to now (the least recently seen client is forgotten first)."""
         now = self.clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.per_second)
-        self._refilled = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+        bucket = self._clients.pop(client, None) or _Bucket(float(self.burst), now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.per_second)
+        bucket.at = now
+        self._clients[client] = bucket
+        while len(self._clients) > CLIENT_MEMORY:
+            self._clients.popitem(last=False)
+        return bucket
 
     def _replayed(self, keys: list[str]) -> bool:
         if any(key in self._seen for key in keys):
@@ -62,18 +73,36 @@ class HookGuard:
             self._seen.popitem(last=False)
         return False
 
-    def precheck(self, content_length: int | None) -> Verdict | None:
-        """Before the body is read: configured, not too frequent, not too large."""
+    def precheck(self, content_length: int | None, client: str = "") -> Verdict | None:
+        """Before the body is read: configured, the client not refused too often, a sane length."""
         if self.secret is None:
             return Verdict(404, "webhook not configured (set WEBHOOK_SECRET)")
         with self._lock:
-            if not self._take_token():
-                return Verdict(429, "too many requests")
+            if self._bucket(client).tokens < 1:
+                return Verdict(429, "too many refused requests from this client")
         if content_length is None:
-            return Verdict(411, "Content-Length required")
+            return self.refused(client, Verdict(411, "Content-Length required"))
+        if content_length < 0:
+            return self.refused(client, Verdict(400, "negative Content-Length"))
         if content_length > MAX_BODY:
-            return Verdict(413, f"body larger than {MAX_BODY} bytes")
+            return self.refused(client, Verdict(413, f"body larger than {MAX_BODY} bytes"))
         return None
+
+    def refused(self, client: str, verdict: Verdict) -> Verdict:
+        """Count a refusal against the client's budget."""
+        if not verdict.accepted:
+            with self._lock:
+                self._bucket(client).tokens -= 1
+        return verdict
+
+    def check_bearer(self, authorization: str | None) -> Verdict:
+        """Only `Authorization: Bearer <secret>` (rollbacks)."""
+        assert self.secret is not None
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return Verdict(401, "a token is needed: Authorization: Bearer <WEBHOOK_SECRET>")
+        if not hmac.compare_digest(authorization[7:].strip().encode(), self.secret):
+            return Verdict(403, "bad token")
+        return Verdict(202, "token")
 
     def check(self, headers: dict[str, str], body: bytes) -> Verdict:
         """After the body was read: a valid signature or token. `headers` keys are lower-case."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import requests
 from tests.helpers import REPO_ROOT, Process, free_port, python_env, wait_for
 
 SECRET = "TOP-SECRET-OUTSIDE-THE-RELEASE"
+SERVERS: dict[str, int] = {}  # base URL → pid of the serve.py answering there
 
 
 @pytest.fixture
@@ -30,6 +33,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     (release / "link-in.html").symlink_to("index.html")
     (release / "link-out.txt").symlink_to(data / "secret.txt")
     (release / "dir-out").symlink_to(data)
+    # Symlinks out of the release where serve.py looks by itself: a directory index, a .gz twin.
+    (release / "index-out").mkdir()
+    (release / "index-out" / "index.html").symlink_to(data / "secret.txt")
+    (release / "twin.css").write_text("body{color:red}" * 100)
+    (release / "twin.css.gz").symlink_to(data / "secret.txt")
     (data / "secret.txt").write_text(SECRET)
     (data / "releases" / "secret.txt").write_text(SECRET)
     port = free_port()
@@ -39,21 +47,25 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         python_env(), tmp_path / "serve.log",
     )
     base = f"http://[::1]:{port}"
+    SERVERS[base] = process.proc.pid
     try:
         wait_for("serve.py", lambda: requests.get(base + "/_site/health", timeout=2).status_code == 503, 20)
         yield base, data
     finally:
         process.stop()
+        SERVERS.pop(base, None)
 
 
 def go_live(data: Path) -> None:
     (data / "current").symlink_to("releases/20260101T000000Z-aaaaaaaaaaaa")
 
 
-def raw_get(base: str, path: str) -> tuple[int, bytes]:
+def raw_get(base: str, path: str, accept_gzip: bool = False) -> tuple[int, bytes]:
     host, port = base.removeprefix("http://[").split("]:")
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     conn.putrequest("GET", path, skip_host=False, skip_accept_encoding=True)
+    if accept_gzip:
+        conn.putheader("Accept-Encoding", "gzip")
     conn.endheaders()
     response = conn.getresponse()
     body = response.read()
@@ -135,15 +147,19 @@ def test_etag_last_modified_and_304(server: tuple[str, Path]) -> None:
     "/dir-out/releases/secret.txt",
     "//secret.txt",
     "/./../secret.txt",
+    "/index-out/",
+    "/twin.css",
 ])
 def test_no_request_reads_outside_the_release(server: tuple[str, Path], path: str) -> None:
     base, data = server
     go_live(data)
     status, body = raw_get(base, path)
-    assert SECRET.encode() not in body
+    _, gzipped = raw_get(base, path, accept_gzip=True)
+    assert SECRET.encode() not in body and SECRET.encode() not in gzipped
     assert b"root:" not in body
-    # The server reads "//secret.txt" as an authority ("secret.txt") and path "/": the home page.
-    assert status in (400, 404) or body == b"<html>home</html>", (path, status)
+    # The server reads "//secret.txt" as an authority ("secret.txt") and path "/": the home page; twin.css
+    # is served itself (its .gz twin, a symlink out, is not).
+    assert status in (400, 404) or body in (b"<html>home</html>", b"body{color:red}" * 100), (path, status)
 
 
 def test_status_reports_the_live_release(server: tuple[str, Path]) -> None:
@@ -183,3 +199,90 @@ def test_burst_of_many_clients_is_served(server: tuple[str, Path]) -> None:
 
     with ThreadPoolExecutor(max_workers=48) as pool:
         assert sum(pool.map(fetch, range(48))) == 48 * 5
+
+
+def test_404_page_symlinked_out_of_the_release_is_not_served(server: tuple[str, Path]) -> None:
+    base, data = server
+    release = data / "releases" / "20260101T000000Z-aaaaaaaaaaaa"
+    (release / "404.html").unlink()
+    (release / "404.html").symlink_to(data / "secret.txt")
+    go_live(data)
+    missing = requests.get(base + "/no-such-page", timeout=5)
+    assert missing.status_code == 404 and SECRET not in missing.text
+
+
+def test_server_header_names_the_server_not_the_bind_address(server: tuple[str, Path]) -> None:
+    base, data = server
+    go_live(data)
+    assert requests.get(base + "/", timeout=5).headers["Server"] == "pequod"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_distinct_junk_paths_do_not_grow_memory(server: tuple[str, Path]) -> None:
+    """Every distinct missing path used to be kept as an answer of its own (keys uncounted)."""
+    base, data = server
+    go_live(data)
+    session = requests.Session()
+    assert session.get(base + "/", timeout=5).status_code == 200
+    server_pid = SERVERS[base]
+    for number in range(200):  # warm up: thread stacks, allocator arenas
+        session.get(f"{base}/{number:08d}" + "a" * 8000, headers={"Accept-Encoding": "gzip"}, timeout=5)
+    before = rss_kib(server_pid)
+    for number in range(3000):
+        response = session.get(f"{base}/{number:08d}" + "a" * 8000, headers={"Accept-Encoding": "gzip"}, timeout=5)
+        assert response.status_code == 404
+    grown = rss_kib(server_pid) - before
+    # 3000 keys of 8 kB each were 24 MB (and 100,000 through the frontend took a 384 MB instance down).
+    assert grown < 8 * 1024, f"serve.py grew by {grown} KiB for 3000 distinct missing paths"
+    assert session.get(base + "/", timeout=5).text == "<html>home</html>"
+
+
+def write_status(data: Path, **fields: object) -> None:
+    status = {"remote": "git://example.org/site.git", "branch": "main", "last_check": "2026-11-30T10:00:00Z",
+              "last_error": None, "consecutive_failures": 0, "last_attempted_commit": None, "builds": []}
+    status.update(fields)
+    (data / "status.json").write_text(json.dumps(status))
+
+
+def test_deploy_page_shows_everything_from_git_as_text(server: tuple[str, Path]) -> None:
+    base, data = server
+    go_live(data)
+    write_status(data, builds=[
+        {"commit": "c" * 40, "subject": "<script>alert(1)</script> A post", "author": "<b>Writer</b>",
+         "result": "failed", "error": "nikola build failed with status 1", "log_tail": "<img src=x onerror=1>",
+         "finished_at": "2026-11-30T10:00:00Z", "build_seconds": 1.5, "mode": "incremental"}],
+        last_error={"at": "2026-11-30T10:00:00Z", "message": "nikola build failed with status 1"})
+    page = requests.get(base + "/_site/", timeout=5)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; A post" in page.text and "<script>alert(1)" not in page.text
+    assert "&lt;img src=x onerror=1&gt;" in page.text and "<img" not in page.text
+    assert "nikola build failed with status 1" in page.text
+    assert "make live" not in page.text  # no WEBHOOK_SECRET: no rollback
+    assert requests.post(base + "/_site/rollback", data={"release": "x"}, timeout=5).status_code == 404
+
+
+def test_metrics_are_valid_prometheus_text(server: tuple[str, Path]) -> None:
+    base, data = server
+    go_live(data)
+    write_status(data, counters={"builds": {"success": 3, "failed": 2}, "remote_check_failures": 4,
+                                 "build_seconds": {"buckets": {"1": 2, "2": 4, "5": 5}, "sum": 6.5, "count": 5},
+                                 "last_success_at": 1764496800.0})
+    for path in ("/", "/", "/missing"):
+        requests.get(base + path, timeout=5)
+    response = requests.get(base + "/_site/metrics", timeout=5)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    check = subprocess.run(["promtool", "check", "metrics"], input=response.text, capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = response.text
+    assert 'pequod_builds_total{result="failed"} 2.0' in text and "pequod_remote_check_failures_total 4.0" in text
+    assert 'pequod_build_duration_seconds_bucket{le="+Inf"} 5.0' in text
+    assert 'pequod_live_release_info{commit="",release="20260101T000000Z-aaaaaaaaaaaa"} 1.0' in text
+    assert 'pequod_http_requests_total{code="2xx"}' in text and 'pequod_http_requests_total{code="4xx"}' in text
+    assert 'pequod_answer_cache_lookups_total{result="hit"} 1.0' in text

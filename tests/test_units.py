@@ -9,20 +9,20 @@ from pathlib import Path
 import pytest
 
 from pipeline import releases
+from pipeline.answers import BadPath, split_request_path
 from pipeline.config import redact_url, settings_from_env
 from pipeline.errors import ConfigError
 from pipeline.nikola_build import BuildState, clean_build_reason, log_tail
 from pipeline.status import StatusStore
 from pipeline.watcher import MAX_BACKOFF, backoff_delay
-from serve import BadPath, split_request_path
 
 
 def test_settings_defaults() -> None:
     settings = settings_from_env({"SITE_REPO": "https://example.org/site.git"})
     assert settings.site_branch == "main" and settings.poll_interval == 10
-    assert settings.data_dir == Path("/workdir") and settings.port == 8000
+    assert settings.data_dir == Path("/workdir") and settings.layout.current == Path("/workdir/current")
     assert settings.build_timeout == 600 and settings.keep_releases == 5
-    assert settings.build_memory_mb is None
+    assert settings.build_memory_mb == 2048 and settings.max_file_mb == 100
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -38,7 +38,7 @@ def test_settings_defaults() -> None:
     ({"SITE_REPO": "/r", "SITE_BRANCH": "has space"}, "not a valid git branch name"),
     ({"SITE_REPO": "/r", "DATA_DIR": "relative"}, "DATA_DIR='relative': expected an absolute path"),
     ({"SITE_REPO": "/r", "KEEP_RELEASES": "1"}, "KEEP_RELEASES='1': must be at least 2"),
-    ({"SITE_REPO": "/r", "BUILD_MEMORY_MB": "10"}, "BUILD_MEMORY_MB='10': must be at least 64"),
+    ({"SITE_REPO": "/r", "BUILD_MEMORY_MB": "10"}, "BUILD_MEMORY_MB='10': must be at least 256"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("?", r"\?")):

@@ -53,13 +53,28 @@ def test_guard_rules() -> None:
     assert HookGuard(None).precheck(10).status == 404
 
 
-def test_guard_rate_limit_refills() -> None:
+def test_guard_rate_limit_counts_refusals_per_client() -> None:
     clock = Clock()
     guard = HookGuard(SECRET, burst=3, per_second=2.0, clock=clock)
-    assert [guard.precheck(0) for _ in range(3)] == [None] * 3
-    assert guard.precheck(0).status == 429
-    clock.now += 0.5  # one token back
-    assert guard.precheck(0) is None and guard.precheck(0).status == 429
+    for _ in range(3):
+        assert guard.precheck(0, "attacker") is None
+        assert guard.refused("attacker", guard.check({}, b"")).status == 401
+    assert guard.precheck(0, "attacker").status == 429
+    # Another client, valid or not, is not affected; valid requests are never charged.
+    for _ in range(20):
+        assert guard.precheck(0, "github") is None
+        assert guard.refused("github", guard.check({"x-hook-token": SECRET}, b"")).status == 202
+    clock.now += 0.5  # one token back for the attacker
+    assert guard.precheck(0, "attacker") is None
+    assert guard.refused("attacker", guard.check({"x-hook-token": "guess"}, b"")).status == 403
+    assert guard.precheck(0, "attacker").status == 429
+
+
+def test_guard_refuses_bad_lengths() -> None:
+    guard = HookGuard(SECRET)
+    assert guard.precheck(-1, "c").status == 400
+    assert guard.precheck(MAX_BODY + 1, "c").status == 413
+    assert guard.precheck(None, "c").status == 411
 
 
 @pytest.fixture
@@ -97,13 +112,20 @@ def test_hook_endpoint_refuses_what_it_must_and_wakes_on_valid(hook_server: tupl
     assert wake.exists()
     assert requests.post(url, data=body, headers=signed, timeout=5).status_code == 409  # replayed
     assert requests.post(url, headers={"Authorization": f"Bearer {SECRET}"}, timeout=5).status_code == 202
+    # Refused by the HTTP server itself (max_request_body_size), before the application reads it.
     assert requests.post(url, data=b"x" * (MAX_BODY + 1), headers=signed, timeout=10).status_code == 413
+    negative = requests.post(url, data=b"", headers={"X-Hook-Token": SECRET, "Content-Length": "-1"}, timeout=5)
+    assert negative.status_code == 400
     statuses = [requests.post(url, headers={"X-Hook-Token": "nope"}, timeout=5).status_code for _ in range(15)]
     assert 429 in statuses and set(statuses) <= {403, 429}
+    # The refusals were charged to that client only: a request from another client (as HAProxy names it
+    # in X-Forwarded-For) with the token is still accepted.
+    other = {"X-Hook-Token": SECRET, "X-Forwarded-For": "192.0.2.7"}
+    assert requests.post(url, headers=other, timeout=5).status_code == 202
     time.sleep(0.3)
     log = process.log
     for line in ("401 unsigned request", "403 bad signature", "202 signed push", "409 replayed delivery",
-                 "413 body larger", "429 too many requests"):
+                 "400 negative Content-Length", "429 too many refused requests"):
         assert line in log
 
 

@@ -1,0 +1,106 @@
+"""The deploy page at `GET /_site/`: what is live, what failed and why, the history, the kept releases.
+
+A pure function of the deploy status; everything that comes from git (subjects, authors, logs) is
+escaped. It works without JavaScript; a small script refreshes it and sends rollbacks with the token.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:60rem;padding:1rem;color:#1b1f23}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem .4rem;border-bottom:1px solid #ddd;
+vertical-align:top}code{font-size:.85em}pre{white-space:pre-wrap;background:#f6f8fa;padding:.5rem;font-size:.8em}
+.ok{color:#116329}.failed{color:#a40e26}.box{border:1px solid #ddd;border-radius:6px;padding:.6rem .8rem}
+.error{border-color:#a40e26;background:#fff5f5}@media(max-width:40rem){td,th{display:block;border:0}
+tr{display:block;border-bottom:1px solid #ddd;padding:.3rem 0}}
+"""
+
+SCRIPT = """
+document.querySelectorAll('form.rollback').forEach(function (form) {
+  form.addEventListener('submit', function (event) {
+    event.preventDefault();
+    var token = document.getElementById('token').value;
+    fetch(form.action, {method: 'POST', headers: {'Authorization': 'Bearer ' + token,
+      'Content-Type': 'application/x-www-form-urlencoded'}, body: new URLSearchParams(new FormData(form))})
+      .then(function (r) { return r.json(); })
+      .then(function (answer) { alert(answer.message); location.reload(); });
+  });
+});
+setTimeout(function () { if (!document.querySelector('details[open]')) location.reload(); }, 15000);
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _commit(record: dict[str, Any]) -> str:
+    commit = record.get("commit") or ""
+    subject = record.get("subject")
+    return f"<code>{_e(commit[:12])}</code>" + (f" {_e(subject)}" if subject else "")
+
+
+def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None = None) -> str:
+    """The whole page as HTML."""
+    now = time.time() if now is None else now
+    current = status.get("current") or {}
+    builds = status.get("builds") or []
+    live_build = next((b for b in builds if b.get("release") and b.get("release") == current.get("release")), {})
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
+             f"content='width=device-width,initial-scale=1'><title>Deploys</title><style>{STYLE}</style></head><body>",
+             "<h1>Deploys</h1>"]
+    if current:
+        parts.append(
+            "<div class=box><strong>Live:</strong> " + _commit({**live_build, "commit": current.get("commit")})
+            + (f" by {_e(live_build.get('author'))}" if live_build.get("author") else "")
+            + f"<br>release <code>{_e(current.get('release'))}</code>, live since {_e(current.get('built_at'))}, "
+            f"built in {_e(current.get('build_seconds'))} s"
+            + (f" ({_e(live_build.get('worker'))} worker, {_e(live_build.get('mode'))})" if live_build else "")
+            + "</div>")
+    else:
+        parts.append("<div class='box error'>No release is live yet.</div>")
+    error = status.get("last_error")
+    if error:
+        parts.append(f"<div class='box error'><strong>Last error</strong> ({_e(error.get('at'))}): "
+                     f"{_e(error.get('message'))}<br>The live release stays until a commit builds.</div>")
+    notes = status.get("notifications") or {}
+    if notes.get("last_error"):
+        parts.append(f"<div class='box error'><strong>Notification not delivered</strong> "
+                     f"({_e(notes['last_error'].get('at'))}): {_e(notes['last_error'].get('message'))}; "
+                     f"{_e(notes.get('delivered', 0))} delivered, {_e(notes.get('failed', 0))} not.</div>")
+    parts.append(f"<p>Remote {_e(status.get('remote'))}, branch {_e(status.get('branch'))}; last checked "
+                 f"{_e(status.get('last_check'))}.</p>")
+    parts.append("<h2>History</h2><table><tr><th>result</th><th>commit</th><th>finished</th><th>seconds</th>"
+                 "<th>mode</th></tr>")
+    for build in builds:
+        result = build.get("result") or ""
+        row = (f"<tr><td class={'ok' if result == 'success' else 'failed'}>{_e(result)}</td>"
+               f"<td>{_commit(build)}")
+        if build.get("error") or build.get("log_tail"):
+            row += (f"<details><summary>{_e(build.get('error') or 'log')}</summary>"
+                    f"<pre>{_e(build.get('log_tail'))}</pre></details>")
+        row += (f"</td><td>{_e(build.get('finished_at'))}</td><td>{_e(build.get('build_seconds'))}</td>"
+                f"<td>{_e(build.get('mode'))}</td></tr>")
+        parts.append(row)
+    parts.append("</table><h2>Kept releases</h2>")
+    if rollback_enabled:
+        parts.append("<p>To make an earlier release live until the next push, give the webhook secret "
+                     "(<code>WEBHOOK_SECRET</code>) as the token, or: <code>curl -X POST -H 'Authorization: Bearer "
+                     "$WEBHOOK_SECRET' -d release=ID http://HOST/_site/rollback</code>.</p>"
+                     "<p><label>Token <input id=token type=password autocomplete=off></label></p>")
+    parts.append("<table>")
+    for release in reversed(status.get("releases") or []):
+        live = release == current.get("release")
+        parts.append(f"<tr><td><code>{_e(release)}</code>{' (live)' if live else ''}</td><td>")
+        if rollback_enabled and not live:
+            parts.append(f"<form class=rollback method=post action=/_site/rollback><input type=hidden name=release "
+                         f"value='{_e(release)}'><button>make live</button></form>")
+        parts.append("</td></tr>")
+    parts.append(f"</table><p><small>Page made {_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now)))}; "
+                 f"it refreshes itself every 15 s.</small></p><script>{SCRIPT}</script></body></html>")
+    return "".join(parts)

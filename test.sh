@@ -11,7 +11,8 @@ fail() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "run as root: the tests create network namespaces, bridges and containers"
 
 step "Debian packages the tests drive for real"
-scripts/ensure-packages.sh git python3 python3-venv ca-certificates iproute2 iptables docker.io debootstrap \
+scripts/ensure-packages.sh git python3 python3-venv ca-certificates iproute2 iptables e2fsprogs mount docker.io debootstrap \
+    podman catatonit chromium chromium-driver prometheus \
     debian-archive-keyring haproxy tayga
 
 python=${PEQUOD_PYTHON:-python3}

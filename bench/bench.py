@@ -11,6 +11,9 @@
 3. builds of that blog: full, one post changed, nothing changed; wall time and peak RSS, cold
    (a new process, as `nikola build`) and warm (the build worker).
 4. idle: builds started and CPU seconds used by the instance over 60 s without pushes; its RSS.
+5. under attack: legitimate readers' p50/p99 (4 clients fetching a post page through the frontend,
+   with the default per-client limits on) with no attack, then beside 200 trickling connections, a
+   flood of distinct junk URLs from 16 addresses, and one client flooding; as ratios to no attack.
 
 Results: bench/results/<time>.json and .md (the markdown table is also printed).
 """
@@ -18,6 +21,7 @@ Results: bench/results/<time>.json and .md (the markdown table is also printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -35,9 +39,10 @@ sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
 
-from pequod_agent import engine, runtime  # noqa: E402
+from container import engine, runtime  # noqa: E402
 from pipeline.nikola_build import NikolaBuilder  # noqa: E402
 from tests.agent_fixtures import AgentRun  # noqa: E402
+from tests.attacks import JunkFlood, Readers, Trickle  # noqa: E402
 from tests.helpers import Process, SiteRepo, python_env, wait_for  # noqa: E402
 
 POSTS = 200
@@ -173,7 +178,7 @@ def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
 
 
 # -- publish latency --------------------------------------------------------------------------------
-def write_yaml(run: AgentRun, mode: str, poll: int, worker_idle: int = 600) -> None:
+def write_yaml(run: AgentRun, mode: str, poll: int, worker_idle: int = 600, client_limits: bool = False) -> None:
     local = mode == "local"
     site_repo = f"file://{run.repo.bare}" if local else "git://github.com:443/site.git"
     mounts = f"mounts:\n  - {{source: \"{run.repo.bare}\", target: \"{run.repo.bare}\"}}\n" if local else ""
@@ -185,6 +190,8 @@ networks:
     ipv6_subnet_prefixlen: 64
 frontend:
   port: {run.frontend_port}
+  max_connections_per_client: {100 if client_limits else 0}   # wrk is one client: off for throughput
+  max_requests_per_client: {3000 if client_limits else 0}
 {mounts}environment:
   SITE_REPO: "{site_repo}"
   POLL_INTERVAL: {poll}
@@ -303,6 +310,32 @@ def bench_idle(run: AgentRun, seconds: int) -> dict:
             "instance_rss_mib_at_start": rss_start, "instance_rss_mib": container_rss_mib(container)}
 
 
+# -- under attack -----------------------------------------------------------------------------------
+def bench_under_attack(run: AgentRun, seconds: int) -> dict:
+    write_yaml(run, "local", poll=10, worker_idle=30, client_limits=True)  # the defaults; HAProxy reloads
+    time.sleep(3)
+    url = run.frontend + "/posts/post-100/"
+    phases = {
+        "no attack": contextlib.nullcontext,
+        "200 trickling connections (10 addresses)": lambda: Trickle(run.frontend_port, count=200),
+        "junk-URL flood (16 addresses)": lambda: JunkFlood(run.frontend_port, count=10**7),
+        "one client flooding": lambda: JunkFlood(run.frontend_port, count=10**7, workers=1, first_source="127.0.2."),
+    }
+    results: dict = {}
+    for name, attack in phases.items():
+        say(f"readers, {name}")
+        with attack() as attacker, Readers(url, "Post number 100") as readers:
+            time.sleep(seconds)
+        results[name] = {"requests": len(readers.latencies), "failed": len(readers.failed),
+                         "p50_ms": round(readers.quantile(50) * 1000, 2),
+                         "p99_ms": round(readers.quantile(99) * 1000, 2),
+                         "attack_answers": dict(getattr(attacker, "statuses", {}) or {})}
+    base = results["no attack"]
+    for figures in results.values():
+        figures["p99_vs_no_attack"] = round(figures["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None
+    return results
+
+
 # -- report -----------------------------------------------------------------------------------------
 def markdown(results: dict) -> str:
     lines = [f"Measured {results['when']} on {results['machine']}.", ""]
@@ -327,6 +360,16 @@ def markdown(results: dict) -> str:
               f"instance RSS (sum over its processes) {idle['instance_rss_mib_at_start']} MiB at the start "
               f"(build worker still loaded), {idle['instance_rss_mib']} MiB at the end (worker ended after "
               "BUILD_WORKER_IDLE=30 s).", ""]
+    if "attack" in results:
+        lines += [f"**Readers under attack** (4 readers of a post page through the frontend, "
+                  f"{results['wrk_seconds']} s a phase, default per-client limits)", "",
+                  "| attack | reader requests | failed | p50 ms | p99 ms | p99 × no attack | attack answered |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, f in results["attack"].items():
+            answers = ", ".join(f"{status}: {count}" for status, count in sorted(f["attack_answers"].items()))
+            lines.append(f"| {name} | {f['requests']} | {f['failed']} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | "
+                         f"{f['p99_vs_no_attack'] or 0:.2f} | {answers or '-'} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -354,6 +397,8 @@ def main() -> int:
         results["idle"] = bench_idle(run, idle_seconds)
         say(f"idle: {results['idle']}")
         results["serving"] = bench_serving(run, tmp, wrk_seconds)
+        results["attack"] = bench_under_attack(run, wrk_seconds)
+        write_yaml(run, "local", poll=10, worker_idle=30)
         publish = {}
         publish["local file:// remote (watched)"] = summary(publish_latency(run, "local", pushes, 1000))
         write_yaml(run, "webhook", poll=300)

@@ -2,6 +2,7 @@
 # One command sets up this host and starts the blog; run as root on Debian 12 or Ubuntu 24.04.
 #
 #   ./bootstrap.sh [--repo URL_OR_PATH] [--port PORT] [--notify-url URL [--notify-secret KEY]]
+#                  [--domain NAME ... --email ADDRESS [--acme-directory URL] [--acme-ca-bundle FILE]]
 #                                                       set up (again: changes only what is not right)
 #   ./bootstrap.sh teardown [--purge]                   remove what it set up (--purge: the site repository too)
 #
@@ -27,10 +28,14 @@ repo=""
 port=80
 notify_url=""
 notify_secret=""
+domains=()
+email=""
+acme_directory=""
+acme_ca_bundle=""
 purge=0
 command=setup
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -40,6 +45,10 @@ while [ $# -gt 0 ]; do
         --port) port=${2:?--port needs a number}; shift ;;
         --notify-url) notify_url=${2:?--notify-url needs a URL}; shift ;;
         --notify-secret) notify_secret=${2:?--notify-secret needs a value}; shift ;;
+        --domain) domains+=("${2:?--domain needs a host name}"); shift ;;
+        --email) email=${2:?--email needs an address}; shift ;;
+        --acme-directory) acme_directory=${2:?--acme-directory needs a URL}; shift ;;
+        --acme-ca-bundle) acme_ca_bundle=$(readlink -f "${2:?--acme-ca-bundle needs a file}"); shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; echo "bootstrap.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -124,6 +133,9 @@ fi
 
 # -- setup ---------------------------------------------------------------------------------------------
 case $port in ''|*[!0-9]*) fail "--port: '$port' is not a port number" ;; esac
+[ ${#domains[@]} = 0 ] || [ -n "$email" ] || fail "--domain needs --email (the ACME CA's contact for the account)"
+domain_args=()
+for domain in "${domains[@]}"; do domain_args+=(--domain "$domain"); done
 [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || fail "--port: $port is out of range (1-65535)"
 
 step "checking the host" "run as root on Debian 12 or Ubuntu 24.04 with IPv6 enabled"
@@ -140,7 +152,7 @@ done_step
 
 step "installing host packages" "apt-get must reach a Debian/Ubuntu mirror; see /etc/apt/sources.list*"
 "$SOURCE/scripts/ensure-packages.sh" docker.io haproxy tayga iptables iproute2 e2fsprogs mount git python3 python3-venv \
-    ca-certificates debootstrap debian-archive-keyring
+    ca-certificates debootstrap debian-archive-keyring $([ ${#domains[@]} = 0 ] || echo lego)
 done_step
 
 step "installing pequod-agent into $PREFIX/venv" "pip must reach PyPI (or set PIP_INDEX_URL)"
@@ -206,7 +218,9 @@ mkdir -p "$ETC"
 # Sets the repository, its mount and the port; keeps whatever else the file holds (e.g. WEBHOOK_SECRET).
 "$PREFIX/venv/bin/python" -m container.host_settings "$YAML" --site-repo "$site_url" --port "$port" \
     ${mount:+--mount "$mount"} ${notify_url:+--notify-url "$notify_url"} \
-    ${notify_secret:+--notify-secret "$notify_secret"} | sed 's/^/    /'
+    ${notify_secret:+--notify-secret "$notify_secret"} "${domain_args[@]}" ${email:+--email "$email"} \
+    ${acme_directory:+--acme-directory "$acme_directory"} ${acme_ca_bundle:+--acme-ca-bundle "$acme_ca_bundle"} \
+    | sed 's/^/    /'
 done_step
 
 agent_args=(--bootstrap "$IMAGE" "$YAML" --state-dir "$STATE")
@@ -265,13 +279,23 @@ step "waiting for the blog at $url" "the agent's log ($logs) says what it waits 
 python3 - "$port" "$LOG" <<'EOF'
 import sys, time, urllib.request, urllib.error
 port, log = int(sys.argv[1]), sys.argv[2]
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # with HTTPS on, plain HTTP answers 301: the frontend is up
+
+
+opener = urllib.request.build_opener(NoRedirect)
 deadline, last, shown = time.time() + 600, "", time.time()
 while time.time() < deadline:
     try:
-        with urllib.request.urlopen(f"http://[::1]:{port}/", timeout=5) as response:
+        with opener.open(f"http://[::1]:{port}/", timeout=5) as response:
             if response.status == 200:
                 sys.exit(0)
     except urllib.error.HTTPError as exc:
+        if exc.code == 301 and exc.headers.get("Location", "").startswith("https://"):
+            sys.exit(0)
         last = f"HTTP {exc.code}"
     except OSError as exc:
         last = str(getattr(exc, "reason", exc))
@@ -287,6 +311,21 @@ print(f"    no answer within 10 minutes (last: {last})", file=sys.stderr)
 sys.exit(1)
 EOF
 done_step
+
+if [ ${#domains[@]} -gt 0 ]; then
+    step "HTTPS certificate for ${domains[*]}" "DNS of ${domains[0]} must point at this host and port 80 be open to the internet; pequod-agent -i certificates shows the CA's answer"
+    for _ in $(seq 1 120); do
+        "$AGENT" -i certificates --json --state-dir "$STATE" | grep -q '"serial": "' && break
+        sleep 1
+    done
+    "$AGENT" -i certificates --state-dir "$STATE" | sed 's/^/    /'
+    if "$AGENT" -i certificates --json --state-dir "$STATE" | grep -q '"serial": "'; then
+        url="https://${domains[0]}/"
+    else
+        echo "    no certificate yet: the blog stays on plain HTTP; the agent tries again with back-off"
+    fi
+    done_step
+fi
 
 cat <<EOF
 

@@ -11,6 +11,9 @@
 3. builds of that blog: full, one post changed, nothing changed; wall time and peak RSS, cold
    (a new process, as `nikola build`) and warm (the build worker).
 4. idle: builds started and CPU seconds used by the instance over 60 s without pushes; its RSS.
+6. HTTPS: the frontend over TLS (HAProxy, the agent's `frontend.tls` with a certificate of its own)
+   beside the frontend over plain HTTP, and nginx serving the same release over TLS with the same
+   certificate and key (and over plain HTTP); wrk as in 1; req/s and p99 as ratios to nginx TLS.
 5. under attack: legitimate readers' p50/p99 (4 clients fetching a post page through the frontend,
    with the default per-client limits on) with no attack, then beside 200 trickling connections, a
    flood of distinct junk URLs from 16 addresses, and one client flooding; as ratios to no attack.
@@ -41,6 +44,7 @@ import requests  # noqa: E402
 
 from container import engine, runtime  # noqa: E402
 from pipeline.nikola_build import NikolaBuilder  # noqa: E402
+from tests.acme_server import make_certificate  # noqa: E402
 from tests.agent_fixtures import AgentRun  # noqa: E402
 from tests.attacks import JunkFlood, Readers, Trickle  # noqa: E402
 from tests.helpers import Process, SiteRepo, python_env, wait_for  # noqa: E402
@@ -107,6 +111,19 @@ http {{
 }}
 """
 
+NGINX_TLS_SERVER = """\
+    server {{
+        listen [::1]:{port} ssl;
+        ssl_certificate {pem};
+        ssl_certificate_key {pem};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets off;
+        root {root};
+        index index.html;
+    }}
+}}
+"""
+
 NAIVE_SERVER = """\
 import sys, cherrypy
 root, port = sys.argv[1], int(sys.argv[2])
@@ -127,12 +144,59 @@ def distinct_ports(count: int) -> list[int]:
             s.close()
 
 
-def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
+def copy_release(run: AgentRun, tmp: Path) -> tuple[dict, Path]:
+    """The live release, copied from the instance's volume, so the host's servers serve the same files."""
     row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
-    workdir = Path(f"/proc/{row['pid']}/root/workdir")  # the instance's tmpfs, seen from the host
+    workdir = Path(f"/proc/{row['pid']}/root/workdir")  # the instance's volume, seen from the host
     live = os.readlink(workdir / "current")
-    release = tmp / "served" / Path(live).name  # a copy, so the host's servers all serve the same files
-    shutil.copytree(workdir / live, release, symlinks=True)
+    release = tmp / "served" / Path(live).name
+    if not release.exists():
+        shutil.copytree(workdir / live, release, symlinks=True)
+    return row, release
+
+
+def bench_https(run: AgentRun, tmp: Path, seconds: int) -> dict:
+    """wrk over TLS: our frontend (HAProxy) against nginx with the same certificate, and both over plain HTTP."""
+    _, release = copy_release(run, tmp)
+    (tmp / "tls").mkdir(exist_ok=True)
+    ca = make_certificate(tmp / "tls", "ca", ["bench CA"], None, ca=True)
+    make_certificate(tmp / "tls", "site", ["blog.bench.test", "::1"], ca)
+    pem = tmp / "tls" / "blog.pem"
+    pem.write_bytes((tmp / "tls" / "site.pem").read_bytes() + (tmp / "tls" / "site.key").read_bytes())
+    https_port, nginx_port, nginx_tls_port = distinct_ports(3)
+    (tmp / "nginx-tls").mkdir(exist_ok=True)
+    conf = NGINX_CONF.format(dir=tmp / "nginx-tls", port=nginx_port, root=release).rstrip().removesuffix("}")
+    conf += NGINX_TLS_SERVER.format(port=nginx_tls_port, pem=pem, root=release)
+    (tmp / "nginx-tls" / "nginx.conf").write_text(conf)
+    nginx = Process(["nginx", "-c", str(tmp / "nginx-tls" / "nginx.conf"), "-g", "daemon off;"], python_env(),
+                    tmp / "nginx-tls.log")
+    ours = f"https://[::1]:{https_port}"
+    # Plain HTTP first: with HTTPS on, the frontend redirects plain HTTP to it.
+    phases = [{"nginx plain HTTP": f"http://[::1]:{nginx_port}", "frontend plain HTTP": run.frontend},
+              {"nginx TLS": f"https://[::1]:{nginx_tls_port}", "frontend TLS (HAProxy + CherryPy)": ours}]
+    results: dict = {}
+    try:
+        for number, targets in enumerate(phases):
+            if number == 1:
+                write_yaml(run, "local", poll=10, worker_idle=30,
+                           tls=f"  tls: {{certificate: {pem}, port: {https_port}}}\n")
+            for name, base in targets.items():
+                wait_for(name, lambda base=base: requests.get(base + "/", verify=False, timeout=5).ok, 60)
+            for name, base in targets.items():
+                say(f"wrk {name}")
+                results[name] = wrk(base + "/posts/post-100/", seconds)
+    finally:
+        nginx.stop()
+        write_yaml(run, "local", poll=10, worker_idle=30)
+    base = results["nginx TLS"]
+    for figures in results.values():
+        figures["rps_vs_nginx_tls"] = round(figures["rps"] / base["rps"], 2)
+        figures["p99_vs_nginx_tls"] = round(figures["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None
+    return results
+
+
+def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
+    row, release = copy_release(run, tmp)
     say(f"serving: release {release.name}")
     nginx_port, naive_port, serve_port = distinct_ports(3)
     (tmp / "nginx").mkdir()
@@ -178,7 +242,8 @@ def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
 
 
 # -- publish latency --------------------------------------------------------------------------------
-def write_yaml(run: AgentRun, mode: str, poll: int, worker_idle: int = 600, client_limits: bool = False) -> None:
+def write_yaml(run: AgentRun, mode: str, poll: int, worker_idle: int = 600, client_limits: bool = False,
+               tls: str = "") -> None:
     local = mode == "local"
     site_repo = f"file://{run.repo.bare}" if local else "git://github.com:443/site.git"
     mounts = f"mounts:\n  - {{source: \"{run.repo.bare}\", target: \"{run.repo.bare}\"}}\n" if local else ""
@@ -192,7 +257,7 @@ frontend:
   port: {run.frontend_port}
   max_connections_per_client: {100 if client_limits else 0}   # wrk is one client: off for throughput
   max_requests_per_client: {3000 if client_limits else 0}
-{mounts}environment:
+{tls}{mounts}environment:
   SITE_REPO: "{site_repo}"
   POLL_INTERVAL: {poll}
   WEBHOOK_SECRET: {SECRET}
@@ -360,6 +425,14 @@ def markdown(results: dict) -> str:
               f"instance RSS (sum over its processes) {idle['instance_rss_mib_at_start']} MiB at the start "
               f"(build worker still loaded), {idle['instance_rss_mib']} MiB at the end (worker ended after "
               "BUILD_WORKER_IDLE=30 s).", ""]
+    if "https" in results:
+        lines += [f"**HTTPS**, post page (wrk, 2 threads, 32 keep-alive connections, {results['wrk_seconds']} s; "
+                  "TLS 1.3, same certificate)", "",
+                  "| server | req/s | × nginx TLS | p50 ms | p99 ms | p99 × nginx TLS |", "|---|---|---|---|---|---|"]
+        for name, f in results["https"].items():
+            lines.append(f"| {name} | {f['rps']:.0f} | {f['rps_vs_nginx_tls']:.2f} | {f['p50_ms']:.2f} | "
+                         f"{f['p99_ms']:.2f} | {f['p99_vs_nginx_tls'] or 0:.2f} |")
+        lines.append("")
     if "attack" in results:
         lines += [f"**Readers under attack** (4 readers of a post page through the frontend, "
                   f"{results['wrk_seconds']} s a phase, default per-client limits)", "",
@@ -398,6 +471,7 @@ def main() -> int:
         say(f"idle: {results['idle']}")
         results["serving"] = bench_serving(run, tmp, wrk_seconds)
         results["attack"] = bench_under_attack(run, wrk_seconds)
+        results["https"] = bench_https(run, tmp, wrk_seconds)
         write_yaml(run, "local", poll=10, worker_idle=30)
         publish = {}
         publish["local file:// remote (watched)"] = summary(publish_latency(run, "local", pushes, 1000))

@@ -22,7 +22,19 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from container import checks, firewall, frontend, metrics, nat64, network, plan, runtime, supervision, volume
+from container import (
+    certificates,
+    checks,
+    firewall,
+    frontend,
+    metrics,
+    nat64,
+    network,
+    plan,
+    runtime,
+    supervision,
+    volume,
+)
 from container.bootstrap import Bootstrap, Network, load_bootstrap
 from container.capacity import Capacity, check_fits, host_capacity
 from container.errors import AgentError
@@ -72,6 +84,12 @@ class Agent:
         self.resolved_at = -RESOLVE_INTERVAL
         self.rules: dict[str, str] = {}
         self.firewall_checked = time.monotonic()
+        self.certs = certificates.Store(state_dir)
+        self.cert_thread: threading.Thread | None = None
+        self.cert_outcome: str | None = None  # the error of the attempt that just ended, "" for success
+        self.cert_next_check = 0.0
+        self.cert_failures = 0
+        self.cert_synced: float | None = None  # mtime of the PEM last made sure to be served
 
     # -- checks, before any side effect ------------------------------------------------------
     def load(self) -> None:
@@ -80,7 +98,9 @@ class Agent:
         self.supervised = [Supervised(app, runtime.image_info(self.client, app.image).id) for app in self.apps]
         plan.check_services(self.apps, self.bootstrap)
         checks.check_mounts([app.manifest for app in self.apps], self.bootstrap)
-        checks.check_host_programs(any(app.manifest.volumes for app in self.apps))
+        tls = self.bootstrap.frontend.tls
+        checks.check_host_programs(any(app.manifest.volumes for app in self.apps), bool(tls and tls.acme))
+        checks.check_tls(self.bootstrap)
         self.capacity = host_capacity()
         ours = {app.name for app in self.apps}
         in_use = [r for r in (self._resources_of(i) for i in runtime.instances(self.client)
@@ -106,6 +126,13 @@ class Agent:
                     checks.check_port_free(service.bind, service.port, service.name)
             if bootstrap.metrics.haproxy:
                 checks.check_port_free(*bootstrap.metrics.haproxy, "HAProxy's metrics", "metrics.haproxy")
+            tls = bootstrap.frontend.tls
+            if tls is not None:
+                checks.check_port_free(bootstrap.frontend.bind, tls.port, "HTTPS", "frontend.tls.port")
+        tls = bootstrap.frontend.tls
+        if tls is not None and tls.acme and not (self.cert_thread and self.cert_thread.is_alive()):
+            checks.check_port_free(ipaddress.IPv4Address("127.0.0.1"), tls.challenge_port,
+                                   "the ACME client's challenge answers", "frontend.tls.challenge_port")
         frontend.check_config(self.frontend.render(services, bootstrap.metrics.haproxy))
 
     def _resources_of(self, instance: Instance) -> Any:
@@ -162,12 +189,59 @@ class Agent:
         if any(app.manifest.provides for app in self.apps):
             serving = {sup.app.name: plan.Serving(sup.serving.name, sup.serving.address)
                        for sup in self.supervised if sup.serving is not None}
-            self.frontend.apply(plan.frontend_services(self.apps, self.bootstrap.frontend, self.network(), serving),
-                                self.bootstrap.metrics.haproxy)
+            tls = self.bootstrap.frontend.tls
+            pem = self.certs.pem if tls is not None and self.certs.pem.exists() else None
+            self.frontend.apply(plan.frontend_services(self.apps, self.bootstrap.frontend, self.network(), serving,
+                                                       pem), self.bootstrap.metrics.haproxy)
 
     def healthy(self, app: plan.Application, instance: Instance) -> bool:
         return all(checks.answers_health(str(instance.address), p.local_port, p.health_check_path)
                    for p in app.manifest.provides)
+
+    # -- HTTPS certificates --------------------------------------------------------------------
+    def tend_certificates(self) -> None:
+        """Obtain or renew the certificate when due (lego in a thread of its own, so supervision goes on),
+        with back-off after failures; serve a new one without a reload."""
+        tls = self.bootstrap.frontend.tls
+        if tls is None:
+            return
+        now = time.monotonic()
+        if not tls.acme:
+            if now >= self.cert_next_check:  # the administrator's file: served within 10 s of a change
+                self.cert_next_check = now + 10
+                pem = certificates.administrator_pem(tls)
+                if not self.certs.pem.exists() or self.certs.pem.read_bytes() != pem:
+                    self.certs.ensure()
+                    self.certs.install(pem)
+                    log.info("serving the certificate from %s", tls.certificate)
+        elif self.cert_thread is not None and not self.cert_thread.is_alive():
+            self.cert_thread = None
+            if self.cert_outcome:
+                self.cert_failures += 1
+                delay = certificates.retry_delay(self.cert_failures)
+                self.cert_next_check = now + delay
+                log.error("certificate: %s; the current certificate stays; trying again in %.0f s",
+                          self.cert_outcome, delay)
+            else:
+                self.cert_failures, self.cert_next_check = 0, now + certificates.CHECK_INTERVAL
+        elif self.cert_thread is None and now >= self.cert_next_check:
+            self.cert_next_check = now + certificates.CHECK_INTERVAL
+            if certificates.due(self.certs.current(), tls, time.time()) is not None:
+                self.cert_thread = threading.Thread(target=self._obtain, args=(tls,), name="acme", daemon=True)
+                self.cert_thread.start()
+        if self.certs.pem.exists():
+            self.publish()  # the HTTPS listener appears with the first certificate
+            mtime = self.certs.pem.stat().st_mtime
+            if mtime != self.cert_synced:
+                certificates.sync_frontend(self.certs, self.frontend.dir / "admin.sock")
+                self.cert_synced = mtime
+
+    def _obtain(self, tls) -> None:
+        try:
+            certificates.obtain(tls, self.certs)
+            self.cert_outcome = ""
+        except AgentError as exc:
+            self.cert_outcome = str(exc)
 
     # -- instances ----------------------------------------------------------------------------
     def adopt(self, sup: Supervised) -> None:
@@ -307,6 +381,7 @@ class Agent:
         if self.tayga.daemon.ensure():
             log.warning("NAT64 (tayga) had stopped: restarted")
         self.refresh_destinations()
+        self._guarded(self.tend_certificates)
         if time.monotonic() - self.firewall_checked > FIREWALL_CHECK_INTERVAL:
             self.firewall_checked = time.monotonic()
             if not firewall.intact():
@@ -326,6 +401,7 @@ class Agent:
         except AgentError as exc:
             log.error("ignoring the changed bootstrap YAML: %s; the running configuration stays", exc)
             return
+        old_frontend = self.bootstrap.frontend
         old_plan, self.bootstrap, self.plan = self.plan, new, new_plan
         change = plan.changes(old_plan, new_plan)
         if not change.any:
@@ -338,6 +414,10 @@ class Agent:
             self.tayga.ensure()
         if change.frontend:
             log.info("bootstrap YAML changed: frontend settings")
+            if new.frontend.tls != old_frontend.tls:
+                self.cert_next_check, self.cert_failures = 0.0, 0
+                if new.frontend.tls is not None:
+                    self.certs.save_settings(new.frontend.tls)
             self.publish()
         if change.replace_instances:
             log.info("bootstrap YAML changed (environment, mounts or addressing): replacing the instances")
@@ -368,6 +448,8 @@ class Agent:
     def run(self) -> None:
         self.plan = plan.make_plan(self.bootstrap, self.bootstrap.network or self.generated_network())
         network.ensure_bridge(self.network())
+        if self.bootstrap.frontend.tls is not None:
+            self.certs.save_settings(self.bootstrap.frontend.tls)  # for --renew and -i certificates
         self.tayga.ensure()
         self.refresh_destinations(force=True)
         for sup in self.supervised:
@@ -409,7 +491,9 @@ class Agent:
             instances += [(sup.serving, "serving")] if sup.serving else []
             instances += [(sup.pending.instance, "pending")] if sup.pending else []
             instances += [(item.instance, "retiring") for item in sup.retiring]
-        return {"instances": instances, "replacements": self.state.load().get("replacements", {})}
+        current = self.certs.current() if self.bootstrap.frontend.tls is not None else None
+        return {"instances": instances, "replacements": self.state.load().get("replacements", {}),
+                "certificate": current, "certificate_failures": self.cert_failures}
 
     @staticmethod
     def _guarded(step) -> None:

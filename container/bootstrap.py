@@ -18,6 +18,13 @@
       bind: "::"                # "::" listens on IPv6 and IPv4
       port: 80                  # for every provided service without its own entry in ports
       ports: {srcco-de: 80}     # 0: not published (only instances that require it reach it)
+      tls:                      # optional: HTTPS for the service published on `port`
+        domains: [blog.example.org]   # certificates from an ACME CA (HTTP-01 through the frontend)
+        email: admin@example.org
+        acme_directory: https://acme-v02.api.letsencrypt.org/directory   # the default
+        acme_ca_bundle: /path/ca.pem  # optional: certifies the ACME server's own HTTPS
+        # certificate: /etc/ssl/private/blog.pem   # instead: a PEM with chain and key you provide
+        port: 443
     mounts:                     # optional: host paths the instance may read
       - {source: /srv/pequod/site.git, target: /srv/pequod/site.git}
     environment:
@@ -30,6 +37,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -80,6 +88,31 @@ class Nat64:
     ipv4_pool: ipaddress.IPv4Network = DEFAULT_NAT64_POOL
 
 
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+# A DNS host name (no IP address, no wildcard: HTTP-01 cannot prove those), at least two labels.
+_DOMAIN = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.[a-z][a-z0-9-]{0,62}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """HTTPS at the frontend: certificates for `domains` from the ACME CA at `acme_directory`, or the
+    administrator's own PEM (`certificate`, chain and key; `key` when the key is a file of its own)."""
+    port: int = 443
+    domains: tuple[str, ...] = ()
+    email: str = ""
+    acme_directory: str = LETS_ENCRYPT
+    acme_ca_bundle: str | None = None
+    certificate: str | None = None
+    key: str | None = None
+    challenge_port: int = 8402  # loopback port the ACME client answers HTTP-01 challenges on
+    renew_days: int = 30  # renew when fewer days than this are left
+
+    @property
+    def acme(self) -> bool:
+        return self.certificate is None
+
+
 @dataclass(frozen=True)
 class FrontendSettings:
     bind: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address("::")
@@ -88,6 +121,7 @@ class FrontendSettings:
     # Per client address (0: no limit): connections open at once, and requests in any 10 s.
     max_connections_per_client: int = 100
     max_requests_per_client: int = 3000
+    tls: TlsSettings | None = None
 
     def port_of(self, service: str) -> int:
         return dict(self.ports).get(service, self.port)
@@ -342,7 +376,7 @@ def _metrics(read: _Reader, value: Any) -> MetricsSettings:
 
 def _frontend(read: _Reader, value: Any) -> FrontendSettings:
     fields = read.mapping(value if value is not None else {}, "frontend",
-                  ("bind", "port", "ports", "max_connections_per_client", "max_requests_per_client"), ())
+                  ("bind", "port", "ports", "max_connections_per_client", "max_requests_per_client", "tls"), ())
     bind = FrontendSettings.bind
     if "bind" in fields:
         text = read.text(fields["bind"], "frontend.bind")
@@ -361,7 +395,63 @@ def _frontend(read: _Reader, value: Any) -> FrontendSettings:
                                             "a port number, 0 for not published")))
     limits = {key: read.integer(fields[key], f"frontend.{key}", 0, 1000000, "a whole number (0: no limit)")
               for key in ("max_connections_per_client", "max_requests_per_client") if key in fields}
-    return FrontendSettings(bind, port, tuple(sorted(per_service)), **limits)
+    tls = _tls(read, fields["tls"], port) if fields.get("tls") is not None else None
+    return FrontendSettings(bind, port, tuple(sorted(per_service)), **limits, tls=tls)
+
+
+def _tls(read: _Reader, value: Any, http_port: int) -> TlsSettings:
+    """`frontend.tls`: either ACME (`domains`, `email`, optional `acme_directory`, `acme_ca_bundle`) or the
+    administrator's `certificate` (and optional `key`)."""
+    fields = read.mapping(value, "frontend.tls", ("domains", "email", "acme_directory", "acme_ca_bundle",
+                                                  "certificate", "key", "port", "challenge_port", "renew_days"), ())
+    found: dict[str, Any] = {}
+    if "port" in fields:
+        found["port"] = read.integer(fields["port"], "frontend.tls.port", 1, 65535, "a port number")
+    if found.get("port", TlsSettings.port) == http_port:
+        raise read.fail("frontend.tls.port", f"{http_port} is already frontend.port (plain HTTP); HTTPS needs "
+                                             "a port of its own (443)")
+    if "challenge_port" in fields:
+        found["challenge_port"] = read.integer(fields["challenge_port"], "frontend.tls.challenge_port", 1, 65535,
+                                               "a port number")
+    if "renew_days" in fields:
+        found["renew_days"] = read.integer(fields["renew_days"], "frontend.tls.renew_days", 1, 365,
+                                           "days before expiry")
+    domains = fields.get("domains")
+    if isinstance(domains, str):
+        domains = [domains]
+    names = []
+    for index, item in enumerate(read.listing(domains, "frontend.tls.domains")):
+        name = read.text(item, f"frontend.tls.domains[{index}]").strip().lower().rstrip(".")
+        if not _DOMAIN.match(name):
+            raise read.fail(f"frontend.tls.domains[{index}]", f"{item!r} is not a host name such as "
+                            "blog.example.org (no IP address, no wildcard, no port)")
+        if name in names:
+            raise read.fail(f"frontend.tls.domains[{index}]", f"{name} is listed twice")
+        names.append(name)
+    found["domains"] = tuple(names)
+    paths = {key: read.text(fields[key], f"frontend.tls.{key}", _ABS_PATH, "an absolute path")
+             for key in ("acme_ca_bundle", "certificate", "key") if fields.get(key) is not None}
+    if "certificate" in paths:
+        for key in ("email", "acme_directory", "acme_ca_bundle"):
+            if key in fields:
+                raise read.fail(f"frontend.tls.{key}", "not used with certificate (your own certificate is not "
+                                                      "renewed by ACME); remove one of the two")
+        return TlsSettings(**found, certificate=paths["certificate"], key=paths.get("key"))
+    if "key" in paths:
+        raise read.fail("frontend.tls.key", "only used with certificate")
+    if not names:
+        raise read.fail("frontend.tls", "give domains (certificates from an ACME CA) or certificate (your own PEM)")
+    if "email" not in fields:
+        raise read.fail("frontend.tls", "missing key email: the ACME CA needs a contact address for the account "
+                                        "(expiry warnings go there)")
+    found["email"] = read.text(fields["email"], "frontend.tls.email", _EMAIL, "an email address")
+    if "acme_directory" in fields:
+        url = read.text(fields["acme_directory"], "frontend.tls.acme_directory")
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise read.fail("frontend.tls.acme_directory", f"{url!r} is not an https:// URL of an ACME directory")
+        found["acme_directory"] = url
+    return TlsSettings(**found, acme_ca_bundle=paths.get("acme_ca_bundle"))
 
 
 def load_bootstrap(path: str) -> Bootstrap:

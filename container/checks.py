@@ -28,11 +28,28 @@ def check_mounts(manifests: list[Manifest], bootstrap: Bootstrap) -> None:
                              "or the manifest; choose another path")
 
 
-def check_host_programs(volumes: bool) -> None:
-    programs = {**HOST_PROGRAMS, **(VOLUME_PROGRAMS if volumes else {})}
+def check_host_programs(volumes: bool, acme: bool = False) -> None:
+    programs = {**HOST_PROGRAMS, **(VOLUME_PROGRAMS if volumes else {}), **({"lego": "lego"} if acme else {})}
     missing = sorted({package for program, package in programs.items() if shutil.which(program) is None})
     if missing:
         raise AgentError(f"missing host programs: install them with apt-get install {' '.join(missing)}")
+
+
+def check_tls(bootstrap: Bootstrap) -> None:
+    """The files HTTPS needs are readable and what they claim to be."""
+    from container import certificates
+
+    tls = bootstrap.frontend.tls
+    if tls is None:
+        return
+    if tls.certificate is not None:
+        certificates.administrator_pem(tls)
+    elif tls.acme_ca_bundle is not None:
+        try:
+            certificates.read_certificate(Path(tls.acme_ca_bundle).read_bytes(), tls.acme_ca_bundle)
+        except OSError as exc:
+            raise AgentError(f"{bootstrap.source}: frontend.tls.acme_ca_bundle: cannot read {tls.acme_ca_bundle}: "
+                             f"{exc.strerror}") from None
 
 
 def check_port_free(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, service: str,

@@ -2,7 +2,8 @@
 
     pequod-agent --bootstrap IMAGE [IMAGE...] BOOTSTRAP_YAML   run and supervise one instance per image
         [--supervise --pid-file FILE]               ... as a child restarted whenever it exits
-    pequod-agent -i [services] [--json]             what runs
+    pequod-agent -i [services|certificates] [--json]  what runs
+    pequod-agent --renew [--force]                  renew the HTTPS certificate now if due (--force: now)
     pequod-agent --teardown                         remove every container, link and rule of ours
     pequod-agent --check PATH_OR_IMAGE...           validate manifests (files, or images' /pequod.xml)
     pequod-agent --build-image [TAG]                Docker engine + stand-in base + application image
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -180,9 +182,37 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
     return 0
 
 
-def inspect(what: str, as_json: bool, state_dir: Path) -> int:
-    from container import engine, tables
+def renew(state_dir: Path, force: bool) -> int:
+    """Against the running agent's state: renew what is due (or everything with --force) and serve it."""
+    from container import certificates
 
+    store = certificates.Store(state_dir)
+    settings = store.settings()
+    if not settings.acme:
+        raise AgentError(f"the frontend serves your own certificate ({settings.certificate}): replace that file; "
+                         "the agent serves the new one within 10 s")
+    reason = certificates.obtain(settings, store, force)
+    current = store.current()
+    assert current is not None or reason is None
+    if reason is None:
+        print(f"nothing due: the certificate for {', '.join(settings.domains)} is valid for "
+              f"{current.days_left(time.time()):.0f} more days (renewed {settings.renew_days} days before "
+              "expiry; --force renews now)" if current else "nothing due")
+        return 0
+    served = certificates.sync_frontend(store, state_dir / "haproxy" / "admin.sock")
+    print(f"renewed ({reason}): serial {current.serial}, valid until "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(current.not_after))}; "
+          + ("the frontend serves it now" if served else "the frontend serves it once the agent runs"))
+    return 0
+
+
+def inspect(what: str, as_json: bool, state_dir: Path) -> int:
+    from container import certificates, engine, tables
+
+    if what == "certificates":
+        rows = certificates.rows(certificates.Store(state_dir))
+        print(json.dumps(rows, indent=2) if as_json else certificates.table(rows))
+        return 0
     client = engine.connect()
     if client is None:
         raise AgentError("no Docker engine answers: nothing can be inspected")
@@ -193,6 +223,9 @@ def inspect(what: str, as_json: bool, state_dir: Path) -> int:
         replacements = StateDir(state_dir).load().get("replacements", {})
         rows = tables.instance_rows(client, replacements=replacements)
         print(json.dumps(rows, indent=2) if as_json else tables.instances_table(rows))
+        certs = certificates.rows(certificates.Store(state_dir))
+        if certs and not as_json:
+            print("\n" + certificates.table(certs))
     return 0
 
 
@@ -214,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--bootstrap", nargs="+", metavar="IMAGE [IMAGE...] BOOTSTRAP_YAML",
                         help="start one instance of each IMAGE and supervise them (runs in the foreground)")
-    action.add_argument("-i", "--inspect", nargs="?", const="instances", choices=("instances", "services"),
-                        help="print the running instances, or their services")
+    action.add_argument("-i", "--inspect", nargs="?", const="instances",
+                        choices=("instances", "services", "certificates"),
+                        help="print the running instances, their services, or the HTTPS certificates")
+    action.add_argument("--renew", action="store_true",
+                        help="renew the frontend's HTTPS certificate if due, against the running agent's state")
     action.add_argument("--teardown", action="store_true", help="remove every container and link of ours")
     action.add_argument("--check", nargs="+", metavar="PATH_OR_IMAGE",
                         help="validate manifests: pequod.xml files or images holding /pequod.xml")
@@ -238,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/pequod-agent"),
                         help="what survives a restart (default /var/lib/pequod-agent)")
     parser.add_argument("--json", action="store_true", help="with -i: JSON instead of a table")
+    parser.add_argument("--force", action="store_true", help="with --renew: renew even if not due")
     parser.add_argument("--purge", action="store_true",
                         help="with --teardown: also delete the applications' persistent volumes (their releases)")
     parser.add_argument("--supervise", action="store_true",
@@ -260,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return bootstrap(args.bootstrap[:-1], args.bootstrap[-1], args.state_dir)
         if args.inspect:
             return inspect(args.inspect, args.json, args.state_dir)
+        if args.renew:
+            return renew(args.state_dir, args.force)
         if args.teardown:
             return teardown(args.state_dir, args.purge)
         if args.check:

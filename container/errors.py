@@ -41,3 +41,7 @@ class DaemonError(AgentError):
 
 class VolumeError(AgentError):
     """A persistent filesystem cannot be created or mounted."""
+
+
+class CertificateError(AgentError):
+    """A certificate cannot be read, obtained from the ACME CA, or installed in the frontend."""

@@ -64,6 +64,25 @@ cache pages
 
 
 
+# TLS as Mozilla's "intermediate" profile: TLS 1.2 with forward-secret AEAD ciphers, and TLS 1.3.
+TLS_GLOBAL = """\
+    ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305
+    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets"""
+HSTS_MAX_AGE = 63072000  # two years
+CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """HTTPS on `port` with the chain and key in `pem` (None: no certificate yet: plain HTTP, but ACME
+    challenges already go to the client on 127.0.0.1:`challenge_port` when it is set)."""
+    port: int
+    pem: Path | None
+    challenge_port: int | None
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -83,6 +102,7 @@ class Service:
     local_binds: tuple[tuple[ipaddress.IPv6Address, int], ...] = ()
     max_connections_per_client: int = 0  # 0: no limit
     max_requests_per_client: int = 0  # in any 10 s; 0: no limit
+    tls: Tls | None = None
 
 
 def request_rules(service: Service) -> list[str]:
@@ -105,7 +125,29 @@ def request_rules(service: Service) -> list[str]:
         "    http-request deny deny_status 400 if METH_GET { req.hdr_val(content-length) gt 0 }",
         f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {MAX_BODY} }}",
         "    http-request wait-for-body time 10s",
-    ]
+    ] + tls_rules(service)
+
+
+def tls_rules(service: Service) -> list[str]:
+    """HTTPS: the instance learns the scheme from X-Forwarded-Proto (set here, never taken from the client);
+    once a certificate is served, plain HTTP on the public port is redirected (301) except for ACME
+    challenges, and HTTPS answers carry Strict-Transport-Security."""
+    tls = service.tls
+    if tls is None:
+        return []
+    lines = ["    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+             "    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
+             f"    acl acme_challenge path_beg {CHALLENGE_PREFIX}"]
+    if tls.pem is not None and service.port:
+        local = "".join(f" !{{ dst {address} }}" for address in sorted({str(a) for a, _ in service.local_binds}))
+        port = "" if tls.port == 443 else f":{tls.port}"
+        lines += [f"    http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]{port}"
+                  f"%[capture.req.uri] code 301 if !{{ ssl_fc }} {{ dst_port {service.port} }}{local} !acme_challenge",
+                  f'    http-after-response set-header Strict-Transport-Security "max-age={HSTS_MAX_AGE}" '
+                  "if { ssl_fc }"]
+    if tls.challenge_port is not None:
+        lines.append("    use_backend pequod-acme if acme_challenge")
+    return lines
 
 
 def _bind(address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
@@ -128,10 +170,14 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
     ]
     if user:
         lines += [f"    user {user}", f"    group {user}"]
+    if any(service.tls for service in services):
+        lines.append(TLS_GLOBAL)
     lines += ["", DEFAULTS.rstrip("\n"), ""]
     for service in services:
         binds = ([_bind(service.bind, service.port)] if service.port else []) + [
             _bind(address, port) for address, port in service.local_binds]
+        if service.tls is not None and service.tls.pem is not None:
+            binds.append(f"{_bind(service.bind, service.tls.port)} ssl crt {service.tls.pem} alpn h2,http/1.1")
         if not binds:
             continue
         lines += [f"frontend {service.name}", *(f"    bind {bind}" for bind in binds), *request_rules(service),
@@ -146,6 +192,9 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
         ]
         lines += [f"    server {s.name} [{s.address}]:{s.port}" for s in service.servers]
         lines.append("")
+    challenge = next((s.tls.challenge_port for s in services if s.tls and s.tls.challenge_port), None)
+    if challenge is not None:  # the ACME client's HTTP-01 answers, while it runs
+        lines += ["backend pequod-acme", f"    server acme 127.0.0.1:{challenge}", ""]
     if exporter is not None:  # HAProxy's own Prometheus exporter, on a host-only address
         lines += ["frontend pequod-metrics", f"    bind {_bind(*exporter)}", "    no log",
                   "    http-request use-service prometheus-exporter if { path /metrics }",

@@ -1,12 +1,14 @@
 """The settings `bootstrap.sh` manages in the bootstrap YAML, merged into what is there already.
 
     python -m container.host_settings YAML --site-repo URL --port PORT [--mount PATH]
+        [--domain NAME ... --email ADDRESS [--acme-directory URL] [--acme-ca-bundle FILE]]
 
 Re-running `bootstrap.sh` sets the site repository, its read-only mount, the frontend port and the
 GitHub service, and keeps everything else an administrator added (a WEBHOOK_SECRET in `environment`,
-networks, NAT64 settings, frontend limits…). Values are written by the YAML library, so no path or URL
-can break the file. The result is checked like any bootstrap YAML before it replaces the old file;
-prints `unchanged` or `written`.
+networks, NAT64 settings, frontend limits…). With --domain, `frontend.tls` is set to get certificates
+for those names from the ACME CA (without, an existing `frontend.tls` is kept). Values are written by
+the YAML library, so no path or URL can break the file. The result is checked like any bootstrap YAML
+before it replaces the old file; prints `unchanged` or `written`.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ GITHUB = {"service_name": "github-https", "service_version": "1", "external_host
 
 
 def merge(current: dict[str, Any], *, site_repo: str, port: int, mount: str | None,
-          previous_mount: str | None = None, notify: dict[str, str] | None = None) -> dict[str, Any]:
+          previous_mount: str | None = None, notify: dict[str, str] | None = None,
+          tls: dict[str, Any] | None = None) -> dict[str, Any]:
     """`current` with the managed settings set: a pure function of its inputs."""
     data = dict(current)
     services = [s for s in data.get("external_services") or [] if s.get("service_name") != GITHUB["service_name"]]
     data["external_services"] = [GITHUB, *services]
     data["frontend"] = {**(data.get("frontend") or {}), "port": port}
+    if tls:
+        data["frontend"]["tls"] = tls
     managed = {m for m in (mount, previous_mount) if m}
     mounts = [m for m in data.get("mounts") or [] if m.get("source") not in managed]
     if mount:
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mount", help="a local site repository, mounted read-only into the instance")
     parser.add_argument("--notify-url", help="where deploy notifications go (NOTIFY_URL)")
     parser.add_argument("--notify-secret", help="their HMAC key (NOTIFY_SECRET)")
+    parser.add_argument("--domain", action="append", default=[], help="HTTPS for this host name (repeatable)")
+    parser.add_argument("--email", help="with --domain: the ACME account's contact address")
+    parser.add_argument("--acme-directory", help="with --domain: the ACME CA's directory URL (Let's Encrypt)")
+    parser.add_argument("--acme-ca-bundle", help="with --domain: CA bundle certifying the ACME server's HTTPS")
     args = parser.parse_args(argv)
     try:
         text = args.yaml.read_text() if args.yaml.exists() else ""
@@ -69,8 +78,17 @@ def main(argv: list[str] | None = None) -> int:
         previous_mount = previous.removeprefix("file://") if str(previous).startswith("file://") else None
         notify = {key: value for key, value in (("NOTIFY_URL", args.notify_url), ("NOTIFY_SECRET", args.notify_secret))
                   if value}
+        tls: dict[str, Any] = {}
+        if args.domain:
+            tls = {"domains": args.domain, "email": args.email}
+            if not args.email:
+                raise AgentError("--domain needs --email: the ACME CA needs a contact address for the account")
+            tls.update({key: value for key, value in (("acme_directory", args.acme_directory),
+                                                      ("acme_ca_bundle", args.acme_ca_bundle)) if value})
+        elif args.email or args.acme_directory or args.acme_ca_bundle:
+            raise AgentError("--email, --acme-directory and --acme-ca-bundle go with --domain")
         merged = merge(current, site_repo=args.site_repo, port=args.port, mount=args.mount,
-                       previous_mount=previous_mount, notify=notify)
+                       previous_mount=previous_mount, notify=notify, tls=tls)
         new_text = HEADER + yaml.safe_dump(merged, sort_keys=False, default_flow_style=False)
         parse_bootstrap(new_text, str(args.yaml))  # never write a file the agent would refuse
         if merged == current:

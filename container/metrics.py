@@ -1,7 +1,8 @@
 """The agent's metrics (Prometheus text format, via prometheus_client) on a host-only address.
 
 Instances by state, replacements by reason, each instance's memory and CPU from its cgroup, egress
-packets and bytes the firewall rejected per application, and NAT64 address mappings.
+packets and bytes the firewall rejected per application, NAT64 address mappings and, with HTTPS, when
+the served certificate expires.
 """
 
 from __future__ import annotations
@@ -98,6 +99,15 @@ class AgentCollector:
             volume.add_metric([application], size)
         yield packets
         yield volume
+        certificate = snapshot.get("certificate")
+        if certificate is not None:  # only with HTTPS
+            expiry = GaugeMetricFamily("pequod_agent_certificate_expiry_timestamp_seconds", "When the certificate "
+                                       "the frontend serves expires (Unix time), by domain.", labels=["domain"])
+            for domain in certificate.domains:
+                expiry.add_metric([domain], certificate.not_after)
+            yield expiry
+            yield GaugeMetricFamily("pequod_agent_certificate_renewal_failures", "Failed attempts to renew the "
+                                    "certificate since the last success.", value=snapshot["certificate_failures"])
         yield GaugeMetricFamily("pequod_agent_nat64_mappings", "IPv4 addresses NAT64 has mapped to instance "
                                 "addresses.", value=nat64_mappings(self.tayga_data))
 

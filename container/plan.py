@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from container import firewall, frontend, nat64
@@ -139,9 +140,10 @@ def resolv_conf(net: Network) -> str:
 
 
 def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings, net: Network,
-                      serving: dict[str, Serving]) -> tuple[frontend.Service, ...]:
+                      serving: dict[str, Serving], pem: Path | None = None) -> tuple[frontend.Service, ...]:
     """The HAProxy frontends: each provided service on its public port and, for the instances that require
-    it, on the gateway; served by the app's instance in `serving` (application name → instance)."""
+    it, on the gateway; served by the app's instance in `serving` (application name → instance). With
+    `frontend.tls`, the service on the default port also speaks HTTPS once `pem` (its certificate) exists."""
     services = []
     for app in apps:
         for provide in app.manifest.provides:
@@ -152,8 +154,16 @@ def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings,
             services.append(frontend.Service(
                 provide.name, settings.bind, settings.port_of(provide.name), provide.health_check_path, servers,
                 tuple((net.gateway, port) for port in local_ports),
-                settings.max_connections_per_client, settings.max_requests_per_client))
+                settings.max_connections_per_client, settings.max_requests_per_client,
+                _tls(settings, pem) if settings.port_of(provide.name) == settings.port else None))
     return tuple(services)
+
+
+def _tls(settings: FrontendSettings, pem: Path | None) -> frontend.Tls | None:
+    tls = settings.tls
+    if tls is None:
+        return None
+    return frontend.Tls(tls.port, pem, tls.challenge_port if tls.acme else None)
 
 
 def check_frontend_ports(services: tuple[frontend.Service, ...], source: str) -> None:

@@ -16,14 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def run(argv: list[str], *, timeout: float = 60, stdin: str | None = None, check: bool = True,
-        error: type[AgentError] = AgentError, package: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `argv` to completion; a missing program, a timeout or (with `check`) a failure raises `error`
-    with the command line and what the program said."""
+        error: type[AgentError] = AgentError, package: str | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `argv` to completion (with `env` as its whole environment when given); a missing program, a
+    timeout or (with `check`) a failure raises `error` with the command line and what the program said."""
     cmdline = shlex.join(argv)
     log.debug("running %s", cmdline)
     try:
         result = subprocess.run(argv, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
         raise error(f"{argv[0]} is not installed (apt-get install {package or argv[0]})") from None
     except subprocess.TimeoutExpired:

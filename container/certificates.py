@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -180,7 +181,8 @@ class Store:
 
 def _lego_error(output: str) -> str:
     """The line of lego's output that says what went wrong."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    lines = [re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ", "", line.strip()) for line in output.splitlines()
+             if line.strip()]
     for line in reversed(lines):
         if "error" in line.lower() or "urn:ietf:params:acme:error" in line:
             return line.split("] ", 1)[-1][:500]

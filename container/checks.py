@@ -43,7 +43,10 @@ def check_tls(bootstrap: Bootstrap) -> None:
     if tls is None:
         return
     if tls.certificate is not None:
-        certificates.administrator_pem(tls)
+        try:
+            certificates.administrator_pem(tls)
+        except AgentError as exc:
+            raise AgentError(f"{bootstrap.source}: {exc}") from None
     elif tls.acme_ca_bundle is not None:
         try:
             certificates.read_certificate(Path(tls.acme_ca_bundle).read_bytes(), tls.acme_ca_bundle)

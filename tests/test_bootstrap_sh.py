@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 
 from container import runtime, volume
 from container.daemon import running_cmdline
+from tests.acme_server import AcmeServer
 from tests.agent_fixtures import Loop
 from tests.helpers import REPO_ROOT, wait_for
 
@@ -142,6 +143,22 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     time.sleep(2)
     assert [c.name for c in runtime.our_containers(docker_client)] == instance
     assert site_release() == release  # the same release: the site was not rebuilt
+
+    # HTTPS with one more run: --domain and --email, against an offline ACME CA (its DNS says 127.0.0.1).
+    acme = AcmeServer(tmp_path / "acme", 80)
+    try:
+        https = bootstrap("--domain", "blog.pequod.test", "--email", "admin@pequod.test",
+                          "--acme-directory", acme.directory_url, "--acme-ca-bundle", str(acme.ca_pem))
+        assert "The blog is live: https://blog.pequod.test/" in https.stdout, https.stdout
+        assert "==> HTTPS certificate for blog.pequod.test" in https.stdout
+        page = subprocess.run(["curl", "-sS", "--resolve", "blog.pequod.test:443:127.0.0.1", "--cacert",
+                               str(acme.root_pem), "https://blog.pequod.test/"], capture_output=True, text=True,
+                              timeout=30)
+        assert "A Pequod Blog" in page.stdout, page.stderr
+        redirect = requests.get(URL, headers={"Host": "blog.pequod.test"}, allow_redirects=False, timeout=5)
+        assert redirect.status_code == 301 and redirect.headers["Location"] == "https://blog.pequod.test/"
+    finally:
+        acme.cleanup()
 
     # Teardown leaves no agent, container, link or rule; the site repository stays.
     supervisor = int(PID_FILE.read_text())

@@ -238,6 +238,9 @@ class Agent:
 
     def _obtain(self, tls) -> None:
         try:
+            if self.bootstrap.frontend.port and not certificates.challenge_route_ready(self.bootstrap.frontend.port):
+                log.warning("the frontend does not route ACME challenges on port %d yet; asking the CA anyway",
+                            self.bootstrap.frontend.port)
             certificates.obtain(tls, self.certs)
             self.cert_outcome = ""
         except AgentError as exc:

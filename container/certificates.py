@@ -286,6 +286,26 @@ def update_frontend(socket_path: Path, pem_path: Path, pem: bytes) -> None:
         raise CertificateError(f"HAProxy did not commit the new certificate: {answer.strip()[:300]}")
 
 
+def challenge_route_ready(port: int, timeout: float = 10.0) -> bool:
+    """Whether the frontend already sends ACME challenges to the client's port (answering 503 while none
+    listens, where the instance would answer 404): a reload that added the route takes a moment."""
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", CHALLENGE_PATH + "pequod-probe")
+            if connection.getresponse().status == 503:
+                return True
+        except OSError:
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.2)
+    return False
+
+
 def sync_frontend(store: Store, socket_path: Path) -> bool:
     """Make HAProxy serve the PEM on disk if it serves another one; True when it changed."""
     current = store.current()
@@ -301,7 +321,9 @@ def sync_frontend(store: Store, socket_path: Path) -> bool:
 
 # -- what `-i certificates` shows --------------------------------------------------------------------
 
-def rows(store: Store) -> list[dict[str, Any]]:
+def rows(store: Store, socket_path: Path | None = None) -> list[dict[str, Any]]:
+    """The certificate (one per host) with its status; `served`: whether HAProxy (admin socket
+    `socket_path`) serves it now."""
     current = store.current()
     status = store.status()
     try:
@@ -321,15 +343,25 @@ def rows(store: Store) -> list[dict[str, Any]]:
         "last_attempt": status.get("last_attempt"),
         "last_success": status.get("last_success"),
         "last_error": status.get("last_error"),
+        "served": bool(current and socket_path and socket_path.exists() and _serves(socket_path, store.pem,
+                                                                                     current.serial)),
     }]
+
+
+def _serves(socket_path: Path, pem: Path, serial: str) -> bool:
+    try:
+        return served_serial(socket_path, pem) == serial
+    except CertificateError:
+        return False
 
 
 def table(found: list[dict[str, Any]]) -> str:
     if not found:
         return "no certificates (the frontend serves plain HTTP; see frontend.tls)"
-    lines = [f"{'Domains':<32} {'Issuer':<28} {'Not After':<21} {'Last Attempt':<21} Error"]
+    lines = [f"{'Domains':<32} {'Issuer':<28} {'Not After':<21} {'Served':<7} {'Last Attempt':<21} Error"]
     for row in found:
         lines.append(f"{', '.join(row['domains']):<32} {(row['issuer'] or '-')[:28]:<28} "
                      f"{_date(row['not_after']) if row['not_after'] else '-':<21} "
+                     f"{'yes' if row['served'] else 'no':<7} "
                      f"{_date(row['last_attempt']) if row['last_attempt'] else '-':<21} {row['last_error'] or '-'}")
     return "\n".join(lines)

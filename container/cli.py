@@ -210,7 +210,7 @@ def inspect(what: str, as_json: bool, state_dir: Path) -> int:
     from container import certificates, engine, tables
 
     if what == "certificates":
-        rows = certificates.rows(certificates.Store(state_dir))
+        rows = certificates.rows(certificates.Store(state_dir), state_dir / "haproxy" / "admin.sock")
         print(json.dumps(rows, indent=2) if as_json else certificates.table(rows))
         return 0
     client = engine.connect()
@@ -223,7 +223,7 @@ def inspect(what: str, as_json: bool, state_dir: Path) -> int:
         replacements = StateDir(state_dir).load().get("replacements", {})
         rows = tables.instance_rows(client, replacements=replacements)
         print(json.dumps(rows, indent=2) if as_json else tables.instances_table(rows))
-        certs = certificates.rows(certificates.Store(state_dir))
+        certs = certificates.rows(certificates.Store(state_dir), state_dir / "haproxy" / "admin.sock")
         if certs and not as_json:
             print("\n" + certificates.table(certs))
     return 0

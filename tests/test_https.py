@@ -117,7 +117,7 @@ def test_the_blog_is_served_over_https_with_the_acme_certificate(site: HttpsSite
     assert response.status == 200 and b"A Pequod Blog" in body
     row = site.certificates()
     assert serial == row["serial"] and serial in site.acme.issued()[-1].upper()
-    assert row["domains"] == [DOMAIN] and "Pebble" in row["issuer"] and row["last_error"] is None
+    assert row["domains"] == [DOMAIN] and "Pebble" in row["issuer"] and row["last_error"] is None and row["served"]
     assert row["not_after"] > time.time() + 30 * 86400
     assert response.getheader("Strict-Transport-Security") == "max-age=63072000"
     # curl, trusting only Pebble's root: HTTP/2 by ALPN, TLS 1.3; TLS 1.2 still offered (intermediate profile)

@@ -72,3 +72,46 @@ def test_configuration_changes_get_a_clean_build(site_repo: SiteRepo, tmp_path: 
     site_repo.commit("Rename the blog")
     assert build(source, builder, tmp_path / "2.log") == "conf.py changed"
     assert b"Renamed Blog" in (builder.output_dir / "index.html").read_bytes()
+
+
+def generated_post(number: int, tags: str, day: int, text: str = "") -> str:
+    body = "\n\n".join(f"Paragraph {part} of post {number}. {text} " + "Static sites are fast. " * 20
+                       for part in range(4))
+    return (f".. title: Generated post {number}\n.. slug: generated-{number:04d}\n"
+            f".. date: 2025-{1 + day % 12:02d}-{1 + day % 28:02d} 10:{number % 60:02d}:00 UTC\n"
+            f".. tags: {tags}\n\n{body}\n")
+
+
+def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo, tmp_path: Path) -> None:
+    """300 posts over 12 months and 20 tags (the bench builds thousands; the same kinds of change here)."""
+    tags = [f"tag{k:02d}" for k in range(20)]
+    for number in range(300):
+        site_repo.write(f"posts/generated-{number:04d}.rst",
+                        generated_post(number, f"{tags[number % 20]}, {tags[(number * 7 + 3) % 20]}", number))
+    site_repo.write("posts/lonely.rst", generated_post(999, "only-here", 5))
+    site_repo.commit("300 posts")
+    source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
+    builder = NikolaBuilder(source.clone_dir, timeout=600)
+    build(source, builder, tmp_path / "1.log")
+
+    # One post's text edited, one moved to another month (indexes and archives shift), one deleted, the
+    # only post of a tag retagged (the tag's pages and feed must go), one added.
+    site_repo.write("posts/generated-0100.rst", generated_post(100, "tag00, tag07", 100, "Edited text."))
+    site_repo.write("posts/generated-0200.rst", generated_post(200, "tag00, tag03", 203))
+    (site_repo.work / "posts" / "generated-0150.rst").unlink()
+    site_repo.write("posts/lonely.rst", generated_post(999, "tag01", 5))
+    site_repo.write("posts/generated-0300.rst", generated_post(300, "tag05, new-tag", 40))
+    site_repo.commit("Edit, move, delete, retag, add")
+    assert build(source, builder, tmp_path / "2.log") is None  # really incremental
+
+    clean_source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
+    clean_builder = NikolaBuilder(clean_source.clone_dir, timeout=600)
+    build(clean_source, clean_builder, tmp_path / "3.log")
+    incremental, clean = tree(builder.output_dir), tree(clean_builder.output_dir)
+    assert sorted(incremental) == sorted(clean)
+    assert incremental == clean
+    assert "categories/only-here.html" not in incremental and "posts/generated-0150/index.html" not in incremental
+    assert "categories/new-tag.html" in incremental and "posts/generated-0300/index.html" in incremental
+    assert b"Edited text." in incremental["posts/generated-0100/index.html"]
+    builder.worker.stop()
+    clean_builder.worker.stop()

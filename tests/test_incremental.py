@@ -36,6 +36,7 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     builder = NikolaBuilder(source.clone_dir, timeout=300)
     assert build(source, builder, tmp_path / "1.log") == "no previous build"
     assert not builder.last_warm  # the worker started with this build
+    assert (builder.output_dir / "categories" / "limits" / "index.html").exists()
 
     # One commit that adds a post, edits another, drops a tag from the site entirely and
     # deletes a post: the kinds of change that leave stale pages behind if handled naively.
@@ -57,7 +58,8 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     incremental, clean = tree(builder.output_dir), tree(clean_builder.output_dir)
     assert sorted(incremental) == sorted(clean)
     assert incremental == clean
-    assert "categories/limits.html" not in incremental and "posts/atomic-deploys/index.html" not in incremental
+    assert "categories/limits/index.html" not in incremental and "posts/atomic-deploys/index.html" not in incremental
+    assert "categories/fresh/index.html" in incremental
     assert b"Every single" in incremental["posts/welcome/index.html"]
     assert builder.worker.proc.pid == worker_pid
     builder.worker.stop()
@@ -93,6 +95,7 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
     builder = NikolaBuilder(source.clone_dir, timeout=600)
     build(source, builder, tmp_path / "1.log")
+    assert (builder.output_dir / "categories" / "only-here" / "index.html").exists()
 
     # One post's text edited, one moved to another month (indexes and archives shift), one deleted, the
     # only post of a tag retagged (the tag's pages and feed must go), one added.
@@ -110,8 +113,9 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     incremental, clean = tree(builder.output_dir), tree(clean_builder.output_dir)
     assert sorted(incremental) == sorted(clean)
     assert incremental == clean
-    assert "categories/only-here.html" not in incremental and "posts/generated-0150/index.html" not in incremental
-    assert "categories/new-tag.html" in incremental and "posts/generated-0300/index.html" in incremental
+    assert "categories/only-here/index.html" not in incremental and "categories/only-here.xml" not in incremental
+    assert "posts/generated-0150/index.html" not in incremental
+    assert "categories/new-tag/index.html" in incremental and "posts/generated-0300/index.html" in incremental
     assert b"Edited text." in incremental["posts/generated-0100/index.html"]
     builder.worker.stop()
     clean_builder.worker.stop()

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,17 +62,22 @@ def say(message: str) -> None:
 
 
 # -- the blog -------------------------------------------------------------------------------------
-def post_text(number: int, revision: int = 0) -> str:
-    tags = ", ".join(TAGS[(number + k) % len(TAGS)] for k in range(2))
+LARGE_TAGS = [f"topic-{k:02d}" for k in range(20)]
+LARGE_SIZES = (200, 2000, 5000)
+
+
+def post_text(number: int, revision: int = 0, tags_from: list[str] | None = None) -> str:
+    pool = tags_from or TAGS
+    tags = ", ".join(pool[(number + k) % len(pool)] for k in range(2))
     body = "\n\n".join(f"{PARAGRAPH * 3}(part {part} of post {number})" for part in range(6))
     return (f".. title: Post number {number}\n.. slug: post-{number:03d}\n"
             f".. date: 2025-{1 + number % 12:02d}-{1 + number % 28:02d} 10:{number % 60:02d}:00 UTC\n"
             f".. tags: {tags}\n\n{body}\n\nRevision marker: rev-{revision}-of-{number}\n")
 
 
-def generate_blog(repo: SiteRepo, posts: int) -> None:
+def generate_blog(repo: SiteRepo, posts: int, tags_from: list[str] | None = None) -> None:
     for number in range(posts - 5):  # the template brings five
-        repo.write(f"posts/post-{number:03d}.rst", post_text(number))
+        repo.write(f"posts/post-{number:03d}.rst", post_text(number, tags_from=tags_from))
     repo.commit(f"{posts} posts")
 
 
@@ -274,11 +280,12 @@ def wait_mode(run: AgentRun, mode: str) -> None:
     wait_for(f"the instance in mode {mode}", ready, 600, interval=1)
 
 
-def publish_latency(run: AgentRun, mode: str, pushes: int, start_revision: int) -> list[float]:
+def publish_latency(run: AgentRun, mode: str, pushes: int, start_revision: int,
+                    tags_from: list[str] | None = None) -> list[float]:
     seconds = []
     for index in range(pushes):
         number, revision = 100 + index, start_revision + index
-        run.repo.write(f"posts/post-{number:03d}.rst", post_text(number, revision))
+        run.repo.write(f"posts/post-{number:03d}.rst", post_text(number, revision, tags_from))
         run.repo.commit(f"Edit post {number}")  # returns when `git push` has returned
         pushed = time.monotonic()
         if mode == "webhook":
@@ -298,6 +305,128 @@ def summary(values: list[float]) -> dict:
     ordered = sorted(values)
     return {"p50_s": round(statistics.median(ordered), 2),
             "p90_s": round(ordered[max(0, int(round(0.9 * len(ordered))) - 1)], 2), "all_s": values}
+
+
+# -- large blogs ------------------------------------------------------------------------------------
+def cgroup_memory(pid: int) -> dict[str, int]:
+    """Memory of the cgroup the process is in: `anon` (what its processes hold; page cache of the files
+    they wrote is not counted, the kernel reclaims it at the limit) and `usage` (both)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        with contextlib.suppress(OSError, ValueError):
+            if "memory" in controllers.split(","):  # cgroup v1
+                base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+                stat = dict(item.split() for item in (base / "memory.stat").read_text().splitlines())
+                return {"anon": int(stat["total_rss"]), "usage": int((base / "memory.usage_in_bytes").read_text())}
+            if controllers == "":  # cgroup v2
+                base = Path("/sys/fs/cgroup") / path.lstrip("/")
+                stat = dict(item.split() for item in (base / "memory.stat").read_text().splitlines())
+                return {"anon": int(stat["anon"]), "usage": int((base / "memory.current").read_text())}
+    return {}
+
+
+class MemorySampler:
+    """The instance's peak anonymous memory, sampled every 0.2 s while a phase runs."""
+
+    def __init__(self, run: AgentRun):
+        self.run, self.peak = run, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        pid = 0
+        while not self.stop.wait(0.2):
+            if not pid:
+                with contextlib.suppress(Exception):
+                    pid = next((r["pid"] for r in self.run.instances() if r["application_name"] == "srcco-de"), 0)
+                continue
+            memory = cgroup_memory(pid)
+            if not memory:
+                pid = 0  # replaced
+                continue
+            self.peak = max(self.peak, memory["anon"])
+
+    def __enter__(self) -> MemorySampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def timed_nikola(site: Path) -> dict:
+    """A cold `nikola build` (Nikola's own command, a new process): wall time and peak RSS."""
+    started = time.monotonic()
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", "nikola", "build"], capture_output=True, text=True, cwd=site,
+                         timeout=3600, env=python_env(NIKOLA_MONO=1))
+    if out.returncode != 0:
+        return {"failed": out.stderr.strip().splitlines()[-2:]}
+    return {"seconds": round(time.monotonic() - started, 2),
+            "peak_rss_mib": round(int(out.stderr.strip().splitlines()[-1]) / 1024, 1)}
+
+
+def first_publish(run: AgentRun) -> bool:
+    """Whether the first release is live; AssertionError as soon as a build failed. Asked of the instance
+    itself: the frontend has no healthy server before the first release."""
+    for row in run.instances():
+        status = requests.get(f"http://[{row['ipv6']}]:8000/_site/status", timeout=5).json()
+        if status.get("current"):
+            return True
+        failed = [build for build in status.get("builds") or [] if build.get("result") == "failed"]
+        if failed:
+            raise AssertionError(f"the first build failed: {status.get('last_error')}")
+    return False
+
+
+def bench_large(client, tmp: Path, sizes: tuple[int, ...], pushes: int) -> dict:
+    """Per size: a cold `nikola build` of the commit (full, one post changed) on the host, then the same blog
+    through the agent with the default manifest: first publish, one-post pushes → live, memory, storage."""
+    results: dict = {}
+    for posts in sizes:
+        base = tmp / f"large-{posts}"
+        repo = SiteRepo(base / "remote")
+        say(f"large blog: generating {posts} posts")
+        generate_blog(repo, posts, LARGE_TAGS)
+        row: dict = {"posts": posts}
+        site = base / "cold"
+        shutil.copytree(repo.work, site, ignore=shutil.ignore_patterns(".git"))
+        say(f"large blog {posts}: cold nikola build (full)")
+        row["nikola_full"] = timed_nikola(site)
+        (site / "posts" / "post-100.rst").write_text(post_text(100, 1, LARGE_TAGS))
+        say(f"large blog {posts}: cold nikola build (one post changed)")
+        row["nikola_one_post"] = timed_nikola(site)
+        shutil.rmtree(site, ignore_errors=True)
+        run = AgentRun(base, client, repo)
+        try:
+            write_yaml(run, "local", poll=10, worker_idle=600)
+            started = time.monotonic()
+            run.start()
+            say(f"large blog {posts}: first publish through the agent")
+            with MemorySampler(run) as memory:
+                try:
+                    wait_for("the first publish", lambda run=run: first_publish(run), 1800, interval=1)
+                    row["first_publish_s"] = round(time.monotonic() - started, 1)
+                    row["publish"] = summary(publish_latency(run, "local", pushes, 5000, LARGE_TAGS))
+                except AssertionError as exc:
+                    row["failed"] = str(exc)
+                    say(f"large blog {posts}: {row['failed']}")
+            row["instance_memory_peak_mib"] = round(memory.peak / 2**20, 1)
+            volume = next((run.state_dir / "volumes").glob("*-workdir"), None)
+            if volume is not None:
+                usage = shutil.disk_usage(volume)
+                row["volume_used_mib"] = round(usage.used / 2**20, 1)
+                row["volume_size_mib"] = round(usage.total / 2**20, 1)
+        finally:
+            run.cleanup()
+            shutil.rmtree(base, ignore_errors=True)
+        results[str(posts)] = row
+        say(f"large blog {posts}: {row}")
+    return results
 
 
 # -- builds -----------------------------------------------------------------------------------------
@@ -404,7 +533,7 @@ def bench_under_attack(run: AgentRun, seconds: int) -> dict:
 # -- report -----------------------------------------------------------------------------------------
 def markdown(results: dict) -> str:
     lines = [f"Measured {results['when']} on {results['machine']}.", ""]
-    for page, targets in results["serving"].items():
+    for page, targets in results.get("serving", {}).items():
         lines += [f"**Serving, {page} page** (wrk, 2 threads, 32 keep-alive connections, {results['wrk_seconds']} s)",
                   "", "| server | req/s | × nginx | p50 ms | p99 ms | p99 × nginx |", "|---|---|---|---|---|---|"]
         for name, f in targets.items():
@@ -412,15 +541,35 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {f['rps']:.0f}{versus} | {f['rps_vs_nginx']:.2f} | {f['p50_ms']:.2f} | "
                          f"{f['p99_ms']:.2f} | {f.get('p99_vs_nginx', 0):.2f} |")
         lines.append("")
-    lines += ["**Publish latency**, 200-post blog, one post changed per push, push → visible through the frontend",
-              "", "| trigger | pushes | p50 s | p90 s |", "|---|---|---|---|"]
-    for mode, f in results["publish"].items():
-        lines.append(f"| {mode} | {len(f['all_s'])} | {f['p50_s']:.2f} | {f['p90_s']:.2f} |")
-    lines += ["", "**Builds**, 200-post blog, on the host", "", "| build | seconds | peak RSS MiB |", "|---|---|---|"]
-    for name, f in results["builds"].items():
-        lines.append(f"| {name} | {f['seconds']:.2f} | {f['peak_rss_mib']:.1f} |")
-    idle = results["idle"]
-    lines += ["", f"**Idle** ({idle['seconds']} s without pushes): {idle['builds_started']} builds started, "
+    if "publish" in results:
+        lines += ["**Publish latency**, 200-post blog, one post changed per push, push → visible through the "
+                  "frontend", "", "| trigger | pushes | p50 s | p90 s |", "|---|---|---|---|"]
+        for mode, f in results["publish"].items():
+            lines.append(f"| {mode} | {len(f['all_s'])} | {f['p50_s']:.2f} | {f['p90_s']:.2f} |")
+    if "builds" in results:
+        lines += ["", "**Builds**, 200-post blog, on the host", "", "| build | seconds | peak RSS MiB |",
+                  "|---|---|---|"]
+        for name, f in results["builds"].items():
+            lines.append(f"| {name} | {f['seconds']:.2f} | {f['peak_rss_mib']:.1f} |")
+    if "large" in results:
+        lines += ["", "**Large blogs** (20 tags; cold `nikola build` on the host beside the same commit published "
+                  "through the agent with the default manifest; one post changed per push)", "",
+                  "| posts | nikola build full s (MiB) | nikola build one post s | first publish s | "
+                  "push → live p50 s | p90 s | instance memory peak MiB (anon) | volume used MiB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for posts, f in results["large"].items():
+            full, one = f["nikola_full"], f["nikola_one_post"]
+            publish = f.get("publish") or {}
+            lines.append(f"| {posts} | {full.get('seconds', 'failed')} ({full.get('peak_rss_mib', '-')}) | "
+                         f"{one.get('seconds', 'failed')} | {f.get('first_publish_s', 'failed')} | "
+                         f"{publish.get('p50_s', '-')} | {publish.get('p90_s', '-')} | "
+                         f"{f.get('instance_memory_peak_mib', '-')} | {f.get('volume_used_mib', '-')} |")
+            if f.get("failed"):
+                lines.append(f"| | {f['failed'][:200]} | | | | | | |")
+        lines.append("")
+    idle = results.get("idle")
+    lines += [] if idle is None else [
+              "", f"**Idle** ({idle['seconds']} s without pushes): {idle['builds_started']} builds started, "
               f"{idle['cpu_seconds']} CPU s ({idle['cpu_percent_of_a_core']} % of a core); "
               f"instance RSS (sum over its processes) {idle['instance_rss_mib_at_start']} MiB at the start "
               f"(build worker still loaded), {idle['instance_rss_mib']} MiB at the end (worker ended after "
@@ -450,12 +599,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (3 s wrk, 3 pushes, 20 s idle)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--only", choices=("large",), help="run one section only")
+    parser.add_argument("--sizes", default=",".join(map(str, LARGE_SIZES)),
+                        help="large blogs: post counts (default 200,2000,5000)")
     args = parser.parse_args()
     wrk_seconds, pushes, idle_seconds = (3, 3, 20) if args.quick else (10, 10, 60)
     tmp = Path(tempfile.mkdtemp(prefix="pequod-bench-"))
     results: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "machine": f"{os.cpu_count()} CPUs, {os.uname().release}", "wrk_seconds": wrk_seconds}
     client = engine.ensure_engine(say)
+    sizes = tuple(int(size) for size in args.sizes.split(","))
+    if args.only == "large":
+        results["large"] = bench_large(client, tmp, sizes, pushes)
+        return write_results(args.out, results, tmp, client)
     repo = SiteRepo(tmp / "remote")
     say(f"generating a {POSTS}-post blog")
     generate_blog(repo, POSTS)
@@ -485,15 +641,21 @@ def main() -> int:
         results["publish"] = publish
     finally:
         run.cleanup()
-        if not runtime.our_containers(client):
-            shutil.rmtree(tmp, ignore_errors=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+    results["large"] = bench_large(client, tmp, sizes, pushes)
+    return write_results(args.out, results, tmp, client)
+
+
+def write_results(out: Path, results: dict, tmp: Path, client) -> int:
+    if not runtime.our_containers(client):
+        shutil.rmtree(tmp, ignore_errors=True)
+    args_out = out
+    args_out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args_out / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
-    (args.out / f"{stamp}.md").write_text(text)
+    (args_out / f"{stamp}.md").write_text(text)
     print("\n" + text)
-    say(f"results in {args.out}/{stamp}.json and .md")
+    say(f"results in {args_out}/{stamp}.json and .md")
     return 0
 
 

@@ -599,7 +599,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (3 s wrk, 3 pushes, 20 s idle)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--only", choices=("large",), help="run one section only")
+    parser.add_argument("--only", choices=("large", "https"), help="run one section only")
     parser.add_argument("--sizes", default=",".join(map(str, LARGE_SIZES)),
                         help="large blogs: post counts (default 200,2000,5000)")
     args = parser.parse_args()
@@ -613,6 +613,17 @@ def main() -> int:
         results["large"] = bench_large(client, tmp, sizes, pushes)
         return write_results(args.out, results, tmp, client)
     repo = SiteRepo(tmp / "remote")
+    if args.only == "https":
+        generate_blog(repo, POSTS)
+        run = AgentRun(tmp, client, repo)
+        try:
+            write_yaml(run, "local", poll=10, worker_idle=30)
+            run.start()
+            wait_mode(run, "local")
+            results["https"] = bench_https(run, tmp, wrk_seconds)
+        finally:
+            run.cleanup()
+        return write_results(args.out, results, tmp, client)
     say(f"generating a {POSTS}-post blog")
     generate_blog(repo, POSTS)
     results["builds"] = bench_builds(repo, tmp)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import pwd
+import re
 import signal
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,11 +247,55 @@ class Frontend:
             self.dir.mkdir(parents=True, exist_ok=True)
             replace_file(self.conf, text)
         if running:
-            self.daemon.signal(signal.SIGUSR2)  # seamless reload: listeners pass to the new worker
+            self.reload()
             log.info("frontend reloaded: %s", ", ".join(f"{s.name} → {len(s.servers)} instance(s)" for s in services))
         else:
             self.daemon.start()
         return True
+
+    def reloads(self) -> tuple[int, int, int] | None:
+        """(reloads, failed reloads, current worker's PID) from the master's CLI; None when it does not
+        answer."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.settimeout(2)
+                connection.connect(str(self.dir / "master.sock"))
+                connection.sendall(b"show proc\n")
+                answer = b""
+                while chunk := connection.recv(65536):
+                    answer += chunk
+        except OSError:
+            return None
+        found = re.search(rb"^\d+\s+master\s+(\d+)\s+\[failed: (\d+)\]", answer, re.M)
+        worker = re.search(rb"^# workers\n(\d+)\s+worker", answer, re.M)
+        if not found:
+            return None
+        return int(found.group(1)), int(found.group(2)), int(worker.group(1)) if worker else 0
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """A seamless reload (the listeners pass to the new worker, the old one finishes its requests),
+        one at a time: while the master re-executes itself its CLI is closed and a second SIGUSR2 is lost,
+        and with it the newer configuration. So: wait until the master answers, signal, and wait until
+        it runs a new worker (or says the reload failed)."""
+        deadline = time.monotonic() + timeout
+        before = self.reloads()
+        while before is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            before = self.reloads()
+        self.daemon.signal(signal.SIGUSR2)
+        if before is None:
+            log.warning("HAProxy's master CLI does not answer; reloaded without confirmation")
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.reloads()
+            if now is not None and now[1] > before[1]:
+                raise FrontendError(f"HAProxy refused to reload (see {self.daemon.log_file}); the previous "
+                                    "configuration stays")
+            if now is not None and now[0] > before[0] and now[2] not in (0, before[2]):
+                return
+            time.sleep(0.05)
+        log.warning("HAProxy did not confirm the reload within %.0f s", timeout)
 
     def ensure(self) -> bool:
         """Restart HAProxy if it died (with the configuration last applied)."""

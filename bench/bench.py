@@ -11,12 +11,18 @@
 3. builds of that blog: full, one post changed, nothing changed; wall time and peak RSS, cold
    (a new process, as `nikola build`) and warm (the build worker).
 4. idle: builds started and CPU seconds used by the instance over 60 s without pushes; its RSS.
-6. HTTPS: the frontend over TLS (HAProxy, the agent's `frontend.tls` with a certificate of its own)
-   beside the frontend over plain HTTP, and nginx serving the same release over TLS with the same
-   certificate and key (and over plain HTTP); wrk as in 1; req/s and p99 as ratios to nginx TLS.
 5. under attack: legitimate readers' p50/p99 (4 clients fetching a post page through the frontend,
    with the default per-client limits on) with no attack, then beside 200 trickling connections, a
    flood of distinct junk URLs from 16 addresses, and one client flooding; as ratios to no attack.
+6. HTTPS: the frontend over TLS (HAProxy, the agent's `frontend.tls` with a certificate of its own)
+   and over plain HTTP, beside nginx serving the same release over TLS with the same certificate
+   and key (and over plain HTTP); wrk as in 1; req/s and p99 as ratios to nginx TLS.
+7. large blogs (200, 2,000, 5,000 posts, 20 tags): a cold `nikola build` of the commit on the host
+   (full, one post changed) beside the same blog through the agent with the default manifest: first
+   publish, one-post pushes → live p50/p90, the instance's peak memory, the volume used.
+
+    python bench/bench.py --only large [--sizes 200,2000,5000]   # one section only
+    python bench/bench.py --only https
 
 Results: bench/results/<time>.json and .md (the markdown table is also printed).
 """

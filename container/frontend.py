@@ -261,6 +261,7 @@ class Frontend:
                 connection.settimeout(2)
                 connection.connect(str(self.dir / "master.sock"))
                 connection.sendall(b"show proc\n")
+                connection.shutdown(socket.SHUT_WR)  # the master's CLI closes only then
                 answer = b""
                 while chunk := connection.recv(65536):
                     answer += chunk

@@ -15,8 +15,9 @@ import pytest
 import requests
 import yaml
 
+from container.manifest import load_manifest
 from tests.agent_fixtures import agent_cmd
-from tests.helpers import Process, SiteRepo, free_port, python_env, wait_for
+from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
 
 CONTAINERS_CONF = """\
 [containers]
@@ -90,7 +91,8 @@ def test_the_default_export_runs_under_podman_kube_play(podman_blog: tuple[Podma
     assert "A Pequod Blog" in requests.get(base + "/posts/welcome/", timeout=5).text
     info = json.loads(podman("inspect", container))[0]
     host = info["HostConfig"]
-    assert host["Memory"] == 384 * 1024 * 1024 and host["ReadonlyRootfs"] is True
+    memory = load_manifest(str(REPO_ROOT / "pequod.xml")).resources.memory_mb * 1024 * 1024
+    assert host["Memory"] == memory and host["ReadonlyRootfs"] is True
     assert info["Config"]["User"].split(":")[0] == "10001"
     assert info["EffectiveCaps"] in (None, []) and "no-new-privileges" in host["SecurityOpt"]
     status = podman("exec", container, "cat", "/proc/self/status")

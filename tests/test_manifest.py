@@ -32,7 +32,7 @@ def test_the_blogs_manifest_parses_into_typed_objects() -> None:
     manifest = load_manifest(str(REPO_ROOT / "pequod.xml"))
     assert manifest == Manifest(
         source=str(REPO_ROOT / "pequod.xml"),
-        resources=Resources(memory_mb=384, cpu_vmhz=2000, processes=256, open_files=4096),
+        resources=Resources(memory_mb=640, cpu_vmhz=2000, processes=256, open_files=4096),
         filesystems=(TemporaryFilesystem("/tmp", 64),),
         provides=(ProvidedService("srcco-de", "1", 8000, "/_site/health", 120),),
         requires=(RequiredService("github-https", "1", "github.com", 443),),

@@ -44,7 +44,12 @@ def start(wake: threading.Event, wake_file: Path, repo: str | None) -> Observer 
         wake_file.parent.mkdir(parents=True, exist_ok=True)
         observer.schedule(handler, str(wake_file.parent), recursive=False)
         if handler.repo and os.path.isdir(handler.repo):
-            observer.schedule(handler, handler.repo, recursive=True)
+            # The refs only (packed-refs and HEAD at the top, refs/ below): a push also writes objects,
+            # in temporary directories git creates and removes, which are not worth an inotify watch.
+            observer.schedule(handler, handler.repo, recursive=False)
+            refs = os.path.join(handler.repo, "refs")
+            if os.path.isdir(refs):
+                observer.schedule(handler, refs, recursive=True)
             log.info("watching %s for pushes", handler.repo)
         observer.start()
     except OSError as exc:  # inotify limits: polling still works

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,24 @@ def test_only_ref_changes_of_the_local_remote_wake_the_watcher() -> None:
     assert not is_ref_change(f"{repo}/refs/heads/main.lock", repo)
     assert not is_ref_change(f"{repo}/objects/ab/cdef", repo)
     assert not is_ref_change("/srv/pequod/other.git/refs/heads/main", repo)
+
+
+def test_a_push_to_a_local_remote_wakes_the_watcher_at_once(site_repo, tmp_path: Path) -> None:
+    """Real inotify, real git: a push wakes the watcher; the objects it writes alone do not."""
+    import threading
+
+    from pipeline import triggers
+
+    wake = threading.Event()
+    observer = triggers.start(wake, tmp_path / "wake", str(site_repo.bare))
+    assert observer is not None
+    try:
+        subprocess.run(["git", "--git-dir", str(site_repo.bare), "hash-object", "-w", "--stdin"], input=b"x",
+                       check=True, capture_output=True)
+        assert not wake.wait(1.0)
+        site_repo.add_post("woken", "Woken")
+        site_repo.commit("A post")
+        assert wake.wait(5.0)
+    finally:
+        observer.stop()
+        observer.join(5)

@@ -38,8 +38,10 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, in
 
 
 def free_port() -> int:
+    """A TCP port free on every IPv6 and IPv4 address (servers under test bind ::1, 127.0.0.1 or both)."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-        sock.bind(("::1", 0))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
         return sock.getsockname()[1]
 
 

@@ -230,9 +230,9 @@ class Agent:
                 self.cert_thread = threading.Thread(target=self._obtain, args=(tls,), name="acme", daemon=True)
                 self.cert_thread.start()
         if self.certs.pem.exists():
-            self.publish()  # the HTTPS listener appears with the first certificate
             mtime = self.certs.pem.stat().st_mtime
-            if mtime != self.cert_synced:
+            if mtime != self.cert_synced:  # a new certificate (not on every round of the loop)
+                self.publish()  # the HTTPS listener appears with the first certificate
                 certificates.sync_frontend(self.certs, self.frontend.dir / "admin.sock")
                 self.cert_synced = mtime
 

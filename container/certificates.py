@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from container import proc
+from container import frontend, proc
 from container.bootstrap import TlsSettings
 from container.errors import CertificateError
 from pipeline.layout import replace_file
@@ -250,19 +249,12 @@ def _date(timestamp: float) -> str:
 
 # -- HAProxy's runtime API ---------------------------------------------------------------------------
 
-def _runtime(socket_path: Path, command: str, timeout: float = 10.0) -> str:
+def _runtime(socket_path: Path, command: str) -> str:
     """One command on HAProxy's admin socket; its answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(timeout)
-        try:
-            connection.connect(str(socket_path))
-            connection.sendall(command.encode())
-            chunks = []
-            while chunk := connection.recv(65536):
-                chunks.append(chunk)
-        except OSError as exc:
-            raise CertificateError(f"HAProxy's runtime API at {socket_path}: {exc.strerror or exc}") from None
-    return b"".join(chunks).decode(errors="replace")
+    try:
+        return frontend.cli(socket_path, command)
+    except OSError as exc:
+        raise CertificateError(f"HAProxy's runtime API at {socket_path}: {exc.strerror or exc}") from None
 
 
 def served_serial(socket_path: Path, pem_path: Path) -> str | None:

@@ -214,6 +214,21 @@ def haproxy_user() -> str | None:
         return None
 
 
+def cli(socket_path: Path, command: str, timeout: float = 10.0) -> str:
+    """One command on an HAProxy CLI socket (the workers' admin socket or the master's); its answer.
+    The request side is shut after sending: the master's CLI closes the connection only then.
+    Raises OSError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout)
+        connection.connect(str(socket_path))
+        connection.sendall(command.encode())
+        connection.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def check_config(text: str) -> None:
     with tempfile.NamedTemporaryFile("w", prefix="pequod-haproxy-", suffix=".cfg") as handle:
         handle.write(text)
@@ -257,18 +272,11 @@ class Frontend:
         """(reloads, failed reloads, current worker's PID) from the master's CLI; None when it does not
         answer."""
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                connection.settimeout(2)
-                connection.connect(str(self.dir / "master.sock"))
-                connection.sendall(b"show proc\n")
-                connection.shutdown(socket.SHUT_WR)  # the master's CLI closes only then
-                answer = b""
-                while chunk := connection.recv(65536):
-                    answer += chunk
+            answer = cli(self.dir / "master.sock", "show proc\n", timeout=2)
         except OSError:
             return None
-        found = re.search(rb"^\d+\s+master\s+(\d+)\s+\[failed: (\d+)\]", answer, re.M)
-        worker = re.search(rb"^# workers\n(\d+)\s+worker", answer, re.M)
+        found = re.search(r"^\d+\s+master\s+(\d+)\s+\[failed: (\d+)\]", answer, re.M)
+        worker = re.search(r"^# workers\n(\d+)\s+worker", answer, re.M)
         if not found:
             return None
         return int(found.group(1)), int(found.group(2)), int(worker.group(1)) if worker else 0

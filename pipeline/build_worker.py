@@ -1,16 +1,18 @@
-"""A warm build worker: Nikola and its libraries are imported once, each build runs in a fork.
+"""A warm build worker: Nikola and its libraries are imported once, each site is kept loaded by a site holder.
 
     python -m pipeline.build_worker      (started by pipeline.nikola_build; JSON lines on stdin/stdout)
 
-A build request is one line: {"site_dir", "log_path", "env", "timeout", "limits", "read", "write"}.
-The worker forks; the child (its own session, exactly `env` as its environment, the limits applied,
-confined to reading `read` and writing `write`, stdout and stderr to the log) runs
-`pipeline.nikola_runner` in a fresh copy of the warm interpreter, so nothing of one build can leak
-into the next and the output is exactly that of a cold `nikola build`. The worker is a child
-subreaper: after each build every process the build left behind is ended. The answer is one line:
+A build request is one line: {"site_dir", "log_path", "env", "timeout", "limits", "read", "write", "commit",
+"changes", "base"}. The worker opens the build log and hands the build to a *site holder*, a fork of the
+worker that confines itself (its own session, exactly `env` as its environment, the limits applied,
+confined to reading `read` and writing `write`) before it loads the site's conf.py, and keeps the loaded
+and scanned site between builds (pipeline.site_holder). Each build is a fork of the holder running
+`pipeline.nikola_runner` with stdout and stderr to the log, so nothing of one build can leak into the
+next and the output is exactly that of a cold `nikola build`. The worker is a child subreaper: after
+each build every process the build left behind (but the holder) is ended. The answer is one line:
 {"status", "timed_out", "seconds", "max_rss_kb", "leftovers", "exiting"}. The worker exits after a failed
 build, after BUILDS_PER_WORKER builds, or after IDLE_SECONDS without a request, and is started again on
-demand; its own memory is the imported libraries only.
+demand.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipeline import sandbox
@@ -36,8 +38,10 @@ log = logging.getLogger(__name__)
 
 BUILDS_PER_WORKER = 50
 IDLE_SECONDS = float(os.environ.get("BUILD_WORKER_IDLE", "120"))
+HOLDER_GRACE = 10.0  # seconds the worker gives a holder beyond the build's timeout before it kills it
 
 _child = 0
+_holder: Any = None  # the site holder (pipeline.site_holder.HolderClient) of the last build
 # Process groups of running workers (in the watcher), so that a shutdown can stop a build in progress.
 running_groups: set[int] = set()
 
@@ -52,6 +56,10 @@ class BuildRequest:
     limits: dict[str, int]  # memory_mb, file_mb, processes
     read: list[str]  # what it may read (Landlock)
     write: list[str]  # what it may read and write
+    commit: str | None = None  # the commit being built
+    changes: list[str] | None = None  # paths changed since `base`; None: unknown (a fresh site is loaded)
+    base: str | None = None  # the commit of the last successful build
+    fresh: bool = field(default=False)  # load the site afresh (a clean build)
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -59,6 +67,11 @@ class BuildRequest:
     @classmethod
     def from_line(cls, line: str) -> BuildRequest:
         return cls(**json.loads(line))
+
+    def holder_key(self) -> str:
+        """What a site holder is made for: the same site, confinement and environment (but the commit)."""
+        env = {key: value for key, value in self.env.items() if key != "SITE_COMMIT"}
+        return json.dumps([self.site_dir, self.read, self.write, self.limits, env], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class BuildAnswer:
     max_rss_kb: int
     leftovers: int  # processes the build left behind, ended by the worker
     exiting: bool = False  # the worker ends after this answer
+    site: str = ""  # "warm": the site holder kept the site loaded; "fresh": it was loaded for this build
+    note: str = ""  # why the site was loaded afresh
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -77,8 +92,6 @@ class BuildAnswer:
     @classmethod
     def from_line(cls, line: str) -> BuildAnswer:
         return cls(**json.loads(line))
-
-
 
 
 def warm_up() -> None:
@@ -89,43 +102,27 @@ def warm_up() -> None:
     import nikola.__main__  # noqa: F401
     import nikola.nikola  # noqa: F401
     import nikola.plugin_categories  # noqa: F401
+    import nikola.plugins.misc.scan_posts  # noqa: F401
     import pygments.formatters  # noqa: F401
     import pygments.lexers  # noqa: F401
 
     import pipeline.nikola_runner  # noqa: F401
+    import pipeline.site_holder  # noqa: F401
 
 
-def _run_child(request: BuildRequest) -> int:
-    """In the forked child: become the build, confined (see pipeline.sandbox)."""
-    os.setsid()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)  # stdin is the worker's request pipe
-    os.close(devnull)
-    fd = os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.environ.clear()
-    os.environ.update(request.env)
-    limits = request.limits
-    sandbox.set_limits(memory_mb=limits["memory_mb"], file_mb=limits["file_mb"], processes=limits["processes"])
-    why_not = sandbox.confine(request.read, request.write)
-    print(f"pequod: build confined to {', '.join(request.write)} (Landlock)" if why_not is None
-          else f"pequod: WARNING: {why_not}; the build runs without file confinement", flush=True)
-    from pipeline import nikola_runner
-
-    return nikola_runner.main([request.site_dir])
-
-
-def build(request: BuildRequest) -> BuildAnswer:
+def run_confined_build(build: Callable[[], int], timeout: float) -> BuildAnswer:
+    """Fork; the child (its own session) runs `build` and exits with its status. In the calling process
+    (already confined: the site holder): wait at most `timeout` seconds. What the build left running is
+    ended by the worker (which, unconfined, can see it in /proc; the orphans are the worker's)."""
     global _child
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            os.setsid()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            code = _run_child(request)
+            code = build()
         except BaseException:  # noqa: BLE001 - everything goes to the build log
             traceback.print_exc()
         finally:
@@ -133,7 +130,7 @@ def build(request: BuildRequest) -> BuildAnswer:
             sys.stderr.flush()
             os._exit(code)
     _child = pid
-    deadline = started + request.timeout
+    deadline = started + timeout
     timed_out = False
     while True:
         done, status, usage = os.wait4(pid, os.WNOHANG)
@@ -146,10 +143,58 @@ def build(request: BuildRequest) -> BuildAnswer:
             break
         time.sleep(0.02)
     _child = 0
-    # Whatever the build left running (also daemons that left its session): this worker is their subreaper.
-    leftovers = sandbox.end_descendants()
+    sandbox.reap_children()
     code = os.waitstatus_to_exitcode(status)
-    return BuildAnswer(code, timed_out, round(time.monotonic() - started, 3), usage.ru_maxrss, leftovers)
+    return BuildAnswer(code, timed_out, round(time.monotonic() - started, 3), usage.ru_maxrss, 0)
+
+
+def build(request: BuildRequest) -> BuildAnswer:
+    """Hand `request` to the site holder (a fresh one when the last cannot serve it)."""
+    global _holder
+    from pipeline.site_holder import HolderClient
+
+    started = time.monotonic()
+    key = request.holder_key()
+    if _holder is not None and (request.fresh or _holder.key != key or not _holder.alive()):
+        _stop_holder()
+    fd = os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    note = ""
+    try:
+        while True:
+            fresh = _holder is None
+            if fresh:
+                _holder = HolderClient(key, request)
+            remaining = request.timeout + HOLDER_GRACE - (time.monotonic() - started)
+            answer, status = _holder.ask(request, fd, remaining)
+            if answer is not None and "stale" in answer and not fresh:
+                note = f"loaded afresh: {answer['stale']}"
+                os.write(fd, f"pequod: Nikola site {note}\n".encode())
+                _stop_holder()
+                continue
+            break
+    finally:
+        os.close(fd)
+    seconds = round(time.monotonic() - started, 3)
+    site = "fresh" if fresh else "warm"
+    if answer is None or "stale" in answer:  # the holder ended without an answer, or was killed on time-out
+        _holder = None
+        leftovers = sandbox.end_descendants()
+        code = -9 if status is None else os.waitstatus_to_exitcode(status)
+        return BuildAnswer(code or 1, status is None, seconds, 0, leftovers, site=site, note=note)
+    # Whatever the build left running (also daemons that left its session): the worker is their subreaper.
+    leftovers = sandbox.end_descendants(keep=[_holder.pid])
+    result = replace(BuildAnswer(**answer), seconds=seconds, site=site, note=note, leftovers=leftovers)
+    if result.status != 0:
+        _stop_holder()  # it ends itself after a failed build
+    return result
+
+
+def _stop_holder() -> None:
+    global _holder
+    if _holder is not None:
+        _holder.stop()
+        _holder = None
+        sandbox.end_descendants()  # what it left (it is gone: its orphans are ours)
 
 
 def _kill_child() -> None:
@@ -160,6 +205,9 @@ def _kill_child() -> None:
 
 def _terminate(_signum: int, _frame: object) -> None:
     _kill_child()
+    if _holder is not None and _holder.pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(_holder.pid, signal.SIGKILL)
     sandbox.end_descendants(1.0)
     os._exit(143)
 
@@ -170,21 +218,24 @@ def main() -> int:
     warm_up()
     print(json.dumps({"ready": True, "pid": os.getpid(), "subreaper": subreaper,
                       "landlock_abi": sandbox.landlock_abi()}), flush=True)
-    for number in range(1, BUILDS_PER_WORKER + 1):
-        readable, _, _ = select.select([sys.stdin], [], [], IDLE_SECONDS)
-        if not readable:
-            return 0  # idle: give the memory back
-        line = sys.stdin.readline()
-        if not line:
-            return 0
-        result = build(BuildRequest.from_line(line))
-        # A fresh worker after a failure or BUILDS_PER_WORKER builds.
-        result = replace(result, exiting=result.status != 0 or number == BUILDS_PER_WORKER)
-        sys.stdout.write(result.to_line())
-        sys.stdout.flush()
-        if result.exiting:
-            return 0
-    return 0
+    try:
+        for number in range(1, BUILDS_PER_WORKER + 1):
+            readable, _, _ = select.select([sys.stdin], [], [], IDLE_SECONDS)
+            if not readable:
+                return 0  # idle: give the memory back
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            result = build(BuildRequest.from_line(line))
+            # A fresh worker after a failure or BUILDS_PER_WORKER builds.
+            result = replace(result, exiting=result.status != 0 or number == BUILDS_PER_WORKER)
+            sys.stdout.write(result.to_line())
+            sys.stdout.flush()
+            if result.exiting:
+                return 0
+        return 0
+    finally:
+        _stop_holder()
 
 
 

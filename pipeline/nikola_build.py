@@ -81,6 +81,7 @@ class NikolaBuilder:
         self.worker = BuildWorker(sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir))
         self.last_warm = False  # whether the last build started in an already warm worker
         self.last_max_rss_kb = 0  # peak memory of the last build
+        self.last_site = ""  # "warm": the site stayed loaded since the build before; "fresh": loaded for it
 
     @property
     def output_dir(self) -> Path:
@@ -105,8 +106,13 @@ class NikolaBuilder:
                 else:
                     path.unlink(missing_ok=True)
 
-    def build(self, commit: str, *, clean: bool, log_path: Path) -> str:
-        """Build the checked-out `commit` into output/; return the build log. Raises BuildError."""
+    def build(self, commit: str, *, clean: bool, log_path: Path, changes: list[str] | None = None) -> str:
+        """Build the checked-out `commit` into output/; return the build log. Raises BuildError.
+
+        `changes`: the paths changed since the last successful build (they let the build worker keep the site
+        loaded, see pipeline.site_holder); None when not known."""
+        previous = self.previous_state()
+        base = previous.commit if previous is not None and previous.ok and not clean else None
         self._record_state(BuildState(commit, ok=False))  # until it succeeded: an interrupted build is not trusted
         refuse_escaping_symlinks(self.site_dir, "the site repository", skip=("output", "cache"))
         if clean:
@@ -116,13 +122,15 @@ class NikolaBuilder:
                                         extra={"SITE_COMMIT": commit, "NIKOLA_MONO": "1"})
         request = BuildRequest(str(self.site_dir), str(log_path), self.timeout, env, asdict(self.limits),
                                [*sandbox.SYSTEM_READ, *sandbox.python_paths()],
-                               [str(self.site_dir), str(self.tmp_dir), *sandbox.DEVICES])
+                               [str(self.site_dir), str(self.tmp_dir), *sandbox.DEVICES],
+                               commit=commit, changes=None if base is None else changes, base=base, fresh=clean)
         try:
             answer, self.last_warm = self.worker.build(request)
         except BuildError:
             self._record_state(BuildState(commit, ok=False))
             raise
         self.last_max_rss_kb = answer.max_rss_kb
+        self.last_site = answer.site
         output = log_path.read_text(errors="replace") if log_path.exists() else ""
         status = answer.status
         if answer.timed_out or status != 0:

@@ -72,10 +72,9 @@ def become_subreaper() -> bool:
     return _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def children(pid: int | None = None) -> list[int]:
-    """Direct children of `pid` (default: this process)."""
-    parent = os.getpid() if pid is None else pid
-    found = []
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid: (ppid, state) of every process."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -86,19 +85,42 @@ def children(pid: int | None = None) -> list[int]:
             continue
         # pid (comm) state ppid …: comm may hold spaces and parentheses, so split after the last ')'.
         fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == parent:
-            found.append(int(entry))
+        if len(fields) > 1:
+            found[int(entry)] = (int(fields[1]), fields[0].decode())
     return found
 
 
-def end_descendants(timeout: float = 5.0) -> int:
-    """SIGKILL every remaining child (as subreaper: every descendant, once its parent is gone) and reap
-    them; returns how many were ended."""
-    ended = 0
+def children(pid: int | None = None) -> list[int]:
+    """Direct children of `pid` (default: this process)."""
+    parent = os.getpid() if pid is None else pid
+    return [child for child, (ppid, _state) in _processes().items() if ppid == parent]
+
+
+def descendants(keep: Iterable[int] = ()) -> list[int]:
+    """Living descendants of this process, but the processes in `keep` (not their descendants)."""
+    table = _processes()
+    below: dict[int, list[int]] = {}
+    for pid, (ppid, _state) in table.items():
+        below.setdefault(ppid, []).append(pid)
+    kept = set(keep)
+    found, todo = [], list(below.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(below.get(pid, []))
+        if pid not in kept and table[pid][1] != "Z":
+            found.append(pid)
+    return found
+
+
+def end_descendants(timeout: float = 5.0, keep: Iterable[int] = ()) -> int:
+    """SIGKILL every remaining descendant but `keep` (as subreaper: also every orphan of them) and reap our own
+    children; returns how many were ended. Dead children of a kept process are left for it to reap."""
+    kept = set(keep)
+    ended: set[int] = set()
     deadline = time.monotonic() + timeout
     quiet_rounds = 0
     while time.monotonic() < deadline and quiet_rounds < 3:
-        found = children()
+        found = descendants(kept)
         if not found:
             quiet_rounds += 1
             time.sleep(0.02)
@@ -107,11 +129,23 @@ def end_descendants(timeout: float = 5.0) -> int:
         for pid in found:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            ended.add(pid)
         for pid in found:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-                ended += 1
-    return ended
+        time.sleep(0.005)
+    return len(ended)
+
+
+def reap_children() -> None:
+    """Reap children that have ended, without waiting."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def set_limits(*, memory_mb: int, file_mb: int, processes: int) -> None:

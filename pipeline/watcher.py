@@ -160,7 +160,8 @@ class Watcher:
         record = {"commit": commit, "subject": subject, "author": author, "started_at": started_at, "mode": mode,
                   "release": None}
         try:
-            self.builder.build(commit, clean=reason is not None, log_path=settings.layout.logs / "last-build.log")
+            self.builder.build(commit, clean=reason is not None, log_path=settings.layout.logs / "last-build.log",
+                               changes=None if changes is None else [path for _status, path in changes])
             seconds = round(time.monotonic() - started, 3)
             live = releases.current_release_dir(settings.layout.current)
             meta = releases.Release(
@@ -186,6 +187,7 @@ class Watcher:
             return
         record["release"] = meta.release
         record["worker"] = "warm" if self.builder.last_warm else "cold"
+        record["site"] = self.builder.last_site
         self._finish(record, "success", None, "", started)
         log.info(
             "published %s as %s in %.2f s (%s build)%s", commit[:12], meta.release, seconds, mode,

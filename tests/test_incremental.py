@@ -27,7 +27,8 @@ def build(source: GitSource, builder: NikolaBuilder, log: Path) -> str | None:
     changes = source.changes(previous.commit, commit) if previous else None
     source.checkout(commit)
     reason = clean_build_reason(previous, changes)
-    builder.build(commit, clean=reason is not None, log_path=log)
+    builder.build(commit, clean=reason is not None, log_path=log,
+                  changes=None if changes is None else [path for _status, path in changes])
     return reason
 
 
@@ -49,6 +50,7 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     site_repo.commit("Edit, retag and delete posts")
     assert build(source, builder, tmp_path / "2.log") is None  # really incremental
     assert builder.last_warm  # ... in the worker that stayed loaded: no start-up paid again
+    assert builder.last_site == "warm"  # ... with the site kept loaded (and its unchanged posts reused)
     worker_pid = builder.worker.proc.pid
 
     clean_source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
@@ -106,6 +108,10 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     site_repo.write("posts/generated-0300.rst", generated_post(300, "tag05, new-tag", 40))
     site_repo.commit("Edit, move, delete, retag, add")
     assert build(source, builder, tmp_path / "2.log") is None  # really incremental
+    log = (tmp_path / "2.log").read_text()
+    assert builder.last_site == "warm" and "posts reused" in log, log
+    left_out = int(re.search(r"pequod: (\d+) unchanged post\(s\) left out", log).group(1))
+    assert 250 < left_out < 300  # the changed, moved, added and deleted posts and their neighbours are built
 
     clean_source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
     clean_builder = NikolaBuilder(clean_source.clone_dir, timeout=600)

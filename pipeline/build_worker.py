@@ -37,7 +37,8 @@ from pipeline.errors import BuildError
 log = logging.getLogger(__name__)
 
 BUILDS_PER_WORKER = 50
-IDLE_SECONDS = float(os.environ.get("BUILD_WORKER_IDLE", "120"))
+# A writer's pushes come minutes apart: the worker (and the site it keeps loaded) waits that long.
+IDLE_SECONDS = float(os.environ.get("BUILD_WORKER_IDLE", "900"))
 HOLDER_GRACE = 10.0  # seconds the worker gives a holder beyond the build's timeout before it kills it
 
 _child = 0

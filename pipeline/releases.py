@@ -8,6 +8,7 @@ Layout under DATA_DIR:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -89,30 +90,36 @@ def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | 
 
 
 def _copy_tree(output_dir: Path, tmp: Path, previous: Path | None) -> None:
-    for root, dirs, files in os.walk(output_dir):
-        rel = os.path.relpath(root, output_dir)
-        target_root = tmp / rel if rel != "." else tmp
-        target_root.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            src = os.path.join(root, name)
-            dst = target_root / name
-            if os.path.islink(src):  # checked by the build: it points inside the output
-                os.symlink(os.readlink(src), dst)
-                continue
-            if previous is not None:
-                old = previous / rel / name
-                try:
-                    if _same_file(os.stat(src), os.stat(old, follow_symlinks=False)):
-                        os.link(old, dst)
-                        old_gz = old.with_name(name + ".gz")
-                        if old_gz.is_file() and not os.path.exists(os.path.join(root, name + ".gz")):
-                            os.link(old_gz, dst.with_name(name + ".gz"))
-                        continue
-                except OSError:
-                    pass
-            shutil.copy2(src, dst)
-            precompress(dst)
-        dirs.sort()
+    _copy_dir(str(output_dir), str(tmp), None if previous is None else str(previous))
+
+
+def _copy_dir(src_dir: str, dst_dir: str, old_dir: str | None) -> None:
+    """One directory of _copy_tree, then its subdirectories (one stat per file, from the directory scan)."""
+    os.makedirs(dst_dir, exist_ok=True)
+    with os.scandir(src_dir) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    names = {entry.name for entry in entries}
+    for entry in entries:
+        name, dst = entry.name, os.path.join(dst_dir, entry.name)
+        if entry.is_symlink():  # checked by the build: it points inside the output
+            os.symlink(os.readlink(entry.path), dst)
+            continue
+        if entry.is_dir():
+            _copy_dir(entry.path, dst, None if old_dir is None else os.path.join(old_dir, name))
+            continue
+        if old_dir is not None:
+            old = os.path.join(old_dir, name)
+            try:
+                if _same_file(entry.stat(follow_symlinks=False), os.stat(old, follow_symlinks=False)):
+                    os.link(old, dst)
+                    if name + ".gz" not in names:  # the output's own .gz wins over the one made for the old file
+                        with contextlib.suppress(OSError):
+                            os.link(old + ".gz", dst + ".gz")
+                    continue
+            except OSError:
+                pass
+        shutil.copy2(entry.path, dst)
+        precompress(Path(dst))
 
 
 def current_release_dir(current_link: Path) -> Path | None:

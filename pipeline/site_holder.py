@@ -387,6 +387,7 @@ def serve(sock: socket.socket, first: Any) -> int:
     limits = first.limits
     sandbox.set_limits(memory_mb=limits["memory_mb"], file_mb=limits["file_mb"], processes=limits["processes"])
     why_not = sandbox.confine(first.read, first.write)
+    _HOLDER_FDS.append(sock.fileno())
     site: WarmSite | None = None
     while True:
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 1)
@@ -441,6 +442,7 @@ def serve(sock: socket.socket, first: Any) -> int:
             return 0
 
 
+_HOLDER_FDS: list[int] = []  # the holder's socket to the worker
 AGAIN = 75  # a build that left tasks out finds the site-wide context changed: it is run again in full
 
 
@@ -450,24 +452,26 @@ def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any,
 
     read_end, write_end = os.pipe()
     try:
-        answer = run_confined_build(lambda: _build(site, skip, write_end),
+        answer = run_confined_build(lambda: _build(site, skip, write_end, read_end),
                                     request.timeout - (time.monotonic() - started))
-        os.close(write_end)
-        write_end = -1
-        with os.fdopen(read_end, "rb") as report:
-            read_end = -1
-            fingerprint = report.read(64).decode() or None
+        # Written before the build exited; not waited for (a process it left may still hold the pipe).
+        os.set_blocking(read_end, False)
+        try:
+            fingerprint = os.read(read_end, 64).decode() or None
+        except BlockingIOError:
+            fingerprint = None
     finally:
-        for fd in (read_end, write_end):
-            if fd >= 0:
-                os.close(fd)
+        os.close(read_end)
+        os.close(write_end)
     return answer, fingerprint
 
 
-def _build(site: WarmSite, skip: bool, report_fd: int) -> int:
+def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
     """In the fork: `nikola build`, leaving out the tasks of unchanged posts where that is exact."""
     from pipeline import nikola_runner
 
+    for fd in (read_end, *_HOLDER_FDS):  # what the build (and what it starts) has no business with
+        os.close(fd)
     nikola = site.doit_nikola.nikola
     skips = Skips(nikola, site.unchanged if skip else [])
     if skips.candidates:

@@ -159,11 +159,39 @@ class StatCache:
         Runner.execute_task = execute_task
 
 
+def sort_posts_chronologically(posts: Any, lang: str | None = None) -> list:
+    """Nikola's own sort, with the date order decided on each post's instant (its timestamp) instead of by
+    comparing time-zone-aware datetimes, which asks both time zones for their offset at every comparison
+    (300,000 times in one scan of 2,000 posts). Same order: two aware datetimes compare as their instants,
+    and a timestamp tells instants a microsecond apart. Naive dates are left to Nikola's sort. The steps are
+    Nikola 8.3.3's (the version pinned; with another one Nikola's own sort is used, see speed_up_doit)."""
+    posts = list(posts)
+    if any(post.date.tzinfo is None for post in posts):
+        return _nikola_sort(posts, lang)
+    import natsort
+
+    posts = sorted(posts, key=lambda p: p.source_path)
+    if lang is not None:
+        posts = natsort.natsorted(posts, key=lambda p: p.title(lang), alg=natsort.ns.F | natsort.ns.IC)
+    posts = sorted(posts, key=lambda p: p.date.timestamp(), reverse=True)
+    return sorted(posts, key=lambda p: int(p.meta("priority")) if p.meta("priority") else 0, reverse=True)
+
+
+_nikola_sort: Any = None
+
+
 def speed_up_doit() -> None:
-    """Per-task overhead of doit that does not depend on the task, computed once (see CachedSignatures)."""
+    """Per-task overhead of doit that does not depend on the task, computed once (see CachedSignatures), and
+    Nikola's post sort without time zone lookups (see sort_posts_chronologically)."""
+    global _nikola_sort
     import doit.dependency
+    import nikola
+    from nikola.nikola import Nikola
 
     doit.dependency.inspect = CachedSignatures()  # type: ignore[assignment]
+    if _nikola_sort is None and nikola.__version__ == "8.3.3":
+        _nikola_sort = Nikola.sort_posts_chronologically
+        Nikola.sort_posts_chronologically = staticmethod(sort_posts_chronologically)  # type: ignore[assignment]
 
 
 def remove_orphans(site: object, targets: list[str] | None = None) -> int:

@@ -43,3 +43,39 @@ def test_cached_signatures_equal_inspects_for_every_kind_of_callable() -> None:
     # one entry per class and per method function; none for the rest
     assert len(cached._cache) == 2
     assert cached.isclass(Check)  # everything else is inspect's
+
+
+class FakePost:
+    """What Nikola's sort reads of a post."""
+
+    def __init__(self, path: str, date, priority: str = "", title: str = "t") -> None:
+        self.source_path, self.date, self._priority, self._title = path, date, priority, title
+
+    def meta(self, key: str) -> str:
+        return self._priority if key == "priority" else ""
+
+    def title(self, lang: str) -> str:
+        return self._title
+
+
+def test_the_post_sort_is_nikolas() -> None:
+    import datetime
+    import random
+
+    from dateutil import tz
+    from nikola.nikola import Nikola
+
+    from pipeline import nikola_runner
+
+    nikola_runner.speed_up_doit()
+    assert Nikola.sort_posts_chronologically is not nikola_runner._nikola_sort  # installed (Nikola 8.3.3)
+    zones = [tz.tzutc(), tz.gettz("Europe/Berlin"), tz.gettz("America/New_York"), tz.tzoffset(None, 5400)]
+    base = datetime.datetime(2025, 3, 30, 0, 30, tzinfo=tz.tzutc())  # Berlin changes its offset that night
+    rng = random.Random(7)
+    posts = []
+    for number in range(400):
+        instant = base + datetime.timedelta(minutes=rng.randrange(0, 240), microseconds=rng.choice([0, 0, 1, 2]))
+        posts.append(FakePost(f"posts/p{rng.randrange(50):02d}-{number}.rst", instant.astimezone(rng.choice(zones)),
+                              rng.choice(["", "", "1", "3"]), rng.choice(["B", "a", "A10", "a9"])))
+    for lang in (None, "en"):
+        assert nikola_runner.sort_posts_chronologically(posts, lang) == nikola_runner._nikola_sort(posts, lang)

@@ -48,6 +48,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import sys
@@ -99,6 +100,8 @@ def fingerprint(value: Any, depth: int = 0) -> Any:
         return ("partial", deeper(value.func), deeper(value.args), deeper(value.keywords))
     if isinstance(value, datetime.date | datetime.time | datetime.timedelta | datetime.tzinfo | pathlib.PurePath):
         return (type(value).__name__, repr(value))
+    if isinstance(value, re.Pattern):
+        return ("pattern", value.pattern, value.flags)
     if value is Ellipsis:
         return ("ellipsis",)
     raise Unfingerprintable(f"a value of type {type(value).__qualname__}")

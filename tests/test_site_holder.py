@@ -55,6 +55,7 @@ def test_closures_and_partials_count_by_value() -> None:
     assert fingerprint(functools.partial(int, base=2)) != fingerprint(functools.partial(int, base=8))
     assert fingerprint({"a": 1, "b": 2}) != fingerprint({"b": 2, "a": 1})  # order matters to Nikola
     assert fingerprint(datetime.UTC) == fingerprint(datetime.UTC)
+    assert fingerprint(re.compile("a+")) == fingerprint(re.compile("a+")) != fingerprint(re.compile("a+", re.I))
 
 
 def test_values_of_unknown_kinds_are_not_compared() -> None:

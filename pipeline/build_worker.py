@@ -111,26 +111,34 @@ def warm_up() -> None:
     import pipeline.site_holder  # noqa: F401
 
 
+def fork_call(function: Callable[[], int], new_session: bool = False) -> int:
+    """Fork; the child runs `function` (default SIGTERM, its own session if asked) and exits with its
+    status, a traceback going to its stderr. Returns the child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if new_session:
+                os.setsid()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = function()
+        except BaseException:  # noqa: BLE001 - everything goes to the build log
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
 def run_confined_build(build: Callable[[], int], timeout: float) -> BuildAnswer:
     """Fork; the child (its own session) runs `build` and exits with its status. In the calling process
     (already confined: the site holder): wait at most `timeout` seconds. What the build left running is
     ended by the worker (which, unconfined, can see it in /proc; the orphans are the worker's)."""
     global _child
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setsid()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            code = build()
-        except BaseException:  # noqa: BLE001 - everything goes to the build log
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _child = pid
+    pid = _child = fork_call(build, new_session=True)
     deadline = started + timeout
     timed_out = False
     while True:

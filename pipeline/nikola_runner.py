@@ -13,6 +13,7 @@ import os
 import secrets
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,6 @@ class SharedEncodings:
     def install(self) -> None:
         import hashlib
 
-        from doit.runner import Runner
         from nikola import utils
 
         shared = self
@@ -106,15 +106,22 @@ class SharedEncodings:
 
         original_digest = utils.config_changed._calc_digest
         utils.config_changed._calc_digest = calc_digest
-        original_execute = Runner.execute_task
+        after_each_task(self.forget)
 
-        def execute_task(runner: Any, task: Any) -> Any:
-            try:
-                return original_execute(runner, task)
-            finally:
-                shared.forget()
 
-        Runner.execute_task = execute_task
+def after_each_task(callback: Callable[[], None]) -> None:
+    """Call `callback` whenever doit has run a task (what a task writes can change what was remembered)."""
+    from doit.runner import Runner
+
+    original_execute = Runner.execute_task
+
+    def execute_task(runner: Any, task: Any) -> Any:
+        try:
+            return original_execute(runner, task)
+        finally:
+            callback()
+
+    Runner.execute_task = execute_task
 
 
 class StatCache:
@@ -143,20 +150,11 @@ class StatCache:
 
     def install(self) -> None:
         from doit.dependency import FileChangedChecker
-        from doit.runner import Runner
 
         cache = self
         FileChangedChecker.info = lambda _checker, path: cache.info(path)  # type: ignore[method-assign]
         FileChangedChecker.exists = lambda _checker, path: cache.exists(path)  # type: ignore[method-assign]
-        original_execute = Runner.execute_task
-
-        def execute_task(runner: Any, task: Any) -> Any:
-            try:
-                return original_execute(runner, task)
-            finally:
-                cache.forget()
-
-        Runner.execute_task = execute_task
+        after_each_task(self.forget)
 
 
 def sort_posts_chronologically(posts: Any, lang: str | None = None) -> list:

@@ -497,23 +497,16 @@ class HolderClient:
 
     def __init__(self, key: str, request: Any) -> None:
         self.key = key
+        from pipeline.build_worker import fork_call
+
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                parent.close()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = serve(child, request)
-            except BaseException:  # noqa: BLE001
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
+
+        def run_holder() -> int:
+            parent.close()
+            return serve(child, request)
+
+        self.pid = fork_call(run_holder)
         child.close()
-        self.pid = pid
         self.sock = parent
 
     def ask(self, request: Any, log_fd: int, timeout: float) -> tuple[dict | None, int | None]:

@@ -60,7 +60,8 @@ def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None 
             + (f" by {_e(live_build.get('author'))}" if live_build.get("author") else "")
             + f"<br>release <code>{_e(current.get('release'))}</code>, live since {_e(current.get('built_at'))}, "
             f"built in {_e(current.get('build_seconds'))} s"
-            + (f" ({_e(live_build.get('worker'))} worker, {_e(live_build.get('mode'))})" if live_build else "")
+            + (f" ({_e(live_build.get('worker'))} worker, {_e(live_build.get('mode'))}"
+               + (", site kept loaded" if live_build.get("site") == "warm" else "") + ")" if live_build else "")
             + "</div>")
     else:
         parts.append("<div class='box error'>No release is live yet.</div>")

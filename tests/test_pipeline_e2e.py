@@ -49,6 +49,8 @@ def test_push_goes_live_and_idle_remote_builds_nothing(site_repo: SiteRepo, star
     status = site.status()
     assert status["builds"][0]["result"] == "success" and status["builds"][0]["mode"] == "incremental"
     assert [b["worker"] for b in status["builds"]] == ["warm", "cold"]  # Nikola stayed loaded
+    assert [b["site"] for b in status["builds"]] == ["warm", "fresh"]  # ... and so did the site
+    assert "site kept loaded" in site.get("/_site/").text
     builds_before, check_before = len(status["builds"]), status["last_check"]
     time.sleep(10 * 0.3 + 1.5)  # ten poll intervals with the remote unchanged
     status = site.status()

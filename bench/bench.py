@@ -286,10 +286,8 @@ def wait_mode(run: AgentRun, mode: str) -> None:
 
 
 def publish_latency(run: AgentRun, mode: str, pushes: int, start_revision: int,
-                    tags_from: list[str] | None = None, also: dict[str, str] | None = None,
-                    base: str | None = None) -> list[float]:
-    """Push → the new text through the frontend (or at `base`: the instance itself), `pushes` times (one
-    post changed, and the files in `also`)."""
+                    tags_from: list[str] | None = None, also: dict[str, str] | None = None) -> list[float]:
+    """Push → the new text through the frontend, `pushes` times (one post changed, and the files in `also`)."""
     seconds = []
     for index in range(pushes):
         number, revision = 100 + index, start_revision + index
@@ -301,7 +299,7 @@ def publish_latency(run: AgentRun, mode: str, pushes: int, start_revision: int,
         if mode == "webhook":
             requests.post(run.frontend + "/_site/hook", headers={"X-Hook-Token": SECRET}, timeout=5)
         marker = f"rev-{revision}-of-{number}"
-        url = f"{base or run.frontend}/posts/post-{number:03d}/"
+        url = f"{run.frontend}/posts/post-{number:03d}/"
         wait_for(f"{marker} through the frontend",
                  lambda marker=marker, url=url: marker in requests.get(url, timeout=5).text, 300,
                  interval=0.05)
@@ -422,10 +420,6 @@ def bench_large(client, tmp: Path, sizes: tuple[int, ...], pushes: int) -> dict:
                     wait_for("the first publish", lambda run=run: first_publish(run), 1800, interval=1)
                     row["first_publish_s"] = round(time.monotonic() - started, 1)
                     row["publish"] = summary(publish_latency(run, "local", pushes, 5000, LARGE_TAGS))
-                    # The same on the instance, without the frontend cache's 1-s steps.
-                    instance = f"http://[{run.instances()[0]['ipv6']}]:8000"
-                    row["publish_instance"] = summary(publish_latency(run, "local", pushes, 7000, LARGE_TAGS,
-                                                                      base=instance))
                     # A file outside the post folders changed too: the build loads the site afresh (as after
                     # a clean build, or once the worker ended after BUILD_WORKER_IDLE).
                     row["publish_fresh"] = summary(publish_latency(run, "local", 3, 6000, LARGE_TAGS,
@@ -573,20 +567,19 @@ def markdown(results: dict) -> str:
         lines += ["", "**Large blogs** (20 tags; cold `nikola build` on the host beside the same commit published "
                   "through the agent with the default manifest; one post changed per push)", "",
                   "| posts | nikola build full s (MiB) | nikola build one post s | first publish s | "
-                  "push → live p50 s | p90 s | on the instance p50 s | site loaded afresh: push → live p50 s | "
+                  "push → live p50 s | p90 s | site loaded afresh: push → live p50 s | "
                   "instance memory peak MiB (anon) | volume used MiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|"]
         for posts, f in results["large"].items():
             full, one = f["nikola_full"], f["nikola_one_post"]
             publish = f.get("publish") or {}
             lines.append(f"| {posts} | {full.get('seconds', 'failed')} ({full.get('peak_rss_mib', '-')}) | "
                          f"{one.get('seconds', 'failed')} | {f.get('first_publish_s', 'failed')} | "
                          f"{publish.get('p50_s', '-')} | {publish.get('p90_s', '-')} | "
-                         f"{(f.get('publish_instance') or {}).get('p50_s', '-')} | "
                          f"{(f.get('publish_fresh') or {}).get('p50_s', '-')} | "
                          f"{f.get('instance_memory_peak_mib', '-')} | {f.get('volume_used_mib', '-')} |")
             if f.get("failed"):
-                lines.append(f"| | {f['failed'][:200]} | | | | | | | | |")
+                lines.append(f"| | {f['failed'][:200]} | | | | | | | |")
         lines.append("")
     idle = results.get("idle")
     lines += [] if idle is None else [

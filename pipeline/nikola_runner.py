@@ -7,6 +7,7 @@ give exactly the output of a clean build.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -166,37 +167,28 @@ def sort_posts_chronologically(posts: Any, lang: str | None = None) -> list:
     posts = list(posts)
     if any(post.date.tzinfo is None for post in posts):
         return _nikola_sort(posts, lang)
-    import natsort
-
     posts = sorted(posts, key=lambda p: p.source_path)
     if lang is not None:  # natsort.natsorted(posts, key=title, alg=F|IC) is sorted() with this key
-        natural = _title_keys(natsort)
-        posts = sorted(posts, key=lambda p: natural(p.title(lang)))
+        posts = sorted(posts, key=lambda p: _natural_key(p.title(lang)))
     posts = sorted(posts, key=lambda p: p.date.timestamp(), reverse=True)
     return sorted(posts, key=lambda p: int(p.meta("priority")) if p.meta("priority") else 0, reverse=True)
 
 
 _nikola_sort: Any = None
-_natural_keys: dict[str, Any] = {}
-_keygen: list = []
 
 
-def _title_keys(natsort: Any) -> Callable[[str], Any]:
+@functools.lru_cache(maxsize=100_000)
+def _natural_key(title: str) -> Any:
     """natsort's key of a title (ns.F | ns.IC: no locale involved, so a function of the text alone), each
     title's computed once per process: a scan sorts every tag's posts by title again."""
-    if not _keygen:
-        _keygen.append(natsort.natsort_keygen(alg=natsort.ns.F | natsort.ns.IC))
-    keygen = _keygen[0]
+    return _natural_keygen()(title)
 
-    def natural(title: str) -> Any:
-        found = _natural_keys.get(title)
-        if found is None:
-            if len(_natural_keys) > 100_000:
-                _natural_keys.clear()
-            found = _natural_keys[title] = keygen(title)
-        return found
 
-    return natural
+@functools.cache
+def _natural_keygen() -> Callable[[str], Any]:
+    import natsort
+
+    return natsort.natsort_keygen(alg=natsort.ns.F | natsort.ns.IC)
 
 
 def speed_up_doit() -> None:

@@ -90,12 +90,6 @@ def _processes() -> dict[int, tuple[int, str]]:
     return found
 
 
-def children(pid: int | None = None) -> list[int]:
-    """Direct children of `pid` (default: this process)."""
-    parent = os.getpid() if pid is None else pid
-    return [child for child, (ppid, _state) in _processes().items() if ppid == parent]
-
-
 def descendants(keep: Iterable[int] = ()) -> list[int]:
     """Living descendants of this process, but the processes in `keep` (not their descendants)."""
     table = _processes()

@@ -93,9 +93,10 @@ def fingerprint(value: Any, depth: int = 0) -> Any:
         return ("module", value.__name__)
     if isinstance(value, type):
         return ("type", value.__module__, value.__qualname__)
-    if isinstance(value, types.BuiltinFunctionType):
-        return ("builtin", getattr(value, "__module__", None), value.__qualname__, id(getattr(value, "__self__", None))
-                if not isinstance(getattr(value, "__self__", None), types.ModuleType) else None)
+    if isinstance(value, types.BuiltinFunctionType):  # a module's function, or a method of one object
+        owner = getattr(value, "__self__", None)
+        return ("builtin", getattr(value, "__module__", None), value.__qualname__,
+                None if owner is None or isinstance(owner, types.ModuleType) else id(owner))
     if isinstance(value, functools.partial):
         return ("partial", deeper(value.func), deeper(value.args), deeper(value.keywords))
     if isinstance(value, datetime.date | datetime.time | datetime.timedelta | datetime.tzinfo | pathlib.PurePath):
@@ -129,8 +130,6 @@ class PostReuse:
         self.previous: dict[tuple, Any] = {}
         self.current: dict[tuple, Any] = {}
         self.changes: list[str] | None = None
-        self.reused = 0
-        self.scanned = 0
         self._real: Any = None
         self._reused_now: set[int] = set()
         self._reused_ids: set[int] = set()
@@ -147,7 +146,17 @@ class PostReuse:
                 namespace["Post"] = self.make
 
     def begin(self, changes: list[str] | None) -> None:
-        self.changes, self.current, self.reused, self.scanned = changes, {}, 0, 0
+        self.changes, self.current = changes, {}
+
+    @property
+    def scanned(self) -> int:
+        """Posts the last scan made."""
+        return len(self.previous)
+
+    @property
+    def reused(self) -> int:
+        """Of those, given back from the scan before."""
+        return len(self._reused_ids)
 
     def end(self) -> None:
         self.previous, self.current = self.current, {}
@@ -172,12 +181,10 @@ class PostReuse:
         base = getattr(destination_base, "_inp", destination_base)
         key = (source_path, destination, use_in_feeds, template_name, id(compiler), id(config), id(messages),
                id(metadata_extractors_by), json.dumps(base, sort_keys=True, default=repr))
-        self.scanned += 1
         post = self.previous.get(key)
         if post is not None and self.reusable(post):
             post.__dict__.pop("_prev_post", None)  # set by the scan that follows, as on a new Post
             post.__dict__.pop("_next_post", None)
-            self.reused += 1
             self._reused_now.add(id(post))
         else:
             post = self._real(source_path, config, destination, use_in_feeds, messages, template_name, compiler,

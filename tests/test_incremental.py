@@ -32,6 +32,17 @@ def build(source: GitSource, builder: NikolaBuilder, log: Path) -> str | None:
     return reason
 
 
+def clean_tree(site_repo: SiteRepo, tmp_path: Path, timeout: float = 300) -> dict[str, bytes]:
+    """The output of a clean build of the remote's head, in a clone and worker of its own."""
+    source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
+    builder = NikolaBuilder(source.clone_dir, timeout=timeout)
+    try:
+        build(source, builder, tmp_path / "clean.log")
+        return tree(builder.output_dir)
+    finally:
+        builder.worker.stop()
+
+
 def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: Path) -> None:
     source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
     builder = NikolaBuilder(source.clone_dir, timeout=300)
@@ -53,11 +64,7 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     assert builder.last_site == "warm"  # ... with the site kept loaded (and its unchanged posts reused)
     worker_pid = builder.worker.proc.pid
 
-    clean_source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
-    clean_builder = NikolaBuilder(clean_source.clone_dir, timeout=300)
-    build(clean_source, clean_builder, tmp_path / "3.log")
-
-    incremental, clean = tree(builder.output_dir), tree(clean_builder.output_dir)
+    incremental, clean = tree(builder.output_dir), clean_tree(site_repo, tmp_path)
     assert sorted(incremental) == sorted(clean)
     assert incremental == clean
     assert "categories/limits/index.html" not in incremental and "posts/atomic-deploys/index.html" not in incremental
@@ -65,7 +72,6 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     assert b"Every single" in incremental["posts/welcome/index.html"]
     assert builder.worker.proc.pid == worker_pid
     builder.worker.stop()
-    clean_builder.worker.stop()
 
 
 def test_configuration_changes_get_a_clean_build(site_repo: SiteRepo, tmp_path: Path) -> None:
@@ -113,10 +119,7 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     left_out = int(re.search(r"pequod: (\d+) unchanged post\(s\) left out", log).group(1))
     assert 250 < left_out < 300  # the changed, moved, added and deleted posts and their neighbours are built
 
-    clean_source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
-    clean_builder = NikolaBuilder(clean_source.clone_dir, timeout=600)
-    build(clean_source, clean_builder, tmp_path / "3.log")
-    incremental, clean = tree(builder.output_dir), tree(clean_builder.output_dir)
+    incremental, clean = tree(builder.output_dir), clean_tree(site_repo, tmp_path, timeout=600)
     assert sorted(incremental) == sorted(clean)
     assert incremental == clean
     assert "categories/only-here/index.html" not in incremental and "categories/only-here.xml" not in incremental
@@ -124,4 +127,3 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     assert "categories/new-tag/index.html" in incremental and "posts/generated-0300/index.html" in incremental
     assert b"Edited text." in incremental["posts/generated-0100/index.html"]
     builder.worker.stop()
-    clean_builder.worker.stop()

@@ -18,7 +18,7 @@ from pipeline.git_source import GitSource
 from pipeline.nikola_build import NikolaBuilder
 from pipeline.site_holder import Unfingerprintable, configuration, fingerprint
 from tests.helpers import REPO_ROOT, SiteRepo, python_env
-from tests.test_incremental import build, tree
+from tests.test_incremental import build, clean_tree, tree
 
 
 # -- the configuration's fingerprint -----------------------------------------------------------------
@@ -103,16 +103,6 @@ def _post(slug: str, day: int, text: str = "", when: str | None = None) -> str:
     return f".. title: Post {slug}\n.. slug: {slug}\n.. date: {date}\n.. tags: held\n\n{text or 'Words.'}\n"
 
 
-def _clean_tree(site_repo: SiteRepo, tmp_path: Path, name: str) -> dict[str, bytes]:
-    source = GitSource(site_repo.url, "main", tmp_path / name, timeout=60)
-    builder = NikolaBuilder(source.clone_dir, timeout=300)
-    try:
-        build(source, builder, tmp_path / f"{name}.log")
-        return tree(builder.output_dir)
-    finally:
-        builder.worker.stop()
-
-
 @pytest.fixture
 def held(site_repo: SiteRepo, tmp_path: Path):
     for day in range(1, 21):
@@ -146,7 +136,7 @@ def test_a_change_outside_the_post_folders_loads_the_site_afresh(held, site_repo
     log = again()
     assert builder.last_site == "fresh"
     assert "loaded afresh: files/notes.txt changed (outside the post folders)" in log
-    assert tree(builder.output_dir) == _clean_tree(site_repo, tmp_path, "clean")
+    assert tree(builder.output_dir) == clean_tree(site_repo, tmp_path)
 
 
 def test_a_configuration_that_reads_the_commit_is_loaded_for_every_build(held, site_repo: SiteRepo,
@@ -181,7 +171,7 @@ def test_a_scheduled_post_appears_once_its_time_has_come(held, site_repo: SiteRe
     log = again()
     assert builder.last_site == "warm", log
     assert "posts/later/" in index.read_text() and "posts/later/" in feed.read_text()
-    assert tree(builder.output_dir) == _clean_tree(site_repo, tmp_path, "clean")
+    assert tree(builder.output_dir) == clean_tree(site_repo, tmp_path)
 
 
 def test_what_a_configuration_starts_is_ended_and_the_holder_stays_confined(held, site_repo: SiteRepo) -> None:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
 
-from container import engine, runtime  # noqa: E402
+from container import engine, metrics, runtime  # noqa: E402
 from pipeline.nikola_build import NikolaBuilder  # noqa: E402
 from tests.acme_server import make_certificate  # noqa: E402
 from tests.agent_fixtures import AgentRun  # noqa: E402
@@ -319,21 +319,15 @@ def summary(values: list[float]) -> dict:
 def cgroup_memory(pid: int) -> dict[str, int]:
     """Memory of the cgroup the process is in: `anon` (what its processes hold; page cache of the files
     they wrote is not counted, the kernel reclaims it at the limit) and `usage` (both)."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
+    found = metrics.memory_cgroup(pid)
+    if found is None:
         return {}
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        with contextlib.suppress(OSError, ValueError):
-            if "memory" in controllers.split(","):  # cgroup v1
-                base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-                stat = dict(item.split() for item in (base / "memory.stat").read_text().splitlines())
-                return {"anon": int(stat["total_rss"]), "usage": int((base / "memory.usage_in_bytes").read_text())}
-            if controllers == "":  # cgroup v2
-                base = Path("/sys/fs/cgroup") / path.lstrip("/")
-                stat = dict(item.split() for item in (base / "memory.stat").read_text().splitlines())
-                return {"anon": int(stat["anon"]), "usage": int((base / "memory.current").read_text())}
+    base, v2 = found
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        stat = dict(item.split() for item in (base / "memory.stat").read_text().splitlines())
+        if v2:
+            return {"anon": int(stat["anon"]), "usage": int((base / "memory.current").read_text())}
+        return {"anon": int(stat["total_rss"]), "usage": int((base / "memory.usage_in_bytes").read_text())}
     return {}
 
 

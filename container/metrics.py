@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 CGROUP = Path("/sys/fs/cgroup")
 
 
-def cgroup_usage(pid: int) -> tuple[int, float] | None:
-    """(memory bytes, CPU seconds) of the cgroup the process is in (cgroup v1 or v2); None when unknown."""
+def _cgroup_paths(pid: int) -> dict[str, str] | None:
+    """Controller → the process's cgroup below it (`""`: the unified hierarchy of cgroup v2)."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
@@ -33,13 +33,33 @@ def cgroup_usage(pid: int) -> tuple[int, float] | None:
         _, controllers, path = line.split(":", 2)
         for controller in controllers.split(",") if controllers else [""]:
             paths[controller] = path.lstrip("/")
+    return paths
+
+
+def memory_cgroup(pid: int) -> tuple[Path, bool] | None:
+    """The directory of the process's memory cgroup and whether it is cgroup v2; None when unknown."""
+    paths = _cgroup_paths(pid)
+    if paths is None:
+        return None
+    if "" in paths and (CGROUP / paths[""] / "memory.current").exists():
+        return CGROUP / paths[""], True
+    if "memory" in paths:
+        return CGROUP / "memory" / paths["memory"], False
+    return None
+
+
+def cgroup_usage(pid: int) -> tuple[int, float] | None:
+    """(memory bytes, CPU seconds) of the cgroup the process is in (cgroup v1 or v2); None when unknown."""
+    found, paths = memory_cgroup(pid), _cgroup_paths(pid)
+    if found is None or paths is None:
+        return None
+    base, v2 = found
     try:
-        if "" in paths and (CGROUP / paths[""] / "memory.current").exists():  # v2
-            base = CGROUP / paths[""]
+        if v2:
             memory = int((base / "memory.current").read_text())
             usage = dict(line.split() for line in (base / "cpu.stat").read_text().splitlines())
             return memory, int(usage["usage_usec"]) / 1e6
-        memory = int((CGROUP / "memory" / paths["memory"] / "memory.usage_in_bytes").read_text())
+        memory = int((base / "memory.usage_in_bytes").read_text())
         cpuacct = next(CGROUP / mount / paths["cpuacct"] / "cpuacct.usage" for mount in ("cpuacct", "cpu,cpuacct")
                        if (CGROUP / mount / paths["cpuacct"] / "cpuacct.usage").exists())
         return memory, int(cpuacct.read_text()) / 1e9

@@ -248,7 +248,11 @@ class Agent:
 
     # -- instances ----------------------------------------------------------------------------
     def adopt(self, sup: Supervised) -> None:
-        """Take over a running instance left by an earlier agent (the newest healthy one); remove the rest."""
+        """Take over a running instance left by an earlier agent (the newest healthy one); remove the rest.
+
+        The earlier agent may have been killed while it wired the instance (its network is finished here) or
+        before the instance was healthy: one younger than its start period gets the rest of it, as a pending
+        instance, instead of the 10 s of liveness of one that served already."""
         running = []
         for instance in runtime.instances(self.client, ZONE):
             if instance.application != sup.app.name:
@@ -262,12 +266,19 @@ class Agent:
         for duplicate in duplicates:
             log.warning("removing duplicate instance %s", duplicate.name)
             runtime.remove(self.client, duplicate.name)
-        if kept is not None:
+        if kept is None:
+            return
+        missing = network.ensure_wired(kept.pid, kept.name, self.network(), kept.address)
+        if missing:
+            log.info("re-wired the network of %s: it lacked %s", kept.name, ", ".join(missing))
+        self.state.write_etc_file(kept.name, "hosts", self._hosts(sup.app, kept.address))
+        start_left = supervision.start_period_left(kept, sup.app.health_timeout, time.time())
+        if start_left > 0 and not self.healthy(sup.app, kept):
+            sup.pending = Pending(kept, time.monotonic() + start_left)
+            log.info("re-adopted running instance %s (%s), still starting: %.0f s left to become healthy",
+                     kept.name, kept.address, start_left)
+        else:
             sup.serving = kept
-            if str(kept.address) not in network.instance_addresses(kept.pid):
-                log.info("re-wiring the network of %s", kept.name)
-                network.wire_instance(kept.pid, kept.name, self.network(), kept.address)
-            self.state.write_etc_file(kept.name, "hosts", self._hosts(sup.app, kept.address))
             log.info("re-adopted running instance %s (%s)", kept.name, kept.address)
 
     def start_instance(self, sup: Supervised) -> Instance:
@@ -460,10 +471,14 @@ class Agent:
         self.apply_firewall()
         self.publish()
         for sup in self.supervised:
-            if sup.serving is not None and sup.serving.image_id not in ("", sup.image_id):
+            adopted = sup.serving or (sup.pending.instance if sup.pending else None)
+            if adopted is not None and adopted.image_id not in ("", sup.image_id):
                 log.info("the image %s changed since %s started: starting a replacement", sup.app.image,
-                         sup.serving.name)
+                         adopted.name)
                 self.state.save(supervision.count_replacement(self.state.load(), sup.app.name, "image"))
+                if sup.pending is not None:  # still starting: nothing is served by it yet
+                    runtime.remove(self.client, sup.pending.instance.name)
+                    sup.pending = None
                 self.start_pending(sup)
         if self.bootstrap.metrics.agent:
             metrics.serve(*self.bootstrap.metrics.agent,

@@ -176,6 +176,29 @@ def wire_instance(pid: int, instance: str, network: Network, address: ipaddress.
     return host_if
 
 
+def ensure_wired(pid: int, instance: str, network: Network, address: ipaddress.IPv6Address) -> list[str]:
+    """Finish what `wire_instance` may have left half done (the agent was killed while wiring): wire it
+    afresh when the address is missing, else add the routes that are missing. Returns what was missing."""
+    if str(address) not in instance_addresses(pid):
+        wire_instance(pid, instance, network, address)
+        return ["eth0 with its address"]
+    missing = []
+    try:
+        with _netns(pid) as ns:
+            index = ns.link_lookup(ifname="eth0")[0]
+            present = {(r.get("RTA_DST") or "::", r["dst_len"]) for r in ns.get_routes(family=socket.AF_INET6)}
+            if ("::", 0) not in present:
+                ns.route("replace", dst="::/0", gateway=str(network.gateway), oif=index, family=socket.AF_INET6)
+                missing.append("the default route")
+            for route in network.routes:
+                if (str(route.destination.network_address), route.destination.prefixlen) not in present:
+                    _add_route(ns, index, route)
+                    missing.append(f"the route to {route.destination}")
+    except (NetlinkError, OSError, IndexError) as exc:
+        raise NetworkError(f"cannot check the network of {instance} (pid {pid}): {exc}") from None
+    return missing
+
+
 def _add_route(ns: IPRoute, index: int, route: Route) -> None:
     ns.route("replace", dst=str(route.destination.network_address), dst_len=route.destination.prefixlen,
              gateway=str(route.gateway), oif=index, family=socket.AF_INET6)

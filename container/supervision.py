@@ -76,6 +76,11 @@ def adoption(candidates: list[tuple[Instance, bool]]) -> tuple[Instance | None, 
     return (ranked[0] if ranked else None), ranked[1:]
 
 
+def start_period_left(instance: Instance, health_timeout: float, now: float) -> float:
+    """Seconds of its start period (the manifest's health-check-timeout-seconds) an instance still has."""
+    return health_timeout - (now - instance.started)
+
+
 def due(retiring: tuple[Retiring, ...], now: float) -> tuple[tuple[Retiring, ...], tuple[Retiring, ...]]:
     """(to remove now, to keep)."""
     return (tuple(r for r in retiring if now >= r.remove_at), tuple(r for r in retiring if now < r.remove_at))

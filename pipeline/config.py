@@ -12,9 +12,9 @@ from pipeline.errors import ConfigError
 from pipeline.layout import Layout
 
 _URL_SCHEMES = ("file", "http", "https", "ssh", "git")
-_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:.+$")
+_SCP_LIKE = re.compile(r"[\w.-]+@[\w.-]+:.+")
 # git check-ref-format's rules, the ones a user can plausibly trip over.
-_BAD_BRANCH = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\])|(@\{)|(/$)|(\.lock$)|(\.$)|(//)")
+_BAD_BRANCH = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\])|(@\{)|(/\Z)|(\.lock\Z)|(\.\Z)|(//)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Settings:
     max_file_mb: int = 100
     notify_url: str | None = None
     notify_secret: str | None = None
+    heartbeat_file: Path | None = None  # the watcher's (pipeline.heartbeat); run.sh sets WATCHER_HEARTBEAT
+    links_broken_fail: bool = False  # broken internal links fail the build (pipeline.links)
 
     @property
     def layout(self) -> Layout:
@@ -64,7 +66,7 @@ def check_repo_url(url: str) -> str:
     if not url:
         raise ConfigError("SITE_REPO is not set: give the git URL of the site repository")
     scheme = urlsplit(url).scheme
-    if scheme in _URL_SCHEMES or _SCP_LIKE.match(url) or url.startswith("/"):
+    if scheme in _URL_SCHEMES or _SCP_LIKE.fullmatch(url) or url.startswith("/"):
         return url
     raise ConfigError(
         f"SITE_REPO={redact_url(url)!r}: expected a git URL (file://, https://, ssh://, git://, "
@@ -88,6 +90,26 @@ def check_notify_url(url: str) -> str | None:
     return url
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        return _FLAGS[raw.lower()]
+    except KeyError:
+        raise ConfigError(f"{key}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)") from None
+
+
+def check_heartbeat_file(path: str) -> Path | None:
+    path = path.strip()
+    if path and not path.startswith("/"):
+        raise ConfigError(f"WATCHER_HEARTBEAT={path!r}: expected an absolute path")
+    return Path(path) if path else None
+
+
 def settings_from_env(env: Mapping[str, str]) -> Settings:
     """Check every setting before anything is started; raise ConfigError naming the first bad one."""
     # PORT is serve.py's (run.sh passes it on); checked here with the rest.
@@ -109,4 +131,6 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         max_file_mb=int(_number(env, "MAX_FILE_MB", 100, minimum=1, integer=True)),
         notify_url=check_notify_url(env.get("NOTIFY_URL", "")),
         notify_secret=env.get("NOTIFY_SECRET") or None,
+        heartbeat_file=check_heartbeat_file(env.get("WATCHER_HEARTBEAT", "")),
+        links_broken_fail=_flag(env, "LINKS_BROKEN_FAIL", False),
     )

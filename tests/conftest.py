@@ -50,9 +50,10 @@ class RunningSite:
 def start_site(tmp_path: Path) -> Iterator:
     started: list[Process] = []
 
-    def start(repo_url: str, **settings: object) -> RunningSite:
+    def start(repo_url: str, data_dir: Path | None = None, **settings: object) -> RunningSite:
+        """`data_dir`: another site's, for a replacement that shares the volume."""
         port = free_port()
-        data_dir = tmp_path / f"data-{len(started)}"
+        data_dir = data_dir or tmp_path / f"data-{len(started)}"
         env = python_env(SITE_REPO=repo_url, DATA_DIR=data_dir, PORT=port, **{"POLL_INTERVAL": 0.3, **settings})
         process = Process(["bash", str(REPO_ROOT / "run.sh")], env, tmp_path / f"run-{len(started)}.log")
         started.append(process)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -115,8 +116,16 @@ def test_dead_instance_is_replaced_and_agent_restart_re_adopts(agent_run: AgentR
     assert json.loads((agent_run.state_dir / "state.json").read_text())["restarts"] == 1
 
     agent.stop(signal.SIGKILL)
+    # As if the agent had been killed while wiring it: the address is there, the routes are not yet.
+    with IPRoute(netns=f"/proc/{second['pid']}/ns/net", flags=0) as ns:
+        ns.route("del", dst="fd99:69a4:fefb:64::", dst_len=96, family=socket.AF_INET6)
+        ns.route("del", dst="::", dst_len=0, family=socket.AF_INET6)
     agent_run.start()
     wait_for("re-adoption", lambda: "re-adopted running instance" in agent_run.agent.log, 30)
+    assert "it lacked the default route, the route to fd99:69a4:fefb:64::/96" in agent_run.agent.log
+    with IPRoute(netns=f"/proc/{second['pid']}/ns/net", flags=0) as ns:
+        routes = {(r.get("RTA_DST") or "::", r["dst_len"]) for r in ns.get_routes(family=socket.AF_INET6)}
+    assert {("::", 0), ("fd99:69a4:fefb:64::", 96)} <= routes
     rows = agent_run.instances()
     assert [r["instance_name"] for r in rows] == [second["instance_name"]]
     assert rows[0]["pid"] == second["pid"]
@@ -255,3 +264,36 @@ def test_image_without_manifest_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert capsys.readouterr().err.strip() == (
         "pequod-agent: pequod/base:bookworm: the image has no /pequod.xml; every application needs a manifest"
     )
+
+
+
+def test_an_agent_killed_while_it_replaces_an_instance_lets_the_replacement_finish_starting(
+        agent_run: AgentRun) -> None:
+    """kill -9 of the agent right after it started a replacement that takes a while to become healthy (no release
+    yet: its first build is slow): the next agent re-adopts it still starting, with the rest of its start period
+    (health-check-timeout-seconds), instead of replacing it after 10 s of liveness checks."""
+    conf = agent_run.repo.work / "conf.py"
+    conf.write_text(conf.read_text() + "\nimport time\ntime.sleep(20)  # a slow first build\n")
+    agent_run.repo.commit("A site whose builds take 20 s")
+    agent = agent_run.start()
+    instances = runtime.our_containers
+
+    first = wait_for("the first instance", lambda: next((c.name for c in instances(agent_run.client)
+                                                        if c.status == "running"), None), 60, interval=0.05)
+    agent_run.client.containers.get(first).kill()  # before its first release
+    name = wait_for("the replacement to run", lambda: next((c.name for c in instances(agent_run.client)
+                                                            if c.name != first and c.status == "running"), None),
+                    30, interval=0.02)
+    os.kill(agent.proc.pid, signal.SIGKILL)  # the agent only (its process group holds HAProxy and Tayga)
+    agent.proc.wait()
+    again = agent_run.start()
+    wait_for("the agent to put an instance into the frontend (or to replace one)",
+             lambda: "is healthy and in the frontend" in again.log or "has not answered" in again.log, 120,
+             interval=0.5)
+    assert f"re-adopted running instance {name} " in again.log and "still starting" in again.log, again.log
+    assert f"{name} is healthy and in the frontend" in again.log, again.log
+    assert "has not answered its health check" not in again.log, again.log
+    assert [row["instance_name"] for row in agent_run.instances()] == [name]
+    wait_for("the replacement's first release, through the frontend",
+             lambda: requests.get(agent_run.frontend + "/_site/health", timeout=5).status_code == 200, 30,
+             interval=0.5)

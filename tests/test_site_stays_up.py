@@ -26,7 +26,7 @@ import requests
 
 from tests.agent_fixtures import AgentRun, agent_cmd
 from tests.attacks import JunkFlood, Readers, Trickle
-from tests.helpers import REPO_ROOT, SiteRepo, wait_for
+from tests.helpers import REPO_ROOT, SiteRepo, chromium, wait_for
 from tests.netns import Ipv4Host
 
 SECRET = "hook-secret-that-must-never-leak"
@@ -375,6 +375,54 @@ def test_a_hung_instance_is_replaced_within_30_s(site: Site) -> None:
              lambda: first["instance_name"] not in [r["instance_name"] for r in site.run.instances()], 60)
 
 
+
+def watcher_pid(container) -> int:
+    """The host PID of the instance's pipeline watcher."""
+    return next(int(row[0]) for row in container.top(ps_args="-eo pid,args")["Processes"]
+                if "-m pipeline watch" in row[1])
+
+
+def test_a_killed_watcher_ends_the_instance_and_the_next_push_is_published(site: Site) -> None:
+    """The watcher dies (kill -9): run.sh ends the instance, the agent replaces it, and pushes are built again."""
+    first = site.instance()
+    with Readers(site.base + POST, "Welcome") as readers:
+        os.kill(watcher_pid(site.run.client.containers.get(first["instance_name"])), signal.SIGKILL)
+        killed = time.monotonic()
+        site.run.wait_healthy(timeout=45, not_name=first["instance_name"])
+        commit = site.repo.add_post("after-the-watcher-died", "Published after the watcher was killed")
+        site.wait_live(commit, timeout=60)
+        live = time.monotonic() - killed
+        wait_for("the frontend", lambda: site.get(POST).status_code == 200, 15)
+    print(f"\nkilled watcher: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
+          f"requests failed; a push after it was live {live:.1f} s after the kill")
+    assert first["instance_name"] not in [row["instance_name"] for row in site.run.instances()]
+
+
+def test_an_instance_whose_watcher_hangs_is_replaced_and_publishes_again(site: Site) -> None:
+    """The watcher stops (SIGSTOP: alive, holding its lock, publishing nothing): its heartbeat goes stale, the
+    health check fails, the agent starts a replacement, whose watcher waits for the lock and counts as alive
+    meanwhile, so the replacement takes over; the next push is published."""
+    first = site.instance()
+    with Readers(site.base + POST, "Welcome") as readers:
+        os.kill(watcher_pid(site.run.client.containers.get(first["instance_name"])), signal.SIGSTOP)
+        stopped = time.monotonic()
+        health = f"http://[{first['ipv6']}]:8000/_site/health"
+        wait_for("the stale heartbeat to fail the health check",
+                 lambda: requests.get(health, timeout=2).json().get("watcher") == "stale", 30, interval=0.5)
+        second = site.run.wait_healthy(timeout=60, not_name=first["instance_name"])
+        commit = site.repo.add_post("after-the-watcher-hung", "Published after the watcher hung")
+        site.wait_live(commit, timeout=60)
+        live = time.monotonic() - stopped
+        wait_for("the frontend", lambda: site.get(POST).status_code == 200, 15)
+    print(f"\nhung watcher: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
+          f"requests failed; a push after it was live {live:.1f} s after the watcher stopped")
+    assert second["replacements"]["unhealthy"] >= 1
+    # The frontend asks about serving only: the instance keeps its readers until the replacement is healthy.
+    assert len(readers.failed) <= len(readers.latencies) // 100, readers.failed[:5]
+    wait_for("the hung instance to be removed",
+             lambda: first["instance_name"] not in [r["instance_name"] for r in site.run.instances()], 60)
+
+
 def test_a_commit_the_instance_dies_building_is_given_up_not_looped(site: Site) -> None:
     live = site.live_release()
     conf = site.repo.work / "conf.py"
@@ -428,20 +476,6 @@ def test_tayga_runs_unprivileged(site: Site) -> None:
 def metric(site: Site, line_start: str) -> float:
     text = site.get("/_site/metrics").text
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(line_start)))
-
-
-def chromium(tmp: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", f"--user-data-dir={tmp / 'chromium'}", "--window-size=1000,1600"):
-        options.add_argument(argument)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
 def test_the_deploy_page_in_a_browser_and_the_metrics(site: Site, tmp_path: Path) -> None:

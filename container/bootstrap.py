@@ -46,8 +46,8 @@ from container.manifest import HOSTNAME, NAME
 
 MAX_BYTES = 256 * 1024
 IPNetwork = TypeVar("IPNetwork", ipaddress.IPv4Network, ipaddress.IPv6Network)
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ABS_PATH = re.compile(r"^/(?!.*(^|/)\.\.(/|$))[^\0\n]*$")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ABS_PATH = re.compile(r"/(?!.*(^|/)\.\.(/|\Z))[^\0\n]*")
 
 
 
@@ -90,8 +90,13 @@ class Nat64:
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 # A DNS host name (no IP address, no wildcard: HTTP-01 cannot prove those), at least two labels.
-_DOMAIN = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.[a-z][a-z0-9-]{0,62}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DOMAIN = re.compile(r"(?=.{1,253}\Z)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.[a-z][a-z0-9-]{0,62}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def is_domain(name: str) -> bool:
+    """A host name `frontend.tls.domains` accepts (lower case, no trailing dot)."""
+    return bool(_DOMAIN.fullmatch(name))
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,9 @@ class _Reader:
         self.source = source
 
     def fail(self, where: str, message: str) -> BootstrapError:
-        return BootstrapError(f"{self.source}: {where}: {message}")
+        """The one-line error: control characters in keys and values (a newline) are escaped."""
+        text = f"{self.source}: {where}: {message}"
+        return BootstrapError("".join(c if c.isprintable() else ascii(c)[1:-1] for c in text))
 
     def mapping(self, value: Any, where: str, allowed: tuple[str, ...] | None, required: tuple[str, ...]) -> dict:
         """A mapping with only `allowed` keys (any keys where allowed is None) and every `required` one."""
@@ -195,7 +202,7 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.fail(where, f"expected a string, got {_kind(value)}")
         text = str(value)
-        if pattern is not None and not pattern.match(text):
+        if pattern is not None and not pattern.fullmatch(text):
             raise self.fail(where, f"{text!r} is not {expected}")
         return text
 
@@ -303,7 +310,7 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
     environment = read.mapping(top.get("environment") or {}, "environment", None, ())
     env_items = []
     for key, value in environment.items():
-        if not isinstance(key, str) or not _ENV_KEY.match(key):
+        if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
             raise read.fail(f"environment.{key}", "not a valid environment variable name")
         if isinstance(value, dict | list) or value is None:
             raise read.fail(f"environment.{key}", f"expected a string, got {_kind(value)}")
@@ -422,7 +429,7 @@ def _tls(read: _Reader, value: Any, http_port: int) -> TlsSettings:
     names = []
     for index, item in enumerate(read.listing(domains, "frontend.tls.domains")):
         name = read.text(item, f"frontend.tls.domains[{index}]").strip().lower().rstrip(".")
-        if not _DOMAIN.match(name):
+        if not _DOMAIN.fullmatch(name):
             raise read.fail(f"frontend.tls.domains[{index}]", f"{item!r} is not a host name such as "
                             "blog.example.org (no IP address, no wildcard, no port)")
         if name in names:

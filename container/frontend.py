@@ -80,10 +80,12 @@ CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 @dataclass(frozen=True)
 class Tls:
     """HTTPS on `port` with the chain and key in `pem` (None: no certificate yet: plain HTTP, but ACME
-    challenges already go to the client on 127.0.0.1:`challenge_port` when it is set)."""
+    challenges already go to the client on 127.0.0.1:`challenge_port` when it is set). Plain HTTP is
+    redirected to one of `domains` (none: not redirected)."""
     port: int
     pem: Path | None
     challenge_port: int | None
+    domains: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,18 +125,29 @@ def request_rules(service: Service) -> list[str]:
     return lines + [
         '    http-request return status 414 content-type text/plain string "URI too long\\n" '
         f"if {{ url_len gt {MAX_URL} }}",
+        # Spellings of one file share one cache entry (the cache keys on the URI): `/posts//x/` is `/posts/x/`.
+        "    http-request set-path %[path,regsub(//+,/,g)] if { path -m sub // }",
         '    http-request return status 411 content-type text/plain string "Content-Length required\\n" '
         "if { req.hdr(transfer-encoding) -m found }",
         "    http-request deny deny_status 400 if METH_GET { req.hdr_val(content-length) gt 0 }",
         f"    http-request deny deny_status 413 if {{ req.hdr_val(content-length) gt {MAX_BODY} }}",
+        # Service worker scripts are refused (serve.py says why); here too, as the cache would answer one
+        # from a plain GET of the same file without asking the instance.
+        "    http-request deny deny_status 403 if { req.hdr(service-worker) -m found }",
         "    http-request wait-for-body time 10s",
+        # HTTP/2 needs no Content-Length: a GET or HEAD with DATA frames is seen by the body itself.
+        "    http-request deny deny_status 400 if METH_GET { req.body_len gt 0 }",
     ] + tls_rules(service)
 
 
 def tls_rules(service: Service) -> list[str]:
     """HTTPS: the instance learns the scheme from X-Forwarded-Proto (set here, never taken from the client);
     once a certificate is served, plain HTTP on the public port is redirected (301) except for ACME
-    challenges, and HTTPS answers carry Strict-Transport-Security."""
+    challenges, and HTTPS answers carry Strict-Transport-Security.
+
+    The redirect names a configured domain, never what the client sent as Host (that would make the
+    frontend redirect anywhere, e.g. for a cache or a phishing link): a Host that is one of the domains
+    keeps its name, any other Host (an IP address, an old name, none) goes to the first domain."""
     tls = service.tls
     if tls is None:
         return []
@@ -144,10 +157,13 @@ def tls_rules(service: Service) -> list[str]:
     if tls.pem is not None and service.port:
         local = "".join(f" !{{ dst {address} }}" for address in sorted({str(a) for a, _ in service.local_binds}))
         port = "" if tls.port == 443 else f":{tls.port}"
-        lines += [f"    http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]{port}"
-                  f"%[capture.req.uri] code 301 if !{{ ssl_fc }} {{ dst_port {service.port} }}{local} !acme_challenge",
-                  f'    http-after-response set-header Strict-Transport-Security "max-age={HSTS_MAX_AGE}" '
-                  "if { ssl_fc }"]
+        plain = f"!{{ ssl_fc }} {{ dst_port {service.port} }}{local} !acme_challenge"
+        for domain in (*tls.domains[1:], *tls.domains[:1]):  # the first domain last: it takes every other Host
+            host = f" {{ req.hdr(host),regsub(:[0-9]+$,),lower -m str {domain} }}" if domain != tls.domains[0] else ""
+            lines.append(f"    http-request redirect location https://{domain}{port}%[capture.req.uri] code 301 "
+                         f"if {plain}{host}")
+        lines.append(f'    http-after-response set-header Strict-Transport-Security "max-age={HSTS_MAX_AGE}" '
+                     "if { ssl_fc }")
     if tls.challenge_port is not None:
         lines.append("    use_backend pequod-acme if acme_challenge")
     return lines
@@ -187,7 +203,9 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
                   f"    default_backend {service.name}", ""]
         lines += [
             f"backend {service.name}",
-            f"    option httpchk GET {service.health_path}",
+            # The frontend asks whether the instance serves (`?serving`): one whose watcher stopped publishing
+            # keeps its readers until the agent's replacement (which asks the plain path) is healthy.
+            f"    option httpchk GET {service.health_path}{'&' if '?' in service.health_path else '?'}serving",
             "    http-check expect status 200",
             "    default-server check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
             "    http-request cache-use pages",

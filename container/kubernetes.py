@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -20,7 +19,10 @@ from container.manifest import PersistentFilesystem
 from container.plan import Application, egress_manifest, external_services, local_requires, provider
 
 MANAGED_BY = "pequod"
-SECRET_KEYS = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_KEY$)", re.IGNORECASE)
+SECRET_KEYS = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_KEY\Z)", re.IGNORECASE)
+# User-info of a URL of any scheme (`https://TOKEN@host/`, `https://user:password@host/`, encoded or not), or
+# of git's scp-like form (`user@host:path`), anywhere in a value.
+USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@|(?:^|\s)[^\s/@:]+(?::[^\s/@]*)?@[^\s/@:]+:")
 HEALTH_PERIOD = 2  # seconds between liveness and readiness probes, as the agent checks
 UNHEALTHY_AFTER = 10  # seconds of failed liveness probes before a restart, as the agent replaces
 
@@ -45,11 +47,9 @@ def cpu_quantity(vmhz: int, mhz_per_cpu: int) -> str:
 
 
 def is_secret(key: str, value: str) -> bool:
-    """Values that go into a Secret: secret-looking names, and URLs carrying credentials."""
-    if SECRET_KEYS.search(key):
-        return True
-    parts = urlsplit(value)
-    return bool(parts.scheme and "@" in parts.netloc and ":" in parts.netloc.rsplit("@", 1)[0])
+    """Variables that go into the Secret, whole: secret-looking names, and values with user-info in a URL
+    anywhere in them (a token alone counts as much as user:password)."""
+    return bool(SECRET_KEYS.search(key) or USERINFO.search(value))
 
 
 def check_repo(environment: dict[str, str]) -> None:
@@ -249,6 +249,10 @@ def not_expressed(apps: tuple[Application, ...], bootstrap: Bootstrap, options: 
             if found.local_port != found.external_port:
                 notes.append(f"{app.name}: {found.local_hostname}:{found.local_port} is {found.external_host}:"
                              f"{found.external_port}; a cluster does no port translation.")
+    secret_keys = sorted(k for k, v in bootstrap.environment if is_secret(k, v))
+    if secret_keys:
+        notes.append(f"The Secret <application>-env holds {', '.join(secret_keys)} whole (secret-looking names and "
+                     "values with credentials in a URL): seal or encrypt it before it goes into git.")
     if bootstrap.mounts:
         notes.append("mounts (host paths) do not span nodes and are left out.")
     if options.dns64:

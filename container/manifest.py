@@ -30,10 +30,10 @@ NAMESPACE = "http://tech.zalando.com/pequod/schema/registry"
 VERSION = "1.0"
 MAX_BYTES = 64 * 1024
 # Shared with the bootstrap YAML's reader: service, zone and host names.
-NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 _FORBIDDEN_MOUNTPOINTS = ("/", "/proc", "/sys", "/dev", "/etc")
 T = TypeVar("T")
 
@@ -131,7 +131,7 @@ class _Checker:
             if default is not None:
                 return default
             raise self.missing(attr, expected)
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             self.fail(attr, value, f"expected {expected}")
         return value
 
@@ -147,6 +147,8 @@ class _Checker:
 
 
 def _clip(value: str, limit: int = 40) -> str:
+    """The value as it goes into a one-line message: control characters escaped, a long one cut."""
+    value = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
     return value if len(value) <= limit else value[:limit] + "…"
 
 
@@ -230,7 +232,7 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
     fs_el = _one(source, sections, "filesystems", "manifest", required=False)
     for el in _children(source, fs_el, ("temporary", "persistent")) if fs_el is not None else []:
         check = _Checker(source, el, ("mountpoint", "default-mb"))
-        mountpoint = check.text("mountpoint", re.compile(r"^/[A-Za-z0-9._/-]*$"), "an absolute path")
+        mountpoint = check.text("mountpoint", re.compile(r"/[A-Za-z0-9._/-]*"), "an absolute path")
         if posixpath.normpath(mountpoint) != mountpoint or mountpoint in _FORBIDDEN_MOUNTPOINTS:
             check.fail("mountpoint", mountpoint,
                        f"expected a normalised absolute path other than {', '.join(_FORBIDDEN_MOUNTPOINTS)}")
@@ -256,7 +258,7 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
                 version=check.text("service-version", _VERSION, "a version (letters, digits, '.', '_', '-')"),
                 local_port=check.integer("local-port", 1, 65535, "a port number"),
                 health_check_path=check.text(
-                    "health-check-http-path", re.compile(r"^/[\x21-\x7e]*$"), "an HTTP path starting with /", "/"
+                    "health-check-http-path", re.compile(r"/[\x21-\x7e]*"), "an HTTP path starting with /", "/"
                 ),
                 health_check_timeout=check.integer(
                     "health-check-timeout-seconds", 1, 3600, "seconds", default=120

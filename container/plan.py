@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from container import firewall, frontend, nat64
-from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network
-from container.errors import AgentError
+from container import certificates, firewall, frontend, nat64
+from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network, is_domain
+from container.errors import AgentError, CertificateError
 from container.manifest import Manifest, RequiredService
 from container.nat64 import Destination
 
@@ -155,15 +155,26 @@ def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings,
                 provide.name, settings.bind, settings.port_of(provide.name), provide.health_check_path, servers,
                 tuple((net.gateway, port) for port in local_ports),
                 settings.max_connections_per_client, settings.max_requests_per_client,
-                _tls(settings, pem) if settings.port_of(provide.name) == settings.port else None))
+                frontend_tls(settings, pem) if settings.port_of(provide.name) == settings.port else None))
     return tuple(services)
 
 
-def _tls(settings: FrontendSettings, pem: Path | None) -> frontend.Tls | None:
+def frontend_tls(settings: FrontendSettings, pem: Path | None) -> frontend.Tls | None:
     tls = settings.tls
     if tls is None:
         return None
-    return frontend.Tls(tls.port, pem, tls.challenge_port if tls.acme else None)
+    domains = tls.domains or (redirect_domains(pem) if pem is not None else ())
+    return frontend.Tls(tls.port, pem, tls.challenge_port if tls.acme else None, domains)
+
+
+def redirect_domains(pem: Path) -> tuple[str, ...]:
+    """For the administrator's own certificate without `domains`: the host names it is for, in its order
+    (wildcards left out: a redirect needs one name); () when it cannot be read (no redirect then)."""
+    try:
+        names = certificates.read_certificate(pem.read_bytes(), str(pem)).domains
+    except (OSError, CertificateError):
+        return ()
+    return tuple(dict.fromkeys(n.lower().rstrip(".") for n in names if is_domain(n.lower().rstrip("."))))
 
 
 def check_frontend_ports(services: tuple[frontend.Service, ...], source: str) -> None:

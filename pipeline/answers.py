@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.utils
 import mimetypes
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,6 +40,12 @@ def split_request_path(path_info: str) -> list[str]:
         if segment in (".", "..") or "%2f" in segment.lower() or "%5c" in segment.lower():
             raise BadPath(f"forbidden path segment {segment!r}")
     return segments
+
+
+def memo_path(path_info: str) -> str:
+    """The spelling of a path its answer is kept under: adjacent slashes merged, as the file looked up is the
+    same (`/posts//x/` is `/posts/x/`), so odd spellings cannot fill the memo with copies of one page."""
+    return re.sub(r"//+", "/", path_info)
 
 
 def inside(root: str, candidate: str) -> bool:

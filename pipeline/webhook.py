@@ -22,7 +22,7 @@ MAX_BODY = 48 * 1024  # GitHub's push payloads are far smaller; the frontend buf
 REPLAY_MEMORY = 4096  # deliveries remembered
 CLIENT_MEMORY = 4096  # clients whose refused requests are counted
 BURST, PER_SECOND = 10, 2.0  # refused requests a client may make: a bucket of 10, refilled by 2 per second
-_SIGNATURE = re.compile(r"^sha256=([0-9a-f]{64})$")
+_SIGNATURE = re.compile(r"sha256=([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class HookGuard:
         assert self.secret is not None
         signature = headers.get("x-hub-signature-256")
         if signature is not None:
-            match = _SIGNATURE.match(signature.strip())
+            match = _SIGNATURE.fullmatch(signature.strip())
             expected = hmac.new(self.secret, body, hashlib.sha256).hexdigest()
             if not match or not hmac.compare_digest(match.group(1), expected):
                 return Verdict(403, "bad signature")

@@ -128,6 +128,25 @@ def test_bootstrap_defaults_and_environment() -> None:
     assert parse_bootstrap("", "empty.yaml").network is None
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('external_services: [{service_name: "gh\\n", service_version: "1", external_host: github.com, '
+     'external_port: 443}]',
+     "external_services[0].service_name: 'gh\\n' is not a service name"),
+    ('external_services: [{service_name: gh, service_version: "1", external_host: "github.com\\n", '
+     'external_port: 443}]',
+     "external_services[0].external_host: 'github.com\\n' is not a host name"),
+    ('environment: {"SITE_REPO\\n": x}', "environment.SITE_REPO\\n: not a valid environment variable name"),
+    ('mounts: [{source: "/srv\\n", target: /srv}]', "mounts[0].source: '/srv\\n' is not an absolute path"),
+    ('frontend: {ports: {"blog\\n": 81}}', "frontend.ports.blog\\n: 'blog\\n' is not a service name"),
+    ('frontend: {tls: {domains: [a.org], email: "a@b.org\\n"}}', "frontend.tls.email: 'a@b.org\\n' is not an email"),
+    ('frontend: {tls: {certificate: "/etc/blog.pem\\n"}}', "frontend.tls.certificate: '/etc/blog.pem\\n' is not an"),
+])
+def test_names_and_paths_with_a_trailing_newline_are_refused(text: str, message: str) -> None:
+    with pytest.raises(AgentError) as caught:
+        parse_bootstrap(text + "\n", "b.yaml")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
 def _app(image: str, provides: tuple = (), requires: tuple = ()) -> Application:
     name, version = image.split(":")
     return Application(image, name, version,

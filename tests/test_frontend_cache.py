@@ -1,14 +1,19 @@
-"""The frontend's cache with real HAProxy and serve.py: a large page hammered by many clients while its
-cache entry keeps expiring is always served whole (partially cached pages were seen elsewhere)."""
+"""The frontend with real HAProxy and serve.py: a large page hammered by many clients while its cache entry
+keeps expiring is always served whole (partially cached pages were seen elsewhere); spellings of one file
+share one cache entry; a GET or HEAD with a body is refused."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ipaddress
 import random
+import socket
 import string
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -17,13 +22,10 @@ from container.frontend import Server, Service, render_haproxy_conf
 from tests.helpers import REPO_ROOT, Process, free_port, python_env, wait_for
 
 
-def test_large_page_under_concurrent_misses_is_served_whole(tmp_path: Path) -> None:
-    release = tmp_path / "releases" / "r1"
-    release.mkdir(parents=True)
-    rng = random.Random(7)  # incompressible, so no .gz shortcut
-    page = "<html>" + "".join(rng.choice(string.ascii_letters) for _ in range(1_500_000)) + "</html>"
-    (release / "index.html").write_text(page)
-    (tmp_path / "current").symlink_to("releases/r1")
+@contextlib.contextmanager
+def frontend(tmp_path: Path, release: Path) -> Iterator[int]:
+    """HAProxy as the agent configures it, in front of serve.py serving `release`; HAProxy's port."""
+    (tmp_path / "current").symlink_to(release)
     backend, port = free_port(), free_port()
     serve = Process([sys.executable, str(REPO_ROOT / "serve.py"), str(tmp_path / "current"), "--host", "::1",
                      "--port", str(backend)], python_env(), tmp_path / "serve.log")
@@ -32,9 +34,29 @@ def test_large_page_under_concurrent_misses_is_served_whole(tmp_path: Path) -> N
         (Service("site", ipaddress.IPv6Address("::1"), port, "/_site/health",
                  (Server("s1", ipaddress.IPv6Address("::1"), backend),)),), tmp_path))
     haproxy = Process(["haproxy", "-W", "-f", str(config)], python_env(), tmp_path / "haproxy.log")
-    url = f"http://[::1]:{port}/"
     try:
-        wait_for("the page through HAProxy", lambda: requests.get(url, timeout=5).status_code == 200, 30)
+        wait_for("the site through HAProxy",
+                 lambda: requests.get(f"http://[::1]:{port}/", timeout=5).status_code == 200, 30)
+        yield port
+    finally:
+        haproxy.stop()
+        serve.stop()
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("::1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return sock.recv(4096)
+
+
+def test_large_page_under_concurrent_misses_is_served_whole(tmp_path: Path) -> None:
+    release = tmp_path / "releases" / "r1"
+    release.mkdir(parents=True)
+    rng = random.Random(7)  # incompressible, so no .gz shortcut
+    page = "<html>" + "".join(rng.choice(string.ascii_letters) for _ in range(1_500_000)) + "</html>"
+    (release / "index.html").write_text(page)
+    with frontend(tmp_path, release) as port:
+        url = f"http://[::1]:{port}/"
 
         def fetch(_: int) -> tuple[int, bool]:
             response = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=10)
@@ -47,6 +69,41 @@ def test_large_page_under_concurrent_misses_is_served_whole(tmp_path: Path) -> N
                 results += pool.map(fetch, range(64))
         assert {size for size, _cached in results} == {len(page)}
         assert any(cached for _size, cached in results)  # some came from the cache
-    finally:
-        haproxy.stop()
-        serve.stop()
+
+
+def test_spellings_of_one_file_share_one_cache_entry(tmp_path: Path) -> None:
+    release = tmp_path / "releases" / "r1"
+    (release / "posts" / "x").mkdir(parents=True)
+    (release / "index.html").write_text("<html>home</html>")
+    (release / "posts" / "x" / "index.html").write_text("<html>post x</html>")
+    with frontend(tmp_path, release) as port:
+        base = f"http://[::1]:{port}"
+        first = requests.get(f"{base}/posts/x/", timeout=5)
+        assert first.text == "<html>post x</html>" and "Age" not in first.headers  # the instance answered
+        for spelling in ("/posts//x/", "//posts/x/", "/posts/x//", "/posts///x/"):
+            again = requests.get(base + spelling, timeout=5)
+            assert again.text == "<html>post x</html>" and "Age" in again.headers, spelling  # from the cache
+        redirect = requests.get(f"{base}/posts//x", allow_redirects=False, timeout=5)
+        assert redirect.status_code == 301 and redirect.headers["Location"] == "/posts/x/"
+
+
+def test_a_get_or_head_with_a_body_is_refused(tmp_path: Path) -> None:
+    release = tmp_path / "releases" / "r1"
+    release.mkdir(parents=True)
+    (release / "index.html").write_text("<html>home</html>")
+    with frontend(tmp_path, release) as port:
+        for method in (b"GET", b"HEAD"):
+            answer = raw_request(port, method + b" / HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\n\r\nhello")
+            assert answer.startswith(b"HTTP/1.1 400"), (method, answer)
+            answer = raw_request(port, method + b" / HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 b"5\r\nhello\r\n0\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 411"), (method, answer)
+            answer = raw_request(port, method + b" / HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200"), (method, answer)
+            # HTTP/2 (here cleartext, as HAProxy also takes it on the plain port) with a body and no length
+            h2 = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-X", method, "--data-binary", "hello",
+                                 "-H", "Content-Length:", "-H", "Content-Type:", "-o", "/dev/null", "-D", "-",
+                                 "-w", "%{http_version} %{http_code}", f"http://[::1]:{port}/"],
+                                capture_output=True, text=True, timeout=30)
+            assert h2.stdout.endswith("2 400"), h2.stdout + h2.stderr
+            assert "server: pequod" not in h2.stdout.lower()  # refused by HAProxy, not only by the instance

@@ -141,6 +141,10 @@ def test_plain_http_redirects_to_https_except_acme_challenges(site: HttpsSite) -
     assert response.status_code == 301
     assert response.headers["Location"] == f"https://{DOMAIN}:{site.https_port}{POST}?page=2"
     assert "Strict-Transport-Security" not in response.headers  # only over HTTPS
+    # A Host that is not a configured domain (an address, another name) is sent to the configured one.
+    for host in ("evil.example", "127.0.0.1", f"{DOMAIN}.evil.example:80"):
+        foreign = requests.get(f"{plain}{POST}", headers={"Host": host}, allow_redirects=False, timeout=10)
+        assert foreign.status_code == 301 and foreign.headers["Location"] == f"https://{DOMAIN}:{site.https_port}{POST}"
     challenge = requests.get(f"{plain}/.well-known/acme-challenge/x", headers={"Host": DOMAIN},
                              allow_redirects=False, timeout=10)
     assert challenge.status_code != 301  # goes to the ACME client (503 while none runs)
@@ -262,6 +266,10 @@ def test_the_administrators_own_certificate_replaces_acme_and_is_reloaded_when_i
             f"  tls:\n    certificate: {pem}\n    port: {site.https_port}\n"))
         wait_for("the administrator's certificate served",
                  lambda: site.get(POST, tmp_path / "own-ca.pem")[2] == own_serial, 30, interval=0.5)
+        # No domains are configured with it: plain HTTP is redirected to the certificate's name.
+        redirect = requests.get(f"http://127.0.0.1:{site.run.frontend_port}{POST}", headers={"Host": "evil.example"},
+                                allow_redirects=False, timeout=10)
+        assert redirect.headers["Location"] == f"https://{DOMAIN}:{site.https_port}{POST}"
         make_certificate(tmp_path, "own2", [DOMAIN], ca, days=90)  # the administrator renews the file
         pem.write_bytes((tmp_path / "own2.pem").read_bytes() + (tmp_path / "own2.key").read_bytes())
         new_serial = f"{x509.load_pem_x509_certificate((tmp_path / 'own2.pem').read_bytes()).serial_number:X}"

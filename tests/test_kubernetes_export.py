@@ -103,6 +103,35 @@ def test_secrets_are_split_out() -> None:
     assert "hunter2" not in text and "s3cret" not in text
 
 
+@pytest.mark.parametrize("value", [
+    "https://ghp_TOKEN123@github.com/owner/blog.git",  # a token alone as the user
+    "https://writer:hunter2@git.example.org/blog.git",
+    "https://writer:hunter%40two@git.example.org/blog.git",  # percent-encoded
+    "https://x-access-token:@github.com/owner/blog.git",  # empty password
+    "ssh://deploy@git.example.org:2222/blog.git",
+    "git@github.com:owner/blog.git",  # git's scp-like form
+    "mirrors: https://a.example.org/x.git https://ghp_TOKEN123@b.example.org/x.git",  # a URL within a value
+])
+def test_every_credential_in_a_url_goes_into_the_secret(value: str) -> None:
+    text = YAML.replace("POLL_INTERVAL: 5", f"POLL_INTERVAL: 5\n  MIRROR: {value!r}")
+    docs = exported(text=text)
+    validate(docs)
+    assert next(d for d in docs if d["kind"] == "Secret")["stringData"]["MIRROR"] == value
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [e["name"] for e in container["env"]] == ["POLL_INTERVAL"]
+    assert value not in yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    notes = kubernetes.not_expressed((BLOG,), parse_bootstrap(text, "b.yaml"), kubernetes.Options())
+    assert any("MIRROR, SITE_REPO, WEBHOOK_SECRET whole" in note for note in notes)
+
+
+@pytest.mark.parametrize("value", ["https://git.example.org/blog.git", "git://198.18.0.1:9418/blog.git",
+                                   "owner@example.org", "https://example.org/@scope/package"])
+def test_urls_without_credentials_stay_in_the_pod_spec(value: str) -> None:
+    docs = exported(text=YAML.replace("POLL_INTERVAL: 5", f"POLL_INTERVAL: 5\n  PLAIN: {value!r}"))
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "PLAIN", "value": value} in container["env"]
+
+
 def test_network_policy_per_require() -> None:
     docs = exported(apps=(BLOG, READER))
     policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}

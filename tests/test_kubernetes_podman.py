@@ -55,6 +55,7 @@ environment:
   SITE_REPO: "git://{gateway}:{port}/{site_repo.bare.name}"
   POLL_INTERVAL: 5
   WEBHOOK_SECRET: not-in-the-pod-spec
+  MIRROR_URL: "https://reader-token@git.example.org/blog.git"
 """)
     export = subprocess.run(agent_cmd("--export", "kubernetes", app_image, str(tmp_path / "bootstrap.yaml")),
                             capture_output=True, text=True, timeout=120, env=python_env())
@@ -106,3 +107,6 @@ def test_the_default_export_runs_under_podman_kube_play(podman_blog: tuple[Podma
     assert "curl" in json.dumps(info["Config"].get("Healthcheck"))  # the liveness probe, as a health check
     deployment = next(d for d in yaml.safe_load_all(exported) if d["kind"] == "Deployment")
     assert "not-in-the-pod-spec" not in yaml.safe_dump(deployment)  # the secret is in the Secret only
+    assert "reader-token" not in yaml.safe_dump(deployment)  # so is a URL's user-info...
+    assert podman("exec", container, "printenv", "MIRROR_URL").strip() == \
+        "https://reader-token@git.example.org/blog.git"  # ...which the pod gets from the Secret

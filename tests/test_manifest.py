@@ -36,7 +36,7 @@ def test_the_blogs_manifest_parses_into_typed_objects() -> None:
         filesystems=(TemporaryFilesystem("/tmp", 64),),
         provides=(ProvidedService("srcco-de", "1", 8000, "/_site/health", 120),),
         requires=(RequiredService("github-https", "1", "github.com", 443),),
-        volumes=(PersistentFilesystem("/workdir", 1024),),
+        volumes=(PersistentFilesystem("/workdir", 1024), PersistentFilesystem("/workdir/build", 512)),
     )
 
 
@@ -105,6 +105,16 @@ MALFORMED = [
                                     "</services>"), "a port number 1-65535"),
     ("bad service name", doc(RES + '<services><provide service-name="Web Site" service-version="1" local-port="80"/>'
                                    "</services>"), "a service name"),
+    ("service name with a trailing newline", doc(RES + '<services><provide service-name="a&#10;" service-version="1" '
+                                                       'local-port="80"/></services>'),
+     '<provide service-name="a\\n">'),
+    ("version with a trailing newline", doc(RES + '<services><provide service-name="a" service-version="1&#10;" '
+                                                  'local-port="80"/></services>'), "expected a version"),
+    ("mountpoint with a trailing newline", doc(RES + '<filesystems><temporary mountpoint="/w&#10;" default-mb="5"/>'
+                                                     "</filesystems>"), "expected an absolute path"),
+    ("host name with a trailing newline", doc(RES + '<services><require service-name="gh" service-version="1" '
+                                                    'local-hostname="github.com&#10;" local-port="443"/></services>'),
+     "expected a host name"),
     ("missing service version", doc(RES + '<services><provide service-name="a" local-port="80"/></services>'),
      "missing attribute service-version"),
     ("duplicate service names", doc(RES + '<services><provide service-name="a" service-version="1" local-port="80"/>'

@@ -127,7 +127,7 @@ def test_haproxy_conf_is_accepted_by_haproxy() -> None:
     assert "    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000 }\n" in text
     assert text.count("    http-request wait-for-body time 10s\n") == 3
     assert text.count("sc_conn_cur") == 1
-    assert "    option httpchk GET /_site/health\n    http-check expect status 200\n" in text
+    assert "    option httpchk GET /_site/health?serving\n    http-check expect status 200\n" in text
     assert "    server bootstrap--srcco-de-1-9641 [fd00:5eed:1:0:aacc:1:c000:202]:8000\n" in text
     assert "    bind 127.0.0.1:8081\n" in text
     # Port 0: not published; only the listener on the gateway for instances that require it.

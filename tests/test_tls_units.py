@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from container import certificates, frontend
+from container import certificates, frontend, plan
 from container.bootstrap import TlsSettings, parse_bootstrap
 from container.errors import BootstrapError, CertificateError
 from container.host_settings import merge
@@ -89,16 +89,36 @@ def test_https_configuration_is_accepted_by_haproxy(tmp_path: Path) -> None:
     make_certificate(tmp_path, "site", ["a.org"], None)
     pem = tmp_path / "site-full.pem"
     pem.write_bytes((tmp_path / "site.pem").read_bytes() + (tmp_path / "site.key").read_bytes())
-    text = frontend.render_haproxy_conf((_service(frontend.Tls(8443, pem, 8402)),), tmp_path)
+    text = frontend.render_haproxy_conf((_service(frontend.Tls(8443, pem, 8402, ("a.org", "www.a.org"))),), tmp_path)
     assert f"bind [::]:8443 v4v6 ssl crt {pem} alpn h2,http/1.1" in text
     assert "ssl-min-ver TLSv1.2" in text and "TLS_AES_128_GCM_SHA256" in text
-    assert "redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]:8443%[capture.req.uri] code 301" in text
+    # The redirect names a configured domain: the request's own Host only when it is one; else the first.
+    redirects = [line.strip() for line in text.splitlines() if "redirect" in line]
+    assert len(redirects) == 2 and "req.hdr(host),regsub" not in "".join(r.split(" if ")[0] for r in redirects)
+    assert redirects[0].startswith("http-request redirect location https://www.a.org:8443%[capture.req.uri] code 301")
+    assert redirects[0].endswith("{ req.hdr(host),regsub(:[0-9]+$,),lower -m str www.a.org }")
+    assert redirects[1].startswith("http-request redirect location https://a.org:8443%[capture.req.uri] code 301")
+    assert redirects[1].endswith("!acme_challenge")
     assert "!{ dst fd00::1 }" in text  # instances that require the service over the gateway are not redirected
     assert "use_backend pequod-acme if acme_challenge" in text and "server acme 127.0.0.1:8402" in text
     path = tmp_path / "haproxy.cfg"
     path.write_text(text)
     result = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_redirect_domains_of_an_own_certificate_are_its_names(tmp_path: Path) -> None:
+    make_certificate(tmp_path, "own", ["*.a.org", "Blog.A.org", "www.a.org"], None)
+    assert plan.redirect_domains(tmp_path / "own.pem") == ("blog.a.org", "www.a.org")
+    assert plan.redirect_domains(tmp_path / "missing.pem") == ()
+    settings = parse_bootstrap("frontend: {tls: {certificate: /x.pem}}\n", "b.yaml").frontend
+    assert plan.frontend_tls(settings, tmp_path / "own.pem") == frontend.Tls(443, tmp_path / "own.pem", None,
+                                                                      ("blog.a.org", "www.a.org"))
+    configured = parse_bootstrap("frontend: {tls: {certificate: /x.pem, domains: [c.org]}}\n", "b.yaml").frontend
+    assert plan.frontend_tls(configured, tmp_path / "own.pem").domains == ("c.org",)
+    # Without a name to redirect to, plain HTTP stays plain (HTTPS still carries HSTS).
+    text = frontend.render_haproxy_conf((_service(frontend.Tls(443, tmp_path / "own.pem", None)),), tmp_path)
+    assert "redirect location" not in text and "Strict-Transport-Security" in text
 
 
 def test_before_the_first_certificate_only_the_challenge_route_exists(tmp_path: Path) -> None:

@@ -2,10 +2,16 @@
 
 A pure function of the deploy status; everything that comes from git (subjects, authors, logs) is
 escaped. It works without JavaScript; a small script refreshes it and sends rollbacks with the token.
+
+The page shares its origin with pushed pages, so serve.py answers it with HEADERS: a CSP that runs only
+this module's own style and script (by hash), no framing, and an opener policy that cuts it off from the
+window that opened it; pushed scripts can neither frame it nor keep a handle on a window showing it.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import time
 from typing import Any
@@ -35,6 +41,21 @@ setTimeout(function () { if (!document.querySelector('details[open]')) location.
 """
 
 
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# For every response under /_site/ (the page, its JSON and the rollback answers alike).
+HEADERS = (
+    ("Content-Security-Policy", f"default-src 'none'; script-src {_sha256(SCRIPT)}; style-src {_sha256(STYLE)}; "
+                                "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
@@ -43,6 +64,26 @@ def _commit(record: dict[str, Any]) -> str:
     commit = record.get("commit") or ""
     subject = record.get("subject")
     return f"<code>{_e(commit[:12])}</code>" + (f" {_e(subject)}" if subject else "")
+
+
+def _links(report: Any) -> str:
+    """The live release's link report (pipeline.links): broken internal links, page → target."""
+    if not isinstance(report, dict):
+        return "<h2>Links</h2><p>No link report for the live release yet.</p>"
+    if report.get("error"):
+        return f"<h2>Links</h2><p class=failed>The links were not checked: {_e(report['error'])}</p>"
+    count = int(report.get("broken_count") or 0)
+    summary = (f"{_e(report.get('checked_pages'))} pages checked in {_e(report.get('seconds'))} s"
+               + (f", {_e(report.get('skipped_pages'))} too large or too many to check" if report.get("skipped_pages")
+                  else ""))
+    if not count:
+        return f"<h2>Links</h2><p class=ok>No broken internal links ({summary}).</p>"
+    broken = [item for item in report.get("broken") or [] if isinstance(item, dict)]
+    shown = f"; the first {len(broken)} are listed" if len(broken) < count else ""
+    rows = "".join(f"<tr><td><a href='{_e(item.get('page'))}'>{_e(item.get('page'))}</a></td>"
+                   f"<td><code>{_e(item.get('target'))}</code></td></tr>" for item in broken)
+    return (f"<h2>Links</h2><p class=failed>{count} broken internal link(s) ({summary}{shown}).</p>"
+            f"<table class=links><tr><th>page</th><th>links to</th></tr>{rows}</table>")
 
 
 def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None = None) -> str:
@@ -76,6 +117,14 @@ def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None 
                      f"{_e(notes.get('delivered', 0))} delivered, {_e(notes.get('failed', 0))} not.</div>")
     parts.append(f"<p>Remote {_e(status.get('remote'))}, branch {_e(status.get('branch'))}; last checked "
                  f"{_e(status.get('last_check'))}.</p>")
+    scheduled = [item for item in status.get("scheduled") or [] if isinstance(item, dict)]
+    if scheduled:
+        parts.append("<h2>Scheduled</h2><p>Posts dated in the future: published by themselves when due.</p>"
+                     "<table><tr><th>due (UTC)</th><th>post</th></tr>")
+        parts += [f"<tr><td>{_e(item.get('at'))}</td><td>{_e(item.get('title'))} "
+                  f"(<code>{_e(item.get('source'))}</code>)</td></tr>" for item in scheduled]
+        parts.append("</table>")
+    parts.append(_links(status.get("links")))
     parts.append("<h2>History</h2><table><tr><th>result</th><th>commit</th><th>finished</th><th>seconds</th>"
                  "<th>mode</th></tr>")
     for build in builds:

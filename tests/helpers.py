@@ -121,6 +121,21 @@ class Process:
         return self.proc.returncode
 
 
+def chromium(tmp: Path) -> Any:
+    """Debian's headless Chromium through chromedriver (Selenium), with a fresh profile under `tmp`."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", f"--user-data-dir={tmp / 'chromium'}", "--window-size=1000,1600"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
 def python_env(**extra: Any) -> dict[str, str]:
     """The environment for a child: this interpreter's venv first on PATH."""
     env = dict(os.environ)

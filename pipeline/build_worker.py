@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pipeline import sandbox
@@ -86,6 +86,8 @@ class BuildAnswer:
     exiting: bool = False  # the worker ends after this answer
     site: str = ""  # "warm": the site holder kept the site loaded; "fresh": it was loaded for this build
     note: str = ""  # why the site was loaded afresh
+    output: str = "output"  # the output folder the site's configuration names (OUTPUT_FOLDER)
+    scheduled: list = field(default_factory=list)  # [due UNIX time, source path, title] of posts held back
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -93,6 +95,25 @@ class BuildAnswer:
     @classmethod
     def from_line(cls, line: str) -> BuildAnswer:
         return cls(**json.loads(line))
+
+    @classmethod
+    def checked(cls, data: Any) -> BuildAnswer | None:
+        """An answer from a process that ran site code: None unless every field has its type."""
+        if not isinstance(data, dict) or not set(data) <= {f.name for f in fields(cls)}:
+            return None
+        try:
+            answer = cls(**data)
+        except TypeError:
+            return None
+        types = {"status": int, "timed_out": bool, "seconds": (int, float), "max_rss_kb": int, "leftovers": int,
+                 "exiting": bool, "site": str, "note": str, "output": str}
+        if any(not isinstance(getattr(answer, name), kind) for name, kind in types.items()):
+            return None
+        scheduled = answer.scheduled if isinstance(answer.scheduled, list) else []
+        kept = [[float(item[0]), item[1][:1000], item[2][:200]] for item in scheduled[:100]
+                if isinstance(item, list) and len(item) == 3 and isinstance(item[0], int | float)
+                and isinstance(item[1], str) and isinstance(item[2], str)]
+        return replace(answer, scheduled=kept)
 
 
 def warm_up() -> None:
@@ -166,6 +187,8 @@ def build(request: BuildRequest) -> BuildAnswer:
     key = request.holder_key()
     if _holder is not None and (request.fresh or _holder.key != key or not _holder.alive()):
         _stop_holder()
+    if _holder is not None:
+        _holder.resume()
     fd = os.open(request.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     note = ""
     try:
@@ -176,7 +199,7 @@ def build(request: BuildRequest) -> BuildAnswer:
             remaining = request.timeout + HOLDER_GRACE - (time.monotonic() - started)
             answer, status = _holder.ask(request, fd, remaining)
             if answer is not None and "stale" in answer and not fresh:
-                note = f"loaded afresh: {answer['stale']}"
+                note = f"loaded afresh: {str(answer['stale'])[:300]}"
                 os.write(fd, f"pequod: Nikola site {note}\n".encode())
                 _stop_holder()
                 continue
@@ -185,17 +208,36 @@ def build(request: BuildRequest) -> BuildAnswer:
         os.close(fd)
     seconds = round(time.monotonic() - started, 3)
     site = "fresh" if fresh else "warm"
-    if answer is None or "stale" in answer:  # the holder ended without an answer, or was killed on time-out
+    checked = None if answer is None or "stale" in answer else BuildAnswer.checked(answer)
+    if checked is None:  # the holder ended without an answer, was killed on time-out, or answered nonsense
+        if _holder is not None and _holder.alive():
+            _holder.kill()
         _holder = None
         leftovers = sandbox.end_descendants()
         code = -9 if status is None else os.waitstatus_to_exitcode(status)
-        return BuildAnswer(code or 1, status is None, seconds, 0, leftovers, site=site, note=note)
+        if answer is not None and "stale" not in answer:
+            _append_log(request.log_path, "pequod: the site holder's answer is not one; the build counts as failed")
+        return BuildAnswer(code or 1, status is None and answer is None, seconds, 0, leftovers, site=site, note=note)
     # Whatever the build left running (also daemons that left its session): the worker is their subreaper.
     leftovers = sandbox.end_descendants(keep=[_holder.pid])
-    result = replace(BuildAnswer(**answer), seconds=seconds, site=site, note=note, leftovers=leftovers)
+    result = replace(checked, seconds=seconds, site=site, note=note, leftovers=leftovers)
     if result.status != 0:
         _stop_holder()  # it ends itself after a failed build
+        return result
+    why = _holder.left_running()
+    if why is not None:
+        # Site code left something in the long-lived process (a thread, a signal handler, a timer): it could
+        # act between builds, so the next build gets a fresh holder.
+        _append_log(request.log_path, f"pequod: {why}; the next build loads the site afresh")
+        _stop_holder()
+    else:
+        _holder.pause()  # nothing of the site runs while the release is staged and the next commit checked out
     return result
+
+
+def _append_log(path: str, line: str) -> None:
+    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
 
 
 def _stop_holder() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import shutil
@@ -31,6 +32,15 @@ def _message(exc: git.GitCommandError) -> str:
 def local_path(url: str) -> str | None:
     """The repository's path when the remote is on this machine (file:// or a plain path)."""
     return url.removeprefix("file://") if url.startswith(("file://", "/")) else None
+
+
+@dataclasses.dataclass
+class TreeFacts:
+    largest: str = ""
+    size: int = 0
+    deepest: str = ""
+    depth: int = 0  # directories above the deepest file
+    files: int = 0
 
 
 class GitSource:
@@ -149,19 +159,31 @@ class GitSource:
         subject, _, author = out.partition("\x00")
         return subject[:300], author[:100]
 
-    def largest_file(self, commit: str) -> tuple[str, int]:
-        """(path, size in bytes) of the largest file in `commit`, without checking it out."""
+    def tree_facts(self, commit: str) -> TreeFacts:
+        """The largest and the most deeply nested file of `commit`, without checking it out."""
         try:
-            out = self._repo().git.ls_tree("-r", "-l", "--full-tree", commit, kill_after_timeout=self.timeout)
+            out = self._repo().git.ls_tree("-r", "-l", "-z", "--full-tree", commit, kill_after_timeout=self.timeout,
+                                           strip_newline_in_stdout=False)
         except git.GitCommandError as exc:
             raise GitError(f"cannot list {commit[:12]}: {_message(exc)}") from None
-        largest = ("", 0)
-        for line in out.splitlines():
-            meta, _, path = line.partition("\t")
-            size = meta.split()[3] if len(meta.split()) == 4 else "-"
-            if size.isdigit() and int(size) > largest[1]:
-                largest = (path, int(size))
-        return largest
+        facts = TreeFacts()
+        for record in out.split("\0"):
+            meta, _, path = record.partition("\t")
+            fields = meta.split()
+            if len(fields) != 4:
+                continue
+            facts.files += 1
+            depth = path.count("/")
+            if depth > facts.depth:
+                facts.depth, facts.deepest = depth, path
+            if fields[3].isdigit() and int(fields[3]) > facts.size:
+                facts.largest, facts.size = path, int(fields[3])
+        return facts
+
+    def largest_file(self, commit: str) -> tuple[str, int]:
+        """(path, size in bytes) of the largest file in `commit`, without checking it out."""
+        facts = self.tree_facts(commit)
+        return facts.largest, facts.size
 
     def checkout(self, commit: str) -> None:
         """Make the work tree exactly `commit`, keeping Nikola's build state."""

@@ -4,10 +4,12 @@ DATA_DIR):
     DATA_DIR/
       current -> releases/<id>     the live release (swapped with rename(2))
       releases/<id>/, <id>.json    kept releases and their metadata
-      source/                      the work tree a build reads and writes (Nikola's state included)
-      source.git/                  its repository, outside the work tree (a build cannot touch it)
-      build-tmp/                   the build's HOME and TMPDIR
-      build-state.json             what the work tree was last built from
+      source.git/                  the site's repository, outside the work tree (a build cannot touch it)
+      build/                       all a build may write; a volume of its own under the agent, so a
+                                   build that fills it never fills the releases' volume
+        source/                    the work tree a build reads and writes (Nikola's state included)
+        tmp/                       the build's HOME and TMPDIR, emptied before every build
+        build-state.json           what the work tree was last built from
       status.json                  deploy status and history
       logs/last-build.log          the last build's whole log
       wake                         touched by a valid webhook: the watcher checks the remote at once
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,8 +46,12 @@ class Layout:
         return self.root / "releases"
 
     @property
+    def build_root(self) -> Path:
+        return self.root / "build"
+
+    @property
     def source(self) -> Path:
-        return self.root / "source"
+        return self.build_root / "source"
 
     @property
     def git_dir(self) -> Path:
@@ -52,11 +59,41 @@ class Layout:
 
     @property
     def build_tmp(self) -> Path:
-        return self.root / "build-tmp"
+        return self.build_root / "tmp"
 
     @property
     def build_state(self) -> Path:
-        return self.root / "build-state.json"
+        return self.build_root / "build-state.json"
+
+    # Where earlier versions kept the work tree and the build's HOME, on the releases' volume.
+    LEGACY = ("source", "build-tmp", "build-state.json")
+
+    def repair(self) -> list[str]:
+        """Give the publisher back what it owns, whatever changed it (a build cannot, but a crash, an
+        administrator or an older version might have): the data directory and its parts readable, writable and
+        searchable by their owner, the releases readable by all. Returns what was repaired."""
+        repaired = []
+        wanted = [(self.root, 0o755), (self.releases, 0o755), (self.build_root, 0o755), (self.source, 0o755),
+                  (self.build_tmp, 0o700), (self.logs, 0o755), (self.git_dir, 0o755), (self.status, 0o644),
+                  (self.watcher_lock, 0o644), (self.build_state, 0o644)]
+
+        def fix(path: Path, mode: int) -> None:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return
+            if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & mode == mode:
+                return
+            with contextlib.suppress(OSError):
+                os.chmod(path, stat.S_IMODE(st.st_mode) | mode, follow_symlinks=False)
+                repaired.append(f"{path} had mode {stat.S_IMODE(st.st_mode):o}")
+
+        for path, mode in wanted:
+            fix(path, mode)
+        with contextlib.suppress(OSError):
+            for path in self.releases.iterdir():  # after releases/ itself is searchable again
+                fix(path, 0o755 if path.is_dir() else 0o644)
+        return repaired
 
     @property
     def status(self) -> Path:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline import sandbox
+from pipeline import sandbox, tree
 from pipeline.build_worker import BuildRequest, BuildWorker
 from pipeline.errors import BuildError
 from pipeline.layout import replace_file
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 # (templates, plugins, the configuration module's code): they get a clean build.
 CLEAN_BUILD_PATHS = ("conf.py", "themes/", "templates/", "plugins/", "shortcodes/", "messages/")
 LOG_TAIL_LINES = 30
+MIN_FREE_BYTES = 64 << 20  # less free on the build's volume before a build: Nikola's state goes (a clean build)
 # Nikola's incremental state in the work tree (kept between builds and by `git clean`; removed for a clean build).
 NIKOLA_STATE = ("output", "cache", ".doit.db*")
 
@@ -82,6 +85,8 @@ class NikolaBuilder:
         self.last_warm = False  # whether the last build started in an already warm worker
         self.last_max_rss_kb = 0  # peak memory of the last build
         self.last_site = ""  # "warm": the site stayed loaded since the build before; "fresh": loaded for it
+        self.last_output = "output"  # the output folder the last build's configuration named
+        self.last_scheduled: list[tuple[float, str, str]] = []  # posts held back until due: (UNIX time, source, title)
 
     @property
     def output_dir(self) -> Path:
@@ -97,14 +102,47 @@ class NikolaBuilder:
     def _record_state(self, state: BuildState) -> None:
         replace_file(self._state_file, json.dumps({"commit": state.commit, "ok": state.ok}))
 
+    def forget(self) -> None:
+        """After a failure outside the build (its output could not be published): the next build is clean."""
+        previous = self.previous_state()
+        with contextlib.suppress(OSError):
+            self._record_state(BuildState(previous.commit if previous else "", ok=False))
+
     def reset(self) -> None:
         """Forget Nikola's incremental state so the next build is a clean one."""
+        if not self.site_dir.is_dir():
+            return
         for pattern in NIKOLA_STATE:
             for path in self.site_dir.glob(pattern):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+                tree.remove_tree(path)
+
+    def prepare(self) -> None:
+        """Before a checkout: the build's HOME and TMPDIR start empty, and after a build that failed (it may
+        have filled the build volume) Nikola's state goes too, so the checkout and the next build have room."""
+        tree.empty_dir(self.tmp_dir)
+        previous = self.previous_state()
+        if previous is None or not previous.ok or self._short_of_space():
+            self.reset()
+
+    def _short_of_space(self) -> bool:
+        """Whether the build's volume is nearly full (a build filled it, and its state could not be recorded)."""
+        try:
+            usage = shutil.disk_usage(self.site_dir.parent)
+        except OSError:
+            return False
+        return usage.free < min(MIN_FREE_BYTES, usage.total // 10)
+
+    def open_output(self, folder: str) -> int:
+        """The output folder the build's configuration names (OUTPUT_FOLDER), opened without following a link:
+        it must be a real directory inside the work tree. Raises BuildError naming what is wrong."""
+        parts = [part for part in folder.split("/") if part not in ("", ".")]
+        if not parts or folder.startswith("/") or ".." in parts:
+            raise BuildError(f"OUTPUT_FOLDER = {tree.shown(folder)!r}: the output must be a folder inside the site "
+                             "(e.g. 'output')", "")
+        try:
+            return tree.open_beneath(self.site_dir, folder)
+        except tree.TreeError as exc:
+            raise BuildError(f"the build output {exc}; nothing was published", "") from None
 
     def build(self, commit: str, *, clean: bool, log_path: Path, changes: list[str] | None = None) -> str:
         """Build the checked-out `commit` into output/; return the build log. Raises BuildError.
@@ -117,7 +155,7 @@ class NikolaBuilder:
         refuse_escaping_symlinks(self.site_dir, "the site repository", skip=("output", "cache"))
         if clean:
             self.reset()
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        tree.empty_dir(self.tmp_dir)
         env = sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir,
                                         extra={"SITE_COMMIT": commit, "NIKOLA_MONO": "1"})
         request = BuildRequest(str(self.site_dir), str(log_path), self.timeout, env, asdict(self.limits),
@@ -146,6 +184,7 @@ class NikolaBuilder:
             else:
                 message = f"nikola build failed with status {status}"
             raise BuildError(message, log_tail(output))
-        refuse_escaping_symlinks(self.output_dir, "the build output")
+        self.last_output = answer.output
+        self.last_scheduled = [(due, source, title) for due, source, title in answer.scheduled if math.isfinite(due)]
         self._record_state(BuildState(commit, ok=True))
         return output

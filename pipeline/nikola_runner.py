@@ -222,6 +222,45 @@ def remove_orphans(site: object, targets: list[str] | None = None) -> int:
     return len(orphans)
 
 
+SCHEDULED_LISTED = 50  # held-back posts a build reports (the earliest)
+# (due as UNIX time, source path, title) of the posts the last scan held back, per post scanner.
+HELD_BACK: dict[str, list[tuple[float, str, str]]] = {}
+
+
+def hold_back_undeployable(site: Any) -> None:
+    """What is published follows Nikola's deploy rules: a post dated in the future (unless DEPLOY_FUTURE) and
+    a draft (where DEPLOY_DRAFTS = False) are left out of the scan itself, so no page, index, feed, tag,
+    archive or sitemap ever names them; the future ones are noted in HELD_BACK (the pipeline builds again
+    when the first is due). Installed on the site's post scanners once they are loaded."""
+    deploy_drafts = site.config.get("DEPLOY_DRAFTS", True)
+    deploy_future = site.config.get("DEPLOY_FUTURE", False)
+    for plugin in site.plugin_manager.get_plugins_of_category("PostScanner"):
+        scanner = plugin.plugin_object
+        if getattr(scanner.scan, "holds_back", False):
+            continue
+        real_scan = scanner.scan
+
+        def scan(real_scan: Any = real_scan, name: str = plugin.name) -> list:
+            kept, held = [], []
+            for post in real_scan():
+                if post.publish_later and not deploy_future:
+                    held.append((post.date.timestamp(), post.source_path, str(post.title())[:200]))
+                elif post.is_draft and not deploy_drafts:
+                    pass
+                else:
+                    kept.append(post)
+            HELD_BACK[name] = held
+            return kept
+
+        scan.holds_back = True  # type: ignore[attr-defined]
+        scanner.scan = scan
+
+
+def scheduled() -> list[tuple[float, str, str]]:
+    """The held-back posts of the last scan, earliest first (at most SCHEDULED_LISTED)."""
+    return sorted(item for held in HELD_BACK.values() for item in held)[:SCHEDULED_LISTED]
+
+
 def open_site(site_dir: str) -> Any:
     """Load the site's conf.py and Nikola's plugins in this process (as `nikola build` starts): the site's
     DoitNikola, or the exit status when conf.py could not be loaded."""
@@ -268,6 +307,15 @@ def main(argv: list[str]) -> int:
     doit_nikola = open_site(argv[0])
     if isinstance(doit_nikola, int):
         return doit_nikola
+    site = doit_nikola.nikola
+    real_init = site.init_plugins
+
+    def init_plugins(*args: Any, **kwargs: Any) -> Any:
+        result = real_init(*args, **kwargs)
+        hold_back_undeployable(site)
+        return result
+
+    site.init_plugins = init_plugins
     return run_build(doit_nikola)
 
 

@@ -9,14 +9,18 @@ Layout under DATA_DIR:
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import json
 import os
 import shutil
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline import site_rules, tree
 from pipeline.layout import Layout
 from pipeline.status import StatusStore, utc_now
 
@@ -43,83 +47,189 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 COMPRESSIBLE = (".html", ".css", ".js", ".xml", ".json", ".svg", ".txt", ".md", ".rss", ".atom", ".map")
 COMPRESS_MIN_BYTES = 512
+COMPRESS_MAX_BYTES = 32 << 20  # larger text files are sent as they are (compressing them holds them in memory)
+MAX_DEPTH = 64  # directories nested in a release (a site's own go 4 or 5 deep)
+FILE_MODE, DIR_MODE = 0o644, 0o755  # what a release's files and directories get, whatever the build gave
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def precompress(path: Path) -> bool:
-    """Write `path`.gz beside a text file when that saves at least 10 %; deterministic (no name, no time
-    in the header) and given the file's mtime, so an unchanged file's .gz is shared like the file."""
-    if not path.name.endswith(COMPRESSIBLE):
+    """Write `path`.gz beside a text file (see _precompress_at)."""
+    fd = tree.open_dir(str(path.parent))
+    try:
+        return _precompress_at(fd, path.name)
+    finally:
+        os.close(fd)
+
+
+def _precompress_at(dir_fd: int, name: str) -> bool:
+    """Write `name`.gz beside a text file in `dir_fd` when that saves at least 10 %; deterministic (no name,
+    no time in the header) and given the file's mtime, so an unchanged file's .gz is shared like the file."""
+    if not name.endswith(COMPRESSIBLE):
         return False
-    st = path.stat()
-    gz = path.with_name(path.name + ".gz")
-    if st.st_size < COMPRESS_MIN_BYTES or gz.exists():
-        return False
-    data = path.read_bytes()
+    fd = os.open(name, tree.FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not COMPRESS_MIN_BYTES <= st.st_size <= COMPRESS_MAX_BYTES:
+            return False
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read()
+    finally:
+        os.close(fd)
     packed = gzip.compress(data, compresslevel=9, mtime=0)
     if len(packed) > 0.9 * len(data):
         return False
-    gz.write_bytes(packed)
-    os.utime(gz, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        out = os.open(name + ".gz", _NEW_FILE, FILE_MODE, dir_fd=dir_fd)
+    except FileExistsError:
+        return False
+    with os.fdopen(out, "wb") as handle:
+        handle.write(packed)
+        handle.flush()
+        os.utime(handle.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
     return True
 
 
-def stage(output_dir: Path, releases_dir: Path, meta: Release, previous: Path | None) -> Path:
-    """Copy a build's output into a new release directory and return it.
+def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path | None) -> Path:
+    """Copy a build's output (a directory, or an open descriptor of one) into a new release directory and
+    return it.
 
-    Files identical (size and mtime, which copy2 preserves) to the previous release are
-    hard-linked instead of copied (with their precompressed .gz): releases are never modified, so
-    sharing is safe, and keeping five releases then costs little more than one on a memory-backed
-    /workdir. Text files get a gzip copy beside them (`name.gz`) that serve.py sends to clients
-    accepting gzip.
+    The output is code's work and trusted in nothing: it is walked by descriptor without following a link
+    (pipeline.tree), only regular files and directories are taken (anything else fails the staging with
+    tree.TreeError naming it), each file is read from what was opened and checked (a file swapped for a link
+    or a FIFO meanwhile is refused, never followed), and the copies get modes of our choosing. Files
+    identical (size and mtime) to the previous release are hard-linked instead of copied (with their
+    precompressed .gz): releases are never modified, so sharing is safe, and keeping five releases then
+    costs little more than one. Text files get a gzip copy beside them (`name.gz`) that serve.py sends to
+    clients accepting gzip.
     """
     releases_dir.mkdir(parents=True, exist_ok=True)
     final = releases_dir / meta.release
     tmp = releases_dir / f".{meta.release}.tmp"
     meta_file = releases_dir / f"{meta.release}.json"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tree.remove_tree(tmp)
+    source = os.dup(output) if isinstance(output, int) else tree.open_dir(str(output))
     try:
-        _copy_tree(output_dir, tmp, previous)
+        _copy_tree(source, tmp, previous)
+        site_rules.check_release(tmp)  # a bad _redirects or _headers rule fails the publish (RuleError)
         meta_file.write_text(json.dumps(asdict(meta), indent=2) + "\n")
         os.replace(tmp, final)
     except BaseException:
-        # A full volume, say: nothing half-copied is left behind.
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A full volume, something refused: nothing half-copied is left behind.
+        with contextlib.suppress(OSError):
+            tree.remove_tree(tmp)
         meta_file.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(source)
     return final
 
 
-def _copy_tree(output_dir: Path, tmp: Path, previous: Path | None) -> None:
-    _copy_dir(str(output_dir), str(tmp), None if previous is None else str(previous))
+def _copy_tree(source: int, tmp: Path, previous: Path | None) -> None:
+    """Depth-first; each level of the walk holds its directory's descriptors (source, new, previous or None)
+    and the names of its subdirectories still to copy, so descriptors are bounded by MAX_DEPTH."""
+    tmp.mkdir(mode=DIR_MODE)
+    old = None
+    if previous is not None:
+        with contextlib.suppress(OSError):
+            old = tree.open_dir(str(previous))
+    levels: list[tuple[list[int | None], str, Iterator[str]]] = []
+    fds: list[int | None] = [os.dup(source), None, old]
+    try:
+        fds[1] = tree.open_dir(str(tmp))
+        levels.append((fds, "", iter(_copy_dir(fds, ""))))
+        while levels:
+            (src, dst, old), prefix, pending = levels[-1]
+            name = next(pending, None)
+            if name is None:
+                _close(levels.pop()[0])
+                continue
+            path = prefix + name
+            if len(levels) > MAX_DEPTH:
+                raise tree.TreeError(f"{tree.shown(path)} is nested more than {MAX_DEPTH} directories deep")
+            fds = [_open_or_refuse(name, src, prefix, directory=True), None, None]  # type: ignore[arg-type]
+            levels.append((fds, path + "/", iter(())))
+            os.mkdir(name, DIR_MODE, dir_fd=dst)
+            fds[1] = tree.open_dir(name, dir_fd=dst)
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    fds[2] = tree.open_dir(name, dir_fd=old)
+            levels[-1] = (fds, path + "/", iter(_copy_dir(fds, path + "/")))
+    finally:
+        if not levels:
+            _close(fds)
+        for level in levels:
+            _close(level[0])
 
 
-def _copy_dir(src_dir: str, dst_dir: str, old_dir: str | None) -> None:
-    """One directory of _copy_tree, then its subdirectories (one stat per file, from the directory scan)."""
-    os.makedirs(dst_dir, exist_ok=True)
-    with os.scandir(src_dir) as scan:
-        entries = sorted(scan, key=lambda entry: entry.name)
-    names = {entry.name for entry in entries}
-    for entry in entries:
-        name, dst = entry.name, os.path.join(dst_dir, entry.name)
-        if entry.is_symlink():  # checked by the build: it points inside the output
-            os.symlink(os.readlink(entry.path), dst)
-            continue
-        if entry.is_dir():
-            _copy_dir(entry.path, dst, None if old_dir is None else os.path.join(old_dir, name))
-            continue
-        if old_dir is not None:
-            old = os.path.join(old_dir, name)
+def _close(fds: list[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+    fds[:] = [None] * len(fds)
+
+
+def _copy_dir(fds: list[int | None], prefix: str) -> list[str]:
+    """Copy one directory's files; return the names of its subdirectories."""
+    src, dst, old = fds
+    assert src is not None and dst is not None
+    listing = tree.entries(src)
+    names = {name for name, _st in listing}
+    below = []
+    for name, st in listing:
+        if stat.S_ISDIR(st.st_mode):
+            below.append(name)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(name, src, dst, old, prefix, names)
+        else:
+            raise tree.TreeError(f"{tree.shown(prefix + name)} is {tree.kind(st.st_mode)}: a release takes "
+                                 "regular files and directories only")
+    return below
+
+
+def _open_or_refuse(name: str, dir_fd: int, prefix: str, *, directory: bool) -> int:
+    """Open an entry of the output without following a link; what is not what the scan saw is refused."""
+    try:
+        fd = os.open(name, tree.DIR_FLAGS if directory else tree.FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENOENT):
+            raise tree.TreeError(f"{tree.shown(prefix + name)} changed (into a link, a special file, or gone) "
+                                 "while it was published: something the build started still runs") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
+        os.close(fd)
+        raise tree.TreeError(f"{tree.shown(prefix + name)} is {tree.kind(mode)}: a release takes regular files "
+                             "and directories only")
+    return fd
+
+
+def _copy_file(name: str, src: int, dst: int, old: int | None, prefix: str, names: set[str]) -> None:
+    fd = _open_or_refuse(name, src, prefix, directory=False)
+    try:
+        st = os.fstat(fd)
+        if old is not None:
             try:
-                if _same_file(entry.stat(follow_symlinks=False), os.stat(old, follow_symlinks=False)):
-                    os.link(old, dst)
+                old_st = os.stat(name, dir_fd=old, follow_symlinks=False)
+                if stat.S_ISREG(old_st.st_mode) and _same_file(st, old_st):
+                    os.link(name, name, src_dir_fd=old, dst_dir_fd=dst, follow_symlinks=False)
                     if name + ".gz" not in names:  # the output's own .gz wins over the one made for the old file
                         with contextlib.suppress(OSError):
-                            os.link(old + ".gz", dst + ".gz")
-                    continue
+                            os.link(name + ".gz", name + ".gz", src_dir_fd=old, dst_dir_fd=dst, follow_symlinks=False)
+                    return
             except OSError:
                 pass
-        shutil.copy2(entry.path, dst)
-        precompress(Path(dst))
+        out = os.open(name, _NEW_FILE, FILE_MODE, dir_fd=dst)
+        try:
+            while os.sendfile(out, fd, None, 1 << 20):
+                pass
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+    if name + ".gz" not in names:
+        _precompress_at(dst, name)
 
 
 def current_release_dir(current_link: Path) -> Path | None:

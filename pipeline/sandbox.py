@@ -34,6 +34,7 @@ _RULE_PATH_BENEATH = 1
 _EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 _FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | (1 << 14) | (1 << 15)  # + truncate, ioctl_dev
 _READ_RIGHTS = _EXECUTE | _READ_FILE | _READ_DIR
+_SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 
 def build_environment(base: Mapping[str, str], *, home: Path, tmpdir: Path,
@@ -46,19 +47,27 @@ def build_environment(base: Mapping[str, str], *, home: Path, tmpdir: Path,
 
 
 def escaping_symlinks(root: Path, skip: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """(path relative to root, link text) of every symlink under `root` whose target is outside it."""
+    """(path relative to root, link text) of every symlink under `root` whose target is outside it. Iterative
+    (a pushed tree chooses its depth); a link whose target cannot be resolved counts as escaping."""
     real_root = os.path.realpath(root)
     found = []
     skipped = set(skip)
-    for current, dirs, files in os.walk(root):
-        if current == str(root):
-            dirs[:] = [d for d in dirs if d not in skipped]
-        for name in [*dirs, *files]:
-            path = os.path.join(current, name)
-            if os.path.islink(path):
-                real = os.path.realpath(path)
-                if real != real_root and not real.startswith(real_root + os.sep):
-                    found.append((os.path.relpath(path, root), os.readlink(path)))
+    todo = [str(root)]
+    while todo:
+        current = todo.pop()
+        with os.scandir(current) as scan:
+            for entry in scan:
+                if current == str(root) and entry.name in skipped:
+                    continue
+                if entry.is_symlink():
+                    try:
+                        real = os.path.realpath(entry.path)
+                    except (OSError, RecursionError):
+                        real = "/"
+                    if real != real_root and not real.startswith(real_root + os.sep):
+                        found.append((os.path.relpath(entry.path, root), os.readlink(entry.path)))
+                elif entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
     return sorted(found)
 
 
@@ -184,8 +193,11 @@ def confine(read: Iterable[str], write: Iterable[str]) -> str | None:
         handled |= 1 << 15  # ioctl_dev
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
-    attr = ctypes.c_uint64(handled)
-    ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(8), ctypes.c_uint32(0))
+    # struct landlock_ruleset_attr: handled_access_fs, handled_access_net (ABI 4), scoped (ABI 6). Scoped: the
+    # build cannot signal (stop, kill) or reach by abstract unix socket any process outside its sandbox.
+    attr = (ctypes.c_uint64 * 3)(handled, 0, _SCOPE_SIGNAL | _SCOPE_ABSTRACT_UNIX if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 8
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
         return f"Landlock refused a ruleset: {os.strerror(ctypes.get_errno())}"
     try:
@@ -211,6 +223,55 @@ def confine(read: Iterable[str], write: Iterable[str]) -> str | None:
             return f"Landlock refused to confine the build: {os.strerror(ctypes.get_errno())}"
     finally:
         os.close(ruleset)
+    return None
+
+
+def scoped_signals() -> bool:
+    """Whether confine() also keeps the build's signals inside its sandbox (Landlock ABI 6+)."""
+    return landlock_abi() >= 6
+
+
+# What Landlock does not cover, refused by a seccomp filter: the build can neither change the mode, owner,
+# times or extended attributes of any file (its own included: such calls succeed and change nothing, so
+# that shutil.copy2 and the like still work), nor change another process's limits or scheduling.
+UNCHANGED_ATTRIBUTES = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+                        "utime", "utimes", "futimesat", "utimensat")
+REFUSED = ("setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "ptrace",
+           "process_vm_writev", "process_madvise", "pidfd_getfd", "kcmp")
+ONLY_SELF = {  # syscall: the argument naming the process (0: this one)
+    "prlimit64": 0, "setpriority": 1, "ioprio_set": 1, "sched_setaffinity": 0, "sched_setparam": 0,
+    "sched_setscheduler": 0, "sched_setattr": 0, "migrate_pages": 0, "move_pages": 0,
+}
+_SYSCALL_NUMBERS = {"fchmodat2": 452}  # newer than some libseccomp releases; the same number on every arch
+
+
+def restrict_syscalls() -> str | None:
+    """Install the seccomp filter above in this process (inherited by everything it starts; no_new_privs must
+    be set, as confine() does). Returns None when installed, else why not."""
+    try:
+        import pyseccomp as seccomp
+    except (ImportError, OSError) as exc:  # OSError: libseccomp itself is missing
+        return f"seccomp is not available ({exc})"
+    try:
+        flt = seccomp.SyscallFilter(seccomp.ALLOW)
+
+        def rule(action: object, name: str, *args: object) -> None:
+            try:
+                flt.add_rule(action, name, *args)
+            except (RuntimeError, ValueError, OSError):
+                if name not in _SYSCALL_NUMBERS:
+                    raise
+                flt.add_rule(action, _SYSCALL_NUMBERS[name], *args)
+
+        for name in UNCHANGED_ATTRIBUTES:
+            rule(seccomp.ERRNO(0), name)
+        for name in REFUSED:
+            rule(seccomp.ERRNO(errno.EPERM), name)
+        for name, index in ONLY_SELF.items():
+            rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(index, seccomp.NE, 0))
+        flt.load()
+    except Exception as exc:  # noqa: BLE001 - libseccomp reports every failure its own way
+        return f"seccomp refused the build's filter: {exc}"
     return None
 
 

@@ -235,6 +235,7 @@ class WarmSite:
         site = doit_nikola.nikola
         site.init_plugins()  # what `nikola build` does first; its builds are given the site with plugins loaded
         site.init_plugins = _already_done
+        nikola_runner.hold_back_undeployable(site)
         folders = []
         for wildcard, *_rest in site.config["post_pages"]:
             folder = os.path.normpath(os.path.dirname(wildcard))
@@ -397,7 +398,13 @@ def serve(sock: socket.socket, first: Any) -> int:
     limits = first.limits
     sandbox.set_limits(memory_mb=limits["memory_mb"], file_mb=limits["file_mb"], processes=limits["processes"])
     why_not = sandbox.confine(first.read, first.write)
+    # Even where Landlock is missing, no_new_privs lets an unprivileged process install its own filter.
+    ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    why_not_seccomp = sandbox.restrict_syscalls()
+    confinement = ("Landlock" + (" with signal scoping" if sandbox.scoped_signals() else "")
+                   if why_not is None else None)
     _HOLDER_FDS.append(sock.fileno())
+    sock.send(b"ready")
     site: WarmSite | None = None
     while True:
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 1)
@@ -417,8 +424,10 @@ def serve(sock: socket.socket, first: Any) -> int:
                     _redirect_output(devnull)
                     _send(sock, {"stale": reason})
                     return 0
-            print(f"pequod: build confined to {', '.join(request.write)} (Landlock)" if why_not is None
+            print(f"pequod: build confined to {', '.join(request.write)} ({confinement})" if why_not is None
                   else f"pequod: WARNING: {why_not}; the build runs without file confinement", flush=True)
+            if why_not_seccomp is not None:
+                print(f"pequod: WARNING: {why_not_seccomp}; the build can change file modes and times", flush=True)
             if site is None:
                 opened = WarmSite.open(request.site_dir)
                 if isinstance(opened, int):
@@ -446,6 +455,7 @@ def serve(sock: socket.socket, first: Any) -> int:
         answer = dataclasses.replace(answer, seconds=round(time.monotonic() - started, 3))
         if answer.status == 0:
             site.commit, site.fingerprint = request.commit, fingerprint
+            answer = dataclasses.replace(answer, output=str(site.doit_nikola.nikola.config.get("OUTPUT_FOLDER")))
         _redirect_output(devnull)
         _send(sock, dataclasses.asdict(answer))
         if answer.status != 0:
@@ -467,9 +477,12 @@ def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any,
         # Written before the build exited; not waited for (a process it left may still hold the pipe).
         os.set_blocking(read_end, False)
         try:
-            fingerprint = os.read(read_end, 64).decode() or None
-        except BlockingIOError:
-            fingerprint = None
+            report = json.loads(os.read(read_end, REPORT_BYTES).decode() or "null")
+        except (BlockingIOError, ValueError):
+            report = None
+        fingerprint = report.get("fingerprint") if isinstance(report, dict) else None
+        if isinstance(report, dict) and isinstance(report.get("scheduled"), list):
+            answer = dataclasses.replace(answer, scheduled=report["scheduled"])
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -495,8 +508,24 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
               flush=True)
         if fingerprint != site.fingerprint:
             return AGAIN
-    os.write(report_fd, fingerprint.encode())
+    report = json.dumps({"fingerprint": fingerprint, "scheduled": nikola_runner.scheduled()})
+    os.write(report_fd, report.encode()[:REPORT_BYTES])  # within a pipe's buffer: never blocks
     return 0
+
+
+REPORT_BYTES = 60_000
+
+
+def process_traits(pid: int) -> tuple[int, str, bool] | None:
+    """(threads, caught-signal mask, has POSIX timers) of a process, from /proc; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        with open(f"/proc/{pid}/timers", encoding="ascii", errors="replace") as handle:
+            timers = bool(handle.read().strip())
+    except OSError:
+        return None
+    return int(fields.get("Threads", "0").strip() or 0), fields.get("SigCgt", "").strip(), timers
 
 
 class HolderClient:
@@ -515,6 +544,37 @@ class HolderClient:
         self.pid = fork_call(run_holder)
         child.close()
         self.sock = parent
+        self.sock.settimeout(30)
+        # The holder says it is ready before it runs any site code: what it looks like then is the baseline.
+        with contextlib.suppress(OSError):
+            self.sock.recv(16)
+        self.baseline = process_traits(self.pid)
+
+    def left_running(self) -> str | None:
+        """What site code left in the holder that could act between builds (read from /proc, not asked of
+        the holder, which runs site code), or None."""
+        now = process_traits(self.pid)
+        if now is None or self.baseline is None:
+            return "the site holder could not be inspected"
+        threads, caught, timers = now
+        if threads > 1:
+            return f"the site's code left {threads - 1} thread(s) running in the site holder"
+        if caught != self.baseline[1]:
+            return "the site's code installed a signal handler in the site holder"
+        if timers:
+            return "the site's code left a timer in the site holder"
+        return None
+
+    def pause(self) -> None:
+        """Stop the holder (SIGSTOP) until the next build: nothing of the site runs meanwhile."""
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGCONT)
 
     def ask(self, request: Any, log_fd: int, timeout: float) -> tuple[dict | None, int | None]:
         """Send a build; (answer, None), or (None, wait status) when the holder ended without one, or
@@ -533,7 +593,11 @@ class HolderClient:
             data = b""
         if not data:
             return None, self._reap()
-        return json.loads(data), None
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        return (answer if isinstance(answer, dict) else {"invalid": repr(data[:80])}), None
 
     def _reap(self) -> int:
         _pid, status = os.waitpid(self.pid, 0)
@@ -553,6 +617,7 @@ class HolderClient:
     def stop(self) -> None:
         """Ask the holder to end (it has no build running between requests)."""
         if self.pid:
+            self.resume()
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_WR)
             self.sock.settimeout(5)

@@ -23,6 +23,14 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def utc_iso(when: float) -> str:
+    """A UNIX time as UTC, to the second (also for times far off: a post dated in the year 9999)."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    except (OverflowError, OSError, ValueError):
+        return "far in the future"
+
+
 def empty_status() -> dict[str, Any]:
     return {
         "remote": None,
@@ -32,6 +40,7 @@ def empty_status() -> dict[str, Any]:
         "consecutive_failures": 0,
         "last_attempted_commit": None,
         "builds": [],
+        "scheduled": [],  # posts the live release holds back until their date: {due, at, source, title}
     }
 
 

@@ -5,23 +5,25 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pipeline import metrics, notify, releases, triggers
+from pipeline import heartbeat, links, metrics, notify, releases, tree, triggers
 from pipeline.config import Settings, redact_url
 from pipeline.errors import BuildError, GitError, PipelineError
 from pipeline.git_source import GitSource, local_path
 from pipeline.nikola_build import BuildLimits, NikolaBuilder, clean_build_reason
-from pipeline.status import StatusStore, utc_now
+from pipeline.status import StatusStore, utc_iso, utc_now
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BACKOFF = 300.0
 FETCH_ATTEMPTS = 3  # a head that cannot be fetched (or checked out) this often in a row is given up on
+MAX_TREE_DEPTH = 32  # directories a pushed file may be nested in (Nikola's own walks recurse)
 INTERRUPTED_ATTEMPTS = 2  # builds of one commit the instance did not survive before it is given up on
 
 
@@ -48,6 +50,8 @@ class Watcher:
         self._fetch_failures: tuple[str, int] = ("", 0)  # (head, attempts in a row)
         self.notifier = (notify.Notifier(settings.notify_url, settings.notify_secret, self._notified)
                          if settings.notify_url else None)
+        self.heartbeat = heartbeat.for_watcher(settings)  # serve.py's health check reads it
+        self.links = links.LinkReport(settings.links_broken_fail)  # the link report of each release
 
     def _notified(self, ok: bool, message: str) -> None:
         """A notification's final outcome, for the status and the deploy page."""
@@ -90,7 +94,11 @@ class Watcher:
             return backoff_delay(settings.poll_interval, self._transient_failures)
         self._transient_failures = 0
         if head == last_attempted:
-            return settings.poll_interval
+            due = self._next_due()
+            if due is None or due > time.time():
+                return settings.poll_interval if due is None else min(settings.poll_interval,
+                                                                      max(due - time.time(), 0.05))
+            log.info("a scheduled post is due: building %s again", head[:12])
         try:
             self.deploy()
         except GitError as exc:
@@ -108,6 +116,12 @@ class Watcher:
             return backoff_delay(settings.poll_interval, self._transient_failures)
         self._fetch_failures = ("", 0)
         return 0 if self.wake.is_set() else settings.poll_interval
+
+    def _next_due(self) -> float | None:
+        """When the first post the live release holds back is due (from status.json: kept across restarts)."""
+        scheduled = self.store.read().get("scheduled") or []
+        dues = [item["due"] for item in scheduled if isinstance(item, dict) and isinstance(item.get("due"), float)]
+        return min(dues) if dues else None
 
     def _forget_build(self) -> None:
         with self.store.edit() as status:
@@ -137,11 +151,16 @@ class Watcher:
         """Fetch the branch, build its newest commit and publish it if the build succeeds."""
         settings = self.settings
         commit = self.source.fetch()
-        path, size = self.source.largest_file(commit)
-        if size > settings.max_file_mb << 20:
+        facts = self.source.tree_facts(commit)
+        if facts.size > settings.max_file_mb << 20:
             self.source.drop_fetched()
-            self._give_up(commit, f"{path} is {size / (1 << 20):.1f} MB, larger than MAX_FILE_MB="
-                          f"{settings.max_file_mb}; remove it from the branch (or raise MAX_FILE_MB)")
+            self._give_up(commit, f"{tree.shown(facts.largest)} is {facts.size / (1 << 20):.1f} MB, larger than "
+                          f"MAX_FILE_MB={settings.max_file_mb}; remove it from the branch (or raise MAX_FILE_MB)")
+            return
+        if facts.depth > MAX_TREE_DEPTH:
+            self.source.drop_fetched()
+            self._give_up(commit, f"{tree.shown(facts.deepest)} is nested {facts.depth} directories deep, more than "
+                          f"the {MAX_TREE_DEPTH} a site may use; flatten it")
             return
         previous = self.builder.previous_state()
         changes = self.source.changes(previous.commit, commit) if previous else None
@@ -150,6 +169,7 @@ class Watcher:
             status["building"] = {"commit": commit, "started_at": utc_now(),
                                   "attempts": int(earlier.get("attempts", 0)) + 1 if earlier.get("commit") == commit
                                   else 1}
+        self.builder.prepare()  # room for the checkout, whatever the last build left
         self.source.checkout(commit)
         reason = clean_build_reason(previous, changes)
         mode = "clean" if reason else "incremental"
@@ -168,7 +188,12 @@ class Watcher:
                 release=releases.release_id(commit), commit=commit, built_at=utc_now(),
                 build_seconds=seconds, mode=mode,
             )
-            release_dir = releases.stage(self.builder.output_dir, settings.layout.releases, meta, live)
+            output = self.builder.open_output(self.builder.last_output)
+            try:
+                release_dir = releases.stage(output, settings.layout.releases, meta, live)
+            finally:
+                os.close(output)
+            self.links.before_swap(release_dir)  # only with LINKS_BROKEN_FAIL: raises links.BrokenLinks
             releases.publish(settings.layout.current, release_dir)
             removed = releases.prune(settings.layout.releases, settings.layout.current, settings.keep_releases)
         except BuildError as exc:
@@ -176,23 +201,44 @@ class Watcher:
                 log.info("build of %s interrupted by shutdown; it is retried on the next start", commit[:12])
                 self._forget_build()
                 return
-            self._finish(record, "failed", str(exc), exc.log_tail, started)
-            log.error("build of %s failed, the live release stays: %s\n%s", commit[:12], exc, exc.log_tail)
+            self._failed(record, str(exc), exc.log_tail, started)
+            return
+        except tree.TreeError as exc:
+            self._failed(record, f"the build output cannot be published: {exc}", "", started)
             return
         except OSError as exc:
             # A full volume and the like: nothing was swapped, the live release stays, nothing half-copied is
             # left (stage() removes its temporary directory).
-            self._finish(record, "failed", f"publishing failed: {exc}", "", started)
-            log.error("publishing %s failed, the live release stays: %s", commit[:12], exc)
+            self._failed(record, f"publishing failed: {exc}", "", started)
             return
+        except Exception as exc:  # noqa: BLE001 - whatever a build's output does to us is that build's failure
+            log.exception("publishing %s failed", commit[:12])
+            self._failed(record, f"publishing failed: {type(exc).__name__}: {exc}", "", started)
+            return
+        finally:
+            self._repair()
         record["release"] = meta.release
         record["worker"] = "warm" if self.builder.last_warm else "cold"
         record["site"] = self.builder.last_site
+        with self.store.edit() as status:
+            status["scheduled"] = [{"due": due, "at": utc_iso(due), "source": source, "title": title}
+                                   for due, source, title in self.builder.last_scheduled]
         self._finish(record, "success", None, "", started)
         log.info(
             "published %s as %s in %.2f s (%s build)%s", commit[:12], meta.release, seconds, mode,
             f", pruned {len(removed)} old release(s)" if removed else "",
         )
+        self.links.after_swap(release_dir)  # after the swap: the report never delays push → live
+
+    def _failed(self, record: dict, message: str, tail: str, started: float) -> None:
+        self.builder.forget()  # whatever the build left of Nikola's state is not trusted by the next one
+        self._finish(record, "failed", message, tail, started)
+        log.error("build of %s failed, the live release stays: %s%s", record["commit"][:12], message,
+                  f"\n{tail}" if tail else "")
+
+    def _repair(self) -> None:
+        for what in self.settings.layout.repair():
+            log.warning("repaired %s", what)
 
     def _finish(self, record: dict, result: str, error: str | None, tail: str, started: float) -> None:
         record.update(
@@ -212,6 +258,9 @@ class Watcher:
             else:
                 status["consecutive_failures"] += 1
                 status["last_error"] = {"at": record["finished_at"], "message": error}
+                # A post that came due and could not be built waits for the next push (no rebuild loop).
+                status["scheduled"] = [item for item in status.get("scheduled") or []
+                                       if isinstance(item, dict) and float(item.get("due", 0)) > time.time()]
         if self.notifier is not None:
             self.notifier.send({
                 "event": notify.event_for(result, recovered), "site": redact_url(self.settings.site_repo),
@@ -226,10 +275,23 @@ class Watcher:
             "watching %s branch %s every %g s", redact_url(self.settings.site_repo),
             self.settings.site_branch, self.settings.poll_interval,
         )
+        self.heartbeat.start()
         with self._only_watcher():
             if self.stop.is_set():
                 return
+            self.heartbeat.expect_cycle()
+            self._repair()
+            self._remove_legacy()
             self._loop()
+
+    def _remove_legacy(self) -> None:
+        """The work tree and build files of earlier versions, on the releases' volume: rebuilt under build/."""
+        for name in self.settings.layout.LEGACY:
+            path = self.settings.data_dir / name
+            if path.exists() or path.is_symlink():
+                log.info("removing %s (the work tree now lives in %s)", path, self.settings.layout.build_root)
+                with contextlib.suppress(OSError):
+                    tree.remove_tree(path)
 
     @contextlib.contextmanager
     def _only_watcher(self) -> Iterator[None]:
@@ -247,6 +309,7 @@ class Watcher:
                         log.info("another watcher uses %s; serving its releases until it is gone",
                                  self.settings.data_dir)
                         waiting = True
+                    self.heartbeat.expect(0.5)  # healthy while it waits: the replacement must finish
                     self.stop.wait(0.5)
             yield
 
@@ -256,10 +319,12 @@ class Watcher:
             self._guarded(self.recover_interrupted)
             while not self.stop.is_set():
                 self.wake.clear()
+                self.heartbeat.expect_cycle()
                 delay = self._guarded(self.check_once)
                 if delay is None:
                     delay = backoff_delay(self.settings.poll_interval, self._transient_failures)
                 if delay > 0:
+                    self.heartbeat.expect(delay)
                     self.wake.wait(delay)
         finally:
             if observer is not None:
@@ -275,6 +340,12 @@ class Watcher:
             log.error("%s (the live release stays)", exc)
             with contextlib.suppress(OSError):
                 self._record_error(f"{exc} (the live release stays)", transient=True)
+        except Exception as exc:  # noqa: BLE001 - no input may end the watcher: it is recorded, and retried
+            log.exception("the pipeline failed (the live release stays)")
+            with contextlib.suppress(Exception):
+                self._forget_build()
+                self._record_error(f"the pipeline failed: {type(exc).__name__}: {exc} (the live release stays)",
+                                   transient=True)
         return None
 
 

@@ -216,3 +216,47 @@ def test_the_build_log_says_what_was_kept(held, site_repo: SiteRepo) -> None:
     left_out = re.search(r"(\d+) unchanged post\(s\) left out", log)
     assert reused and left_out, log
     assert int(left_out.group(1)) == int(reused.group(2)) - 3  # the edited post and its two neighbours
+
+
+def test_a_build_changes_no_mode_or_time_and_signals_nothing_outside(held, site_repo: SiteRepo,
+                                                                     tmp_path: Path) -> None:
+    """What Landlock does not cover (modes, owners, times, signals, other processes' limits) is refused by the
+    seccomp filter and Landlock's signal scoping; the build carries on."""
+    builder, again = held
+    victim = tmp_path / "publisher-owned.txt"
+    victim.write_text("mine\n")
+    victim.chmod(0o640)
+    before = victim.stat()
+    conf = site_repo.work / "conf.py"
+    conf.write_text(conf.read_text() + (
+        "\nimport os, resource, signal\n"
+        "def _try(action):\n    try:\n        action()\n        return 'done'\n"
+        "    except OSError as exc:\n        return type(exc).__name__\n"
+        f"_victim = {str(victim)!r}\n"
+        "_results = [_try(lambda: os.chmod(_victim, 0)), _try(lambda: os.utime(_victim, (0, 0))),\n"
+        "            _try(lambda: os.chown(_victim, 1, 1)),\n"
+        "            _try(lambda: os.kill(os.getppid(), signal.SIGCONT)),\n"
+        "            _try(lambda: resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (1, 1)))]\n"
+        "BLOG_TITLE = 'RESULTS ' + ' '.join(_results)\n"))
+    site_repo.commit("conf.py changes modes and signals its parent")
+    again()
+    title = (builder.output_dir / "index.html").read_text()
+    # chmod, utime and chown "succeed" and change nothing; the signal and the limit are refused.
+    assert "RESULTS done done done PermissionError PermissionError" in title
+    after = victim.stat()
+    assert (after.st_mode, after.st_mtime_ns, after.st_uid) == (before.st_mode, before.st_mtime_ns, before.st_uid)
+
+
+def test_a_thread_left_in_the_holder_costs_it_the_next_build(held, site_repo: SiteRepo) -> None:
+    builder, again = held
+    conf = site_repo.work / "conf.py"
+    conf.write_text(conf.read_text() + (
+        "\nimport threading, time\n"
+        "threading.Thread(target=lambda: time.sleep(600), daemon=True).start()\n"))
+    site_repo.commit("conf.py leaves a thread running")
+    log = again()
+    assert "left 1 thread(s) running in the site holder; the next build loads the site afresh" in log
+    site_repo.write("posts/p11.rst", _post("p11", 11, "Edited."))
+    site_repo.commit("Edit a post")
+    again()
+    assert builder.last_site == "fresh"

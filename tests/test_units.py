@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import releases
-from pipeline.answers import BadPath, split_request_path
+from pipeline.answers import BadPath, memo_path, split_request_path
 from pipeline.config import redact_url, settings_from_env
 from pipeline.errors import ConfigError
 from pipeline.nikola_build import BuildState, clean_build_reason, log_tail
@@ -168,6 +168,9 @@ def test_split_request_path_refuses_escapes(path: str) -> None:
 def test_split_request_path_accepts_utf8() -> None:
     assert split_request_path("/posts/caf\xc3\xa9/") == ["posts", "café"]
     assert split_request_path("//a//b/") == ["a", "b"]
+    # Spellings of one path share its memo entry; the trailing slash of a directory stays (it is an answer
+    # of its own: `/a/b` redirects).
+    assert memo_path("//a//b/") == memo_path("/a/b//") == "/a/b/" and memo_path("/a/b") == "/a/b"
 
 
 def test_only_ref_changes_of_the_local_remote_wake_the_watcher() -> None:

@@ -1,0 +1,241 @@
+"""Walking and removing trees a build wrote, trusting nothing in them.
+
+A build runs code from git, so what it leaves may hold symlinks, FIFOs, a directory swapped for a link
+while it is read, names with newlines or invalid UTF-8, or thousands of nested directories. Everything
+here goes by file descriptor, one component at a time (`openat` with O_NOFOLLOW, then `fstat` on what
+was opened), and iterates (a stranger chooses the depth; recursion would crash on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in for a file must not block the opener.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# Directories open at once while removing a tree; deeper ones are first moved up (see remove_tree).
+REMOVE_OPEN_DIRS = 32
+
+
+class TreeError(PipelineError):
+    """A tree holds something that cannot be taken (a link, a special file, too deep); names the path."""
+
+
+def shown(path: str) -> str:
+    """A path as a message shows it: control characters and undecodable bytes escaped, long paths cut."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+    return text if len(text) <= 200 else f"{text[:90]}…{text[-90:]}"
+
+
+def open_dir(name: str, dir_fd: int | None = None) -> int:
+    """Open a directory that is really one (not a link to one); fstat confirms what was opened."""
+    fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):  # O_DIRECTORY already refuses; kept for clarity
+        os.close(fd)
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", name)
+    return fd
+
+
+def open_beneath(root: Path, relative: str) -> int:
+    """The directory `relative` (no `..`, no absolute path) under `root`, opened one component at a time
+    without following a link. Raises TreeError naming the first component that is not a real directory."""
+    parts = [part for part in relative.split("/") if part not in ("", ".")]
+    if relative.startswith("/") or ".." in parts:
+        raise TreeError(f"{shown(relative)} is not a path inside the site")
+    fd = open_dir(str(root))
+    walked = ""
+    try:
+        for part in parts:
+            walked = f"{walked}/{part}" if walked else part
+            try:
+                child = open_dir(part, dir_fd=fd)
+            except OSError as exc:
+                raise TreeError(f"{shown(walked)} is not a directory of the site ({_reason(exc, part, fd)})") \
+                    from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _reason(exc: OSError, name: str, dir_fd: int) -> str:
+    with contextlib.suppress(OSError):
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        if not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
+            return kind(mode)
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link"
+    if exc.errno == errno.ENOTDIR:
+        return "not a directory"
+    if exc.errno == errno.ENOENT:
+        return "missing"
+    return exc.strerror or str(exc)
+
+
+def kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def entries(dir_fd: int) -> list[tuple[str, os.stat_result]]:
+    """(name, lstat) of each entry of an open directory, sorted by name."""
+    found = []
+    with os.scandir(dir_fd) as scan:
+        for entry in scan:
+            with contextlib.suppress(FileNotFoundError):  # gone since the directory was read
+                found.append((entry.name, entry.stat(follow_symlinks=False)))
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def remove_tree(path: Path) -> None:
+    """Remove `path` (a directory or anything else) and everything below it, following no link. Missing is
+    fine. Directories are walked with at most REMOVE_OPEN_DIRS open at once: a deeper one is moved up to
+    beside `path` and removed from there, so any depth works with a few descriptors."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        path.unlink(missing_ok=True)
+        return
+    parent_fd = open_dir(str(path.parent))
+    try:
+        todo = [path.name]
+        serial = itertools.count()
+        while todo:
+            name = todo.pop()
+            _remove_dir(parent_fd, name, todo, lambda: f".{path.name}.rm-{os.getpid()}-{next(serial)}")
+    finally:
+        os.close(parent_fd)
+
+
+def empty_dir(path: Path) -> None:
+    """Remove everything inside `path` (created if missing), keeping the directory itself."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = open_dir(str(path))
+    try:
+        for name, st in entries(fd):
+            if stat.S_ISDIR(st.st_mode):
+                remove_tree(path / name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_dir(top_fd: int, top_name: str, todo: list[str], spare_name: object) -> None:
+    """Remove the directory `top_name` in `top_fd`; subdirectories deeper than REMOVE_OPEN_DIRS are renamed
+    into `top_fd` (names from `spare_name()`) and appended to `todo`."""
+    stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = []
+    try:
+        fd = _open_for_removal(top_name, top_fd)
+        if fd is None:
+            return
+        stack.append((fd, top_name, iter(entries(fd))))
+        while stack:
+            fd, name, pending = stack[-1]
+            item = next(pending, None)
+            if item is None:
+                stack.pop()
+                os.close(fd)
+                parent = stack[-1][0] if stack else top_fd
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(name, dir_fd=parent)
+                continue
+            child, st = item
+            if not stat.S_ISDIR(st.st_mode):
+                with contextlib.suppress(FileNotFoundError):
+                    _unlink(child, fd)
+                continue
+            if len(stack) >= REMOVE_OPEN_DIRS:
+                spare = spare_name()  # type: ignore[operator]
+                os.rename(child, spare, src_dir_fd=fd, dst_dir_fd=top_fd)
+                todo.append(spare)
+                continue
+            sub = _open_for_removal(child, fd)
+            if sub is not None:
+                stack.append((sub, child, iter(entries(sub))))
+    finally:
+        for fd, _name, _pending in stack:
+            os.close(fd)
+
+
+def _open_for_removal(name: str, dir_fd: int) -> int | None:
+    """Open a directory to empty it; one whose mode keeps its owner out is given its owner's rights back."""
+    for attempt in range(2):
+        try:
+            fd = open_dir(name, dir_fd=dir_fd)
+            if attempt:
+                return fd
+            if os.fstat(fd).st_mode & 0o700 != 0o700:
+                os.fchmod(fd, 0o700)
+            return fd
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            if attempt:
+                raise
+            os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            _unlink(name, dir_fd)  # swapped for a file or a link meanwhile
+            return None
+    return None
+
+
+def _unlink(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except IsADirectoryError:  # swapped for a directory meanwhile
+        remove_tree_at(dir_fd, name)
+
+
+def remove_tree_at(dir_fd: int, name: str) -> None:
+    todo = [name]
+    serial = itertools.count()
+    while todo:
+        _remove_dir(dir_fd, todo.pop(), todo, lambda: f".rm-{os.getpid()}-{next(serial)}")
+
+
+def walk_files(root_fd: int, max_depth: int) -> Iterator[tuple[str, int, os.stat_result]]:
+    """Every directory (depth-first, parents first) and file under an open directory, as (relative path,
+    parent directory fd, lstat). The parent fd is valid until the next item. Raises TreeError past
+    `max_depth` levels."""
+    stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = [(root_fd, "", iter(entries(root_fd)))]
+    try:
+        while stack:
+            fd, prefix, pending = stack[-1]
+            item = next(pending, None)
+            if item is None:
+                stack.pop()
+                if stack:
+                    os.close(fd)
+                continue
+            name, st = item
+            relative = f"{prefix}{name}"
+            yield relative, fd, st
+            if stat.S_ISDIR(st.st_mode):
+                if len(stack) > max_depth:
+                    raise TreeError(f"{shown(relative)} is nested more than {max_depth} directories deep")
+                sub = open_dir(name, dir_fd=fd)
+                stack.append((sub, relative + "/", iter(entries(sub))))
+    finally:
+        for fd, _prefix, _pending in stack[1:]:
+            os.close(fd)

@@ -1,0 +1,272 @@
+"""Hostile commits: code in a pushed commit (conf.py here; a plugin or theme runs the same way) attacks the
+instance that builds it, for real, through one agent, its frontend and a real instance.
+
+For every attack: readers keep getting the last good release, nothing from outside the build's own output is
+ever served, the status names what happened, and the next good push is live within seconds. Each test prints
+its figures (requests failed during the attack, seconds until the next good push was live).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.attacks import Readers
+from tests.test_site_stays_up import POST, SECRET, Site, processes
+from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
+
+site = shared_site
+GIT_CONFIG_MARKERS = ("repositoryformatversion", "[core]", "ref: refs/")
+OUTSIDE_PATHS = ("/config", "/HEAD", "/env.txt", "/status.json", "/posts/welcome/index.html")
+
+
+@pytest.fixture
+def readers(site: Site) -> Iterator[Readers]:
+    """Readers of the welcome post for the length of one attack."""
+    with Readers(site.base + POST, "Welcome", threads=2, pause=0.1) as running:
+        yield running
+
+
+def attack(site: Site, conf_tail: str, message: str) -> str:
+    """Push the bundled site with `conf_tail` appended to conf.py; returns the commit."""
+    conf = site.repo.work / "conf.py"
+    conf.write_text(conf.read_text() + "\n" + conf_tail)
+    return site.repo.commit(message)
+
+
+def recover(site: Site, readers: Readers, name: str) -> None:
+    """The next good push is live; the figures of the attack are printed."""
+    started = time.monotonic()
+    site.restore()
+    seconds = time.monotonic() - started
+    readers.__exit__()
+    print(f"\nFIGURES {name}: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
+          f"requests failed; next good push live after {seconds:.1f} s")
+    assert not readers.failed, readers.failed[:5]
+    assert seconds < 30
+
+
+def nothing_from_outside(site: Site) -> None:
+    for path in OUTSIDE_PATHS:
+        body = site.get(path).text
+        assert SECRET not in body and "SITE_REPO" not in body
+        assert not any(marker in body for marker in GIT_CONFIG_MARKERS), (path, body[:200])
+
+
+def modes(site: Site) -> str:
+    return site.container().exec_run(
+        ["sh", "-c", "stat -c '%a %n' /workdir /workdir/status.json /workdir/releases /workdir/source.git "
+                     "/workdir/build /workdir/build/source /workdir/.watcher.lock"]).output.decode()
+
+
+CHMOD = '''
+import os
+for _path in ("/workdir", "/workdir/status.json", "/workdir/releases", "/workdir/source.git", "/workdir/build",
+              "/workdir/build/source", "/workdir/.watcher.lock", "/workdir/build/source/posts", "output"):
+    try:
+        os.chmod(_path, 0)
+        os.utime(_path, (0, 0))
+    except OSError:
+        pass
+'''
+
+
+def test_chmod_of_the_data_directory_and_its_parts_changes_nothing(site: Site, readers: Readers) -> None:
+    before = modes(site)
+    commit = attack(site, CHMOD, "conf.py takes every permission away")
+    result = site.wait_result(commit)
+    assert result["result"] == "success"  # the calls "succeed" and change nothing
+    assert modes(site) == before
+    recover(site, readers, "chmod")
+    # An instance started now (after a crash, an upgrade) still starts and publishes.
+    site.container().kill()
+    site.run.wait_healthy(timeout=120)
+    site.restore()
+
+
+OUTPUT_LINK = '''
+import os, threading, time
+OUTPUT_FOLDER = "public"
+def _swap():
+    # Waits for the build to write its output, then makes the output folder a link to the repository.
+    while not os.path.isdir("public/posts"):
+        time.sleep(0.01)
+    time.sleep(0.5)
+    os.rename("public", "public.real")
+    os.symlink("/workdir/source.git", "public")
+threading.Thread(target=_swap, daemon=True).start()
+'''
+
+
+def test_a_symlinked_output_folder_publishes_nothing_of_the_repository(site: Site, readers: Readers) -> None:
+    live = site.live_release()
+    commit = attack(site, OUTPUT_LINK, "The output folder becomes a link to the repository")
+    result = site.wait_result(commit)
+    nothing_from_outside(site)
+    if result["result"] == "failed":  # swapped before the publisher looked: refused, named
+        assert "public" in result["error"], result["error"]
+        assert site.live_release() == live
+    recover(site, readers, "symlinked output folder")
+    nothing_from_outside(site)
+
+
+SWAPPER = '''
+import os, threading, time
+def _swap():
+    # Left running in the long-lived process that loaded this file: swaps a page for a link to secrets.
+    target = "output/rss.xml"
+    while True:
+        try:
+            os.rename(target, target + ".real")
+            os.symlink("/proc/self/environ", target)
+            time.sleep(0.001)
+            os.unlink(target)
+            os.rename(target + ".real", target)
+        except OSError:
+            time.sleep(0.005)
+threading.Thread(target=_swap, daemon=True).start()
+'''
+
+
+def test_a_file_swapped_for_a_symlink_during_staging_is_never_followed(site: Site, readers: Readers) -> None:
+    commit = attack(site, SWAPPER, "A thread swaps a page for a link to the environment")
+    result = site.wait_result(commit)
+    assert result["result"] in ("success", "failed")
+    nothing_from_outside(site)
+    for path in ("/rss.xml", "/rss.xml.real"):
+        assert "PATH=" not in site.get(path).text and "HOME=" not in site.get(path).text
+    recover(site, readers, "file swapped during staging")
+
+
+FILL_HOME = '''
+import os
+_n = 0
+try:
+    while True:  # until the build's volume is full
+        with open(os.path.join(os.environ["HOME"], f"fill-{_n}.bin"), "wb") as _f:
+            _f.write(os.urandom(8 << 20))
+        _n += 1
+except OSError:
+    pass
+'''
+
+
+def test_filling_the_home_directory_fills_only_the_builds_volume(site: Site, readers: Readers) -> None:
+    commit = attack(site, FILL_HOME, "conf.py fills $HOME")
+    result = site.wait_result(commit)
+    assert result["commit"] == commit  # recorded, success or not: the status could be written
+    free = site.container().exec_run(["df", "-m", "/workdir"]).output.decode().splitlines()[1].split()[3]
+    assert int(free) > 20, f"the releases' volume has {free} MB free"
+    recover(site, readers, "filling $HOME")
+    used = site.container().exec_run(["df", "-m", "/workdir/build"]).output.decode().splitlines()[1].split()[2]
+    assert int(used) < 30, f"{used} MB still used on the build's volume"
+
+
+def test_a_deep_tree_is_refused_with_its_path(site: Site, readers: Readers) -> None:
+    live = site.live_release()
+    instance = site.instance()["instance_name"]
+    deep = site.repo.work / "files"
+    deep.mkdir(exist_ok=True)
+    for _level in range(1100):  # one at a time: mkdir(parents=True) recurses
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "x.txt").write_text("deep\n")
+    commit = site.repo.commit("A directory 1,100 levels deep")
+    result = site.wait_result(commit)
+    assert result["result"] == "failed" and "1101 directories deep" in result["error"], result["error"]
+    assert site.live_release() == live and site.instance()["instance_name"] == instance
+    recover(site, readers, "deep tree")
+
+
+NAMES = '''
+import os
+for _name in ("new\\nline.txt", "x" * 250 + ".txt"):
+    os.makedirs("files/odd", exist_ok=True)
+    with open(os.path.join("files/odd", _name), "w") as _f:
+        _f.write("odd name\\n")
+'''
+
+
+def test_odd_file_names_and_many_files_publish(site: Site, readers: Readers) -> None:
+    many = site.repo.work / "files" / "many"
+    for bucket in range(20):
+        (many / str(bucket)).mkdir(parents=True)
+        for number in range(250):
+            (many / str(bucket) / f"{number}.txt").write_text(f"{bucket}/{number}\n")
+    commit = attack(site, NAMES, "5,000 small files and odd names")
+    result = site.wait_result(commit, timeout=180)
+    assert result["result"] == "success", (result["error"], result["log_tail"][-1500:])
+    assert site.get("/many/19/249.txt").text == "19/249\n"
+    assert site.get("/odd/" + "x" * 250 + ".txt").text == "odd name\n"
+    assert site.get("/odd/new%0Aline.txt").text == "odd name\n"
+    # A name that is not UTF-8 is more than Nikola can take: a failed build that says why, the site stays.
+    live = site.live_release()
+    (site.repo.work / "files").mkdir(exist_ok=True)
+    with open(bytes(site.repo.work / "files") + b"/bad-\xff-utf8.txt", "w") as handle:
+        handle.write("bad name\n")
+    commit = site.repo.commit("A file name that is not UTF-8")
+    result = site.wait_result(commit)
+    assert result["result"] == "failed" and "UnicodeEncodeError" in result["log_tail"], result
+    assert site.live_release() == live
+    recover(site, readers, "odd names and 5,000 files")
+
+
+SIGNALS = '''
+import os, signal
+_sent = 0
+for _pid in range(2, 1 << 15):
+    if _pid == os.getpid():
+        continue
+    for _sig in (signal.SIGSTOP, signal.SIGKILL):
+        try:
+            os.kill(_pid, _sig)
+            _sent += 1
+        except OSError:
+            pass
+CONTENT_FOOTER = f"SIGNALS-DELIVERED {_sent}"
+'''
+
+
+def test_signals_to_every_process_reach_none_outside_the_build(site: Site, readers: Readers) -> None:
+    instance = site.instance()["instance_name"]
+    commit = attack(site, SIGNALS, "conf.py stops and kills every process it can")
+    result = site.wait_result(commit)
+    assert result["result"] in ("success", "failed")
+    assert site.instance()["instance_name"] == instance
+    statuses = [p for p in processes(site.container()) if "serve.py" in p or "pipeline watch" in p]
+    assert len(statuses) >= 2, statuses
+    recover(site, readers, "signals to every process")
+
+
+PLANT = '''
+import os, threading, time
+def _plant():
+    # Left running: edits the work tree for the builds that follow (a planted post, a changed one).
+    while True:
+        try:
+            with open("posts/planted.md", "w") as _f:
+                _f.write(".. title: Planted\\n.. slug: planted\\n.. date: 2020-01-01 00:00:00 UTC\\n\\nPLANTED\\n")
+            with open("posts/welcome.md", "a") as _f:
+                _f.write("\\nPLANTED-EDIT\\n")
+        except OSError:
+            pass
+        time.sleep(0.05)
+threading.Thread(target=_plant, daemon=True).start()
+'''
+
+
+def test_site_code_editing_the_work_tree_does_not_reach_the_next_build(site: Site, readers: Readers) -> None:
+    planted = attack(site, PLANT, "conf.py plants a post for the next build")
+    site.wait_result(planted)
+    # The revert: its build sees exactly its own files.
+    started = time.monotonic()
+    restored = site.restore()
+    assert site.get("/posts/planted/").status_code == 404
+    assert "PLANTED" not in site.get(POST).text
+    assert site.status()["current"]["commit"] == restored
+    readers.__exit__()
+    print(f"\nFIGURES work tree edits: {len(readers.failed)} reader requests failed; revert live after "
+          f"{time.monotonic() - started:.1f} s")
+    assert not readers.failed

@@ -1,0 +1,158 @@
+"""The publisher trusts nothing a build leaves: staging by descriptor, never following a link, taking regular
+files and directories only, safe against a process that swaps files while it copies; trees of any depth."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline import releases, tree
+from pipeline.errors import BuildError
+from pipeline.nikola_build import NikolaBuilder
+
+META = releases.Release("r1", "c1", "t", 1.0)
+
+
+def _output(root: Path) -> Path:
+    (root / "posts" / "a").mkdir(parents=True)
+    (root / "index.html").write_text("<p>home</p>")
+    (root / "posts" / "a" / "index.html").write_text("<p>a</p>")
+    return root
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda p: p.symlink_to("/etc/passwd"), "a symbolic link"),
+    (lambda p: p.symlink_to("index.html"), "a symbolic link"),  # even one inside the output
+    (lambda p: os.mkfifo(p), "a FIFO"),
+])
+def test_anything_but_files_and_directories_fails_staging_with_its_path(tmp_path: Path, make, kind: str) -> None:
+    output = _output(tmp_path / "output")
+    make(output / "posts" / "odd")
+    with pytest.raises(tree.TreeError, match=f"posts/odd is {kind}"):
+        releases.stage(output, tmp_path / "releases", META, None)
+    assert os.listdir(tmp_path / "releases") == []  # nothing half-staged is left
+
+
+def test_the_output_folder_must_be_a_real_directory_inside_the_site(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "real").mkdir(parents=True)
+    (site / "public").symlink_to(tmp_path)
+    builder = NikolaBuilder(site, 10)
+    os.close(builder.open_output("real"))
+    for folder, message in (("public", "public is not a directory of the site (a symbolic link)"),
+                            ("../x", "must be a folder inside the site"), ("/etc", "must be a folder inside"),
+                            (".", "must be a folder inside"), ("missing", "missing is not a directory")):
+        with pytest.raises(BuildError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            builder.open_output(folder)
+
+
+def test_modes_are_the_publishers_and_odd_names_are_kept(tmp_path: Path) -> None:
+    output = _output(tmp_path / "output")
+    odd = [b"new\nline.html", b"bad-\xff-utf8.txt", b"x" * 255]
+    for name in odd:
+        with open(bytes(output) + b"/" + name, "wb") as handle:
+            handle.write(b"odd")
+    (output / "index.html").chmod(0o4777)
+    release = releases.stage(output, tmp_path / "releases", META, None)
+    assert stat.S_IMODE((release / "index.html").stat().st_mode) == 0o644
+    assert stat.S_IMODE((release / "posts").stat().st_mode) == 0o755
+    for name in odd:
+        assert Path(os.fsdecode(bytes(release) + b"/" + name)).read_bytes() == b"odd"
+
+
+def test_a_release_nested_too_deep_is_refused(tmp_path: Path) -> None:
+    output = _output(tmp_path / "output")
+    deep = output
+    for _level in range(releases.MAX_DEPTH + 2):
+        deep = deep / "d"
+        deep.mkdir()
+    with pytest.raises(tree.TreeError, match="nested more than 64 directories deep"):
+        releases.stage(output, tmp_path / "releases", META, None)
+
+
+def test_a_process_swapping_files_during_staging_never_adds_a_file_from_elsewhere(tmp_path: Path) -> None:
+    """A thread left by site code swaps a page for a link to a secret (and for a FIFO) while the release is
+    staged: staging fails naming it, or publishes the build's own files; never the secret."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-CONTENT")
+    output = _output(tmp_path / "output")
+    pages = [output / "posts" / f"p{n}.html" for n in range(200)]
+    for page in pages:
+        page.write_text("<p>own</p>" * 100)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            for page in pages[::7]:
+                try:
+                    os.rename(page, f"{page}.real")
+                    page.symlink_to(secret)
+                    os.unlink(page)
+                    os.mkfifo(page)
+                    os.unlink(page)
+                    os.rename(f"{page}.real", page)
+                except OSError:
+                    pass
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    outcomes = []
+    try:
+        for attempt in range(30):
+            meta = releases.Release(f"r{attempt}", "c", "t", 1.0)
+            try:
+                release = releases.stage(output, tmp_path / "releases", meta, None)
+            except tree.TreeError as exc:
+                assert "posts/p" in str(exc)
+                outcomes.append("refused")
+                continue
+            outcomes.append("staged")
+            for current, _dirs, files in os.walk(release):
+                for name in files:
+                    path = Path(current) / name
+                    assert not path.is_symlink() and path.is_file()
+                    assert b"SECRET" not in path.read_bytes()
+    finally:
+        stop.set()
+        swapper.join()
+    assert "refused" in outcomes, outcomes  # the swaps were really seen
+
+
+def test_trees_of_any_depth_are_removed_with_few_descriptors(tmp_path: Path) -> None:
+    top = tmp_path / "tmp"
+    deep = top
+    for _level in range(3000):  # deeper than Python's recursion limit and than PATH_MAX allows by name
+        deep.mkdir()
+        os.chdir(deep)
+        deep = Path("d")
+    Path("file").write_text("x")
+    os.chdir(tmp_path)
+    locked = top / "locked"
+    locked.mkdir()
+    (locked / "f").write_text("x")
+    locked.chmod(0)
+    tree.empty_dir(top)
+    assert os.listdir(top) == []
+    assert len(os.listdir("/proc/self/fd")) < 50
+
+
+def test_the_publisher_repairs_the_modes_of_what_it_owns(tmp_path: Path) -> None:
+    """Whatever took the publisher's rights away (a build cannot), start and every build give them back."""
+    from pipeline.layout import Layout
+
+    layout = Layout(tmp_path / "data")
+    for directory in (layout.releases / "r1", layout.git_dir, layout.source, layout.build_tmp):
+        directory.mkdir(parents=True)
+    layout.status.write_text("{}")
+    for path in (layout.releases / "r1", layout.releases, layout.status, layout.git_dir, layout.root):
+        path.chmod(0)
+    repaired = layout.repair()
+    assert len(repaired) == 5, repaired
+    assert stat.S_IMODE(layout.root.stat().st_mode) & 0o755 == 0o755
+    assert stat.S_IMODE((layout.releases / "r1").stat().st_mode) == 0o755
+    assert stat.S_IMODE(layout.status.stat().st_mode) == 0o644
+    assert layout.repair() == []

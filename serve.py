@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Serve the live release of a static site with CherryPy.
 
-    serve.py [SITE_DIR] [--host ::] [--port 8000] [--status-file FILE] [--wake-file FILE]
+    serve.py [SITE_DIR] [--host ::] [--port 8000] [--status-file FILE] [--wake-file FILE] [--heartbeat-file FILE]
 
 Without SITE_DIR it serves DATA_DIR's live release (`current`, see pipeline/layout.py) with DATA_DIR's
 status and wake files; that is how run.sh starts it. SITE_DIR is usually such a `current` symlink. It
@@ -9,7 +9,9 @@ is resolved once per request, so a request is answered entirely from one release
 is swapped in.
 Reserved paths (never shadowed by site content): /_site/health, /_site/status, and
 POST /_site/hook (a push webhook: with WEBHOOK_SECRET set, a valid hook touches the wake file,
-which makes the watcher check the remote at once).
+which makes the watcher check the remote at once). Answers under /_site/ carry deploy_page.HEADERS
+(no framing, own opener group, strict CSP), and no service worker script is served at all: pushed
+scripts share the origin, and must not reach the deploy page's token field.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import cherrypy
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pipeline import deploy_page, layout, metrics, releases
+from pipeline import deploy_page, heartbeat, layout, links, metrics, releases, site_rules
 from pipeline.answers import (
     Answer,
     BadPath,
@@ -41,13 +43,16 @@ from pipeline.answers import (
     file_inside,
     http_date,
     inside,
+    memo_path,
     not_modified,
     split_request_path,
 )
+from pipeline.redirects import REDIRECT_STATUSES, Redirect, with_query
 from pipeline.releases import COMPRESSIBLE
 from pipeline.status import read_status
 from pipeline.webhook import MAX_BODY, HookGuard, Verdict
 
+SERVING_ONLY = "serving"  # /_site/health?serving: the frontend's check, about serving only
 RESERVED_PREFIX = "/_site/"
 INDEX_FILE = "index.html"
 NOT_FOUND_PAGES = ("404.html", "404/index.html")
@@ -68,9 +73,11 @@ class SiteApp:
     """A WSGI application serving files from the release `site_link` points at."""
 
     def __init__(self, site_link: Path, status_file: Path | None, wake_file: Path | None = None,
-                 hook_guard: HookGuard | None = None):
+                 hook_guard: HookGuard | None = None, heartbeat_file: Path | None = None):
         self._roots: dict[str, str] = {}
+        self.heartbeat_file = heartbeat_file
         self.memo = Memo()
+        self.site_rules = site_rules.RulesCache()
         self.site_link = str(site_link)
         self.status_file = status_file
         self.wake_file = wake_file
@@ -103,13 +110,22 @@ class SiteApp:
 
     def answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        if method in ("GET", "HEAD") and has_body(environ):
+            # Refused as at the frontend, for clients that reach the instance directly (a cluster's
+            # Ingress): a body a GET ignores is a way to smuggle a request past a proxy.
+            return self.plain(start_response, "400 Bad Request", "a GET or HEAD request has no body\n")
         path_info = environ.get("PATH_INFO") or "/"
+        if environ.get("HTTP_SERVICE_WORKER"):
+            # A service worker registered from a pushed page with scope "/" would answer for /_site/ too.
+            return self.plain(start_response, "403 Forbidden", "service workers are not served here\n")
         if path_info.startswith(RESERVED_PREFIX):
+            start_response = _with_headers(start_response, deploy_page.HEADERS)
             if path_info == RESERVED_PREFIX + "hook":
                 return self.hook(environ, method, start_response)
             if path_info == RESERVED_PREFIX + "rollback":
                 return self.rollback(environ, method, start_response)
-            return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response)
+            return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response,
+                                 environ.get("QUERY_STRING", ""))
         if method not in ("GET", "HEAD"):
             return self.method_not_allowed(start_response)
         root = self.live_root()
@@ -117,13 +133,18 @@ class SiteApp:
             return self.plain(
                 start_response, "503 Service Unavailable", "no release is live yet\n", [("Retry-After", "5")]
             )
+        rules = self.site_rules.for_release(root)
+        if not rules.empty:
+            start_response, redirected = self.apply_rules(root, rules, environ, start_response)
+            if redirected is not None:
+                return redirected
         # Releases never change: a rendered answer is kept per release (a new release starts afresh).
         # A missing path's answer (the 404 page) is not kept: a flood of distinct URLs must not grow the memo.
-        key = (path_info, accepts_gzip(environ))
+        key = (memo_path(path_info), accepts_gzip(environ))
         entry = self.memo.get(root, key)
         self.requests.looked_up(entry is not None)
         if entry is None:
-            entry = self.render(root, path_info, key[1], environ.get("SCRIPT_NAME", ""))
+            entry = self.render(root, key[0], key[1], environ.get("SCRIPT_NAME", ""))
             if entry is None:
                 return self.serve(root, environ, start_response)
             if not entry.status.startswith("404"):
@@ -149,6 +170,8 @@ class SiteApp:
             segments = split_request_path(path_info)
         except BadPath:
             return self.plain(start_response, "400 Bad Request", "bad request path\n")
+        if len(segments) == 1 and segments[0] in site_rules.HIDDEN:  # the rules themselves are not served
+            return self.not_found(root, environ, start_response)
         target = os.path.realpath(os.path.join(root, *segments))
         if not inside(root, target):  # a symlink pointing out of the release
             return self.not_found(root, environ, start_response)
@@ -167,7 +190,72 @@ class SiteApp:
             target, st = index
         if not stat.S_ISREG(st.st_mode):
             return self.not_found(root, environ, start_response)
+        if target.endswith(".html") and st.st_size <= site_rules.NIKOLA_PAGE_MAX:
+            with open(target, "rb") as handle:
+                moved_to = site_rules.nikola_redirect(handle.read(site_rules.NIKOLA_PAGE_MAX + 1))
+            if moved_to is not None:  # a page Nikola wrote for REDIRECTIONS: answered as a real redirect
+                return self.redirect(start_response, 301, with_query(moved_to, environ.get("QUERY_STRING", "")))
         return self.send_file(environ, start_response, root, target, st, "200 OK")
+
+    def apply_rules(self, root: str, rules: site_rules.SiteRules, environ: dict[str, Any],
+                    start_response: StartResponse) -> tuple[StartResponse, Iterable[bytes] | None]:
+        """The release's `_headers` for the request path (added to whatever answers it), and the answer of
+        its `_redirects` rule for the path, if one applies (None: the path is served as usual)."""
+        path_info = environ.get("PATH_INFO") or "/"
+        try:
+            path = "/" + "/".join(split_request_path(path_info))
+        except BadPath:
+            return start_response, None  # serve() answers 400
+        extra = rules.headers.for_path(path) if rules.headers else []
+        if extra:
+            start_response = _with_site_headers(start_response, extra)
+        found = rules.redirects.match(path, lambda: self.find_file(root, path_info) is not None) \
+            if rules.redirects else None
+        if found is None:
+            return start_response, None
+        return start_response, self.follow(root, *found, environ, start_response)
+
+    def follow(self, root: str, rule: Redirect, params: dict[str, str], environ: dict[str, Any],
+               start_response: StartResponse) -> Iterable[bytes]:
+        location = rule.location(params, environ.get("QUERY_STRING", ""))
+        if rule.status in REDIRECT_STATUSES:
+            prefix = "" if rule.external else environ.get("SCRIPT_NAME", "")
+            return self.redirect(start_response, rule.status, prefix + location)
+        target_info = urllib.parse.unquote_to_bytes(location).decode("latin-1")  # as PATH_INFO spells it
+        if rule.status == 200:  # a rewrite: the target's answer, at the requested URL
+            return self.serve(root, {**environ, "PATH_INFO": target_info}, start_response)
+        status = f"{rule.status} {HTTPStatus(rule.status).phrase}"
+        page = self.find_file(root, target_info)
+        if page is None:
+            return self.plain(start_response, status, f"{HTTPStatus(rule.status).phrase.lower()}\n")
+        return self.send_file(environ, start_response, root, *page, status)
+
+    @staticmethod
+    def find_file(root: str, path_info: str) -> tuple[str, os.stat_result] | None:
+        """The file a path is served from (a directory's index file), as serve() finds it; None if none."""
+        try:
+            segments = split_request_path(path_info)
+        except BadPath:
+            return None
+        if len(segments) == 1 and segments[0] in site_rules.HIDDEN:
+            return None
+        target = os.path.realpath(os.path.join(root, *segments))
+        if not inside(root, target):
+            return None
+        if os.path.isdir(target):
+            target = os.path.join(target, INDEX_FILE)
+        return file_inside(root, target)
+
+    @staticmethod
+    def redirect(start_response: StartResponse, code: int, location: str) -> Iterable[bytes]:
+        """A redirect that, like a page, a browser revalidates and the frontend keeps for a second at most: a
+        changed rule shows with the next release (a plain 301 would stay in browsers' caches for good)."""
+        data = b"moved\n"
+        start_response(f"{code} {HTTPStatus(code).phrase}", [
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))), ("Location", location),
+            ("Cache-Control", HTML_CACHE_CONTROL), ("Expires", HTML_EXPIRES),
+        ])
+        return [data]
 
     def send_file(
         self, environ: dict[str, Any], start_response: StartResponse, root: str, path: str,
@@ -212,14 +300,12 @@ class SiteApp:
                 return self.send_file(environ, start_response, root, *page, "404 Not Found")
         return self.plain(start_response, "404 Not Found", "not found\n")
 
-    def reserved(self, name: str, method: str, start_response: StartResponse) -> Iterable[bytes]:
+    def reserved(self, name: str, method: str, start_response: StartResponse, query: str = "") -> Iterable[bytes]:
         if method not in ("GET", "HEAD"):
             return self.method_not_allowed(start_response)
         root = self.live_root()
         if name == "health":
-            if root is None:
-                return self.json(start_response, "503 Service Unavailable", {"healthy": False, "release": None})
-            return self.json(start_response, "200 OK", {"healthy": True, "release": os.path.basename(root)})
+            return self.health(root, start_response, serving_only=query == SERVING_ONLY)
         if name == "status":
             return self.json(start_response, "200 OK", self.status(root))
         if name == "":
@@ -228,6 +314,17 @@ class SiteApp:
         if name == "metrics":
             return self.text(start_response, "200 OK", metrics.exposition(self.metrics), CONTENT_TYPE_LATEST)
         return self.plain(start_response, "404 Not Found", "not found\n")
+
+    def health(self, root: str | None, start_response: StartResponse, serving_only: bool = False) -> Iterable[bytes]:
+        """200 while a release is live and (beside a watcher) the watcher's heartbeat is fresh: an instance that
+        serves but no longer publishes is replaced too. With `?serving` (the frontend's check) only serving
+        counts: readers keep the instance until its replacement is healthy."""
+        body: dict[str, Any] = {"release": os.path.basename(root) if root else None}
+        if self.heartbeat_file is not None:
+            body["watcher"] = heartbeat.state(self.heartbeat_file)
+        healthy = root is not None and (serving_only or body.get("watcher", "beating") == "beating")
+        return self.json(start_response, "200 OK" if healthy else "503 Service Unavailable",
+                         {"healthy": healthy, **body})
 
     def rollback(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
         """`POST /_site/rollback` with `release=<id>` (form or query): only with the webhook secret as a bearer
@@ -303,6 +400,7 @@ class SiteApp:
         else:
             status["current"] = None
         status["releases"] = releases.list_releases(Path(root).parent) if root else []
+        status["links"] = links.read_report(Path(root)) if root else None  # the live release's link report
         return status
 
     @classmethod
@@ -337,6 +435,27 @@ class SiteApp:
         return [data]
 
 
+def _with_headers(start_response: StartResponse, extra: Iterable[tuple[str, str]]) -> StartResponse:
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, [*headers, *extra], exc_info)
+    return start
+
+
+def _with_site_headers(start_response: StartResponse, extra: list[tuple[str, str]]) -> StartResponse:
+    """The site's own headers (from `_headers`) replace the server's of the same name."""
+    names = {name.lower() for name, _value in extra}
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, [h for h in headers if h[0].lower() not in names] + extra, exc_info)
+    return start
+
+
+def has_body(environ: dict[str, Any]) -> bool:
+    """Whether the request says it carries a body (a Content-Length above 0, or chunked)."""
+    length = (environ.get("CONTENT_LENGTH") or "").strip()
+    return bool(environ.get("HTTP_TRANSFER_ENCODING")) or length not in ("", "0")
+
+
 def _file_chunks(handle: Any) -> Iterable[bytes]:
     with handle:
         while chunk := handle.read(CHUNK):
@@ -351,6 +470,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--status-file", help="deploy status JSON (default: status.json beside SITE_DIR)")
     parser.add_argument("--threads", type=int, default=32, help="worker threads (default: 32)")
+    parser.add_argument("--heartbeat-file", default=os.environ.get(heartbeat.ENV) or None,
+                        help="the watcher's heartbeat: /_site/health fails once it is stale (default: "
+                        "$WATCHER_HEARTBEAT, which run.sh sets; none: health is about serving only)")
     parser.add_argument("--wake-file", help="touched by a valid POST /_site/hook (WEBHOOK_SECRET from the environment)")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
@@ -397,14 +519,17 @@ def main(argv: list[str] | None = None) -> int:
     })
     wake_file = Path(args.wake_file) if args.wake_file else None
     guard = HookGuard(os.environ.get("WEBHOOK_SECRET") or None)
-    cherrypy.tree.graft(SiteApp(site, status_file, wake_file, guard), "")
-    cherrypy.engine.signals.subscribe()
+    heartbeat_file = Path(args.heartbeat_file) if args.heartbeat_file else None
+    cherrypy.tree.graft(SiteApp(site, status_file, wake_file, guard, heartbeat_file), "")
     # The HTTP server is made here (not by engine.start()) so it is set up before the first request:
     httpserver, cherrypy.server.bind_addr = cherrypy.server.httpserver_from_self()
     httpserver.keep_alive_conn_limit = 1024  # stock cheroot closes keep-alive connections beyond 10
     httpserver.server_name = SERVER_NAME  # else the bind address (`::`), which HTTP linters flag as malformed
     cherrypy.server.httpserver = httpserver
     cherrypy.engine.start()
+    # Only now: a SIGTERM that CherryPy's handler took before start() was lost (the server then ran on);
+    # until here the default action ends the process.
+    cherrypy.engine.signals.subscribe()
     print(f"serve.py: serving {site} on [{args.host}]:{args.port}", file=sys.stderr, flush=True)
     cherrypy.engine.block()
     return 0

@@ -96,6 +96,12 @@ class InstanceCollector:
                                   value=int(counters.get("remote_check_failures", 0)))
         yield GaugeMetricFamily("pequod_consecutive_failures", "Failures in a row (builds and remote checks).",
                                 value=int(status.get("consecutive_failures") or 0))
+        report = status.get("links") or {}  # the live release's link report (pipeline.links); none yet: no sample
+        if "broken_count" in report:
+            yield GaugeMetricFamily("pequod_site_broken_links", "Broken internal links and anchors of the live "
+                                    "release.", value=int(report["broken_count"]))
+            yield GaugeMetricFamily("pequod_site_link_check_pages", "Pages the live release's link report checked.",
+                                    value=int(report.get("checked_pages") or 0))
         answered = CounterMetricFamily("pequod_http_requests", "Requests answered, by status class.",
                                        labels=["code"])
         for code, count in sorted(self.requests.by_class.items()):

@@ -103,6 +103,27 @@ def test_files_index_redirect_and_404(server: tuple[str, Path]) -> None:
     assert requests.head(base + "/", timeout=5).headers["Content-Length"] == str(len("<html>home</html>"))
 
 
+def test_spellings_of_one_path_share_one_memo_entry_and_a_body_on_get_or_head_is_refused(
+        server: tuple[str, Path]) -> None:
+    base, data = server
+    go_live(data)
+    for spelling in ("/sub/", "/sub//", "/sub///", "/sub/"):  # (cheroot reads a leading // as a host name)
+        assert requests.get(base + spelling, timeout=5).text == "<html>sub</html>"
+    metrics = requests.get(base + "/_site/metrics", timeout=5).text
+    assert "pequod_answer_cache_entries 1.0" in metrics
+    assert 'pequod_answer_cache_lookups_total{result="hit"} 3.0' in metrics
+    assert requests.get(base + "/sub//?x=1", allow_redirects=False, timeout=5).status_code == 200
+    # Without the frontend (a cluster's Ingress in front), the instance itself refuses what the frontend does.
+    host, port = base.removeprefix("http://[").split("]:")
+    for method in ("GET", "HEAD"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn.request(method, "/", body=b"hello")
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        assert response.status == 400, method
+
+
 def test_etag_last_modified_and_304(server: tuple[str, Path]) -> None:
     base, data = server
     go_live(data)

@@ -13,20 +13,22 @@ RUN set -eux; \
     useradd --system --uid 10001 --home-dir /workdir --no-create-home --shell /usr/sbin/nologin site; \
     mkdir -m 1777 /workdir
 
-# Dependencies first (read from pyproject.toml), so that code changes do not reinstall them.
+# Dependencies first, so that code changes do not reinstall them: pyproject.toml's core list and its
+# `blog` extra, nothing of the host agent's (docs/deployables.md).
 COPY pyproject.toml /src/
 RUN set -eux; \
     python3 -m venv /opt/venv; \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
+                print("\n".join(p["dependencies"] + p["optional-dependencies"]["blog"]))' \
         > /src/requirements.txt; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /src/requirements.txt
+# The blog's code only: the agent (container/) runs on the host, so its entry point goes too.
 COPY README.md /src/
 COPY pipeline /src/pipeline
-COPY container /src/container
 COPY serve.py /src/
 RUN set -eux; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /src; \
-    rm -rf /src; \
+    rm -rf /src /opt/venv/bin/pequod-agent; \
     /opt/venv/bin/python -m compileall -q /opt/venv/lib >/dev/null || true
 
 COPY run.sh serve.py pequod.xml /

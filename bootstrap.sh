@@ -165,7 +165,8 @@ else
     [ -x "$AGENT" ] && upgraded=1
     [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
     "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
-    "$PREFIX/venv/bin/python" -m pip install -q --upgrade "$SOURCE"
+    # The agent's extra only: Nikola, CherryPy and GitPython live in the image (docs/deployables.md).
+    "$PREFIX/venv/bin/python" -m pip install -q --upgrade "$SOURCE[agent]"
     echo "$stamp" > "$PREFIX/installed"
     echo "    installed $("$PREFIX/venv/bin/python" -m pip show pequod 2>/dev/null | sed -n 's/^Version: //p')"
 fi

@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.docker_fixtures import exec_http, wait_exec_http
 from tests.helpers import SiteRepo
+
+pytestmark = pytest.mark.system  # Docker
 
 HARDENED = {
     "read_only": True,
@@ -69,3 +73,17 @@ def test_check_reads_the_manifest_from_the_image(app_image) -> None:
     assert no_manifest.stderr.strip() == (
         "error: pequod/base:bookworm: the image has no /pequod.xml; every application needs a manifest"
     )
+
+
+def test_image_holds_the_blog_and_not_the_agent(docker_client, app_image) -> None:
+    """The image installs pyproject.toml's `blog` extra only (docs/deployables.md): the agent runs on the host."""
+    probe = (
+        "import importlib.util, shutil\n"
+        "names = ['nikola', 'cherrypy', 'git', 'pipeline', 'serve', 'docker', 'pyroute2', 'cryptography', 'yaml',"
+        " 'container']\n"
+        "print(' '.join(name for name in names if importlib.util.find_spec(name)), shutil.which('pequod-agent'))\n"
+    )
+    output = docker_client.containers.run(
+        app_image, ["python3", "-c", probe], remove=True, network_mode="none", working_dir="/tmp",
+    ).decode()
+    assert output.split() == ["nikola", "cherrypy", "git", "pipeline", "serve", "None"], output

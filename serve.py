@@ -47,6 +47,7 @@ from pipeline.answers import (
     not_modified,
     split_request_path,
 )
+from pipeline.errors import ReleaseError
 from pipeline.redirects import REDIRECT_STATUSES, Redirect, with_query
 from pipeline.releases import COMPRESSIBLE
 from pipeline.status import read_status
@@ -344,7 +345,7 @@ class SiteApp:
         wanted = (fields.get("release") or [None])[0]
         try:
             meta = releases.rollback(layout.Layout(self.status_file.parent), wanted)
-        except ValueError as exc:
+        except ReleaseError as exc:
             return self.json(start_response, "400 Bad Request", {"message": str(exc)})
         print(f"serve.py: rollback by {client} to {meta.release}", file=sys.stderr, flush=True)
         return self.json(start_response, "200 OK", {"message": f"{meta.release} is live until the next push",

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ log = logging.getLogger("container")
 ZONE = "bootstrap"
 RESOLVE_INTERVAL = 60.0  # external hosts are resolved again this often
 FIREWALL_CHECK_INTERVAL = 10.0  # our jumps in the built-in chains are checked this often
+MAX_UNEXPECTED = 10  # rounds in a row a step may fail with the same bug before the agent exits with it
 
 
 class _ConfigChanged(FileSystemEventHandler):
@@ -90,6 +92,7 @@ class Agent:
         self.cert_next_check = 0.0
         self.cert_failures = 0
         self.cert_synced: float | None = None  # mtime of the PEM last made sure to be served
+        self.unexpected: dict[str, tuple[int, str]] = {}  # step → (rounds in a row, error) of unexpected failures
 
     # -- checks, before any side effect ------------------------------------------------------
     def load(self) -> None:
@@ -513,12 +516,29 @@ class Agent:
         return {"instances": instances, "replacements": self.state.load().get("replacements", {}),
                 "certificate": current, "certificate_failures": self.cert_failures}
 
-    @staticmethod
-    def _guarded(step) -> None:
-        """One step of the loop: its errors are logged, never fatal (the next round tries again)."""
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """One step of the loop. Expected errors (the error tree) are one line and the next round tries again.
+        Anything else is logged with its traceback (once; repeats of the same failure as one line); a failure
+        of the operating system or an engine (OSError) is tried again forever, but a bug that fails the same
+        step MAX_UNEXPECTED rounds in a row ends the agent with it (exit status 1: its supervisor starts a
+        fresh one, which re-adopts the instances)."""
+        name = getattr(step, "__name__", repr(step))
         try:
             step()
         except AgentError as exc:
             log.error("%s", exc)
-        except (OSError, ValueError, LookupError) as exc:  # the next round tries again; never a dead loop
-            log.error("unexpected %s: %s", type(exc).__name__, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback; a repeated bug ends the agent
+            count, last = self.unexpected.get(name, (0, ""))
+            text = f"{type(exc).__name__}: {exc}"
+            count = count + 1 if text == last else 1
+            self.unexpected[name] = (count, text)
+            if count == 1:
+                log.exception("unexpected error in %s; the next round tries again", name)
+            else:
+                log.error("unexpected error in %s again (%d rounds in a row): %s", name, count, text)
+            if count >= MAX_UNEXPECTED and not isinstance(exc, OSError):
+                log.critical("%s failed %d rounds in a row with the same error: stopping the agent", name, count)
+                raise
+            return
+        self.unexpected.pop(name, None)

@@ -1,12 +1,7 @@
-"""`pequod-agent`: the host agent's command line.
+"""`pequod-agent`: the host agent's command line (USAGE below is what `--help` shows first).
 
-    pequod-agent --bootstrap IMAGE [IMAGE...] BOOTSTRAP_YAML   run and supervise one instance per image
-        [--supervise --pid-file FILE]               ... as a child restarted whenever it exits
-    pequod-agent -i [services|certificates] [--json]  what runs
-    pequod-agent --renew [--force]                  renew the HTTPS certificate now if due (--force: now)
-    pequod-agent --teardown                         remove every container, link and rule of ours
-    pequod-agent --check PATH_OR_IMAGE...           validate manifests (files, or images' /pequod.xml)
-    pequod-agent --build-image [TAG]                Docker engine + stand-in base + application image
+Errors of the error tree (container.errors) are one line on stderr and exit status 1; anything else is
+a bug or an unmapped failure: its traceback goes to the log (stderr) and the exit status is 1 too.
 """
 
 from __future__ import annotations
@@ -26,6 +21,26 @@ from container.manifest import load_manifest
 from container.state import StateDir
 
 DEFAULT_IMAGE = "srcco-de:1"
+
+USAGE = """%(prog)s --bootstrap IMAGE [IMAGE...] BOOTSTRAP_YAML [--supervise [--pid-file FILE]]
+       %(prog)s -i [instances|services|certificates] [--json]
+       %(prog)s --renew [--force]
+       %(prog)s --teardown [--purge]
+       %(prog)s --check PATH_OR_IMAGE [PATH_OR_IMAGE...]
+       %(prog)s --build-image [TAG] [--base-image IMAGE] [--context DIR]
+       %(prog)s --export kubernetes IMAGE [IMAGE...] BOOTSTRAP_YAML [--namespace NS] [--replicas N] ...
+       (add --state-dir DIR to the first four when the state is not in /var/lib/pequod-agent)"""
+
+DESCRIPTION = """Run and supervise IPv6-only, resource-limited application containers on this host, with NAT64 to
+external services and an HAProxy frontend for the services they provide."""
+
+# How an action's arguments read in --help (argparse would repeat a `nargs="+"` metavar).
+ARGUMENTS = {"bootstrap": "IMAGE [IMAGE...] BOOTSTRAP_YAML", "export": "kubernetes IMAGE [IMAGE...] BOOTSTRAP_YAML"}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        return ARGUMENTS.get(action.dest) or super()._format_args(action, default_metavar)
 
 
 def progress(message: str) -> None:
@@ -95,12 +110,15 @@ def export(args: argparse.Namespace) -> int:
     if args.output is None:
         print(kubernetes.render(kubernetes.export(tuple(apps), bootstrap, uids, options), notes), end="")
         return 0
-    args.output.mkdir(parents=True, exist_ok=True)
     for app in apps:
         docs = [doc for doc in kubernetes.export(tuple(apps), bootstrap, uids, options)
                 if doc["metadata"]["labels"]["app.kubernetes.io/name"] == app.name]
         path = args.output / f"{app.name}.yaml"
-        path.write_text(kubernetes.render(docs, notes))
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+            path.write_text(kubernetes.render(docs, notes))
+        except OSError as exc:
+            raise AgentError(f"--output {args.output}: cannot write {path.name}: {exc.strerror or exc}") from None
         print(f"wrote {path}")
     return 0
 
@@ -149,8 +167,11 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
         other = 0
     if other and other != os.getpid() and "--supervise" in running_cmdline(other):
         raise AgentError(f"already running: a supervisor with pid {other} holds {pid_file}")
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise AgentError(f"--pid-file {pid_file}: cannot write it: {exc.strerror or exc}") from None
     stopping = threading.Event()
     child: subprocess.Popen[bytes] | None = None
 
@@ -241,15 +262,17 @@ def teardown(state_dir: Path, purge: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pequod-agent", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--bootstrap", nargs="+", metavar="IMAGE [IMAGE...] BOOTSTRAP_YAML",
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pequod-agent", usage=USAGE, description=DESCRIPTION,
+                                     formatter_class=_HelpFormatter)
+    actions = parser.add_argument_group("actions (exactly one)")
+    action = actions.add_mutually_exclusive_group(required=True)
+    action.add_argument("--bootstrap", nargs="+",
                         help="start one instance of each IMAGE and supervise them (runs in the foreground)")
     action.add_argument("-i", "--inspect", nargs="?", const="instances",
-                        choices=("instances", "services", "certificates"),
-                        help="print the running instances, their services, or the HTTPS certificates")
+                        choices=("instances", "services", "certificates"), metavar="WHAT",
+                        help="print the running instances (WHAT: instances, the default), their services "
+                             "(services) or the HTTPS certificates (certificates)")
     action.add_argument("--renew", action="store_true",
                         help="renew the frontend's HTTPS certificate if due, against the running agent's state")
     action.add_argument("--teardown", action="store_true", help="remove every container and link of ours")
@@ -257,31 +280,41 @@ def main(argv: list[str] | None = None) -> int:
                         help="validate manifests: pequod.xml files or images holding /pequod.xml")
     action.add_argument("--build-image", nargs="?", const=DEFAULT_IMAGE, metavar="TAG",
                         help=f"build the application image (default tag {DEFAULT_IMAGE}) on a local stand-in base")
-    action.add_argument("--export", nargs="+", metavar="kubernetes IMAGE [IMAGE ...] BOOTSTRAP_YAML",
+    action.add_argument("--export", nargs="+",
                         help="print the applications as Kubernetes objects (multi-document YAML)")
-    parser.add_argument("--namespace", default="default", help="with --export: the namespace (default: default)")
-    parser.add_argument("--replicas", type=int, default=1, help="with --export: replicas per application (1)")
-    parser.add_argument("--mhz-per-cpu", type=int, default=2000,
-                        help="with --export: MHz of one CPU of the cluster's nodes, to convert vmhz (2000)")
-    parser.add_argument("--storage-class", help="with --export: volumes as claims of this class (a StatefulSet)")
-    parser.add_argument("--ingress-class", help="with --export: an Ingress of this class per published service")
-    parser.add_argument("--dns64", action="store_true",
-                        help="with --export: the cluster's DNS synthesises AAAA records (no hostAliases)")
-    parser.add_argument("--output", type=Path, help="with --export: write DIR/<application>.yaml instead")
-    parser.add_argument("--base-image", help="with --build-image: use this base instead of the stand-in")
-    parser.add_argument("--context", type=Path, default=Path("."),
-                        help="with --build-image: the directory holding the Dockerfile (default: .)")
-    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/pequod-agent"),
+    run = parser.add_argument_group("with --bootstrap")
+    run.add_argument("--supervise", action="store_true",
+                     help="run the agent as a child and restart it whenever it exits")
+    run.add_argument("--pid-file", type=Path, metavar="FILE", default=Path("/run/pequod-agent.pid"),
+                     help="with --supervise: where the supervisor writes its pid (default /run/pequod-agent.pid)")
+    other = parser.add_argument_group("with -i, --renew, --teardown, --build-image")
+    other.add_argument("--json", action="store_true", help="with -i: JSON instead of a table")
+    other.add_argument("--force", action="store_true", help="with --renew: renew even if not due")
+    other.add_argument("--purge", action="store_true",
+                       help="with --teardown: also delete the applications' persistent volumes (their releases)")
+    other.add_argument("--base-image", metavar="IMAGE",
+                       help="with --build-image: use this base instead of the stand-in")
+    other.add_argument("--context", type=Path, metavar="DIR", default=Path("."),
+                       help="with --build-image: the directory holding the Dockerfile (default: .)")
+    kube = parser.add_argument_group("with --export")
+    kube.add_argument("--namespace", default="default", metavar="NS", help="the namespace (default: default)")
+    kube.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas per application (1)")
+    kube.add_argument("--mhz-per-cpu", type=int, default=2000, metavar="MHZ",
+                      help="MHz of one CPU of the cluster's nodes, to convert vmhz (2000)")
+    kube.add_argument("--storage-class", metavar="CLASS", help="volumes as claims of this class (a StatefulSet)")
+    kube.add_argument("--ingress-class", metavar="CLASS", help="an Ingress of this class per published service")
+    kube.add_argument("--dns64", action="store_true",
+                      help="the cluster's DNS synthesises AAAA records (no hostAliases)")
+    kube.add_argument("--output", type=Path, metavar="DIR", help="write DIR/<application>.yaml instead")
+    common = parser.add_argument_group("common")
+    common.add_argument("--state-dir", type=Path, metavar="DIR", default=Path("/var/lib/pequod-agent"),
                         help="what survives a restart (default /var/lib/pequod-agent)")
-    parser.add_argument("--json", action="store_true", help="with -i: JSON instead of a table")
-    parser.add_argument("--force", action="store_true", help="with --renew: renew even if not due")
-    parser.add_argument("--purge", action="store_true",
-                        help="with --teardown: also delete the applications' persistent volumes (their releases)")
-    parser.add_argument("--supervise", action="store_true",
-                        help="with --bootstrap: run the agent as a child and restart it whenever it exits")
-    parser.add_argument("--pid-file", type=Path, default=Path("/run/pequod-agent.pid"),
-                        help="with --supervise: where the supervisor writes its pid (default /run/pequod-agent.pid)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s pequod-agent %(levelname)s %(message)s")
@@ -306,14 +339,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.export:
             return export(args)
         return build_image(args.build_image, args.base_image, args.context)
-    except AgentError as exc:
-        print(f"pequod-agent: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:  # anything a gateway did not map: still one line, no traceback
+    except AgentError as exc:  # expected: bad input, or an external system said no
         print(f"pequod-agent: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug, or a failure no gateway maps: keep the traceback
+        logging.getLogger("container").exception("unexpected error; please report it with this traceback")
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from types import FrameType
 
 from pipeline import build_worker, releases
 from pipeline.config import Settings, settings_from_env
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ReleaseError
 from pipeline.releases import rollback
 from pipeline.status import read_status
 from pipeline.watcher import Watcher, live_release
@@ -64,7 +64,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings(args, need_repo=False)
     try:
         meta = rollback(settings.layout, args.release)
-    except ValueError as exc:
+    except ReleaseError as exc:
         print(f"rollback: {exc}", file=sys.stderr)
         return 1
     print(f"rolled back: {meta.release} (commit {meta.commit[:12]}) is live until the next push")

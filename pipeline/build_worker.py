@@ -11,7 +11,7 @@ and scanned site between builds (pipeline.site_holder). Each build is a fork of 
 next and the output is exactly that of a cold `nikola build`. The worker is a child subreaper: after
 each build every process the build left behind (but the holder) is ended. The answer is one line:
 {"status", "timed_out", "seconds", "max_rss_kb", "leftovers", "exiting"}. The worker exits after a failed
-build, after BUILDS_PER_WORKER builds, or after IDLE_SECONDS without a request, and is started again on
+build, after BUILDS_PER_WORKER builds, or after BUILD_WORKER_IDLE seconds without a request, and is started again on
 demand.
 """
 
@@ -31,14 +31,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from pipeline import sandbox
+from pipeline import config, sandbox
 from pipeline.errors import BuildError
 
 log = logging.getLogger(__name__)
 
 BUILDS_PER_WORKER = 50
-# A writer's pushes come minutes apart: the worker (and the site it keeps loaded) waits that long.
-IDLE_SECONDS = float(os.environ.get("BUILD_WORKER_IDLE", "900"))
+# A writer's pushes come minutes apart: the worker (and the site it keeps loaded) waits BUILD_WORKER_IDLE
+# seconds (900) for the next one; the watcher checked the value at its start (pipeline.config).
 HOLDER_GRACE = 10.0  # seconds the worker gives a holder beyond the build's timeout before it kills it
 
 _child = 0
@@ -266,12 +266,13 @@ def _terminate(_signum: int, _frame: object) -> None:
 def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     subreaper = sandbox.become_subreaper()
+    idle_seconds = config.build_worker_idle(os.environ)
     warm_up()
     print(json.dumps({"ready": True, "pid": os.getpid(), "subreaper": subreaper,
                       "landlock_abi": sandbox.landlock_abi()}), flush=True)
     try:
         for number in range(1, BUILDS_PER_WORKER + 1):
-            readable, _, _ = select.select([sys.stdin], [], [], IDLE_SECONDS)
+            readable, _, _ = select.select([sys.stdin], [], [], idle_seconds)
             if not readable:
                 return 0  # idle: give the memory back
             line = sys.stdin.readline()

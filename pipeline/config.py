@@ -32,6 +32,7 @@ class Settings:
     notify_secret: str | None = None
     heartbeat_file: Path | None = None  # the watcher's (pipeline.heartbeat); run.sh sets WATCHER_HEARTBEAT
     links_broken_fail: bool = False  # broken internal links fail the build (pipeline.links)
+    build_worker_idle: float = 900.0  # seconds the warm build worker waits for the next build (pipeline.build_worker)
 
     @property
     def layout(self) -> Layout:
@@ -103,6 +104,11 @@ def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
         raise ConfigError(f"{key}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)") from None
 
 
+def build_worker_idle(env: Mapping[str, str]) -> float:
+    """BUILD_WORKER_IDLE: checked with the rest at start; the worker (which inherits it) reads it here too."""
+    return _number(env, "BUILD_WORKER_IDLE", 900.0, minimum=1, integer=False)
+
+
 def check_heartbeat_file(path: str) -> Path | None:
     path = path.strip()
     if path and not path.startswith("/"):
@@ -133,4 +139,5 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         notify_secret=env.get("NOTIFY_SECRET") or None,
         heartbeat_file=check_heartbeat_file(env.get("WATCHER_HEARTBEAT", "")),
         links_broken_fail=_flag(env, "LINKS_BROKEN_FAIL", False),
+        build_worker_idle=build_worker_idle(env),
     )

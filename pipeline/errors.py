@@ -15,6 +15,10 @@ class GitError(PipelineError):
     """The remote could not be checked or fetched."""
 
 
+class ReleaseError(PipelineError):
+    """A rollback names no kept release, or there is none to roll back to."""
+
+
 class BuildError(PipelineError):
     """Nikola failed to build a commit; ``log_tail`` holds the end of its output."""
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline import site_rules, tree
+from pipeline.errors import ReleaseError
 from pipeline.layout import Layout
 from pipeline.status import StatusStore, utc_now
 
@@ -285,18 +286,18 @@ def rollback_target(ids: list[str], live: str | None, wanted: str | None) -> str
     """Which release a rollback goes to: `wanted`, or the one before the live one."""
     if wanted is not None:
         if wanted not in ids:
-            raise ValueError(f"no release {wanted!r}; kept releases: {', '.join(ids) or 'none'}")
+            raise ReleaseError(f"no release {wanted!r}; kept releases: {', '.join(ids) or 'none'}")
         return wanted
     if live not in ids:
-        raise ValueError("no live release to roll back from")
+        raise ReleaseError("no live release to roll back from")
     index = ids.index(live)
     if index == 0:
-        raise ValueError(f"{live} is the oldest kept release; nothing to roll back to")
+        raise ReleaseError(f"{live} is the oldest kept release; nothing to roll back to")
     return ids[index - 1]
 
 
 def rollback(layout: Layout, wanted: str | None) -> Release:
-    """Point `current` at an earlier kept release. It stays live until the next push. Raises ValueError
+    """Point `current` at an earlier kept release. It stays live until the next push. Raises ReleaseError
     (naming the kept releases) for an unknown one."""
     store = StatusStore(layout.status)
     with store.edit() as status:

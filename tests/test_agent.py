@@ -21,6 +21,8 @@ from container.teardown import teardown
 from tests.agent_fixtures import AgentRun, agent_cmd, bootstrap_yaml
 from tests.helpers import REPO_ROOT, free_port, wait_for
 
+pytestmark = pytest.mark.system  # root, Docker, network namespaces, iptables, HAProxy
+
 
 def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None:
     agent_run.start()

@@ -23,6 +23,8 @@ from tests.acme_server import AcmeServer
 from tests.agent_fixtures import Loop
 from tests.helpers import REPO_ROOT, wait_for
 
+pytestmark = pytest.mark.system  # root, Docker, port 80, the host bootstrap
+
 SITE_REPO = Path("/srv/pequod/site.git")
 PID_FILE = Path("/run/pequod-agent.pid")
 LOG = Path("/var/log/pequod-agent.log")

@@ -18,6 +18,8 @@ import requests
 from container.frontend import Server, Service, render_haproxy_conf
 from tests.helpers import REPO_ROOT, Process, chromium, free_port, python_env, wait_for
 
+pytestmark = pytest.mark.system  # Chromium, serve.py on ports
+
 SECRET = "webhook-secret-typed-by-the-owner"
 TYPED = "what-the-owner-typed"
 OLDER, LIVE = "20260101T000000Z-aaaaaaaaaaaa", "20260102T000000Z-bbbbbbbbbbbb"

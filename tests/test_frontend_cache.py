@@ -16,10 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 
 from container.frontend import Server, Service, render_haproxy_conf
 from tests.helpers import REPO_ROOT, Process, free_port, python_env, wait_for
+
+pytestmark = pytest.mark.system  # HAProxy, ports
 
 
 @contextlib.contextmanager

@@ -17,6 +17,8 @@ from tests.attacks import Readers
 from tests.test_site_stays_up import POST, SECRET, Site, processes
 from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
 
+pytestmark = pytest.mark.system  # root, Docker
+
 site = shared_site
 GIT_CONFIG_MARKERS = ("repositoryformatversion", "[core]", "ref: refs/")
 OUTSIDE_PATHS = ("/config", "/HEAD", "/env.txt", "/status.json", "/posts/welcome/index.html")

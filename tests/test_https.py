@@ -28,6 +28,8 @@ from tests.acme_server import AcmeServer, make_certificate
 from tests.agent_fixtures import AgentRun, agent_cmd
 from tests.helpers import SiteRepo, free_port, python_env, wait_for
 
+pytestmark = pytest.mark.system  # root, Docker, HAProxy, an ACME CA (pebble)
+
 DOMAIN = "blog.pequod.test"
 POST = "/posts/welcome/"
 GITHUB = ("external_services:\n  - {service_name: github-https, service_version: '1', external_host: github.com, "

@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from pipeline.git_source import GitSource
 from pipeline.nikola_build import NikolaBuilder, clean_build_reason
 from tests.helpers import SiteRepo
+
+pytestmark = pytest.mark.system  # full Nikola builds of a generated site (slow)
 
 # The parts of Nikola's output that differ between two clean builds of the same commit: the
 # feeds' build time and the random (uuid4) anchors of reST code blocks. Nothing else may differ.

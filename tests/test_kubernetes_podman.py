@@ -19,6 +19,8 @@ from container.manifest import load_manifest
 from tests.agent_fixtures import agent_cmd
 from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
 
+pytestmark = pytest.mark.system  # root, Docker, podman
+
 CONTAINERS_CONF = """\
 [containers]
 # Within this machine's hard limits (podman's defaults are refused: "error setting rlimit").

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import html
 
+import pytest
+
 from tests.helpers import wait_for
 from tests.test_site_stays_up import Site, metric
 from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
+
+pytestmark = pytest.mark.system  # root, Docker
 
 site = shared_site
 POST = "posts/broken-links.md"

@@ -25,6 +25,8 @@ from tests.docker_fixtures import exec_http, wait_exec_http
 from tests.helpers import free_port, wait_for
 from tests.netns import Ipv4Host
 
+pytestmark = pytest.mark.system  # root, Docker, network namespaces, Tayga, HAProxy
+
 
 def synthesised(address: ipaddress.IPv4Address) -> str:
     """The address under which instances reach `address` (the tests' YAML routes the default prefix)."""

@@ -67,6 +67,7 @@ MOVED = Destination("mirror", "mirror.local", 80, "mirror.example", 8080, (V4("1
                     (V6("fd99:69a4:fefb:64::c612:6"),))
 
 
+@pytest.mark.system  # ip6tables-restore --test needs root
 def test_rules_allow_declared_destinations_then_reject_the_rest() -> None:
     blog, other = V6("fd00:5eed:1:0:aacc:1:c000:202"), V6("fd00:5eed:1:0:aacc:2:c000:202")
     rules = firewall.render_rules(NET, NAT, (firewall.Grant((blog,), GITHUB), firewall.Grant((blog,), MOVED)),
@@ -101,6 +102,7 @@ def test_rules_allow_declared_destinations_then_reject_the_rest() -> None:
     firewall.check_rules(rules)  # iptables-restore --test accepts them
 
 
+@pytest.mark.system  # ip6tables-restore --test needs root
 def test_rules_without_declarations_allow_nothing_out() -> None:
     rules = firewall.render_rules(Network(NET.subnet, "t", NET.gateway), NAT, ())
     assert [line for line in rules["ip6tables"].splitlines() if "ACCEPT" in line] == [

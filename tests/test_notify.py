@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import SiteRepo, free_port, wait_for
 
+pytestmark = pytest.mark.system  # run.sh with real Nikola builds, ports
+
 SECRET = "notify-secret"
 
 

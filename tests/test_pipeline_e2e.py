@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import git
+import pytest
 import requests
 
 from tests.helpers import SiteRepo, python_env, wait_for
+
+pytestmark = pytest.mark.system  # run.sh with real Nikola builds and git remotes, ports
 
 MARKER = re.compile(r"release-marker:([0-9a-f]{40})")
 # conf.py addition that stamps every page with the commit being built.

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.helpers import wait_for
 from tests.test_site_stays_up import POST, Site
 from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
+
+pytestmark = pytest.mark.system  # root, Docker
 
 site = shared_site
 

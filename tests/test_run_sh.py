@@ -14,6 +14,8 @@ import pytest
 from pipeline import heartbeat
 from tests.helpers import REPO_ROOT, SiteRepo, python_env, wait_for
 
+pytestmark = pytest.mark.system  # run.sh with real Nikola builds, ports
+
 
 @pytest.mark.parametrize(("settings", "message"), [
     ({}, "pipeline: SITE_REPO is not set: give the git URL of the site repository"),

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.helpers import SiteRepo, wait_for
 from tests.test_site_stays_up import Site
 from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
+
+pytestmark = pytest.mark.system  # run.sh with real Nikola builds, ports
 
 site = shared_site
 AHEAD = 40  # seconds a post is scheduled ahead

@@ -29,6 +29,8 @@ from tests.attacks import JunkFlood, Readers, Trickle
 from tests.helpers import REPO_ROOT, SiteRepo, chromium, wait_for
 from tests.netns import Ipv4Host
 
+pytestmark = pytest.mark.system  # root, Docker, network namespaces, HAProxy
+
 SECRET = "hook-secret-that-must-never-leak"
 NOTIFY_SECRET = "notify-secret"
 IMAGE = "srcco-de:guarded"

@@ -12,7 +12,7 @@ import pytest
 from pipeline import releases
 from pipeline.answers import BadPath, memo_path, split_request_path
 from pipeline.config import redact_url, settings_from_env
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ReleaseError
 from pipeline.nikola_build import BuildState, clean_build_reason, log_tail
 from pipeline.status import StatusStore
 from pipeline.watcher import MAX_BACKOFF, backoff_delay
@@ -137,9 +137,9 @@ def test_rollback_target() -> None:
     ids = ["r1", "r2", "r3"]
     assert releases.rollback_target(ids, "r3", None) == "r2"
     assert releases.rollback_target(ids, "r3", "r1") == "r1"
-    with pytest.raises(ValueError, match="oldest"):
+    with pytest.raises(ReleaseError, match="oldest"):
         releases.rollback_target(ids, "r1", None)
-    with pytest.raises(ValueError, match="no release 'r9'"):
+    with pytest.raises(ReleaseError, match="no release 'r9'"):
         releases.rollback_target(ids, "r3", "r9")
 
 

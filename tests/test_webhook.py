@@ -18,6 +18,8 @@ from pipeline.releases import precompress
 from pipeline.webhook import MAX_BODY, HookGuard
 from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
 
+pytestmark = pytest.mark.system  # run.sh with real Nikola builds, ports
+
 SECRET = "s3cret-hook"
 
 

@@ -316,11 +316,13 @@ done_step
 if [ ${#domains[@]} -gt 0 ]; then
     step "HTTPS certificate for ${domains[*]}" "DNS of ${domains[0]} must point at this host and port 80 be open to the internet; pequod-agent -i certificates shows the CA's answer"
     for _ in $(seq 1 90); do
-        "$AGENT" -i certificates --json --state-dir "$STATE" | grep -q '"served": true' && break
+        served=$("$AGENT" -i certificates --json --state-dir "$STATE" 2>/dev/null) || served=""
+        grep -q '"served": true' <<<"$served" && break
         sleep 1
     done
     "$AGENT" -i certificates --state-dir "$STATE" | sed 's/^/    /'
-    if "$AGENT" -i certificates --json --state-dir "$STATE" | grep -q '"served": true'; then
+    served=$("$AGENT" -i certificates --json --state-dir "$STATE" 2>/dev/null) || served=""
+    if grep -q '"served": true' <<<"$served"; then
         url="https://${domains[0]}/"
     else
         echo "    no certificate yet: the blog stays on plain HTTP; the agent tries again with back-off"

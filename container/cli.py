@@ -92,6 +92,7 @@ def export(args: argparse.Namespace) -> int:
     """--export kubernetes IMAGE [IMAGE ...] BOOTSTRAP_YAML: print (or write) the Kubernetes objects."""
     from container import engine, kubernetes, plan, runtime
     from container.bootstrap import load_bootstrap
+    from container.image import load_application
 
     kind, *rest = args.export
     if kind != "kubernetes" or len(rest) < 2:
@@ -101,7 +102,7 @@ def export(args: argparse.Namespace) -> int:
     client = engine.connect()
     if client is None:
         raise AgentError("no Docker engine answers: the images' manifests cannot be read")
-    apps = [plan.load_application(client, image) for image in images]
+    apps = [load_application(client, image) for image in images]
     uids = {app.name: runtime.run_user(runtime.image_info(client, app.image).user)[1] or 65534 for app in apps}
     options = kubernetes.Options(args.namespace, args.replicas, args.mhz_per_cpu, args.storage_class,
                                  args.ingress_class, args.dns64)
@@ -344,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader of our output stopped reading (`| grep -q`, `| head`): not a failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:  # a bug, or a failure no gateway maps: keep the traceback
         logging.getLogger("container").exception("unexpected error; please report it with this traceback")
         return 1

@@ -39,7 +39,7 @@ from container import (
 from container.bootstrap import Bootstrap, Network, load_bootstrap
 from container.capacity import Capacity, check_fits, host_capacity
 from container.errors import AgentError
-from container.image import manifest_from_image
+from container.image import load_application, manifest_from_image
 from container.nat64 import Destination, Tayga
 from container.state import StateDir
 from container.supervision import Instance, Pending, Retiring, Supervised
@@ -97,7 +97,7 @@ class Agent:
     # -- checks, before any side effect ------------------------------------------------------
     def load(self) -> None:
         self.bootstrap = load_bootstrap(str(self.bootstrap_path))
-        self.apps = tuple(plan.load_application(self.client, image) for image in self.images)
+        self.apps = tuple(load_application(self.client, image) for image in self.images)
         self.supervised = [Supervised(app, runtime.image_info(self.client, app.image).id) for app in self.apps]
         plan.check_services(self.apps, self.bootstrap)
         checks.check_mounts([app.manifest for app in self.apps], self.bootstrap)
@@ -194,8 +194,11 @@ class Agent:
                        for sup in self.supervised if sup.serving is not None}
             tls = self.bootstrap.frontend.tls
             pem = self.certs.pem if tls is not None and self.certs.pem.exists() else None
+            pem_domains: tuple[str, ...] = ()
+            if pem is not None and tls is not None and not tls.domains:  # redirect to the certificate's names
+                pem_domains = certificates.redirect_domains(pem)
             self.frontend.apply(plan.frontend_services(self.apps, self.bootstrap.frontend, self.network(), serving,
-                                                       pem), self.bootstrap.metrics.haproxy)
+                                                       pem, pem_domains), self.bootstrap.metrics.haproxy)
 
     def healthy(self, app: plan.Application, instance: Instance) -> bool:
         return all(checks.answers_health(str(instance.address), p.local_port, p.health_check_path)

@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from container import frontend, proc
-from container.bootstrap import TlsSettings
+from container.bootstrap import TlsSettings, is_domain
 from container.errors import CertificateError
-from pipeline.layout import replace_file
+from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,16 @@ def read_certificate(data: bytes, source: str) -> Certificate:
     issuer = leaf.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     return Certificate(f"{leaf.serial_number:X}".lstrip("0"), leaf.not_valid_after_utc.timestamp(),
                        str(issuer[0].value) if issuer else leaf.issuer.rfc4514_string(), names)
+
+
+def redirect_domains(pem: Path) -> tuple[str, ...]:
+    """For the administrator's own certificate without `domains`: the host names it is for, in its order
+    (wildcards left out: a redirect needs one name); () when it cannot be read (no redirect then)."""
+    try:
+        names = read_certificate(pem.read_bytes(), str(pem)).domains
+    except (OSError, CertificateError):
+        return ()
+    return tuple(dict.fromkeys(n.lower().rstrip(".") for n in names if is_domain(n.lower().rstrip("."))))
 
 
 def served_pem(chain: bytes, key: bytes, source: str) -> bytes:

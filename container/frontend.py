@@ -17,13 +17,15 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from container import proc
 from container.daemon import Daemon
 from container.errors import FrontendError
-from pipeline.layout import replace_file
+from container.records import Server as Server
+from container.records import Service
+from container.records import Tls as Tls
+from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -75,39 +77,6 @@ ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-P
     ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets"""
 HSTS_MAX_AGE = 63072000  # two years
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
-
-
-@dataclass(frozen=True)
-class Tls:
-    """HTTPS on `port` with the chain and key in `pem` (None: no certificate yet: plain HTTP, but ACME
-    challenges already go to the client on 127.0.0.1:`challenge_port` when it is set). Plain HTTP is
-    redirected to one of `domains` (none: not redirected)."""
-    port: int
-    pem: Path | None
-    challenge_port: int | None
-    domains: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str
-    address: ipaddress.IPv6Address
-    port: int
-
-
-@dataclass(frozen=True)
-class Service:
-    """A provided service, published on bind:port (port 0: not published), and on `local_binds` (gateway
-    address and port) for instances that require it; served by `servers` (instances that passed a check)."""
-    name: str
-    bind: ipaddress.IPv4Address | ipaddress.IPv6Address
-    port: int
-    health_path: str
-    servers: tuple[Server, ...] = ()
-    local_binds: tuple[tuple[ipaddress.IPv6Address, int], ...] = ()
-    max_connections_per_client: int = 0  # 0: no limit
-    max_requests_per_client: int = 0  # in any 10 s; 0: no limit
-    tls: Tls | None = None
 
 
 def request_rules(service: Service) -> list[str]:

@@ -12,8 +12,10 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from container import runtime
 from container.errors import ImageBuildError, ManifestError
 from container.manifest import MAX_BYTES, Manifest, parse_manifest
+from container.records import Application
 
 MANIFEST_PATH = "/pequod.xml"
 
@@ -38,6 +40,12 @@ def build_app_image(
     except docker.errors.APIError as exc:
         raise ImageBuildError(f"building {tag} failed: {exc.explanation or exc}") from None
     progress(f"image {tag}: built in {time.monotonic() - started:.0f} s")
+
+
+def load_application(client: docker.DockerClient, image: str) -> Application:
+    """The application an image holds: name and version from its tag, the manifest from /pequod.xml."""
+    name, version = runtime.app_from_image(image)
+    return Application(image, name, version, manifest_from_image(client, image))
 
 
 READER_LABEL = "org.pequod.manifest-reader"

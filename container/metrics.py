@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from container import firewall
-from container.supervision import Instance
+from container.records import Instance
 
 log = logging.getLogger(__name__)
 CGROUP = Path("/sys/fs/cgroup")

@@ -14,18 +14,15 @@ import logging
 import os
 import pwd
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from container import network
 from container.bootstrap import ExternalService, Nat64
 from container.daemon import Daemon
 from container.manifest import Manifest
+from container.records import TUN, Destination
 
 log = logging.getLogger(__name__)
-
-TUN = "pequod64"
-
 
 def tayga_address(nat64: Nat64) -> ipaddress.IPv4Address:
     return nat64.ipv4_pool[1]
@@ -70,18 +67,6 @@ def resolve_ipv4(host: str) -> tuple[ipaddress.IPv4Address, ...]:
     return tuple(sorted({ipaddress.IPv4Address(info[4][0]) for info in infos}))
 
 
-@dataclass(frozen=True)
-class Destination:
-    """One external service an instance may reach: its local name and port, and where they lead."""
-    service: str
-    local_hostname: str
-    local_port: int
-    external_host: str
-    external_port: int
-    ipv4: tuple[ipaddress.IPv4Address, ...]
-    ipv6: tuple[ipaddress.IPv6Address, ...]
-
-
 def destinations(manifest: Manifest, services: tuple[ExternalService, ...], nat64: Nat64,
                  resolve=resolve_ipv4) -> tuple[Destination, ...]:
     """The manifest's requires that `services` defines, resolved (others are provided on this host)."""
@@ -96,10 +81,6 @@ def destinations(manifest: Manifest, services: tuple[ExternalService, ...], nat6
                                  service.external_host, service.external_port, ipv4,
                                  tuple(synthesise(nat64, a) for a in ipv4)))
     return tuple(found)
-
-
-def hosts_entries(found: tuple[Destination, ...]) -> str:
-    return "".join(f"{address}\t{d.local_hostname}\n" for d in found for address in d.ipv6)
 
 
 # Tayga opens its tun device as root, then runs as this user, chrooted into its data directory.

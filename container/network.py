@@ -19,10 +19,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from container.bootstrap import Network, Route
 from container.errors import NetworkError
+from container.records import BRIDGE
 
 log = logging.getLogger(__name__)
 
-BRIDGE = "pequod0"
 VETH_PREFIX = "pq-"
 IFA_F_NODAD = 0x02
 

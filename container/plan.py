@@ -1,8 +1,9 @@
 """What should run, as a pure function of the bootstrap settings, the manifests and the instances' addresses.
 
-No Docker, no netlink, no files: the agent (`agent.py`) applies what these functions compute, and a
+No Docker, no netlink, no processes, no files: this module imports records (`records.py`) and pure
+functions only, and the agent (`agent.py`) applies what these functions compute through the gateways; a
 configuration reload compares two plans instead of fields by hand. Everything here is unit-tested
-without root.
+without root (tests/test_imports.py keeps it so).
 """
 
 from __future__ import annotations
@@ -13,33 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from container import certificates, firewall, frontend, nat64
-from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network, is_domain
-from container.errors import AgentError, CertificateError
+from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network
+from container.errors import AgentError
+from container.firewall_rules import render_rules
 from container.manifest import Manifest, RequiredService
-from container.nat64 import Destination
-
-
-@dataclass(frozen=True)
-class Application:
-    """One image the agent runs: its name and version (from the tag) and its manifest."""
-    image: str
-    name: str
-    version: str
-    manifest: Manifest
-
-    @property
-    def health_timeout(self) -> int:
-        return max([p.health_check_timeout for p in self.manifest.provides], default=0)
-
-
-def load_application(client, image: str) -> Application:
-    """The application an image holds: name and version from its tag, the manifest from /pequod.xml."""
-    from container import runtime  # the Docker gateway; imported here so the plan itself stays pure
-    from container.image import manifest_from_image
-
-    name, version = runtime.app_from_image(image)
-    return Application(image, name, version, manifest_from_image(client, image))
+from container.records import Application, Destination, Grant, HostListener, Server, Service, Tls
 
 
 @dataclass(frozen=True)
@@ -123,8 +102,13 @@ def hosts_file(hostname: str, address: ipaddress.IPv6Address, found: tuple[Desti
                local: dict[str, ipaddress.IPv6Address] | None = None) -> str:
     """/etc/hosts of an instance: itself, its external services (NAT64), services provided here (gateway)."""
     return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
-            + nat64.hosts_entries(found)
+            + hosts_entries(found)
             + "".join(f"{gateway}\t{name}\n" for name, gateway in sorted((local or {}).items())))
+
+
+def hosts_entries(found: tuple[Destination, ...]) -> str:
+    """The /etc/hosts lines of an instance's external services: their NAT64 addresses."""
+    return "".join(f"{address}\t{d.local_hostname}\n" for d in found for address in d.ipv6)
 
 
 def instance_hosts(apps: tuple[Application, ...], app: Application, address: ipaddress.IPv6Address,
@@ -140,44 +124,38 @@ def resolv_conf(net: Network) -> str:
 
 
 def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings, net: Network,
-                      serving: dict[str, Serving], pem: Path | None = None) -> tuple[frontend.Service, ...]:
+                      serving: dict[str, Serving], pem: Path | None = None,
+                      pem_domains: tuple[str, ...] = ()) -> tuple[Service, ...]:
     """The HAProxy frontends: each provided service on its public port and, for the instances that require
     it, on the gateway; served by the app's instance in `serving` (application name → instance). With
-    `frontend.tls`, the service on the default port also speaks HTTPS once `pem` (its certificate) exists."""
+    `frontend.tls`, the service on the default port also speaks HTTPS once `pem` (its certificate) exists;
+    `pem_domains` are the names the certificate is for (`certificates.redirect_domains`)."""
     services = []
     for app in apps:
         for provide in app.manifest.provides:
             instance = serving.get(app.name)
-            servers = (frontend.Server(instance.name, instance.address, provide.local_port),) if instance else ()
+            servers = (Server(instance.name, instance.address, provide.local_port),) if instance else ()
             local_ports = sorted({r.local_port for other in apps for r in other.manifest.requires
                                   if r.name == provide.name})
-            services.append(frontend.Service(
+            services.append(Service(
                 provide.name, settings.bind, settings.port_of(provide.name), provide.health_check_path, servers,
                 tuple((net.gateway, port) for port in local_ports),
                 settings.max_connections_per_client, settings.max_requests_per_client,
-                frontend_tls(settings, pem) if settings.port_of(provide.name) == settings.port else None))
+                frontend_tls(settings, pem, pem_domains) if settings.port_of(provide.name) == settings.port else None))
     return tuple(services)
 
 
-def frontend_tls(settings: FrontendSettings, pem: Path | None) -> frontend.Tls | None:
+def frontend_tls(settings: FrontendSettings, pem: Path | None, pem_domains: tuple[str, ...] = ()) -> Tls | None:
+    """HTTPS as configured; plain HTTP redirects to the configured domains, else to the names of the
+    administrator's own certificate (`pem_domains`, used only with `pem`)."""
     tls = settings.tls
     if tls is None:
         return None
-    domains = tls.domains or (redirect_domains(pem) if pem is not None else ())
-    return frontend.Tls(tls.port, pem, tls.challenge_port if tls.acme else None, domains)
+    domains = tls.domains or (pem_domains if pem is not None else ())
+    return Tls(tls.port, pem, tls.challenge_port if tls.acme else None, domains)
 
 
-def redirect_domains(pem: Path) -> tuple[str, ...]:
-    """For the administrator's own certificate without `domains`: the host names it is for, in its order
-    (wildcards left out: a redirect needs one name); () when it cannot be read (no redirect then)."""
-    try:
-        names = certificates.read_certificate(pem.read_bytes(), str(pem)).domains
-    except (OSError, CertificateError):
-        return ()
-    return tuple(dict.fromkeys(n.lower().rstrip(".") for n in names if is_domain(n.lower().rstrip("."))))
-
-
-def check_frontend_ports(services: tuple[frontend.Service, ...], source: str) -> None:
+def check_frontend_ports(services: tuple[Service, ...], source: str) -> None:
     ports = [s.port for s in services if s.port]
     for service in services:
         if service.port and ports.count(service.port) > 1:
@@ -193,11 +171,11 @@ def firewall_rules(apps: tuple[Application, ...], net: Network, nat64_settings: 
     grants, listeners = [], []
     for app in apps:
         sources = addresses.get(app.name, ())
-        grants += [firewall.Grant(sources, d) for d in destinations.get(app.name, ())]
-        listeners += [firewall.HostListener(sources, r.local_port, f"{app.name} -> {r.name}")
+        grants += [Grant(sources, d) for d in destinations.get(app.name, ())]
+        listeners += [HostListener(sources, r.local_port, f"{app.name} -> {r.name}")
                       for r in local_requires(apps, app)]
     sources = tuple((app.name, addresses[app.name]) for app in apps if addresses.get(app.name))
-    return firewall.render_rules(net, nat64_settings, tuple(grants), tuple(listeners), sources)
+    return render_rules(net, nat64_settings, tuple(grants), tuple(listeners), sources)
 
 
 @dataclass(frozen=True)

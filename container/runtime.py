@@ -17,7 +17,7 @@ from docker.types import Ulimit
 from container.capacity import Capacity, nano_cpus
 from container.errors import DockerError
 from container.manifest import Manifest
-from container.supervision import Instance
+from container.records import Instance
 
 log = logging.getLogger(__name__)
 

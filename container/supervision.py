@@ -7,7 +7,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from container.plan import Application
+from container.records import Application, Instance
 
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 30.0  # an instance that ran this long resets the crash-loop back-off
@@ -16,22 +16,6 @@ DRAIN_SECONDS = 3.0  # a replaced instance serves this long after leaving the fr
 # fails every check for UNHEALTHY_AFTER s (hung, deadlocked, thrashing, stopped) gets a replacement.
 HEALTH_INTERVAL = 2.0
 UNHEALTHY_AFTER = 10.0
-
-
-@dataclass(frozen=True)
-class Instance:
-    """A running instance of ours, as the runtime reports it."""
-    name: str
-    application: str
-    version: str
-    zone: str
-    repo: str
-    address: ipaddress.IPv6Address
-    started: float  # wall-clock time it was started
-    image: str
-    image_id: str
-    pid: int
-    running: bool = True
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ and scanned site between builds (pipeline.site_holder). Each build is a fork of 
 `pipeline.nikola_runner` with stdout and stderr to the log, so nothing of one build can leak into the
 next and the output is exactly that of a cold `nikola build`. The worker is a child subreaper: after
 each build every process the build left behind (but the holder) is ended. The answer is one line:
-{"status", "timed_out", "seconds", "max_rss_kb", "leftovers", "exiting"}. The worker exits after a failed
-build, after BUILDS_PER_WORKER builds, or after BUILD_WORKER_IDLE seconds without a request, and is started again on
-demand.
+{"status", "timed_out", "seconds", "max_rss_kb", "leftovers", "exiting"} (the messages: pipeline.build_protocol).
+The worker exits after a failed build, after BUILDS_PER_WORKER builds, or after BUILD_WORKER_IDLE seconds
+without a request, and is started again on demand.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from pipeline import config, sandbox
+from pipeline import build_protocol, config, sandbox
+from pipeline.build_protocol import BuildAnswer, BuildRequest
 from pipeline.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -41,79 +41,9 @@ BUILDS_PER_WORKER = 50
 # seconds (900) for the next one; the watcher checked the value at its start (pipeline.config).
 HOLDER_GRACE = 10.0  # seconds the worker gives a holder beyond the build's timeout before it kills it
 
-_child = 0
 _holder: Any = None  # the site holder (pipeline.site_holder.HolderClient) of the last build
 # Process groups of running workers (in the watcher), so that a shutdown can stop a build in progress.
 running_groups: set[int] = set()
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    """One build, as the watcher asks it of the worker (one JSON line)."""
-    site_dir: str
-    log_path: str
-    timeout: float
-    env: dict[str, str]  # the build's whole environment
-    limits: dict[str, int]  # memory_mb, file_mb, processes
-    read: list[str]  # what it may read (Landlock)
-    write: list[str]  # what it may read and write
-    commit: str | None = None  # the commit being built
-    changes: list[str] | None = None  # paths changed since `base`; None: unknown (a fresh site is loaded)
-    base: str | None = None  # the commit of the last successful build
-    fresh: bool = field(default=False)  # load the site afresh (a clean build)
-
-    def to_line(self) -> str:
-        return json.dumps(asdict(self)) + "\n"
-
-    @classmethod
-    def from_line(cls, line: str) -> BuildRequest:
-        return cls(**json.loads(line))
-
-    def holder_key(self) -> str:
-        """What a site holder is made for: the same site, confinement and environment (but the commit)."""
-        env = {key: value for key, value in self.env.items() if key != "SITE_COMMIT"}
-        return json.dumps([self.site_dir, self.read, self.write, self.limits, env], sort_keys=True)
-
-
-@dataclass(frozen=True)
-class BuildAnswer:
-    """The worker's answer to a BuildRequest (one JSON line)."""
-    status: int  # the build's exit status (negative: killed by that signal)
-    timed_out: bool
-    seconds: float
-    max_rss_kb: int
-    leftovers: int  # processes the build left behind, ended by the worker
-    exiting: bool = False  # the worker ends after this answer
-    site: str = ""  # "warm": the site holder kept the site loaded; "fresh": it was loaded for this build
-    note: str = ""  # why the site was loaded afresh
-    output: str = "output"  # the output folder the site's configuration names (OUTPUT_FOLDER)
-    scheduled: list = field(default_factory=list)  # [due UNIX time, source path, title] of posts held back
-
-    def to_line(self) -> str:
-        return json.dumps(asdict(self)) + "\n"
-
-    @classmethod
-    def from_line(cls, line: str) -> BuildAnswer:
-        return cls(**json.loads(line))
-
-    @classmethod
-    def checked(cls, data: Any) -> BuildAnswer | None:
-        """An answer from a process that ran site code: None unless every field has its type."""
-        if not isinstance(data, dict) or not set(data) <= {f.name for f in fields(cls)}:
-            return None
-        try:
-            answer = cls(**data)
-        except TypeError:
-            return None
-        types = {"status": int, "timed_out": bool, "seconds": (int, float), "max_rss_kb": int, "leftovers": int,
-                 "exiting": bool, "site": str, "note": str, "output": str}
-        if any(not isinstance(getattr(answer, name), kind) for name, kind in types.items()):
-            return None
-        scheduled = answer.scheduled if isinstance(answer.scheduled, list) else []
-        kept = [[float(item[0]), item[1][:1000], item[2][:200]] for item in scheduled[:100]
-                if isinstance(item, list) and len(item) == 3 and isinstance(item[0], int | float)
-                and isinstance(item[1], str) and isinstance(item[2], str)]
-        return replace(answer, scheduled=kept)
 
 
 def warm_up() -> None:
@@ -130,52 +60,6 @@ def warm_up() -> None:
 
     import pipeline.nikola_runner  # noqa: F401
     import pipeline.site_holder  # noqa: F401
-
-
-def fork_call(function: Callable[[], int], new_session: bool = False) -> int:
-    """Fork; the child runs `function` (default SIGTERM, its own session if asked) and exits with its
-    status, a traceback going to its stderr. Returns the child's pid."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if new_session:
-                os.setsid()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            code = function()
-        except BaseException:  # noqa: BLE001 - everything goes to the build log
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-    return pid
-
-
-def run_confined_build(build: Callable[[], int], timeout: float) -> BuildAnswer:
-    """Fork; the child (its own session) runs `build` and exits with its status. In the calling process
-    (already confined: the site holder): wait at most `timeout` seconds. What the build left running is
-    ended by the worker (which, unconfined, can see it in /proc; the orphans are the worker's)."""
-    global _child
-    started = time.monotonic()
-    pid = _child = fork_call(build, new_session=True)
-    deadline = started + timeout
-    timed_out = False
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            timed_out = True
-            _kill_child()
-            _, status, usage = os.wait4(pid, 0)
-            break
-        time.sleep(0.02)
-    _child = 0
-    sandbox.reap_children()
-    code = os.waitstatus_to_exitcode(status)
-    return BuildAnswer(code, timed_out, round(time.monotonic() - started, 3), usage.ru_maxrss, 0)
 
 
 def build(request: BuildRequest) -> BuildAnswer:
@@ -248,14 +132,8 @@ def _stop_holder() -> None:
         sandbox.end_descendants()  # what it left (it is gone: its orphans are ours)
 
 
-def _kill_child() -> None:
-    if _child:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(_child, signal.SIGKILL)
-
-
 def _terminate(_signum: int, _frame: object) -> None:
-    _kill_child()
+    build_protocol.kill_child()
     if _holder is not None and _holder.pid:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(_holder.pid, signal.SIGKILL)

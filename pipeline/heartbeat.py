@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.layout import replace_file
+from pipeline.files import replace_file
 from pipeline.status import utc_now
 
 ENV = "WATCHER_HEARTBEAT"  # the file's path, set by run.sh for both parts

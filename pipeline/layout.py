@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,22 +112,6 @@ class Layout:
 
     def wake(self) -> None:
         wake(self.wake_file)
-
-
-def replace_file(path: Path, text: str, mode: int | None = None) -> None:
-    """Write `text` to `path` atomically: a temporary file beside it, renamed over it (readers see the old
-    or the new content, never a part). `mode` applies before the rename (e.g. 0o600 for secrets)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def wake(wake_file: Path) -> None:

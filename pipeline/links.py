@@ -31,7 +31,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from pipeline import tree
 from pipeline.errors import BuildError
-from pipeline.layout import replace_file
+from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
 

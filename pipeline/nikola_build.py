@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline import sandbox, tree
-from pipeline.build_worker import BuildRequest, BuildWorker
+from pipeline.build_protocol import BuildRequest
+from pipeline.build_worker import BuildWorker
 from pipeline.errors import BuildError
-from pipeline.layout import replace_file
+from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
 

@@ -58,6 +58,7 @@ import types
 from typing import Any
 
 from pipeline import sandbox
+from pipeline.build_protocol import BuildAnswer, BuildRequest, fork_call, run_confined_build
 
 _PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
@@ -386,8 +387,6 @@ def _send(sock: socket.socket, message: dict) -> None:
 def serve(sock: socket.socket, first: Any) -> int:
     """The holder: confine, then answer build requests until told to stop, a build fails, or the site is
     stale. `first` is the first BuildRequest (it sets the confinement, the same for every build)."""
-    from pipeline.build_worker import BuildAnswer, BuildRequest
-
     os.setsid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # gone with the worker
@@ -468,8 +467,6 @@ AGAIN = 75  # a build that left tasks out finds the site-wide context changed: i
 
 def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any, str | None]:
     """One build in a fork of the holder; its answer and the fingerprint it reported."""
-    from pipeline.build_worker import run_confined_build
-
     read_end, write_end = os.pipe()
     try:
         answer = run_confined_build(lambda: _build(site, skip, write_end, read_end),
@@ -533,8 +530,6 @@ class HolderClient:
 
     def __init__(self, key: str, request: Any) -> None:
         self.key = key
-        from pipeline.build_worker import fork_call
-
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
         def run_holder() -> int:

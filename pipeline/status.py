@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.layout import replace_file
+from pipeline.files import replace_file
 
 HISTORY_LENGTH = 20
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from container import firewall, frontend, nat64
+from container import firewall, frontend, nat64, plan
 from container.bootstrap import BootstrapError, Nat64, Network, parse_bootstrap
 from container.manifest import Manifest, RequiredService, Resources
 from container.nat64 import Destination
@@ -51,8 +51,8 @@ def test_destinations_resolve_each_required_service() -> None:
     assert found == (Destination("github-https", "github.com", 443, "github.com", 443,
                                  (V4("140.82.121.3"), V4("140.82.121.4")),
                                  (V6("fd99:69a4:fefb:64::8c52:7903"), V6("fd99:69a4:fefb:64::8c52:7904"))),)
-    assert nat64.hosts_entries(found) == ("fd99:69a4:fefb:64::8c52:7903\tgithub.com\n"
-                                          "fd99:69a4:fefb:64::8c52:7904\tgithub.com\n")
+    assert plan.hosts_entries(found) == ("fd99:69a4:fefb:64::8c52:7903\tgithub.com\n"
+                                         "fd99:69a4:fefb:64::8c52:7904\tgithub.com\n")
 
 
 def test_resolve_ipv4_takes_literals_and_names() -> None:

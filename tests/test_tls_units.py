@@ -109,13 +109,14 @@ def test_https_configuration_is_accepted_by_haproxy(tmp_path: Path) -> None:
 
 def test_the_redirect_domains_of_an_own_certificate_are_its_names(tmp_path: Path) -> None:
     make_certificate(tmp_path, "own", ["*.a.org", "Blog.A.org", "www.a.org"], None)
-    assert plan.redirect_domains(tmp_path / "own.pem") == ("blog.a.org", "www.a.org")
-    assert plan.redirect_domains(tmp_path / "missing.pem") == ()
+    assert certificates.redirect_domains(tmp_path / "own.pem") == ("blog.a.org", "www.a.org")
+    assert certificates.redirect_domains(tmp_path / "missing.pem") == ()
+    own = certificates.redirect_domains(tmp_path / "own.pem")
     settings = parse_bootstrap("frontend: {tls: {certificate: /x.pem}}\n", "b.yaml").frontend
-    assert plan.frontend_tls(settings, tmp_path / "own.pem") == frontend.Tls(443, tmp_path / "own.pem", None,
-                                                                      ("blog.a.org", "www.a.org"))
+    assert plan.frontend_tls(settings, tmp_path / "own.pem", own) == frontend.Tls(443, tmp_path / "own.pem", None,
+                                                                           ("blog.a.org", "www.a.org"))
     configured = parse_bootstrap("frontend: {tls: {certificate: /x.pem, domains: [c.org]}}\n", "b.yaml").frontend
-    assert plan.frontend_tls(configured, tmp_path / "own.pem").domains == ("c.org",)
+    assert plan.frontend_tls(configured, tmp_path / "own.pem", own).domains == ("c.org",)
     # Without a name to redirect to, plain HTTP stays plain (HTTPS still carries HSTS).
     text = frontend.render_haproxy_conf((_service(frontend.Tls(443, tmp_path / "own.pem", None)),), tmp_path)
     assert "redirect location" not in text and "Strict-Transport-Security" in text

@@ -1,0 +1,121 @@
+"""The first-party import graph (read with `ast`, imports inside functions included): no cycles, a pure plan,
+and the agent importing nothing of the blog's package but the shared module. Pure: no root, nothing run."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("container", "pipeline")
+# The agent's gateways to the outside: Docker, netlink, iptables, HAProxy, Tayga, processes, volumes, files.
+GATEWAYS = {f"container.{name}" for name in (
+    "engine", "runtime", "image", "base_image", "network", "firewall", "nat64", "frontend", "daemon", "proc",
+    "volume", "certificates", "state", "teardown", "tables", "metrics", "agent", "cli", "checks",
+)}
+SYSTEMS = {"docker", "pyroute2", "subprocess"}
+SHARED = "pipeline.files"  # what the agent and the blog both need
+
+
+def _modules() -> dict[str, Path]:
+    """Every first-party module: {dotted name: file}."""
+    found = {"serve": REPO_ROOT / "serve.py"}
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).glob("*.py")):
+            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(name: str) -> tuple[set[str], set[str]]:
+    """(first-party modules `name` imports, top-level other modules it imports), anywhere in the file."""
+    path = MODULES[name]
+    package = name if path.stem == "__init__" else name.rpartition(".")[0]
+    local: set[str] = set()
+    other: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            if target.split(".")[0] in (*PACKAGES, "serve"):
+                # `import a.b.c` names a module, or something in one: the longest first-party module it names.
+                parts = target.split(".")
+                names = [".".join(parts[:depth]) for depth in range(len(parts), 0, -1)]
+                module = next((n for n in names if n in MODULES), None)
+                if module is not None and module != name:
+                    local.add(module)
+            else:
+                other.add(target.split(".")[0])
+    return local, other
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def _closure(start: str) -> set[str]:
+    seen: set[str] = set()
+    pending = [start]
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.add(name)
+            pending += GRAPH[name][0]
+    return seen - {start}
+
+
+def _a_cycle() -> list[str] | None:
+    """One import cycle among the first-party modules, as a path back to its start; None without one."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in sorted(GRAPH):
+        if root in state:
+            continue
+        path = [root]
+        stack = [iter(sorted(GRAPH[root][0]))]
+        state[root] = 1
+        while stack:  # iterative depth-first search
+            following = next(stack[-1], None)
+            if following is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(following) == 1:
+                return path[path.index(following):] + [following]
+            elif following not in state:
+                state[following] = 1
+                path.append(following)
+                stack.append(iter(sorted(GRAPH[following][0])))
+    return None
+
+
+def test_the_graph_is_read() -> None:
+    assert "container.runtime" in GRAPH["container.image"][0]  # a top-level import
+    assert "pipeline.site_holder" in GRAPH["pipeline.build_worker"][0]  # one inside a function
+    assert "docker" in GRAPH["container.runtime"][1]
+
+
+def test_no_import_cycles() -> None:
+    cycle = _a_cycle()
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_plan_reaches_no_gateway_and_no_system() -> None:
+    reached = _closure("container.plan") | {"container.plan"}
+    assert not reached & GATEWAYS, f"container.plan imports gateways: {sorted(reached & GATEWAYS)}"
+    systems = {name: sorted(GRAPH[name][1] & SYSTEMS) for name in reached if GRAPH[name][1] & SYSTEMS}
+    assert not systems, f"container.plan reaches modules importing {systems}"
+
+
+def test_the_agent_imports_only_the_shared_module_of_the_blog() -> None:
+    used = {module for name in MODULES if name.startswith("container")
+            for module in GRAPH[name][0] if not module.startswith("container")}
+    assert used <= {SHARED}, f"container/ imports {sorted(used - {SHARED})}"
+    assert not _closure(SHARED) and not GRAPH[SHARED][1] - {"__future__", "contextlib", "os", "tempfile", "pathlib"}

@@ -37,6 +37,23 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, in
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
 
 
+def wait_for_checks(status: Callable[[], dict], moves: int = 2, timeout: float = 60.0) -> dict:
+    """Wait until the watcher's `last_check` (whole seconds) has moved `moves` times; returns that status.
+
+    The proof for a "did not happen" assertion: a check records `last_check` before it decides what to
+    build, so once it has moved twice, a whole check that began after this call (building included) is
+    over. Each further move is one more whole check."""
+    seen = [status()["last_check"]]
+
+    def moved() -> dict | None:
+        current = status()
+        if current["last_check"] != seen[-1]:
+            seen.append(current["last_check"])
+        return current if len(seen) > moves else None
+
+    return wait_for(f"the watcher's last_check to move {moves} times (seen {seen})", moved, timeout)
+
+
 def free_port() -> int:
     """A TCP port free on every IPv6 and IPv4 address (servers under test bind ::1, 127.0.0.1 or both)."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:

@@ -14,10 +14,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.attacks import Readers
-from tests.test_site_stays_up import POST, SECRET, Site, processes
+from tests.test_site_stays_up import (
+    POST,
+    SECRET,
+    Site,
+    processes,
+    restores_site,  # noqa: F401 - a fixture: every attack is undone
+)
 from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
 
-pytestmark = pytest.mark.system  # root, Docker
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("restores_site")]  # root, Docker
 
 site = shared_site
 GIT_CONFIG_MARKERS = ("repositoryformatversion", "[core]", "ref: refs/")

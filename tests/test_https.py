@@ -207,9 +207,13 @@ def test_forced_renewal_under_load_drops_no_request(site: HttpsSite) -> None:
     before = site.served_serial()
     issued = len(site.acme.issued())
     with HttpsLoad(site) as load:
-        time.sleep(2)
+        wait_for("clients served the old certificate", lambda: load.ok > 50, 30, interval=0.05)
         renewed = site.agent("--renew", "--force")
-        time.sleep(2)
+        new = site.certificates()["serial"]
+        served = load.ok
+        # Proof the renewal was under load: clients got the new certificate and went on being served.
+        wait_for("clients served the new certificate", lambda: new in load.serials and load.ok > served + 50, 30,
+                 interval=0.05)
     after = site.served_serial()
     assert "renewed" in renewed.stdout and "the frontend serves it now" in renewed.stdout, renewed.stdout
     assert len(site.acme.issued()) == issued + 1

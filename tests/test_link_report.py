@@ -39,22 +39,24 @@ def test_a_broken_link_and_anchor_are_reported_with_their_page(site: Site) -> No
     before = wait_for("the live release's link report", lambda: live_report(site), 60)
     assert before["broken_count"] == 0, before["broken"]  # the bundled site has none
     site.repo.write(POST, BROKEN_POST)
-    commit = site.repo.commit("A post with a broken link and a broken anchor")
-    site.wait_live(commit)  # published: by default the report never holds a release back
-    assert site.get("/posts/broken-links/").status_code == 200
-    report = wait_for("the new release's link report", lambda: live_report(site), 60)
-    for item in BROKEN:
-        assert item in report["broken"], report["broken"]
-    assert report["broken_count"] == len(report["broken"]) >= 2  # the front page shows the post, links and all
-    assert report["checked_pages"] > 10 and report["seconds"] < 10
-    assert metric(site, "pequod_site_broken_links ") == report["broken_count"]
-    assert metric(site, "pequod_site_link_check_pages ") == report["checked_pages"]
-    page = site.get("/_site/").text
-    assert f"{report['broken_count']} broken internal link(s)" in page
-    for item in BROKEN:
-        assert html.escape(item["page"]) in page and html.escape(item["target"]) in page
-    (site.repo.work / POST).unlink()
-    site.restore()
+    try:
+        commit = site.repo.commit("A post with a broken link and a broken anchor")
+        site.wait_live(commit)  # published: by default the report never holds a release back
+        assert site.get("/posts/broken-links/").status_code == 200
+        report = wait_for("the new release's link report", lambda: live_report(site), 60)
+        for item in BROKEN:
+            assert item in report["broken"], report["broken"]
+        assert report["broken_count"] == len(report["broken"]) >= 2  # the front page shows the post, links and all
+        assert report["checked_pages"] > 10 and report["seconds"] < 10
+        assert metric(site, "pequod_site_broken_links ") == report["broken_count"]
+        assert metric(site, "pequod_site_link_check_pages ") == report["checked_pages"]
+        page = site.get("/_site/").text
+        assert f"{report['broken_count']} broken internal link(s)" in page
+        for item in BROKEN:
+            assert html.escape(item["page"]) in page and html.escape(item["target"]) in page
+    finally:
+        (site.repo.work / POST).unlink(missing_ok=True)
+        site.restore()
     after = wait_for("the restored release's link report", lambda: live_report(site), 60)
     assert after["broken_count"] == 0
     assert metric(site, "pequod_site_broken_links ") == 0

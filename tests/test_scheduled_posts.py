@@ -34,30 +34,32 @@ def test_a_scheduled_post_is_published_on_time_without_a_push(site: Site) -> Non
     due = time.time() + AHEAD
     site.repo.write("posts/later.rst", _post("later", due))
     site.repo.write("posts/draft.rst", _post("draft", time.time() - 3600, ".. status: draft\n"))
-    conf = site.repo.work / "conf.py"
-    conf.write_text(conf.read_text() + "\nDEPLOY_DRAFTS = False\n")
-    commit = site.repo.commit("A post for later and a draft")
-    site.wait_live(commit)
-    _nowhere(site.get, "later")
-    _nowhere(site.get, "draft")
-    scheduled = site.status()["scheduled"]
-    assert [item["source"] for item in scheduled] == ["posts/later.rst"], scheduled
-    assert "Post later" in site.get("/_site/").text  # the deploy page lists it
-    builds = len(site.status()["builds"])
+    try:
+        conf = site.repo.work / "conf.py"
+        conf.write_text(conf.read_text() + "\nDEPLOY_DRAFTS = False\n")
+        commit = site.repo.commit("A post for later and a draft")
+        site.wait_live(commit)
+        _nowhere(site.get, "later")
+        _nowhere(site.get, "draft")
+        scheduled = site.status()["scheduled"]
+        assert [item["source"] for item in scheduled] == ["posts/later.rst"], scheduled
+        assert "Post later" in site.get("/_site/").text  # the deploy page lists it
+        builds = len(site.status()["builds"])
 
-    page = wait_for("the scheduled post, live by itself", lambda: site.get("/posts/later/").status_code == 200
-                    or None, AHEAD + 30, interval=0.25)
-    late = time.time() - due
-    print(f"\nFIGURES scheduled post live {late:.1f} s after its date")
-    assert page and late < 8
-    assert "later" in site.get("/").text and "later" in site.get("/rss.xml").text
-    status = site.status()
-    assert len(status["builds"]) == builds + 1 and status["builds"][0]["commit"] == commit  # no push: a rebuild
-    assert status["scheduled"] == []
-    _nowhere(site.get, "draft")
-    for path in ("posts/later.rst", "posts/draft.rst"):
-        (site.repo.work / path).unlink()
-    site.restore()
+        page = wait_for("the scheduled post, live by itself", lambda: site.get("/posts/later/").status_code == 200
+                        or None, AHEAD + 30, interval=0.25)
+        late = time.time() - due
+        print(f"\nFIGURES scheduled post live {late:.1f} s after its date")
+        assert page and late < 8
+        assert "later" in site.get("/").text and "later" in site.get("/rss.xml").text
+        status = site.status()
+        assert len(status["builds"]) == builds + 1 and status["builds"][0]["commit"] == commit  # no push: a rebuild
+        assert status["scheduled"] == []
+        _nowhere(site.get, "draft")
+    finally:
+        for path in ("posts/later.rst", "posts/draft.rst"):
+            (site.repo.work / path).unlink(missing_ok=True)
+        site.restore()
 
 
 def test_a_restart_keeps_the_schedule(start_site, site_repo: SiteRepo) -> None:

@@ -26,7 +26,7 @@ import requests
 
 from tests.agent_fixtures import AgentRun, agent_cmd
 from tests.attacks import JunkFlood, Readers, Trickle
-from tests.helpers import REPO_ROOT, SiteRepo, chromium, wait_for
+from tests.helpers import REPO_ROOT, SiteRepo, chromium, wait_for, wait_for_checks
 from tests.netns import Ipv4Host
 
 pytestmark = pytest.mark.system  # root, Docker, network namespaces, HAProxy
@@ -82,6 +82,8 @@ class Site:
             raise AssertionError(f"{exc}; status: last_error {status['last_error']}, building "
                                  f"{status.get('building')}, builds {status['builds'][:1]}") from None
 
+    restored: str | None = None  # the commit of the last restore()
+
     def restore(self) -> str:
         """Back to the bundled site (a new commit), live."""
         for path in list((self.repo.work / "files").glob("*")) if (self.repo.work / "files").exists() else []:
@@ -91,6 +93,7 @@ class Site:
             (self.repo.work / leftover).unlink(missing_ok=True)
         commit = self.repo.commit("Back to the bundled site")
         self.wait_live(commit)
+        self.restored = commit
         return commit
 
 
@@ -121,6 +124,17 @@ def site(tmp_path_factory, docker_client: docker.DockerClient, app_image: str) -
     finally:
         run.cleanup()
         hooks.remove()
+
+
+@pytest.fixture
+def restores_site(site: Site) -> Iterator[Site]:
+    """For a test that changes the site all tests share: back to the bundled site afterwards, also when the
+    test failed, so one failure does not cascade into the tests after it (nothing to do when it ended so)."""
+    yield site
+    head = site.repo.clone.head.commit.hexsha
+    live = (site.status().get("current") or {}).get("commit")
+    if site.repo.clone.is_dirty(untracked_files=True) or not head == site.restored == live:
+        site.restore()
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -244,6 +258,7 @@ def test_distinct_junk_paths_leave_memory_bounded(site: Site) -> None:
     ("files/d/index.html", "/etc/passwd"),
     ("files/up", "../.."),
 ])
+@pytest.mark.usefixtures("restores_site")
 def test_symlinks_out_of_the_site_fail_the_build(site: Site, name: str, target: str) -> None:
     live = site.live_release()
     link = site.repo.work / name
@@ -257,7 +272,6 @@ def test_symlinks_out_of_the_site_fail_the_build(site: Site, name: str, target: 
     for path in ("/env.txt", "/d/", "/up/"):
         body = site.get(path).text
         assert SECRET not in body and "root:x:0" not in body
-    site.restore()
 
 
 HOSTILE_CONF = '''
@@ -284,6 +298,7 @@ subprocess.Popen(["python3", "-c", "import os, time\\nif os.fork(): os._exit(0)\
 '''
 
 
+@pytest.mark.usefixtures("restores_site")
 def test_a_hostile_conf_py_sees_no_secret_writes_nothing_outside_and_leaves_nothing(site: Site) -> None:
     conf = site.repo.work / "conf.py"
     conf.write_text(conf.read_text() + HOSTILE_CONF.replace("SECRET_VALUE", SECRET))
@@ -295,9 +310,9 @@ def test_a_hostile_conf_py_sees_no_secret_writes_nothing_outside_and_leaves_noth
     assert SECRET not in footer
     container = site.container()
     assert not [p for p in processes(container) if "pequod-daemon-marker" in p]
-    site.restore()
 
 
+@pytest.mark.usefixtures("restores_site")
 def test_a_build_that_hangs_is_ended_with_everything_it_started(site: Site) -> None:
     conf = site.repo.work / "conf.py"
     hostile = HOSTILE_CONF.replace("SECRET_VALUE", SECRET)
@@ -308,10 +323,10 @@ def test_a_build_that_hangs_is_ended_with_everything_it_started(site: Site) -> N
     assert result["result"] == "failed" and f"timed out after {BUILD_TIMEOUT} s" in result["error"]
     assert site.live_release() == live and site.get(POST).status_code == 200
     assert not [p for p in processes(site.container()) if "pequod-daemon-marker" in p]
-    site.restore()
 
 
 # -- storage ---------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("restores_site")
 def test_a_push_larger_than_the_volume_is_refused_and_costs_nothing_later(site: Site) -> None:
     live = site.live_release()
     (site.repo.work / "huge.bin").write_bytes(os.urandom(80 << 20))  # the volume has 64 MB
@@ -325,9 +340,9 @@ def test_a_push_larger_than_the_volume_is_refused_and_costs_nothing_later(site: 
                                                     "find /workdir -size +1M"]).output.decode()
     assert int(used) < 30, f"{used} MB left on the volume by a failed fetch: {detail}"
     # Removing it: the next (shallow) fetch never needs the big blob again.
-    site.restore()
 
 
+@pytest.mark.usefixtures("restores_site")
 def test_a_file_over_max_file_mb_is_refused_with_a_clear_error(site: Site) -> None:
     live = site.live_release()
     (site.repo.work / "big.bin").write_bytes(os.urandom((MAX_FILE_MB + 5) << 20))
@@ -338,7 +353,6 @@ def test_a_file_over_max_file_mb_is_refused_with_a_clear_error(site: Site) -> No
     assert site.live_release() == live
     used = site.container().exec_run(["df", "-m", "/workdir"]).output.decode().splitlines()[1].split()[2]
     assert int(used) < 30, f"{used} MB kept for a refused commit"
-    site.restore()
 
 
 # -- faults -----------------------------------------------------------------------------------------------
@@ -425,6 +439,7 @@ def test_an_instance_whose_watcher_hangs_is_replaced_and_publishes_again(site: S
              lambda: first["instance_name"] not in [r["instance_name"] for r in site.run.instances()], 60)
 
 
+@pytest.mark.usefixtures("restores_site")
 def test_a_commit_the_instance_dies_building_is_given_up_not_looped(site: Site) -> None:
     live = site.live_release()
     conf = site.repo.work / "conf.py"
@@ -439,9 +454,9 @@ def test_a_commit_the_instance_dies_building_is_given_up_not_looped(site: Site) 
     result = site.wait_result(commit, timeout=60)
     assert result["result"] == "failed" and "stopped during 2 builds" in result["error"]
     assert site.live_release() == live and site.get(POST).status_code == 200
-    site.restore()
 
 
+@pytest.mark.usefixtures("restores_site")
 def test_a_killed_build_is_recorded_and_the_site_stays(site: Site) -> None:
     live = site.live_release()
     conf = site.repo.work / "conf.py"
@@ -461,10 +476,9 @@ def test_a_killed_build_is_recorded_and_the_site_stays(site: Site) -> None:
     result = site.wait_result(commit, timeout=60)
     assert result["result"] == "failed" and "killed (signal 9" in result["error"]
     assert site.live_release() == live and site.get(POST).status_code == 200
-    time.sleep(3)  # not retried while the head stays
-    assert site.status()["builds"][0]["commit"] == commit and len(
-        [b for b in site.status()["builds"] if b["commit"] == commit]) == 1
-    site.restore()
+    status = wait_for_checks(site.status)  # whole checks after the failure, the head unchanged: not retried
+    assert status["builds"][0]["commit"] == commit and len(
+        [b for b in status["builds"] if b["commit"] == commit]) == 1
 
 
 def test_tayga_runs_unprivileged(site: Site) -> None:
@@ -480,6 +494,7 @@ def metric(site: Site, line_start: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(line_start)))
 
 
+@pytest.mark.usefixtures("restores_site")
 def test_the_deploy_page_in_a_browser_and_the_metrics(site: Site, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -516,9 +531,9 @@ def test_the_deploy_page_in_a_browser_and_the_metrics(site: Site, tmp_path: Path
         assert driver.save_screenshot(str(artefacts / "deploy-page.png"))
     finally:
         driver.quit()
-    site.restore()
 
 
+@pytest.mark.usefixtures("restores_site")
 def test_rollback_needs_the_token(site: Site) -> None:
     status = site.status()
     live = status["current"]["release"]
@@ -532,7 +547,6 @@ def test_rollback_needs_the_token(site: Site) -> None:
     assert answer.status_code == 200 and answer.json()["release"] == earlier
     wait_for("the earlier release through the frontend",
              lambda: site.get(POST).headers.get("X-Site-Release") == earlier, 10, interval=0.2)
-    site.restore()  # the next push goes live again
 
 
 def promtool_check(text: str, known: tuple[str, ...] = ()) -> None:

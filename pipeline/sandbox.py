@@ -246,8 +246,11 @@ _SYSCALL_NUMBERS = {"fchmodat2": 452}  # newer than some libseccomp releases; th
 
 
 def restrict_syscalls() -> str | None:
-    """Install the seccomp filter above in this process (inherited by everything it starts; no_new_privs must
-    be set, as confine() does). Returns None when installed, else why not."""
+    """Install the seccomp filter above in this process (inherited by everything it starts), setting
+    no_new_privs first (confine() sets it too, but only where Landlock is there). Returns None when installed,
+    else why not."""
+    if _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return f"cannot set no_new_privs: {os.strerror(ctypes.get_errno())}"
     try:
         import pyseccomp as seccomp
     except (ImportError, OSError) as exc:  # OSError: libseccomp itself is missing

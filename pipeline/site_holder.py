@@ -397,8 +397,6 @@ def serve(sock: socket.socket, first: Any) -> int:
     limits = first.limits
     sandbox.set_limits(memory_mb=limits["memory_mb"], file_mb=limits["file_mb"], processes=limits["processes"])
     why_not = sandbox.confine(first.read, first.write)
-    # Even where Landlock is missing, no_new_privs lets an unprivileged process install its own filter.
-    ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
     why_not_seccomp = sandbox.restrict_syscalls()
     confinement = ("Landlock" + (" with signal scoping" if sandbox.scoped_signals() else "")
                    if why_not is None else None)

@@ -13,7 +13,7 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -115,11 +115,7 @@ def remove_tree(path: Path) -> None:
         return
     parent_fd = open_dir(str(path.parent))
     try:
-        todo = [path.name]
-        serial = itertools.count()
-        while todo:
-            name = todo.pop()
-            _remove_dir(parent_fd, name, todo, lambda: f".{path.name}.rm-{os.getpid()}-{next(serial)}")
+        remove_tree_at(parent_fd, path.name)
     finally:
         os.close(parent_fd)
 
@@ -139,7 +135,7 @@ def empty_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_dir(top_fd: int, top_name: str, todo: list[str], spare_name: object) -> None:
+def _remove_dir(top_fd: int, top_name: str, todo: list[str], spare_name: Callable[[], str]) -> None:
     """Remove the directory `top_name` in `top_fd`; subdirectories deeper than REMOVE_OPEN_DIRS are renamed
     into `top_fd` (names from `spare_name()`) and appended to `todo`."""
     stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = []
@@ -164,7 +160,7 @@ def _remove_dir(top_fd: int, top_name: str, todo: list[str], spare_name: object)
                     _unlink(child, fd)
                 continue
             if len(stack) >= REMOVE_OPEN_DIRS:
-                spare = spare_name()  # type: ignore[operator]
+                spare = spare_name()
                 os.rename(child, spare, src_dir_fd=fd, dst_dir_fd=top_fd)
                 todo.append(spare)
                 continue
@@ -208,34 +204,8 @@ def _unlink(name: str, dir_fd: int) -> None:
 
 
 def remove_tree_at(dir_fd: int, name: str) -> None:
+    """Remove the directory `name` in `dir_fd` (see remove_tree); deep parts are moved up beside it first."""
     todo = [name]
     serial = itertools.count()
     while todo:
-        _remove_dir(dir_fd, todo.pop(), todo, lambda: f".rm-{os.getpid()}-{next(serial)}")
-
-
-def walk_files(root_fd: int, max_depth: int) -> Iterator[tuple[str, int, os.stat_result]]:
-    """Every directory (depth-first, parents first) and file under an open directory, as (relative path,
-    parent directory fd, lstat). The parent fd is valid until the next item. Raises TreeError past
-    `max_depth` levels."""
-    stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = [(root_fd, "", iter(entries(root_fd)))]
-    try:
-        while stack:
-            fd, prefix, pending = stack[-1]
-            item = next(pending, None)
-            if item is None:
-                stack.pop()
-                if stack:
-                    os.close(fd)
-                continue
-            name, st = item
-            relative = f"{prefix}{name}"
-            yield relative, fd, st
-            if stat.S_ISDIR(st.st_mode):
-                if len(stack) > max_depth:
-                    raise TreeError(f"{shown(relative)} is nested more than {max_depth} directories deep")
-                sub = open_dir(name, dir_fd=fd)
-                stack.append((sub, relative + "/", iter(entries(sub))))
-    finally:
-        for fd, _prefix, _pending in stack[1:]:
-            os.close(fd)
+        _remove_dir(dir_fd, todo.pop(), todo, lambda: f".{name}.rm-{os.getpid()}-{next(serial)}")

@@ -27,6 +27,13 @@ MAX_TREE_DEPTH = 32  # directories a pushed file may be nested in (Nikola's own 
 INTERRUPTED_ATTEMPTS = 2  # builds of one commit the instance did not survive before it is given up on
 
 
+def next_due(scheduled: object) -> float | None:
+    """When the first post the live release holds back is due (status.json's `scheduled`: kept across restarts)."""
+    items = scheduled if isinstance(scheduled, list) else []
+    dues = [item["due"] for item in items if isinstance(item, dict) and isinstance(item.get("due"), float)]
+    return min(dues) if dues else None
+
+
 def backoff_delay(interval: float, failures: int) -> float:
     """Seconds to wait after `failures` consecutive failures: doubling, capped."""
     if failures <= 0:
@@ -86,6 +93,7 @@ class Watcher:
             status["remote"] = redact_url(settings.site_repo)
             status["branch"] = settings.site_branch
             last_attempted = status["last_attempted_commit"]
+            due = next_due(status.get("scheduled"))
         if head is None:
             self._record_error(
                 f"branch {settings.site_branch!r} does not exist on {redact_url(settings.site_repo)}; "
@@ -94,7 +102,6 @@ class Watcher:
             return backoff_delay(settings.poll_interval, self._transient_failures)
         self._transient_failures = 0
         if head == last_attempted:
-            due = self._next_due()
             if due is None or due > time.time():
                 return settings.poll_interval if due is None else min(settings.poll_interval,
                                                                       max(due - time.time(), 0.05))
@@ -116,12 +123,6 @@ class Watcher:
             return backoff_delay(settings.poll_interval, self._transient_failures)
         self._fetch_failures = ("", 0)
         return 0 if self.wake.is_set() else settings.poll_interval
-
-    def _next_due(self) -> float | None:
-        """When the first post the live release holds back is due (from status.json: kept across restarts)."""
-        scheduled = self.store.read().get("scheduled") or []
-        dues = [item["due"] for item in scheduled if isinstance(item, dict) and isinstance(item.get("due"), float)]
-        return min(dues) if dues else None
 
     def _forget_build(self) -> None:
         with self.store.edit() as status:
@@ -220,10 +221,9 @@ class Watcher:
         record["release"] = meta.release
         record["worker"] = "warm" if self.builder.last_warm else "cold"
         record["site"] = self.builder.last_site
-        with self.store.edit() as status:
-            status["scheduled"] = [{"due": due, "at": utc_iso(due), "source": source, "title": title}
-                                   for due, source, title in self.builder.last_scheduled]
-        self._finish(record, "success", None, "", started)
+        self._finish(record, "success", None, "", started,
+                     scheduled=[{"due": due, "at": utc_iso(due), "source": source, "title": title}
+                                for due, source, title in self.builder.last_scheduled])
         log.info(
             "published %s as %s in %.2f s (%s build)%s", commit[:12], meta.release, seconds, mode,
             f", pruned {len(removed)} old release(s)" if removed else "",
@@ -240,7 +240,9 @@ class Watcher:
         for what in self.settings.layout.repair():
             log.warning("repaired %s", what)
 
-    def _finish(self, record: dict, result: str, error: str | None, tail: str, started: float) -> None:
+    def _finish(self, record: dict, result: str, error: str | None, tail: str, started: float,
+                scheduled: list[dict] | None = None) -> None:
+        """Record a build's end; `scheduled`: what a successful build holds back until due."""
         record.update(
             finished_at=utc_now(), build_seconds=round(time.monotonic() - started, 3),
             result=result, error=error, log_tail=tail,
@@ -255,6 +257,7 @@ class Watcher:
             if result == "success":
                 status["consecutive_failures"] = 0
                 status["last_error"] = None
+                status["scheduled"] = scheduled or []
             else:
                 status["consecutive_failures"] += 1
                 status["last_error"] = {"at": record["finished_at"], "message": error}

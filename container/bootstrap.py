@@ -29,215 +29,54 @@
       - {source: /srv/pequod/site.git, target: /srv/pequod/site.git}
     environment:
       SITE_REPO: file:///srv/pequod/site.git
+    sites:                      # optional: several sites, each an instance of the one image (docs/sites.md)
+      - name: blog
+        default: true           # serves hosts no site names (at most one site)
+        domains: [blog.example.org]
+        email: me@example.org   # optional: the ACME contact for this site (else frontend.tls.email)
+        memory_mb: 256          # optional: less than the manifest's <resources mb> (never more)
+        vmhz: 500               # optional: less than the manifest's <resources vmhz>
+        environment: {SITE_REPO: file:///srv/pequod/site.git}   # over the top-level environment
+        mounts: [{source: /srv/pequod/site.git, target: /srv/pequod/site.git}]   # besides the top-level ones
 """
-
 from __future__ import annotations
 
 import ipaddress
-import re
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from container.errors import BootstrapError
 from container.manifest import HOSTNAME, NAME
-
-MAX_BYTES = 256 * 1024
-IPNetwork = TypeVar("IPNetwork", ipaddress.IPv4Network, ipaddress.IPv6Network)
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ABS_PATH = re.compile(r"/(?!.*(^|/)\.\.(/|\Z))[^\0\n]*")
-
-
-
-
-@dataclass(frozen=True)
-class ExternalService:
-    name: str
-    version: str
-    external_host: str
-    external_port: int
-    zone: str
-
-
-@dataclass(frozen=True)
-class Route:
-    destination: ipaddress.IPv6Network
-    gateway: ipaddress.IPv6Address
-
-
-@dataclass(frozen=True)
-class Network:
-    subnet: ipaddress.IPv6Network
-    location: str
-    gateway: ipaddress.IPv6Address
-    dns: tuple[ipaddress.IPv6Address, ...] = ()
-    routes: tuple[Route, ...] = ()
-
-
-DEFAULT_NAT64_PREFIX = ipaddress.IPv6Network("fd99:69a4:fefb:64::/96")
-DEFAULT_NAT64_POOL = ipaddress.IPv4Network("198.19.64.0/24")
-
-
-@dataclass(frozen=True)
-class Nat64:
-    """Tayga's NAT64 prefix (/96) and its IPv4 pool (/16 to /28): the pool's first address is Tayga's
-    own, the second the host's end of the tunnel, the upper half is mapped to instance addresses."""
-    prefix: ipaddress.IPv6Network = DEFAULT_NAT64_PREFIX
-    ipv4_pool: ipaddress.IPv4Network = DEFAULT_NAT64_POOL
-
-
-LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
-# A DNS host name (no IP address, no wildcard: HTTP-01 cannot prove those), at least two labels.
-_DOMAIN = re.compile(r"(?=.{1,253}\Z)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.[a-z][a-z0-9-]{0,62}")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-
-
-def is_domain(name: str) -> bool:
-    """A host name `frontend.tls.domains` accepts (lower case, no trailing dot)."""
-    return bool(_DOMAIN.fullmatch(name))
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """HTTPS at the frontend: certificates for `domains` from the ACME CA at `acme_directory`, or the
-    administrator's own PEM (`certificate`, chain and key; `key` when the key is a file of its own)."""
-    port: int = 443
-    domains: tuple[str, ...] = ()
-    email: str = ""
-    acme_directory: str = LETS_ENCRYPT
-    acme_ca_bundle: str | None = None
-    certificate: str | None = None
-    key: str | None = None
-    challenge_port: int = 8402  # loopback port the ACME client answers HTTP-01 challenges on
-    renew_days: int = 30  # renew when fewer days than this are left
-
-    @property
-    def acme(self) -> bool:
-        return self.certificate is None
-
-
-@dataclass(frozen=True)
-class FrontendSettings:
-    bind: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address("::")
-    port: int = 80
-    ports: tuple[tuple[str, int], ...] = ()
-    # Per client address (0: no limit): connections open at once, and requests in any 10 s.
-    max_connections_per_client: int = 100
-    max_requests_per_client: int = 3000
-    tls: TlsSettings | None = None
-
-    def port_of(self, service: str) -> int:
-        return dict(self.ports).get(service, self.port)
-
-
-@dataclass(frozen=True)
-class Mount:
-    """A host path bind-mounted read-only into the instance."""
-    source: str
-    target: str
-
-
-Listen = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """Host-only addresses of the agent's metrics and HAProxy's exporter (None: off)."""
-    agent: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9464)
-    haproxy: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9465)
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    source: str
-    external_services: tuple[ExternalService, ...] = ()
-    network: Network | None = None  # at most one per host; None: the agent generates one
-    environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-    nat64: Nat64 = Nat64()
-    frontend: FrontendSettings = FrontendSettings()
-    mounts: tuple[Mount, ...] = ()
-    metrics: MetricsSettings = MetricsSettings()
-
-    @property
-    def env(self) -> dict[str, str]:
-        return dict(self.environment)
-
-    @property
-    def mount_map(self) -> dict[str, str]:
-        """target inside the instance → source on the host"""
-        return {mount.target: mount.source for mount in self.mounts}
-
-
-class _Reader:
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, where: str, message: str) -> BootstrapError:
-        """The one-line error: control characters in keys and values (a newline) are escaped."""
-        text = f"{self.source}: {where}: {message}"
-        return BootstrapError("".join(c if c.isprintable() else ascii(c)[1:-1] for c in text))
-
-    def mapping(self, value: Any, where: str, allowed: tuple[str, ...] | None, required: tuple[str, ...]) -> dict:
-        """A mapping with only `allowed` keys (any keys where allowed is None) and every `required` one."""
-        if not isinstance(value, dict):
-            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
-        for key in value:
-            if allowed is not None and key not in allowed:
-                raise self.fail(f"{where}.{key}", f"unknown key (allowed: {', '.join(allowed)})")
-        for key in required:
-            if key not in value:
-                raise self.fail(where, f"missing key {key}")
-        return value
-
-    def listing(self, value: Any, where: str) -> list:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise self.fail(where, f"expected a list, got {_kind(value)}")
-        return value
-
-    def text(self, value: Any, where: str, pattern: re.Pattern[str] | None = None, expected: str = "") -> str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise self.fail(where, f"expected a string, got {_kind(value)}")
-        text = str(value)
-        if pattern is not None and not pattern.fullmatch(text):
-            raise self.fail(where, f"{text!r} is not {expected}")
-        return text
-
-    def integer(self, value: Any, where: str, low: int, high: int, what: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(where, f"expected {what} ({low}-{high}), got {_kind(value)} {value!r}")
-        if not low <= value <= high:
-            raise self.fail(where, f"{value} is out of range: expected {what} ({low}-{high})")
-        return value
-
-    def network(self, value: Any, where: str, kind: type[IPNetwork], example: str) -> IPNetwork:
-        """An IPv4Network or IPv6Network, without host bits."""
-        text = self.text(value, where)
-        try:
-            return kind(text)
-        except ValueError:
-            version = 4 if kind is ipaddress.IPv4Network else 6
-            raise self.fail(where, f"{text!r} is not an IPv{version} network such as {example}") from None
-
-    def ipv6(self, value: Any, where: str) -> ipaddress.IPv6Address:
-        text = self.text(value, where)
-        try:
-            return ipaddress.IPv6Address(text)
-        except ValueError:
-            raise self.fail(where, f"{text!r} is not an IPv6 address") from None
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "nothing"}.get(
-        type(value), type(value).__name__
-    )
+from container.settings import (  # noqa: F401 - the records are imported from here too
+    ABS_PATH,
+    DEFAULT_NAT64_POOL,
+    DEFAULT_NAT64_PREFIX,
+    DOMAIN,
+    EMAIL,
+    ENV_KEY,
+    LETS_ENCRYPT,
+    MAX_BYTES,
+    SITE_NAME,
+    Bootstrap,
+    ExternalService,
+    FrontendSettings,
+    Listen,
+    MetricsSettings,
+    Mount,
+    Nat64,
+    Network,
+    Route,
+    Site,
+    TlsSettings,
+    is_domain,
+)
+from container.yaml_reader import Reader, kind
 
 
 def parse_bootstrap(text: str, source: str) -> Bootstrap:
-    read = _Reader(source)
+    read = Reader(source)
     if len(text.encode()) > MAX_BYTES:
         raise read.fail("file", f"larger than {MAX_BYTES} bytes")
     try:
@@ -249,14 +88,23 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
     if data is None:
         data = {}
     top = read.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend",
-                                                 "mounts", "metrics"), ())
+                                           "mounts", "metrics", "sites"), ())
+    networks = _networks(read, top.get("networks"))
+    frontend = _frontend(read, top.get("frontend"), bool(top.get("sites")))
+    sites = _sites(read, top.get("sites"), frontend)
+    environment = _environment(read, top.get("environment"), "environment")
+    return Bootstrap(source, _services(read, top.get("external_services")), networks[0] if networks else None,
+                     environment, _nat64(read, top.get("nat64"), networks), frontend,
+                     _mounts(read, top.get("mounts"), "mounts"), _metrics(read, top.get("metrics")), sites)
 
+
+def _services(read: Reader, value: Any) -> tuple[ExternalService, ...]:
     services = []
-    for index, item in enumerate(read.listing(top.get("external_services"), "external_services")):
+    for index, item in enumerate(read.listing(value, "external_services")):
         where = f"external_services[{index}]"
         fields = read.mapping(item, where,
                               ("service_name", "service_version", "external_host", "external_port", "zone_name"),
-                      ("service_name", "service_version", "external_host", "external_port"))
+                              ("service_name", "service_version", "external_host", "external_port"))
         services.append(ExternalService(
             name=read.text(fields["service_name"], f"{where}.service_name", NAME,
                            "a service name (lowercase, digits, '-')"),
@@ -270,14 +118,17 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
     for name in names:
         if names.count(name) > 1:
             raise read.fail("external_services", f"service {name!r} is defined twice")
+    return tuple(services)
 
+
+def _networks(read: Reader, value: Any) -> list[Network]:
     networks = []
-    for index, item in enumerate(read.listing(top.get("networks"), "networks")):
+    for index, item in enumerate(read.listing(value, "networks")):
         where = f"networks[{index}]"
         fields = read.mapping(item, where, ("ipv6_subnet_ip", "ipv6_subnet_prefixlen", "location_name", "ipv6_gateway",
-                                    "ipv6_dns", "ipv6_routes"), ("ipv6_subnet_ip", "ipv6_subnet_prefixlen"))
+                                            "ipv6_dns", "ipv6_routes"), ("ipv6_subnet_ip", "ipv6_subnet_prefixlen"))
         prefixlen = read.integer(fields["ipv6_subnet_prefixlen"], f"{where}.ipv6_subnet_prefixlen", 48, 64,
-                              "a prefix length (instances need 64 bits of host part at most)")
+                                 "a prefix length (instances need 64 bits of host part at most)")
         subnet_ip = read.ipv6(fields["ipv6_subnet_ip"], f"{where}.ipv6_subnet_ip")
         try:
             subnet = ipaddress.IPv6Network(f"{subnet_ip}/{prefixlen}")
@@ -288,50 +139,107 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
             raise read.fail(f"{where}.ipv6_gateway", f"{gateway} is not inside {subnet}")
         dns_list = read.listing(fields.get("ipv6_dns"), f"{where}.ipv6_dns")
         dns = tuple(read.ipv6(value, f"{where}.ipv6_dns[{i}]") for i, value in enumerate(dns_list))
-        routes = []
-        for route_index, route in enumerate(read.listing(fields.get("ipv6_routes"), f"{where}.ipv6_routes")):
-            route_where = f"{where}.ipv6_routes[{route_index}]"
-            route_fields = read.mapping(route, route_where, ("destination_ip", "destination_prefixlen", "gateway"),
-                           ("destination_ip", "destination_prefixlen", "gateway"))
-            dest_ip = read.ipv6(route_fields["destination_ip"], f"{route_where}.destination_ip")
-            dest_len = read.integer(route_fields["destination_prefixlen"], f"{route_where}.destination_prefixlen",
-                                    0, 128, "a prefix length")
-            try:
-                destination = ipaddress.IPv6Network(f"{dest_ip}/{dest_len}")
-            except ValueError:
-                raise read.fail(f"{route_where}.destination_ip",
-                                f"{dest_ip} has host bits set for /{dest_len}") from None
-            routes.append(Route(destination, read.ipv6(route_fields["gateway"], f"{route_where}.gateway")))
+        routes = tuple(_route(read, route, f"{where}.ipv6_routes[{i}]")
+                       for i, route in enumerate(read.listing(fields.get("ipv6_routes"), f"{where}.ipv6_routes")))
         location = read.text(fields.get("location_name", "default"), f"{where}.location_name")
-        networks.append(Network(subnet, location, gateway, dns, tuple(routes)))
+        networks.append(Network(subnet, location, gateway, dns, routes))
     if len(networks) > 1:
         raise read.fail("networks", "this agent runs one network per host; list exactly one")
+    return networks
 
-    environment = read.mapping(top.get("environment") or {}, "environment", None, ())
-    env_items = []
-    for key, value in environment.items():
-        if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
-            raise read.fail(f"environment.{key}", "not a valid environment variable name")
-        if isinstance(value, dict | list) or value is None:
-            raise read.fail(f"environment.{key}", f"expected a string, got {_kind(value)}")
-        env_items.append((key, str(value).lower() if isinstance(value, bool) else str(value)))
-    nat64 = _nat64(read, top.get("nat64"), networks)
-    frontend = _frontend(read, top.get("frontend"))
+
+def _route(read: Reader, value: Any, where: str) -> Route:
+    fields = read.mapping(value, where, ("destination_ip", "destination_prefixlen", "gateway"),
+                          ("destination_ip", "destination_prefixlen", "gateway"))
+    dest_ip = read.ipv6(fields["destination_ip"], f"{where}.destination_ip")
+    dest_len = read.integer(fields["destination_prefixlen"], f"{where}.destination_prefixlen", 0, 128,
+                            "a prefix length")
+    try:
+        destination = ipaddress.IPv6Network(f"{dest_ip}/{dest_len}")
+    except ValueError:
+        raise read.fail(f"{where}.destination_ip", f"{dest_ip} has host bits set for /{dest_len}") from None
+    return Route(destination, read.ipv6(fields["gateway"], f"{where}.gateway"))
+
+
+def _environment(read: Reader, value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    environment = read.mapping(value or {}, where, None, ())
+    items = []
+    for key, item in environment.items():
+        if not isinstance(key, str) or not ENV_KEY.fullmatch(key):
+            raise read.fail(f"{where}.{key}", "not a valid environment variable name")
+        if isinstance(item, dict | list) or item is None:
+            raise read.fail(f"{where}.{key}", f"expected a string, got {kind(item)}")
+        items.append((key, str(item).lower() if isinstance(item, bool) else str(item)))
+    return tuple(sorted(items))
+
+
+def _mounts(read: Reader, value: Any, where: str) -> tuple[Mount, ...]:
     mounts = []
-    for index, item in enumerate(read.listing(top.get("mounts"), "mounts")):
-        where = f"mounts[{index}]"
-        fields = read.mapping(item, where, ("source", "target"), ("source", "target"))
-        mounts.append(Mount(*(read.text(fields[key], f"{where}.{key}", _ABS_PATH, "an absolute path without '..'")
-                              for key in ("source", "target"))))
+    for index, item in enumerate(read.listing(value, where)):
+        fields = read.mapping(item, f"{where}[{index}]", ("source", "target"), ("source", "target"))
+        mounts.append(Mount(*(read.text(fields[key], f"{where}[{index}].{key}", ABS_PATH,
+                                        "an absolute path without '..'") for key in ("source", "target"))))
     targets = [mount.target for mount in mounts]
     for target in targets:
         if targets.count(target) > 1:
-            raise read.fail("mounts", f"target {target} is mounted twice")
-    return Bootstrap(source, tuple(services), networks[0] if networks else None, tuple(sorted(env_items)), nat64,
-                     frontend, tuple(mounts), _metrics(read, top.get("metrics")))
+            raise read.fail(where, f"target {target} is mounted twice")
+    return tuple(mounts)
 
 
-def _nat64(read: _Reader, value: Any, networks: list[Network]) -> Nat64:
+SITE_KEYS = ("name", "domains", "default", "email", "memory_mb", "vmhz", "environment", "mounts")
+
+
+def _sites(read: Reader, value: Any, frontend: FrontendSettings) -> tuple[Site, ...]:
+    """`sites`: names and domains unique across sites; at most one default; with HTTPS, domains per site."""
+    sites: list[Site] = []
+    owner: dict[str, str] = {}
+    for index, item in enumerate(read.listing(value, "sites")):
+        where = f"sites[{index}]"
+        fields = read.mapping(item, where, SITE_KEYS, ("name",))
+        name = read.text(fields["name"], f"{where}.name", SITE_NAME, "a site name (lowercase letters, digits, '-', "
+                         "at most 40, starting with a letter)")
+        if any(site.name == name for site in sites):
+            raise read.fail(f"{where}.name", f"site {name!r} is defined twice")
+        domains = _domains(read, fields.get("domains"), f"{where}.domains")
+        for domain in domains:
+            if domain in owner:
+                raise read.fail(f"{where}.domains", f"{domain} belongs to site {owner[domain]!r} already; a domain "
+                                "belongs to one site")
+            owner[domain] = name
+        default = fields.get("default", False)
+        if not isinstance(default, bool):
+            raise read.fail(f"{where}.default", f"expected true or false, got {kind(default)}")
+        if default and any(site.default for site in sites):
+            raise read.fail(f"{where}.default", "another site is the default already; at most one site is")
+        if not domains and not default:
+            raise read.fail(where, "a site needs domains (the host names it serves) or default: true")
+        limits = {key: read.integer(fields[key], f"{where}.{key}", 1, 1000000, what)
+                  for key, what in (("memory_mb", "megabytes"), ("vmhz", "virtual MHz")) if key in fields}
+        email = read.text(fields["email"], f"{where}.email", EMAIL, "an email address") if "email" in fields else ""
+        sites.append(Site(name, domains, default, email, environment=_environment(
+            read, fields.get("environment"), f"{where}.environment"),
+            mounts=_mounts(read, fields.get("mounts"), f"{where}.mounts"), **limits))
+    if sites and frontend.tls is not None and frontend.tls.domains:
+        raise read.fail("frontend.tls.domains", "with sites, each site lists its own domains; remove these")
+    return tuple(sites)
+
+
+def _domains(read: Reader, value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    names: list[str] = []
+    for index, item in enumerate(read.listing(value, where)):
+        name = read.text(item, f"{where}[{index}]").strip().lower().rstrip(".")
+        if not DOMAIN.fullmatch(name):
+            raise read.fail(f"{where}[{index}]", f"{item!r} is not a host name such as blog.example.org "
+                            "(no IP address, no wildcard, no port)")
+        if name in names:
+            raise read.fail(f"{where}[{index}]", f"{name} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _nat64(read: Reader, value: Any, networks: list[Network]) -> Nat64:
     """The `nat64` section; without one, a /96 among the network's routes is the prefix (as in the seed)."""
     fields = read.mapping(value if value is not None else {}, "nat64", ("prefix", "ipv4_pool"), ())
     routed = [route.destination for net in networks for route in net.routes if route.destination.prefixlen == 96]
@@ -354,7 +262,7 @@ def _nat64(read: _Reader, value: Any, networks: list[Network]) -> Nat64:
     return Nat64(prefix, pool)
 
 
-def _metrics(read: _Reader, value: Any) -> MetricsSettings:
+def _metrics(read: Reader, value: Any) -> MetricsSettings:
     """`metrics: {agent: "127.0.0.1:9464", haproxy: "127.0.0.1:9465"}`; `off` turns one off. Loopback only:
     neither may be reachable from outside the host or from an instance."""
     fields = read.mapping(value if value is not None else {}, "metrics", ("agent", "haproxy"), ())
@@ -381,7 +289,7 @@ def _metrics(read: _Reader, value: Any) -> MetricsSettings:
     return MetricsSettings(**found)
 
 
-def _frontend(read: _Reader, value: Any) -> FrontendSettings:
+def _frontend(read: Reader, value: Any, per_site: bool = False) -> FrontendSettings:
     fields = read.mapping(value if value is not None else {}, "frontend",
                   ("bind", "port", "ports", "max_connections_per_client", "max_requests_per_client", "tls"), ())
     bind = FrontendSettings.bind
@@ -402,13 +310,13 @@ def _frontend(read: _Reader, value: Any) -> FrontendSettings:
                                             "a port number, 0 for not published")))
     limits = {key: read.integer(fields[key], f"frontend.{key}", 0, 1000000, "a whole number (0: no limit)")
               for key in ("max_connections_per_client", "max_requests_per_client") if key in fields}
-    tls = _tls(read, fields["tls"], port) if fields.get("tls") is not None else None
+    tls = _tls(read, fields["tls"], port, per_site) if fields.get("tls") is not None else None
     return FrontendSettings(bind, port, tuple(sorted(per_service)), **limits, tls=tls)
 
 
-def _tls(read: _Reader, value: Any, http_port: int) -> TlsSettings:
+def _tls(read: Reader, value: Any, http_port: int, per_site: bool = False) -> TlsSettings:
     """`frontend.tls`: either ACME (`domains`, `email`, optional `acme_directory`, `acme_ca_bundle`) or the
-    administrator's `certificate` (and optional `key`)."""
+    administrator's `certificate` (and optional `key`). With sites, the domains are the sites' own."""
     fields = read.mapping(value, "frontend.tls", ("domains", "email", "acme_directory", "acme_ca_bundle",
                                                   "certificate", "key", "port", "challenge_port", "renew_days"), ())
     found: dict[str, Any] = {}
@@ -423,20 +331,9 @@ def _tls(read: _Reader, value: Any, http_port: int) -> TlsSettings:
     if "renew_days" in fields:
         found["renew_days"] = read.integer(fields["renew_days"], "frontend.tls.renew_days", 1, 365,
                                            "days before expiry")
-    domains = fields.get("domains")
-    if isinstance(domains, str):
-        domains = [domains]
-    names = []
-    for index, item in enumerate(read.listing(domains, "frontend.tls.domains")):
-        name = read.text(item, f"frontend.tls.domains[{index}]").strip().lower().rstrip(".")
-        if not _DOMAIN.fullmatch(name):
-            raise read.fail(f"frontend.tls.domains[{index}]", f"{item!r} is not a host name such as "
-                            "blog.example.org (no IP address, no wildcard, no port)")
-        if name in names:
-            raise read.fail(f"frontend.tls.domains[{index}]", f"{name} is listed twice")
-        names.append(name)
-    found["domains"] = tuple(names)
-    paths = {key: read.text(fields[key], f"frontend.tls.{key}", _ABS_PATH, "an absolute path")
+    names = _domains(read, fields.get("domains"), "frontend.tls.domains")
+    found["domains"] = names
+    paths = {key: read.text(fields[key], f"frontend.tls.{key}", ABS_PATH, "an absolute path")
              for key in ("acme_ca_bundle", "certificate", "key") if fields.get(key) is not None}
     if "certificate" in paths:
         for key in ("email", "acme_directory", "acme_ca_bundle"):
@@ -446,12 +343,12 @@ def _tls(read: _Reader, value: Any, http_port: int) -> TlsSettings:
         return TlsSettings(**found, certificate=paths["certificate"], key=paths.get("key"))
     if "key" in paths:
         raise read.fail("frontend.tls.key", "only used with certificate")
-    if not names:
+    if not names and not per_site:
         raise read.fail("frontend.tls", "give domains (certificates from an ACME CA) or certificate (your own PEM)")
     if "email" not in fields:
         raise read.fail("frontend.tls", "missing key email: the ACME CA needs a contact address for the account "
                                         "(expiry warnings go there)")
-    found["email"] = read.text(fields["email"], "frontend.tls.email", _EMAIL, "an email address")
+    found["email"] = read.text(fields["email"], "frontend.tls.email", EMAIL, "an email address")
     if "acme_directory" in fields:
         url = read.text(fields["acme_directory"], "frontend.tls.acme_directory")
         parts = urlsplit(url)

@@ -44,17 +44,19 @@ def nano_cpus(resources: Resources, capacity: Capacity) -> int:
     return max(int(resources.cpu_vmhz / capacity.vmhz_per_cpu * 1e9), 10_000_000)
 
 
-def check_fits(app: str, wanted: Resources, in_use: list[Resources], capacity: Capacity) -> None:
+def check_fits(app: str, wanted: Resources, in_use: list[Resources], capacity: Capacity, site: bool = False) -> None:
     """Refuse what the host cannot provide next to what already runs (no overbooking)."""
+    lower = ("give the site less (its vmhz, memory_mb) or remove a site" if site else
+             "lower <resources {}> or stop an instance")
     used_vmhz = sum(r.cpu_vmhz for r in in_use)
     used_mb = sum(r.memory_mb for r in in_use)
     if used_vmhz + wanted.cpu_vmhz > capacity.vmhz:
         raise AgentError(
             f"{app} needs {wanted.cpu_vmhz} VMHz but the host offers {capacity.vmhz} VMHz "
-            f"({capacity.cpus} CPUs) with {used_vmhz} in use; lower <resources vmhz> or stop an instance"
+            f"({capacity.cpus} CPUs) with {used_vmhz} in use; {lower.format('vmhz')}"
         )
     if used_mb + wanted.memory_mb > capacity.memory_mb:
         raise AgentError(
             f"{app} needs {wanted.memory_mb} MB but the host has {capacity.memory_mb} MB with {used_mb} in use; "
-            "lower <resources mb> or stop an instance"
+            f"{lower.format('mb')}"
         )

@@ -135,25 +135,36 @@ def retry_delay(failures: int) -> float:
 
 
 class Store:
-    """STATE_DIR/tls: lego's store, the served PEM, the status and the running agent's settings."""
+    """STATE_DIR/tls: lego's store, the served PEM, the status and the running agent's settings. With sites,
+    each site's PEM, status and settings are in STATE_DIR/tls/sites/SITE; lego's store (one ACME account)
+    and the lock (one ACME client at a time, on one challenge port) are shared."""
 
-    def __init__(self, state_dir: Path):
-        self.dir = state_dir / "tls"
-        self.lego = self.dir / "lego"
+    def __init__(self, state_dir: Path, site: str = ""):
+        self.root = state_dir / "tls"
+        self.site = site
+        self.dir = self.root / "sites" / site if site else self.root
+        self.lego = self.root / "lego"
         self.pem = self.dir / "site.pem"
         self.status_file = self.dir / "status.json"
         self.settings_file = self.dir / "settings.json"
 
     def ensure(self) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        for path in (self.root, self.dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
         self.ensure()
-        with open(self.dir / "lock", "a") as handle:
+        with open(self.root / "lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+    def remove(self) -> None:
+        """A removed site's certificate, status and settings (lego's store keeps its files)."""
+        if self.site:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
 
     def current(self) -> Certificate | None:
         try:
@@ -186,6 +197,14 @@ class Store:
 
     def install(self, pem: bytes) -> None:
         replace_file(self.pem, pem.decode(), mode=0o600)
+
+
+def stores(state_dir: Path) -> list[Store]:
+    """Every certificate store under the state dir: the host's (without sites), then each site's."""
+    found = [Store(state_dir)] if (state_dir / "tls" / "settings.json").exists() or \
+        (state_dir / "tls" / "site.pem").exists() else []
+    sites = state_dir / "tls" / "sites"
+    return found + [Store(state_dir, path.name) for path in sorted(sites.iterdir())] if sites.is_dir() else found
 
 
 def _lego_error(output: str) -> str:
@@ -336,6 +355,7 @@ def rows(store: Store, socket_path: Path | None = None) -> list[dict[str, Any]]:
         return []
     domains = current.domains if current else (settings.domains if settings else ())
     return [{
+        "site": store.site or None,
         "domains": list(domains),
         "issuer": current.issuer if current else None,
         "serial": current.serial if current else None,
@@ -360,9 +380,12 @@ def _serves(socket_path: Path, pem: Path, serial: str) -> bool:
 def table(found: list[dict[str, Any]]) -> str:
     if not found:
         return "no certificates (the frontend serves plain HTTP; see frontend.tls)"
-    lines = [f"{'Domains':<32} {'Issuer':<28} {'Not After':<21} {'Served':<7} {'Last Attempt':<21} Error"]
+    sites = any(row.get("site") for row in found)
+    lines = [("Site".ljust(17) if sites else "")
+             + f"{'Domains':<32} {'Issuer':<28} {'Not After':<21} {'Served':<7} {'Last Attempt':<21} Error"]
     for row in found:
-        lines.append(f"{', '.join(row['domains']):<32} {(row['issuer'] or '-')[:28]:<28} "
+        lines.append((f"{row.get('site') or '-':<16} " if sites else "")
+                     + f"{', '.join(row['domains']):<32} {(row['issuer'] or '-')[:28]:<28} "
                      f"{_date(row['not_after']) if row['not_after'] else '-':<21} "
                      f"{'yes' if row['served'] else 'no':<7} "
                      f"{_date(row['last_attempt']) if row['last_attempt'] else '-':<21} {row['last_error'] or '-'}")

@@ -20,12 +20,19 @@ VOLUME_PROGRAMS = {"mkfs.ext4": "e2fsprogs", "mount": "mount"}
 def check_mounts(manifests: list[Manifest], bootstrap: Bootstrap) -> None:
     reserved = {"/etc/hosts", "/etc/resolv.conf", *(fs.mountpoint for m in manifests for fs in m.filesystems),
                 *(fs.mountpoint for m in manifests for fs in m.volumes)}
-    for index, mount in enumerate(bootstrap.mounts):
-        if not Path(mount.source).exists():
-            raise AgentError(f"{bootstrap.source}: mounts[{index}].source: {mount.source} does not exist on the host")
-        if mount.target in reserved:
-            raise AgentError(f"{bootstrap.source}: mounts[{index}].target: {mount.target} is managed by the agent "
-                             "or the manifest; choose another path")
+    places = [("mounts", bootstrap.mounts)] + [(f"sites[{i}].mounts", site.mounts)
+                                               for i, site in enumerate(bootstrap.sites)]
+    for where, mounts in places:
+        for index, mount in enumerate(mounts):
+            if not Path(mount.source).exists():
+                raise AgentError(f"{bootstrap.source}: {where}[{index}].source: {mount.source} does not exist on "
+                                 "the host")
+            if mount.target in reserved:
+                raise AgentError(f"{bootstrap.source}: {where}[{index}].target: {mount.target} is managed by the "
+                                 "agent or the manifest; choose another path")
+            if where != "mounts" and mount.target in {m.target for m in bootstrap.mounts}:
+                raise AgentError(f"{bootstrap.source}: {where}[{index}].target: {mount.target} is mounted for "
+                                 "every site already (top-level mounts)")
 
 
 def check_host_programs(volumes: bool, acme: bool = False) -> None:

@@ -102,18 +102,21 @@ def export(args: argparse.Namespace) -> int:
     client = engine.connect()
     if client is None:
         raise AgentError("no Docker engine answers: the images' manifests cannot be read")
-    apps = [load_application(client, image) for image in images]
-    uids = {app.name: runtime.run_user(runtime.image_info(client, app.image).user)[1] or 65534 for app in apps}
+    images_apps = tuple(load_application(client, image) for image in images)
+    users = {app.image: runtime.run_user(runtime.image_info(client, app.image).user)[1] or 65534
+             for app in images_apps}
+    apps = plan.site_applications(images_apps, bootstrap)  # with sites: one application per site
+    uids = {app.name: users[app.image] for app in apps}
     options = kubernetes.Options(args.namespace, args.replicas, args.mhz_per_cpu, args.storage_class,
                                  args.ingress_class, args.dns64)
-    plan.check_services(tuple(apps), bootstrap)
-    notes = kubernetes.not_expressed(tuple(apps), bootstrap, options)
+    plan.check_services(apps, bootstrap)
+    notes = kubernetes.not_expressed(apps, bootstrap, options)
+    exported = kubernetes.export(apps, bootstrap, uids, options)
     if args.output is None:
-        print(kubernetes.render(kubernetes.export(tuple(apps), bootstrap, uids, options), notes), end="")
+        print(kubernetes.render(exported, notes), end="")
         return 0
     for app in apps:
-        docs = [doc for doc in kubernetes.export(tuple(apps), bootstrap, uids, options)
-                if doc["metadata"]["labels"]["app.kubernetes.io/name"] == app.name]
+        docs = [doc for doc in exported if doc["metadata"]["labels"]["app.kubernetes.io/name"] == app.name]
         path = args.output / f"{app.name}.yaml"
         try:
             args.output.mkdir(parents=True, exist_ok=True)
@@ -208,8 +211,16 @@ def renew(state_dir: Path, force: bool) -> int:
     """Against the running agent's state: renew what is due (or everything with --force) and serve it."""
     from container import certificates
 
-    store = certificates.Store(state_dir)
+    for store in certificates.stores(state_dir) or [certificates.Store(state_dir)]:
+        _renew(store, state_dir, force)
+    return 0
+
+
+def _renew(store, state_dir: Path, force: bool) -> None:
+    from container import certificates
+
     settings = store.settings()
+    site = f"site {store.site}: " if store.site else ""
     if not settings.acme:
         raise AgentError(f"the frontend serves your own certificate ({settings.certificate}): replace that file; "
                          "the agent serves the new one within 10 s")
@@ -217,22 +228,22 @@ def renew(state_dir: Path, force: bool) -> int:
     current = store.current()
     assert current is not None or reason is None
     if reason is None:
-        print(f"nothing due: the certificate for {', '.join(settings.domains)} is valid for "
+        print(site + (f"nothing due: the certificate for {', '.join(settings.domains)} is valid for "
               f"{current.days_left(time.time()):.0f} more days (renewed {settings.renew_days} days before "
-              "expiry; --force renews now)" if current else "nothing due")
-        return 0
+              "expiry; --force renews now)" if current else "nothing due"))
+        return
     served = certificates.sync_frontend(store, state_dir / "haproxy" / "admin.sock")
-    print(f"renewed ({reason}): serial {current.serial}, valid until "
+    print(f"{site}renewed ({reason}): serial {current.serial}, valid until "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(current.not_after))}; "
           + ("the frontend serves it now" if served else "the frontend serves it once the agent runs"))
-    return 0
 
 
 def inspect(what: str, as_json: bool, state_dir: Path) -> int:
     from container import certificates, engine, tables
 
     if what == "certificates":
-        rows = certificates.rows(certificates.Store(state_dir), state_dir / "haproxy" / "admin.sock")
+        rows = [row for store in certificates.stores(state_dir)
+                for row in certificates.rows(store, state_dir / "haproxy" / "admin.sock")]
         print(json.dumps(rows, indent=2) if as_json else certificates.table(rows))
         return 0
     client = engine.connect()
@@ -245,7 +256,8 @@ def inspect(what: str, as_json: bool, state_dir: Path) -> int:
         replacements = StateDir(state_dir).load().get("replacements", {})
         rows = tables.instance_rows(client, replacements=replacements)
         print(json.dumps(rows, indent=2) if as_json else tables.instances_table(rows))
-        certs = certificates.rows(certificates.Store(state_dir), state_dir / "haproxy" / "admin.sock")
+        certs = [row for store in certificates.stores(state_dir)
+                 for row in certificates.rows(store, state_dir / "haproxy" / "admin.sock")]
         if certs and not as_json:
             print("\n" + certificates.table(certs))
     return 0

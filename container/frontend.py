@@ -106,7 +106,56 @@ def request_rules(service: Service) -> list[str]:
         "    http-request wait-for-body time 10s",
         # HTTP/2 needs no Content-Length: a GET or HEAD with DATA frames is seen by the body itself.
         "    http-request deny deny_status 400 if METH_GET { req.body_len gt 0 }",
-    ] + tls_rules(service)
+    ] + (site_rules(service) if service.sites else tls_rules(service))
+
+
+NO_SITE = "pequod-nosite"
+
+
+def site_backend(service: Service, site: str) -> str:
+    return f"{service.name}.{site}"
+
+
+def site_rules(service: Service) -> list[str]:
+    """Requests to the site that owns their Host; a Host no site owns goes to the default site, or gets
+    the frontend's own 404. Plain HTTP for a site with a certificate is redirected to HTTPS on the host
+    the client named, which is one of the site's domains (the ACL matched it), never anything else; a
+    request for no site's host is redirected only to the default site's first domain."""
+    tls = service.tls
+    lines = ["    http-request set-var(txn.host) req.hdr(host),regsub(:[0-9]+$,),lower"]
+    lines += [f"    acl site_{site.name} var(txn.host) -m str {' '.join(site.domains)}"
+              for site in service.sites if site.domains]
+    if tls is not None:
+        lines += ["    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+                  "    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
+                  f"    acl acme_challenge path_beg {CHALLENGE_PREFIX}"]
+        port = "" if tls.port == 443 else f":{tls.port}"
+        local = "".join(f" !{{ dst {address} }}" for address in sorted({str(a) for a, _ in service.local_binds}))
+        plain = f"!{{ ssl_fc }} {{ dst_port {service.port} }}{local} !acme_challenge"
+        owned = " ".join(f"!site_{site.name}" for site in service.sites if site.domains)
+        for site in service.sites:
+            if site.pem is None or not site.domains or not service.port:
+                continue
+            lines.append(f"    http-request redirect location https://%[var(txn.host)]{port}%[capture.req.uri] "
+                         f"code 301 if {plain} site_{site.name}")
+            if site.default:
+                lines.append(f"    http-request redirect location https://{site.domains[0]}{port}"
+                             f"%[capture.req.uri] code 301 if {plain} {owned}".rstrip())
+        if any(site.pem for site in service.sites):
+            lines.append(f'    http-after-response set-header Strict-Transport-Security "max-age={HSTS_MAX_AGE}" '
+                         "if { ssl_fc }")
+        if tls.challenge_port is not None:
+            lines.append("    use_backend pequod-acme if acme_challenge")
+    lines += [f"    use_backend {site_backend(service, site.name)} if site_{site.name}"
+              for site in service.sites if site.domains]
+    return lines
+
+
+def default_backend(service: Service) -> str:
+    if not service.sites:
+        return service.name
+    default = next((site for site in service.sites if site.default), None)
+    return site_backend(service, default.name) if default else NO_SITE
 
 
 def tls_rules(service: Service) -> list[str]:
@@ -164,24 +213,23 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
     for service in services:
         binds = ([_bind(service.bind, service.port)] if service.port else []) + [
             _bind(address, port) for address, port in service.local_binds]
-        if service.tls is not None and service.tls.pem is not None:
-            binds.append(f"{_bind(service.bind, service.tls.port)} ssl crt {service.tls.pem} alpn h2,http/1.1")
+        pems = [str(service.tls.pem)] if service.tls is not None and service.tls.pem is not None else []
+        pems += [str(site.pem) for site in service.sites if site.pem is not None]
+        if service.tls is not None and pems:  # by SNI; the first is for clients that name no host
+            crts = " ".join(f"crt {pem}" for pem in dict.fromkeys(pems))
+            binds.append(f"{_bind(service.bind, service.tls.port)} ssl {crts} alpn h2,http/1.1")
         if not binds:
             continue
         lines += [f"frontend {service.name}", *(f"    bind {bind}" for bind in binds), *request_rules(service),
-                  f"    default_backend {service.name}", ""]
-        lines += [
-            f"backend {service.name}",
-            # The frontend asks whether the instance serves (`?serving`): one whose watcher stopped publishing
-            # keeps its readers until the agent's replacement (which asks the plain path) is healthy.
-            f"    option httpchk GET {service.health_path}{'&' if '?' in service.health_path else '?'}serving",
-            "    http-check expect status 200",
-            "    default-server check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
-            "    http-request cache-use pages",
-            "    http-response cache-store pages",
-        ]
-        lines += [f"    server {s.name} [{s.address}]:{s.port}" for s in service.servers]
-        lines.append("")
+                  f"    default_backend {default_backend(service)}", ""]
+        if service.sites:
+            for site in service.sites:
+                lines += backend(site_backend(service, site.name), service.health_path, site.servers)
+        else:
+            lines += backend(service.name, service.health_path, service.servers)
+    if any(service.sites and not any(site.default for site in service.sites) for service in services):
+        lines += [f"backend {NO_SITE}", '    http-request return status 404 content-type text/plain '
+                  'string "No site is served at this address.\\n"', ""]
     challenge = next((s.tls.challenge_port for s in services if s.tls and s.tls.challenge_port), None)
     if challenge is not None:  # the ACME client's HTTP-01 answers, while it runs
         lines += ["backend pequod-acme", f"    server acme 127.0.0.1:{challenge}", ""]
@@ -190,6 +238,23 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
                   "    http-request use-service prometheus-exporter if { path /metrics }",
                   "    http-request deny deny_status 404", ""]
     return "\n".join(lines)
+
+
+def backend(name: str, health_path: str, servers: tuple[Server, ...]) -> list[str]:
+    """One backend: its instances, checked, behind the cache (whose key is the Host and the URI, so sites
+    sharing a frontend never share entries)."""
+    return [
+        f"backend {name}",
+        # The frontend asks whether the instance serves (`?serving`): one whose watcher stopped publishing
+        # keeps its readers until the agent's replacement (which asks the plain path) is healthy.
+        f"    option httpchk GET {health_path}{'&' if '?' in health_path else '?'}serving",
+        "    http-check expect status 200",
+        "    default-server check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
+        "    http-request cache-use pages",
+        "    http-response cache-store pages",
+        *(f"    server {s.name} [{s.address}]:{s.port}" for s in servers),
+        "",
+    ]
 
 
 def haproxy_user() -> str | None:
@@ -250,7 +315,10 @@ class Frontend:
             replace_file(self.conf, text)
         if running:
             self.reload()
-            log.info("frontend reloaded: %s", ", ".join(f"{s.name} → {len(s.servers)} instance(s)" for s in services))
+            log.info("frontend reloaded: %s", ", ".join(
+                f"{s.name} → {len(s.servers)} instance(s)" if not s.sites else
+                f"{s.name} → {len(s.sites)} site(s), {sum(len(x.servers) for x in s.sites)} instance(s)"
+                for s in services))
         else:
             self.daemon.start()
         return True

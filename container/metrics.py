@@ -2,7 +2,7 @@
 
 Instances by state, replacements by reason, each instance's memory and CPU from its cgroup, egress
 packets and bytes the firewall rejected per application, NAT64 address mappings and, with HTTPS, when
-the served certificate expires.
+the served certificate expires, and the rounds of the supervision loop finished.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def nat64_mappings(data_dir: Path) -> int:
 
 
 class AgentCollector:
-    """`snapshot` gives, at each scrape: {"instances": [(Instance, state)], "replacements": {app: {reason: n}}}."""
+    """`snapshot` gives, at each scrape: {"instances": [(Instance, state)], "replacements": {app: {reason: n}},
+    "certificate": Certificate | None, "certificate_failures": n, "rounds": n}."""
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]], tayga_data: Path):
         self.snapshot, self.tayga_data = snapshot, tayga_data
@@ -119,17 +120,22 @@ class AgentCollector:
             volume.add_metric([application], size)
         yield packets
         yield volume
-        certificate = snapshot.get("certificate")
-        if certificate is not None:  # only with HTTPS
+        # With sites, each site's certificate (a domain belongs to one site, so the domain tells which).
+        certificates = [cert for cert, _ in snapshot.get("certificates", {}).values() if cert is not None] or \
+            [cert for cert in [snapshot.get("certificate")] if cert is not None]
+        if certificates:  # only with HTTPS
             expiry = GaugeMetricFamily("pequod_agent_certificate_expiry_timestamp_seconds", "When the certificate "
                                        "the frontend serves expires (Unix time), by domain.", labels=["domain"])
-            for domain in certificate.domains:
-                expiry.add_metric([domain], certificate.not_after)
+            for domain, not_after in sorted({(d, c.not_after) for c in certificates for d in c.domains}):
+                expiry.add_metric([domain], not_after)
             yield expiry
             yield GaugeMetricFamily("pequod_agent_certificate_renewal_failures", "Failed attempts to renew the "
                                     "certificate since the last success.", value=snapshot["certificate_failures"])
         yield GaugeMetricFamily("pequod_agent_nat64_mappings", "IPv4 addresses NAT64 has mapped to instance "
                                 "addresses.", value=nat64_mappings(self.tayga_data))
+        yield CounterMetricFamily("pequod_agent_loop_rounds", "Rounds of the agent's supervision loop finished "
+                                  "(each checks every instance, the frontend, NAT64, the firewall and the "
+                                  "certificate).", value=int(snapshot.get("rounds", 0)))
 
 
 def serve(address: Any, port: int, collector: AgentCollector) -> None:

@@ -163,6 +163,7 @@ def wire_instance(pid: int, instance: str, network: Network, address: ipaddress.
             host_index = ipr.link_lookup(ifname=host_if)[0]
             bridge_index = ipr.link_lookup(ifname=BRIDGE)[0]
             ipr.link("set", index=host_index, master=bridge_index, state="up")
+            isolate_port(ipr, host_index)
         with _netns(pid) as ns:
             index = ns.link_lookup(ifname=temp_if)[0]
             ns.link("set", index=index, ifname="eth0")
@@ -176,6 +177,13 @@ def wire_instance(pid: int, instance: str, network: Network, address: ipaddress.
     return host_if
 
 
+def isolate_port(ipr: IPRoute, index: int) -> None:
+    """An instance's port on the bridge talks to the host only, never to another instance's port: sites
+    on one host cannot reach each other over the shared link (routed traffic between them is refused by
+    the firewall's FORWARD rules)."""
+    ipr.brport("set", index=index, isolated=1)
+
+
 def ensure_wired(pid: int, instance: str, network: Network, address: ipaddress.IPv6Address) -> list[str]:
     """Finish what `wire_instance` may have left half done (the agent was killed while wiring): wire it
     afresh when the address is missing, else add the routes that are missing. Returns what was missing."""
@@ -184,6 +192,8 @@ def ensure_wired(pid: int, instance: str, network: Network, address: ipaddress.I
         return ["eth0 with its address"]
     missing = []
     try:
+        with IPRoute() as ipr:  # an instance wired by an earlier version: its port isolated now
+            isolate_port(ipr, ipr.link_lookup(ifname=veth_name(instance))[0])
         with _netns(pid) as ns:
             index = ns.link_lookup(ifname="eth0")[0]
             present = {(r.get("RTA_DST") or "::", r["dst_len"]) for r in ns.get_routes(family=socket.AF_INET6)}

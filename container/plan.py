@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network
+from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network, Site
 from container.errors import AgentError
 from container.firewall_rules import render_rules
 from container.manifest import Manifest, RequiredService
-from container.records import Application, Destination, Grant, HostListener, Server, Service, Tls
+from container.records import Application, Destination, Grant, HostListener, Server, Service, SiteRoute, Tls
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,38 @@ class Serving:
     address: ipaddress.IPv6Address
 
 
+def site_applications(images: tuple[Application, ...], bootstrap: Bootstrap) -> tuple[Application, ...]:
+    """What the agent runs: with `sites`, each site as an application of the one image (named after the
+    site, with its limits, which may be smaller than the manifest's, never larger); else the images."""
+    if not bootstrap.sites:
+        return images
+    if len(images) != 1:
+        raise AgentError(f"{bootstrap.source}: sites: each site runs the one image given to the agent; "
+                         f"got {len(images)} ({', '.join(app.image for app in images)})")
+    base = images[0]
+    if not base.manifest.provides:
+        raise AgentError(f"{bootstrap.source}: sites: {base.image} provides no service to publish")
+    limits = base.manifest.resources
+    apps = []
+    for index, site in enumerate(bootstrap.sites):
+        for key, wanted, most, what in (("memory_mb", site.memory_mb, limits.memory_mb, "<resources mb>"),
+                                        ("vmhz", site.vmhz, limits.cpu_vmhz, "<resources vmhz>")):
+            if wanted is not None and wanted > most:
+                raise AgentError(f"{bootstrap.source}: sites[{index}].{key}: {wanted} is more than the manifest's "
+                                 f"{what} ({most}); a site may ask for less, never more")
+        resources = dataclasses.replace(limits, memory_mb=site.memory_mb or limits.memory_mb,
+                                        cpu_vmhz=site.vmhz or limits.cpu_vmhz)
+        apps.append(dataclasses.replace(base, name=site.name, site=site,
+                                        manifest=dataclasses.replace(base.manifest, resources=resources)))
+    return tuple(apps)
+
+
 def check_services(apps: tuple[Application, ...], bootstrap: Bootstrap) -> None:
     """Every <require> is provided by one of the applications here, or defined as an external service."""
     provided: dict[str, str] = {}
     for app in apps:
+        if app.site is not None and app is not apps[0]:
+            continue  # every site runs the same image
         for provide in app.manifest.provides:
             if provide.name in provided:
                 raise AgentError(f"service {provide.name!r} is provided by both {provided[provide.name]} and "
@@ -65,10 +93,10 @@ def local_requires(apps: tuple[Application, ...], app: Application) -> tuple[Req
 NOTIFY = "notify"
 
 
-def notify_require(bootstrap: Bootstrap) -> RequiredService | None:
+def notify_require(bootstrap: Bootstrap, app: Application | None = None) -> RequiredService | None:
     """The deploy notifications' target (NOTIFY_URL in the environment) as a require of every instance: its
     host name maps to its NAT64 address and the firewall lets exactly that host and port through."""
-    url = bootstrap.env.get("NOTIFY_URL", "")
+    url = bootstrap.site_env(app.site if app else None).get("NOTIFY_URL", "")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
@@ -81,7 +109,7 @@ def notify_require(bootstrap: Bootstrap) -> RequiredService | None:
 
 def egress_manifest(app: Application, bootstrap: Bootstrap) -> Manifest:
     """The app's manifest with the notification target required too (when there is one)."""
-    notify = notify_require(bootstrap)
+    notify = notify_require(bootstrap, app)
     if notify is None or any(r.name == NOTIFY for r in app.manifest.requires):
         return app.manifest
     return dataclasses.replace(app.manifest, requires=(*app.manifest.requires, notify))
@@ -92,7 +120,7 @@ def external_services(apps: tuple[Application, ...], app: Application, bootstrap
     the notification target (a `notify` entry of the YAML, else NOTIFY_URL's own host and port)."""
     local = {r.name for r in local_requires(apps, app)}
     services = tuple(s for s in bootstrap.external_services if s.name not in local)
-    notify = notify_require(bootstrap)
+    notify = notify_require(bootstrap, app)
     if notify is not None and not any(s.name == NOTIFY for s in services):
         services += (ExternalService(NOTIFY, "1", notify.local_hostname, notify.local_port, "bootstrap"),)
     return services
@@ -125,24 +153,34 @@ def resolv_conf(net: Network) -> str:
 
 def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings, net: Network,
                       serving: dict[str, Serving], pem: Path | None = None,
-                      pem_domains: tuple[str, ...] = ()) -> tuple[Service, ...]:
+                      pem_domains: tuple[str, ...] = (),
+                      site_pems: dict[str, Path] | None = None) -> tuple[Service, ...]:
     """The HAProxy frontends: each provided service on its public port and, for the instances that require
     it, on the gateway; served by the app's instance in `serving` (application name → instance). With
     `frontend.tls`, the service on the default port also speaks HTTPS once `pem` (its certificate) exists;
-    `pem_domains` are the names the certificate is for (`certificates.redirect_domains`)."""
+    `pem_domains` are the names the certificate is for (`certificates.redirect_domains`). Sites share one
+    frontend per service, routed by Host, each with its certificate in `site_pems` (site → PEM)."""
     services = []
+    routed: dict[str, list[SiteRoute]] = {}
     for app in apps:
         for provide in app.manifest.provides:
             instance = serving.get(app.name)
             servers = (Server(instance.name, instance.address, provide.local_port),) if instance else ()
+            if app.site is not None:
+                routed.setdefault(provide.name, []).append(SiteRoute(
+                    app.name, app.site.domains, servers, app.site.default, (site_pems or {}).get(app.name)))
+                if len(routed[provide.name]) > 1:
+                    continue
             local_ports = sorted({r.local_port for other in apps for r in other.manifest.requires
                                   if r.name == provide.name})
+            public = settings.port_of(provide.name)
             services.append(Service(
-                provide.name, settings.bind, settings.port_of(provide.name), provide.health_check_path, servers,
+                provide.name, settings.bind, public, provide.health_check_path, servers if app.site is None else (),
                 tuple((net.gateway, port) for port in local_ports),
                 settings.max_connections_per_client, settings.max_requests_per_client,
-                frontend_tls(settings, pem, pem_domains) if settings.port_of(provide.name) == settings.port else None))
-    return tuple(services)
+                frontend_tls(settings, pem, pem_domains) if public == settings.port else None))
+    return tuple(dataclasses.replace(service, sites=tuple(routed[service.name])) if service.name in routed
+                 else service for service in services)
 
 
 def frontend_tls(settings: FrontendSettings, pem: Path | None, pem_domains: tuple[str, ...] = ()) -> Tls | None:
@@ -187,11 +225,12 @@ class Plan:
     environment: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
     external: tuple = field(default_factory=tuple)
+    sites: tuple[Site, ...] = ()
 
 
 def make_plan(bootstrap: Bootstrap, net: Network) -> Plan:
     return Plan(net, bootstrap.nat64, bootstrap.frontend, bootstrap.environment, bootstrap.mounts,
-                bootstrap.external_services)
+                bootstrap.external_services, bootstrap.sites)
 
 
 @dataclass(frozen=True)
@@ -204,6 +243,13 @@ class Changes:
     routes: bool = False  # apply in the running instances
     dns: bool = False  # rewrite their resolv.conf
     external: bool = False  # resolve again, firewall and /etc/hosts
+    # With sites: each change touches only its site. Added sites start, removed ones leave the frontend and
+    # stop, a changed environment, mounts or limits replace that site's instance, other changes (domains,
+    # default, email) change the frontend (and the certificate) only.
+    sites_added: tuple[str, ...] = ()
+    sites_removed: tuple[str, ...] = ()
+    sites_replaced: tuple[str, ...] = ()
+    sites_routed: tuple[str, ...] = ()
 
     @property
     def any(self) -> bool:
@@ -213,8 +259,17 @@ class Changes:
 def changes(old: Plan, new: Plan) -> Changes:
     readdress = (old.network.subnet, old.network.gateway) != (new.network.subnet, new.network.gateway)
     replace = readdress or old.environment != new.environment or old.mounts != new.mounts
+    before, after = {site.name: site for site in old.sites}, {site.name: site for site in new.sites}
+    kept = [name for name in after if name in before]
+    own = ("environment", "mounts", "memory_mb", "vmhz")
+    replaced = tuple(name for name in kept if any(getattr(before[name], key) != getattr(after[name], key)
+                                                  for key in own))
     return Changes(
         nat64=old.nat64 != new.nat64, frontend=old.frontend != new.frontend, replace_instances=replace,
         readdress=readdress, routes=not replace and old.network.routes != new.network.routes,
         dns=not replace and old.network.dns != new.network.dns, external=old.external != new.external,
+        sites_added=tuple(name for name in after if name not in before),
+        sites_removed=tuple(name for name in before if name not in after),
+        sites_replaced=() if replace else replaced,
+        sites_routed=tuple(name for name in kept if before[name] != after[name] and name not in replaced),
     )

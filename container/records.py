@@ -9,6 +9,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from container.bootstrap import Site
 from container.manifest import Manifest
 
 BRIDGE = "pequod0"  # the instances' bridge (network.py)
@@ -17,11 +18,13 @@ TUN = "pequod64"  # Tayga's tun device (nat64.py)
 
 @dataclass(frozen=True)
 class Application:
-    """One image the agent runs: its name and version (from the tag) and its manifest."""
+    """One image the agent runs: its name and version (from the tag) and its manifest. With sites, each
+    site is an application of its own: named after the site, with the site's limits in its manifest."""
     image: str
     name: str
     version: str
     manifest: Manifest
+    site: Site | None = None
 
     @property
     def health_timeout(self) -> int:
@@ -42,6 +45,7 @@ class Instance:
     image_id: str
     pid: int
     running: bool = True
+    site: str = ""  # with sites: the site it serves
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,17 @@ class Server:
 
 
 @dataclass(frozen=True)
+class SiteRoute:
+    """A site behind a shared frontend: the host names it owns, its servers and its certificate (HTTPS is
+    served, and plain HTTP for its domains redirected, once `pem` is set)."""
+    name: str
+    domains: tuple[str, ...]
+    servers: tuple[Server, ...] = ()
+    default: bool = False
+    pem: Path | None = None
+
+
+@dataclass(frozen=True)
 class Service:
     """A provided service, published on bind:port (port 0: not published), and on `local_binds` (gateway
     address and port) for instances that require it; served by `servers` (instances that passed a check)."""
@@ -103,3 +118,4 @@ class Service:
     max_connections_per_client: int = 0  # 0: no limit
     max_requests_per_client: int = 0  # in any 10 s; 0: no limit
     tls: Tls | None = None
+    sites: tuple[SiteRoute, ...] = ()  # routed by Host to each site's backend (then `servers` is unused)

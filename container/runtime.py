@@ -114,7 +114,7 @@ def _instance(container: Any) -> Instance:
         address=ipaddress.IPv6Address(label(container, "ipv6") or "::"),
         started=float(label(container, "started") or 0), image=label(container, "image"),
         image_id=label(container, "image_id"), pid=int(container.attrs.get("State", {}).get("Pid") or 0),
-        running=container.status == "running",
+        running=container.status == "running", site=label(container, "site"),
     )
 
 

@@ -40,6 +40,7 @@ def instance_rows(client: Any, now: float | None = None,
         rows.append({
             "instance_name": instance.name, "repo": instance.repo, "application_name": instance.application,
             "version": instance.version, "zone": instance.zone, "pid": instance.pid, "ipv6": str(instance.address),
+            "site": instance.site,
             "started": started, "started_relative": relative(now - started),
             "replacements": {reason: replacements.get(instance.application, {}).get(reason, 0)
                              for reason in ("crash", "unhealthy")},
@@ -77,9 +78,11 @@ def table(columns: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[in
 
 
 def instances_table(rows: list[dict[str, Any]]) -> str:
-    text = table(INSTANCE_COLUMNS, [
-        (r["instance_name"], r["repo"], r["application_name"], r["version"], r["zone"], str(r["pid"]), r["ipv6"],
-         r["started_relative"]) for r in rows
+    sites = any(r.get("site") for r in rows)  # a SITE column only on a host that serves sites
+    columns = (*INSTANCE_COLUMNS[:3], "Site", *INSTANCE_COLUMNS[3:]) if sites else INSTANCE_COLUMNS
+    text = table(columns, [
+        (r["instance_name"], r["repo"], r["application_name"], *((r.get("site") or "-",) if sites else ()),
+         r["version"], r["zone"], str(r["pid"]), r["ipv6"], r["started_relative"]) for r in rows
     ])
     replaced = {r["application_name"]: r["replacements"] for r in rows if any(r["replacements"].values())}
     notes = [f"{name}: replaced {counts['crash']} time(s) after a crash, {counts['unhealthy']} after failing its "

@@ -67,6 +67,21 @@ def ensure(state_dir: Path, application: str, fs: PersistentFilesystem, uid: int
     return directory
 
 
+def release(state_dir: Path, application: str, fs: PersistentFilesystem, purge: bool = False) -> list[str]:
+    """Unmount one application's volume (a removed site's); with `purge`, delete its data too."""
+    image, directory = paths(state_dir, application, fs)
+    done = []
+    if directory.is_dir() and mounted(directory):
+        proc.run(["umount", str(directory)], error=VolumeError, package="mount")
+        done.append(f"volume mount {directory}")
+    if purge:
+        for path in (image, directory):
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                done.append(f"volume {path}")
+    return done
+
+
 def unmount_all(state_dir: Path, purge: bool = False) -> list[str]:
     """Unmount every volume (the data stays in its image unless `purge`); returns what was done."""
     base = state_dir / DIRECTORY

@@ -17,8 +17,11 @@ import requests
 class Readers:
     """Legitimate readers fetching a page in a loop; latencies (s) and failures recorded."""
 
-    def __init__(self, url: str, expect: str, threads: int = 4, pause: float = 0.05):
-        self.url, self.expect, self.pause = url, expect, pause
+    def __init__(self, url: str, expect: str, threads: int = 4, pause: float = 0.05,
+                 headers: dict[str, str] | None = None, absent: str = ""):
+        """`headers` go with every request (e.g. the Host of one site); a page containing `absent` (another
+        site's text) counts as failed."""
+        self.url, self.expect, self.pause, self.headers, self.absent = url, expect, pause, headers or {}, absent
         self.latencies: list[float] = []
         self.failed: list[str] = []
         self._stop = threading.Event()
@@ -29,8 +32,9 @@ class Readers:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                response = session.get(self.url, timeout=10)
-                if response.status_code == 200 and self.expect in response.text:
+                response = session.get(self.url, timeout=10, headers=self.headers, allow_redirects=False)
+                if response.status_code == 200 and self.expect in response.text and \
+                        not (self.absent and self.absent in response.text):
                     self.latencies.append(time.monotonic() - started)
                 else:
                     self.failed.append(f"status {response.status_code}")

@@ -1,0 +1,213 @@
+"""An agent's instances one by one: adopted after an agent restart, started with their network, limits,
+volumes and files, and (with sites) removed when their site is gone. The agent's loop (`agent.py`)
+decides when; these functions do it through the gateways."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from container import network, plan, runtime, supervision, volume
+from container.errors import AgentError
+from container.supervision import Instance, Pending, Retiring, Supervised
+
+log = logging.getLogger("container")
+
+ZONE = "bootstrap"
+Agent = Any  # container.agent.Agent, which imports this module (named here, not imported: no cycle)
+
+
+def adopt(agent: Agent, sup: Supervised) -> None:
+    """Take over a running instance left by an earlier agent (the newest healthy one); remove the rest.
+
+    The earlier agent may have been killed while it wired the instance (its network is finished here) or
+    before the instance was healthy: one younger than its start period gets the rest of it, as a pending
+    instance, instead of the 10 s of liveness of one that served already."""
+    running = []
+    for instance in runtime.instances(agent.client, ZONE):
+        if instance.application != sup.app.name:
+            continue
+        if instance.running:
+            running.append((instance, agent.healthy(sup.app, instance)))
+        else:
+            log.info("removing stopped instance %s", instance.name)
+            runtime.remove(agent.client, instance.name)
+    kept, duplicates = supervision.adoption(running)
+    for duplicate in duplicates:
+        log.warning("removing duplicate instance %s", duplicate.name)
+        runtime.remove(agent.client, duplicate.name)
+    if kept is None:
+        return
+    missing = network.ensure_wired(kept.pid, kept.name, agent.network(), kept.address)
+    if missing:
+        log.info("re-wired the network of %s: it lacked %s", kept.name, ", ".join(missing))
+    agent.state.write_etc_file(kept.name, "hosts", agent._hosts(sup.app, kept.address))
+    start_left = supervision.start_period_left(kept, sup.app.health_timeout, time.time())
+    if start_left > 0 and not agent.healthy(sup.app, kept):
+        sup.pending = Pending(kept, time.monotonic() + start_left)
+        log.info("re-adopted running instance %s (%s), still starting: %.0f s left to become healthy",
+                 kept.name, kept.address, start_left)
+    else:
+        sup.serving = kept
+        log.info("re-adopted running instance %s (%s)", kept.name, kept.address)
+
+def start_instance(agent: Agent, sup: Supervised) -> Instance:
+    app, net = sup.app, agent.network()
+    instance_id = runtime.InstanceId(ZONE, "", app.name, app.version, f"{network.random16():04x}")
+    address = network.instance_address(net.subnet, network.host_ipv4(), network.random16())
+    sup.starting = address
+    try:
+        agent.apply_firewall()  # its services are open before it runs
+        name = instance_id.name
+        etc = {
+            "/etc/resolv.conf": str(agent.state.write_etc_file(name, "resolv.conf", plan.resolv_conf(net))),
+            "/etc/hosts": str(agent.state.write_etc_file(name, "hosts", agent._hosts(app, address))),
+        }
+        image = runtime.image_info(agent.client, app.image)
+        sup.image_id = image.id
+        uid = runtime.run_user(image.user)[1]
+        volumes = {fs.mountpoint: str(volume.ensure(agent.state.path, app.name, fs, uid))
+                   for fs in app.manifest.volumes}
+        args = runtime.container_args(
+            image=app.image, instance=instance_id, manifest=app.manifest,
+            environment=agent.bootstrap.site_env(app.site), image_user=image.user, capacity=agent.capacity,
+            read_only_binds={**etc, **{m.target: m.source for m in agent.bootstrap.site_mounts(app.site)}},
+            read_write_binds=volumes, image_healthcheck=image.healthcheck,
+            labels={"zone": ZONE, "repo": "", "application": app.name, "version": app.version,
+                    "ipv6": str(address), "started": f"{time.time():.3f}", "image": app.image,
+                    "image_id": image.id, **({"site": app.site.name} if app.site else {})},
+        )
+        instance = runtime.start(agent.client, args)
+        try:
+            network.wire_instance(instance.pid, name, net, address)
+        except AgentError:
+            runtime.remove(agent.client, name)
+            raise
+    finally:
+        sup.starting = None
+    log.info("started %s at %s", name, address)
+    return instance
+
+def start_pending(agent: Agent, sup: Supervised) -> None:
+    sup.pending = Pending(start_instance(agent, sup), time.monotonic() + sup.app.health_timeout)
+
+def remove_orphans(agent: Agent, force: bool = False) -> None:
+    if agent.orphans and (force or time.monotonic() >= agent.orphans_due):
+        for instance in agent.orphans:
+            log.info("removing %s: its application (site) is no longer configured", instance.name)
+            runtime.remove(agent.client, instance.name)
+        agent.orphans = []
+        release_volumes(agent)
+
+def release_volumes(agent: Agent) -> None:
+    """Unmount the volumes of the applications (sites) gone; their data stays in its image file."""
+    running = {app.name for app in agent.apps}
+    for name in sorted(set(agent.gone) - running):
+        for fs in agent.images_apps[0].manifest.volumes if agent.images_apps else ():
+            volume.release(agent.state.path, name, fs)
+    agent.gone = []
+
+def remember_applications(agent: Agent) -> None:
+    """The applications this agent runs, so a later start knows which instances of ours are orphans."""
+    state = agent.state.load()
+    names = sorted(app.name for app in agent.apps)
+    if state.get("applications") != names:
+        state["applications"] = names
+        agent.state.save(state)
+
+
+def previous_applications(agent: Agent, found: list[Instance]) -> set[str]:
+    """What this agent ran before; a state dir from before sites does not say: then every application of
+    ours (our zone, one of our images) counts, e.g. the one blog that became the site `blog`."""
+    state = agent.state.load()
+    if "applications" in state:
+        return set(state["applications"])
+    images = {app.image for app in agent.images_apps}
+    return {instance.application for instance in found if instance.image in images}
+
+
+def find_orphans(agent: Agent) -> None:
+    """Instances of applications (sites) this agent ran before and runs no more: removed once the
+    frontend no longer sends them requests."""
+    found = runtime.instances(agent.client, ZONE)
+    previous = previous_applications(agent, found) - {app.name for app in agent.apps}
+    agent.orphans = [i for i in found if i.application in previous]
+    agent.gone = sorted(previous)
+
+
+def retire(agent: Agent, sup: Supervised) -> None:
+    """A site removed: out of the frontend first, then its instances after they had time to finish;
+    its volumes are unmounted (their data stays)."""
+    agent.supervised.remove(sup)
+    agent.publish()
+    agent.orphans += [*sup.live(), *(item.instance for item in sup.retiring)]
+    agent.orphans_due = time.monotonic() + supervision.DRAIN_SECONDS
+    agent.gone.append(sup.app.name)
+
+
+def failed(agent: Agent, sup: Supervised, instance: Instance, status: str, why: str = "") -> None:
+    """Remove a dead or unhealthy instance and schedule its replacement (back-off for crash loops)."""
+    _, code = runtime.state(agent.client, instance.name)
+    lived = time.time() - instance.started
+    sup.quick_failures, delay = supervision.after_failure(sup.quick_failures, lived, bool(why))
+    log.warning("instance %s %s (exit code %s) after %.0f s%s; replacing it in %.0f s",
+                instance.name, status, code, lived, f" ({why})" if why else "", delay)
+    runtime.remove(agent.client, instance.name)
+    sup.restart_at = time.monotonic() + delay
+    agent.state.save(supervision.count_replacement(agent.state.load(), sup.app.name, "crash"))
+
+def check_liveness(agent: Agent, sup: Supervised, now: float) -> None:
+    """Replace the instance in the frontend when it stopped answering its health check; it keeps its
+    place until the replacement is healthy (HAProxy stops sending it requests meanwhile)."""
+    assert sup.serving is not None
+    sup.checked_at = now
+    sup.unhealthy_since, replace = supervision.liveness(sup.unhealthy_since, agent.healthy(sup.app, sup.serving),
+                                                        now)
+    if not replace:
+        return
+    log.warning("instance %s has not answered its health check for %.0f s; starting a replacement",
+                sup.serving.name, now - (sup.unhealthy_since or now))
+    agent.state.save(supervision.count_replacement(agent.state.load(), sup.app.name, "unhealthy"))
+    try:
+        start_pending(agent, sup)
+    except AgentError as exc:
+        log.error("%s; retrying", exc)
+
+def supervise(agent: Agent, sup: Supervised) -> None:
+    now = time.monotonic()
+    if sup.serving is not None:
+        status, _ = runtime.state(agent.client, sup.serving.name)
+        if status != "running":
+            dead, sup.serving, sup.unhealthy_since = sup.serving, None, None
+            agent.publish()
+            failed(agent, sup, dead, status)
+        elif sup.pending is None and now - sup.checked_at >= supervision.HEALTH_INTERVAL:
+            check_liveness(agent, sup, now)
+    if sup.pending is not None:
+        candidate = sup.pending.instance
+        status, _ = runtime.state(agent.client, candidate.name)
+        if status != "running":
+            sup.pending = None
+            failed(agent, sup, candidate, status)
+        elif agent.healthy(sup.app, candidate):
+            sup.pending, sup.unhealthy_since = None, None
+            previous, sup.serving = sup.serving, candidate
+            agent.publish()
+            log.info("%s is healthy and in the frontend", candidate.name)
+            if previous is not None:
+                sup.retiring += (Retiring(previous, now + supervision.DRAIN_SECONDS),)
+        elif now > sup.pending.deadline:
+            sup.pending = None
+            failed(agent, sup, candidate, status, f"not healthy within {sup.app.health_timeout} s")
+    if sup.serving is None and sup.pending is None and now >= sup.restart_at:
+        try:
+            start_pending(agent, sup)
+        except AgentError as exc:
+            sup.quick_failures += 1
+            sup.restart_at = time.monotonic() + supervision.restart_delay(sup.quick_failures)
+            log.error("%s; retrying", exc)
+    remove, sup.retiring = supervision.due(sup.retiring, now)
+    for item in remove:
+        log.info("removing replaced instance %s", item.instance.name)
+        runtime.remove(agent.client, item.instance.name)

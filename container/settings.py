@@ -1,0 +1,155 @@
+"""The bootstrap YAML's settings as frozen, typed records (parsed by `bootstrap.py`): what every other
+module of the agent reads, and nothing else."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+MAX_BYTES = 256 * 1024
+IPNetwork = TypeVar("IPNetwork", ipaddress.IPv4Network, ipaddress.IPv6Network)
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ABS_PATH = re.compile(r"/(?!.*(^|/)\.\.(/|\Z))[^\0\n]*")
+
+
+@dataclass(frozen=True)
+class ExternalService:
+    name: str
+    version: str
+    external_host: str
+    external_port: int
+    zone: str
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: ipaddress.IPv6Network
+    gateway: ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Network:
+    subnet: ipaddress.IPv6Network
+    location: str
+    gateway: ipaddress.IPv6Address
+    dns: tuple[ipaddress.IPv6Address, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+
+DEFAULT_NAT64_PREFIX = ipaddress.IPv6Network("fd99:69a4:fefb:64::/96")
+DEFAULT_NAT64_POOL = ipaddress.IPv4Network("198.19.64.0/24")
+
+
+@dataclass(frozen=True)
+class Nat64:
+    """Tayga's NAT64 prefix (/96) and its IPv4 pool (/16 to /28): the pool's first address is Tayga's
+    own, the second the host's end of the tunnel, the upper half is mapped to instance addresses."""
+    prefix: ipaddress.IPv6Network = DEFAULT_NAT64_PREFIX
+    ipv4_pool: ipaddress.IPv4Network = DEFAULT_NAT64_POOL
+
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+# A DNS host name (no IP address, no wildcard: HTTP-01 cannot prove those), at least two labels.
+DOMAIN = re.compile(r"(?=.{1,253}\Z)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.[a-z][a-z0-9-]{0,62}")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+SITE_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?")
+
+
+def is_domain(name: str) -> bool:
+    """A host name `frontend.tls.domains` accepts (lower case, no trailing dot)."""
+    return bool(DOMAIN.fullmatch(name))
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """HTTPS at the frontend: certificates for `domains` from the ACME CA at `acme_directory`, or the
+    administrator's own PEM (`certificate`, chain and key; `key` when the key is a file of its own)."""
+    port: int = 443
+    domains: tuple[str, ...] = ()
+    email: str = ""
+    acme_directory: str = LETS_ENCRYPT
+    acme_ca_bundle: str | None = None
+    certificate: str | None = None
+    key: str | None = None
+    challenge_port: int = 8402  # loopback port the ACME client answers HTTP-01 challenges on
+    renew_days: int = 30  # renew when fewer days than this are left
+
+    @property
+    def acme(self) -> bool:
+        return self.certificate is None
+
+
+@dataclass(frozen=True)
+class FrontendSettings:
+    bind: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address("::")
+    port: int = 80
+    ports: tuple[tuple[str, int], ...] = ()
+    # Per client address (0: no limit): connections open at once, and requests in any 10 s.
+    max_connections_per_client: int = 100
+    max_requests_per_client: int = 3000
+    tls: TlsSettings | None = None
+
+    def port_of(self, service: str) -> int:
+        return dict(self.ports).get(service, self.port)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bind-mounted read-only into the instance."""
+    source: str
+    target: str
+
+
+Listen = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Host-only addresses of the agent's metrics and HAProxy's exporter (None: off)."""
+    agent: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9464)
+    haproxy: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9465)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One site of a host that serves several: an instance of the image with its own repository
+    (environment), domains, certificate, volume and limits (None: the manifest's)."""
+    name: str
+    domains: tuple[str, ...] = ()
+    default: bool = False
+    email: str = ""
+    memory_mb: int | None = None
+    vmhz: int | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[Mount, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    source: str
+    external_services: tuple[ExternalService, ...] = ()
+    network: Network | None = None  # at most one per host; None: the agent generates one
+    environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    nat64: Nat64 = Nat64()
+    frontend: FrontendSettings = FrontendSettings()
+    mounts: tuple[Mount, ...] = ()
+    metrics: MetricsSettings = MetricsSettings()
+    sites: tuple[Site, ...] = ()  # none: one instance per image (the environment and mounts above are its)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.environment)
+
+    def site_env(self, site: Site | None) -> dict[str, str]:
+        """What an instance of `site` gets: the top-level environment with the site's own over it."""
+        return {**dict(self.environment), **dict(site.environment if site else ())}
+
+    def site_mounts(self, site: Site | None) -> tuple[Mount, ...]:
+        return self.mounts + (site.mounts if site else ())
+
+    @property
+    def mount_map(self) -> dict[str, str]:
+        """target inside the instance → source on the host"""
+        return {mount.target: mount.source for mount in self.mounts}

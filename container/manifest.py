@@ -187,6 +187,21 @@ def _unique(source: str, items: list[T], key: Callable[[T], object], what: str) 
 
 def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
     """Parse and validate manifest bytes; raise ManifestError with one clear line on any problem."""
+    root = _document(data, source)
+    top = _Checker(source, root, ("version",))
+    version = root.get("version")
+    if version != VERSION:
+        top.fail("version", version, f"expected version=\"{VERSION}\"")
+    sections = _children(source, root, ("resources", "filesystems", "services"))
+    res_el = _one(source, sections, "resources", "manifest", required=True)
+    assert res_el is not None
+    filesystems, volumes = _filesystems(source, _one(source, sections, "filesystems", "manifest", required=False))
+    provides, requires = _services(source, _one(source, sections, "services", "manifest", required=False))
+    return Manifest(source, _resources(source, res_el), filesystems, provides, requires, volumes)
+
+
+def _document(data: bytes, source: str) -> etree._Element:
+    """The <manifest> root element, parsed without DTDs, entities or network."""
     if len(data) > MAX_BYTES:
         raise ManifestError(f"{source}: file is {len(data)} bytes; a manifest may be at most {MAX_BYTES} bytes")
     if not data.strip():
@@ -210,26 +225,24 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
             f"{source}:{root.sourceline}: root element is <{_local(root.tag)}> in namespace "
             f"{etree.QName(root).namespace or '(none)'}; expected <manifest xmlns=\"{NAMESPACE}\">"
         )
-    top = _Checker(source, root, ("version",))
-    version = root.get("version")
-    if version != VERSION:
-        top.fail("version", version, f"expected version=\"{VERSION}\"")
-    sections = _children(source, root, ("resources", "filesystems", "services"))
+    return root
 
-    res_el = _one(source, sections, "resources", "manifest", required=True)
-    assert res_el is not None
+
+def _resources(source: str, res_el: etree._Element) -> Resources:
     _children(source, res_el, ())
     res = _Checker(source, res_el, ("mb", "vmhz", "procs", "files"))
-    resources = Resources(
+    return Resources(
         memory_mb=res.integer("mb", 16, 1024 * 1024, "memory in MB"),
         cpu_vmhz=res.integer("vmhz", 1, 10_000_000, "CPU in virtual MHz"),
         processes=res.integer("procs", 8, 1_000_000, "a process limit"),
         open_files=res.integer("files", 64, 1_048_576, "an open-file limit"),
     )
 
+
+def _filesystems(source: str, fs_el: etree._Element | None,
+                 ) -> tuple[tuple[TemporaryFilesystem, ...], tuple[PersistentFilesystem, ...]]:
     filesystems: list[TemporaryFilesystem] = []
     volumes: list[PersistentFilesystem] = []
-    fs_el = _one(source, sections, "filesystems", "manifest", required=False)
     for el in _children(source, fs_el, ("temporary", "persistent")) if fs_el is not None else []:
         check = _Checker(source, el, ("mountpoint", "default-mb"))
         mountpoint = check.text("mountpoint", re.compile(r"/[A-Za-z0-9._/-]*"), "an absolute path")
@@ -243,10 +256,13 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
             size = check.integer("default-mb", 16, 1024 * 1024, "a size in MB")
             volumes.append(PersistentFilesystem(mountpoint, size))
     _unique(source, [*filesystems, *volumes], lambda fs: fs.mountpoint, "mountpoint")
+    return tuple(filesystems), tuple(volumes)
 
+
+def _services(source: str, svc_el: etree._Element | None,
+              ) -> tuple[tuple[ProvidedService, ...], tuple[RequiredService, ...]]:
     provides: list[ProvidedService] = []
     requires: list[RequiredService] = []
-    svc_el = _one(source, sections, "services", "manifest", required=False)
     for el in _children(source, svc_el, ("provide", "require")) if svc_el is not None else []:
         if _local(el.tag) == "provide":
             check = _Checker(source, el, (
@@ -275,7 +291,7 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
     _unique(source, provides, lambda s: s.name, "provided service")
     _unique(source, provides, lambda s: s.local_port, "provided local-port")
     _unique(source, requires, lambda s: s.name, "required service")
-    return Manifest(source, resources, tuple(filesystems), tuple(provides), tuple(requires), tuple(volumes))
+    return tuple(provides), tuple(requires)
 
 
 def load_manifest(path: str) -> Manifest:

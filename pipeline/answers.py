@@ -1,10 +1,11 @@
 """What `serve.py` answers with, independent of the HTTP server: request paths checked against the
-release, files looked up without following symlinks out of it, caching headers, and the memo of
-rendered answers (bounded in entries and bytes)."""
+release, files looked up without following symlinks out of it, caching headers, the memo of
+rendered answers (bounded in entries and bytes), and the plain, JSON and text answers that no cache keeps."""
 
 from __future__ import annotations
 
 import email.utils
+import json
 import mimetypes
 import os
 import re
@@ -146,3 +147,34 @@ class Memo:
         if key not in self.answers and self.size + cost <= self.max_bytes and len(self.answers) < self.max_entries:
             self.answers[key] = answer
             self.size += cost
+
+
+def send_text(start_response: StartResponse, status: str, data: bytes, kind: str) -> Iterable[bytes]:
+    start_response(status, [("Content-Type", kind), ("Content-Length", str(len(data))),
+                            ("Cache-Control", "no-store")])
+    return [data]
+
+
+def send_json(start_response: StartResponse, status: str, body: dict[str, Any],
+              extra: list[tuple[str, str]] | None = None) -> Iterable[bytes]:
+    data = (json.dumps(body, indent=2) + "\n").encode()
+    start_response(status, [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"), *(extra or []),
+    ])
+    return [data]
+
+
+def send_plain(
+    start_response: StartResponse, status: str, text: str, extra: list[tuple[str, str]] | None = None,
+) -> Iterable[bytes]:
+    data = text.encode()
+    start_response(status, [
+        ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"), *(extra or []),
+    ])
+    return [data]
+
+
+def method_not_allowed(start_response: StartResponse) -> Iterable[bytes]:
+    return send_plain(start_response, "405 Method Not Allowed", "method not allowed\n", [("Allow", "GET, HEAD")])

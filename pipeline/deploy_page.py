@@ -91,21 +91,35 @@ def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None 
     now = time.time() if now is None else now
     current = status.get("current") or {}
     builds = status.get("builds") or []
-    live_build = next((b for b in builds if b.get("release") and b.get("release") == current.get("release")), {})
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
              f"content='width=device-width,initial-scale=1'><title>Deploys</title><style>{STYLE}</style></head><body>",
-             "<h1>Deploys</h1>"]
-    if current:
-        parts.append(
-            "<div class=box><strong>Live:</strong> " + _commit({**live_build, "commit": current.get("commit")})
+             "<h1>Deploys</h1>", _live(current, builds), *_problems(status),
+             f"<p>Remote {_e(status.get('remote'))}, branch {_e(status.get('branch'))}; last checked "
+             f"{_e(status.get('last_check'))}.</p>",
+             _scheduled(status.get("scheduled")), _links(status.get("links")), _history(builds),
+             _kept_releases(status.get("releases") or [], current, rollback_enabled),
+             f"<p><small>Page made {_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now)))}; "
+             f"it refreshes itself every 15 s.</small></p><script>{SCRIPT}</script></body></html>"]
+    return "".join(parts)
+
+
+def _live(current: dict[str, Any], builds: list[dict[str, Any]]) -> str:
+    """What is live: its commit, release, age and how it was built."""
+    if not current:
+        return "<div class='box error'>No release is live yet.</div>"
+    live_build = next((b for b in builds if b.get("release") and b.get("release") == current.get("release")), {})
+    return ("<div class=box><strong>Live:</strong> " + _commit({**live_build, "commit": current.get("commit")})
             + (f" by {_e(live_build.get('author'))}" if live_build.get("author") else "")
             + f"<br>release <code>{_e(current.get('release'))}</code>, live since {_e(current.get('built_at'))}, "
             f"built in {_e(current.get('build_seconds'))} s"
             + (f" ({_e(live_build.get('worker'))} worker, {_e(live_build.get('mode'))}"
                + (", site kept loaded" if live_build.get("site") == "warm" else "") + ")" if live_build else "")
             + "</div>")
-    else:
-        parts.append("<div class='box error'>No release is live yet.</div>")
+
+
+def _problems(status: dict[str, Any]) -> list[str]:
+    """The last error, and a notification that was not delivered."""
+    parts = []
     error = status.get("last_error")
     if error:
         parts.append(f"<div class='box error'><strong>Last error</strong> ({_e(error.get('at'))}): "
@@ -115,18 +129,24 @@ def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None 
         parts.append(f"<div class='box error'><strong>Notification not delivered</strong> "
                      f"({_e(notes['last_error'].get('at'))}): {_e(notes['last_error'].get('message'))}; "
                      f"{_e(notes.get('delivered', 0))} delivered, {_e(notes.get('failed', 0))} not.</div>")
-    parts.append(f"<p>Remote {_e(status.get('remote'))}, branch {_e(status.get('branch'))}; last checked "
-                 f"{_e(status.get('last_check'))}.</p>")
-    scheduled = [item for item in status.get("scheduled") or [] if isinstance(item, dict)]
-    if scheduled:
-        parts.append("<h2>Scheduled</h2><p>Posts dated in the future: published by themselves when due.</p>"
-                     "<table><tr><th>due (UTC)</th><th>post</th></tr>")
-        parts += [f"<tr><td>{_e(item.get('at'))}</td><td>{_e(item.get('title'))} "
-                  f"(<code>{_e(item.get('source'))}</code>)</td></tr>" for item in scheduled]
-        parts.append("</table>")
-    parts.append(_links(status.get("links")))
-    parts.append("<h2>History</h2><table><tr><th>result</th><th>commit</th><th>finished</th><th>seconds</th>"
-                 "<th>mode</th></tr>")
+    return parts
+
+
+def _scheduled(scheduled: Any) -> str:
+    """The posts the live release holds back until they are due (nothing when there are none)."""
+    items = [item for item in scheduled or [] if isinstance(item, dict)]
+    if not items:
+        return ""
+    rows = "".join(f"<tr><td>{_e(item.get('at'))}</td><td>{_e(item.get('title'))} "
+                   f"(<code>{_e(item.get('source'))}</code>)</td></tr>" for item in items)
+    return ("<h2>Scheduled</h2><p>Posts dated in the future: published by themselves when due.</p>"
+            f"<table><tr><th>due (UTC)</th><th>post</th></tr>{rows}</table>")
+
+
+def _history(builds: list[dict[str, Any]]) -> str:
+    """Every recorded build, newest first, with its error and log tail folded away."""
+    parts = ["<h2>History</h2><table><tr><th>result</th><th>commit</th><th>finished</th><th>seconds</th>"
+             "<th>mode</th></tr>"]
     for build in builds:
         result = build.get("result") or ""
         row = (f"<tr><td class={'ok' if result == 'success' else 'failed'}>{_e(result)}</td>"
@@ -137,20 +157,25 @@ def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None 
         row += (f"</td><td>{_e(build.get('finished_at'))}</td><td>{_e(build.get('build_seconds'))}</td>"
                 f"<td>{_e(build.get('mode'))}</td></tr>")
         parts.append(row)
-    parts.append("</table><h2>Kept releases</h2>")
+    parts.append("</table>")
+    return "".join(parts)
+
+
+def _kept_releases(kept: list[str], current: dict[str, Any], rollback_enabled: bool) -> str:
+    """The kept releases, newest first; with rollback enabled, a form to make each earlier one live."""
+    parts = ["<h2>Kept releases</h2>"]
     if rollback_enabled:
         parts.append("<p>To make an earlier release live until the next push, give the webhook secret "
                      "(<code>WEBHOOK_SECRET</code>) as the token, or: <code>curl -X POST -H 'Authorization: Bearer "
                      "$WEBHOOK_SECRET' -d release=ID http://HOST/_site/rollback</code>.</p>"
                      "<p><label>Token <input id=token type=password autocomplete=off></label></p>")
     parts.append("<table>")
-    for release in reversed(status.get("releases") or []):
+    for release in reversed(kept):
         live = release == current.get("release")
         parts.append(f"<tr><td><code>{_e(release)}</code>{' (live)' if live else ''}</td><td>")
         if rollback_enabled and not live:
             parts.append(f"<form class=rollback method=post action=/_site/rollback><input type=hidden name=release "
                          f"value='{_e(release)}'><button>make live</button></form>")
         parts.append("</td></tr>")
-    parts.append(f"</table><p><small>Page made {_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now)))}; "
-                 f"it refreshes itself every 15 s.</small></p><script>{SCRIPT}</script></body></html>")
+    parts.append("</table>")
     return "".join(parts)

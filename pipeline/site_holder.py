@@ -4,34 +4,10 @@ The build worker (pipeline.build_worker) forks one *site holder* per site. The h
 exactly as a build is confined (environment, limits, Landlock: see pipeline.sandbox) before it runs any
 of the site's code, loads conf.py and Nikola's plugins once, and scans the posts. Each build is a fork
 of the holder: it starts with the site loaded and scanned, runs `nikola build` (pipeline.nikola_runner)
-and exits, so nothing a build does reaches the holder or the next build.
+and exits, so nothing a build does reaches the holder or the next build. What the holder keeps, and when
+it may reuse it (or answers "stale" and ends), is pipeline.warm_site's.
 
-Before the next build the holder scans again, reusing the Post objects of the posts whose files did not
-change (reading and parsing 2,000 posts is most of a small change's build). It does so only where that
-gives exactly what a fresh `nikola build` would see; otherwise it answers "stale" and ends, and the
-worker starts a fresh holder for the build:
-
-- the changes since the holder's last build are known (the commit it built is the one they start from);
-- every changed file is in a post or page folder: anything else (data/, files/, images/…) may be read
-  while Nikola loads, and conf.py, themes, templates and plugins get a clean build anyway;
-- conf.py, run again now (with this build's environment, SITE_COMMIT included), gives the same
-  configuration as when the site was loaded; a configuration that cannot be compared exactly
-  (an object of an unknown kind) means no reuse at all;
-- a Post is reused only if no changed path starts with its name (its source, its translations, its
-  .meta file), it is not scheduled for later (which depends on the time of the build), and it reads
-  no data file.
-
-A build forked from a warm holder also leaves out the tasks of the posts that cannot have changed
-(rendering them is 4,000 of the 4,300 tasks of a 2,000-post blog; generating and checking them is most of
-what is left of a one-post build). A post's two tasks (its HTML fragment, render_posts; its page,
-render_pages) are left out only when the task Nikola would generate is the one the last build generated
-and doit found up to date or ran: the Post object is the one of the last build (its files unchanged), so
-are the posts before and after it, its fragment and page read no other file (no .. include, no
-post-list, no data file), its outputs exist, the site has no plugins of its own and nothing listens to
-Nikola's render_post signal. What a page task also reads from the whole site (the global context, the
-dependencies of all pages, the template hooks, the configuration) is fingerprinted at the end of the
-build; if it differs from the last build's, the build is run again in full before it counts.
-
+This module is both ends of the holder: the process (serve()) and the worker's client (HolderClient).
 Protocol: a SOCK_SEQPACKET pair; the worker sends a BuildRequest line with the build log's file
 descriptor attached, the holder answers with a BuildAnswer line, or {"stale": reason}.
 """
@@ -41,335 +17,25 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import datetime
-import functools
 import gc
-import importlib.util
 import json
 import os
-import pathlib
-import re
 import signal
 import socket
 import sys
 import time
 import traceback
-import types
 from typing import Any
 
 from pipeline import sandbox
 from pipeline.build_protocol import BuildAnswer, BuildRequest, fork_call, run_confined_build
+from pipeline.warm_site import Skips, WarmSite, site_fingerprint
+from pipeline.warm_site import Unfingerprintable as Unfingerprintable  # re-exported: the tests' old names
+from pipeline.warm_site import configuration as configuration
+from pipeline.warm_site import fingerprint as fingerprint
 
 _PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
-
-
-class Unfingerprintable(Exception):
-    """A configuration value that cannot be compared exactly."""
-
-
-def fingerprint(value: Any, depth: int = 0) -> Any:
-    """A comparable, exact stand-in for a configuration value: equal fingerprints, equal configurations.
-    Functions count by their code, defaults and closures (not by name only, as Nikola's own digest)."""
-    if depth > 40:
-        raise Unfingerprintable("nested too deep")
-    deeper = functools.partial(fingerprint, depth=depth + 1)
-    if value is None or isinstance(value, bool | int | str | bytes):
-        return (type(value).__name__, value)
-    if isinstance(value, float):
-        return ("float", repr(value))
-    if isinstance(value, list | tuple):
-        return (type(value).__name__, tuple(deeper(item) for item in value))
-    if isinstance(value, dict):  # in order: Nikola keeps the order of TRANSLATIONS, NAVIGATION_LINKS…
-        return (type(value).__name__, tuple((deeper(key), deeper(item)) for key, item in value.items()))
-    if isinstance(value, set | frozenset):
-        return (type(value).__name__, tuple(sorted(repr(deeper(item)) for item in value)))
-    if isinstance(value, types.FunctionType):
-        closure = tuple(deeper(cell.cell_contents) for cell in value.__closure__ or ())
-        return ("function", value.__module__, value.__qualname__, deeper(value.__code__),
-                deeper(value.__defaults__), deeper(value.__kwdefaults__), closure)
-    if isinstance(value, types.CodeType):
-        return ("code", value.co_code, tuple(deeper(const) for const in value.co_consts), value.co_names)
-    if isinstance(value, types.ModuleType):
-        return ("module", value.__name__)
-    if isinstance(value, type):
-        return ("type", value.__module__, value.__qualname__)
-    if isinstance(value, types.BuiltinFunctionType):  # a module's function, or a method of one object
-        owner = getattr(value, "__self__", None)
-        return ("builtin", getattr(value, "__module__", None), value.__qualname__,
-                None if owner is None or isinstance(owner, types.ModuleType) else id(owner))
-    if isinstance(value, functools.partial):
-        return ("partial", deeper(value.func), deeper(value.args), deeper(value.keywords))
-    if isinstance(value, datetime.date | datetime.time | datetime.timedelta | datetime.tzinfo | pathlib.PurePath):
-        return (type(value).__name__, repr(value))
-    if isinstance(value, re.Pattern):
-        return ("pattern", value.pattern, value.flags)
-    if value is Ellipsis:
-        return ("ellipsis",)
-    raise Unfingerprintable(f"a value of type {type(value).__qualname__}")
-
-
-def configuration(namespace: dict[str, Any]) -> Any:
-    """The fingerprint of conf.py's module namespace (what Nikola is given), without Python's own names."""
-    return fingerprint({key: value for key, value in namespace.items() if not key.startswith("__")})
-
-
-def load_conf(path: str) -> dict[str, Any]:
-    """Run conf.py again, as Nikola does, into a module of its own (not the one the site was loaded from)."""
-    spec = importlib.util.spec_from_file_location("conf", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.__dict__
-
-
-class PostReuse:
-    """Nikola's post scanner, given the Post objects of the previous scan back where their files did not
-    change (see the module's documentation for when)."""
-
-    def __init__(self) -> None:
-        self.previous: dict[tuple, Any] = {}
-        self.current: dict[tuple, Any] = {}
-        self.changes: list[str] | None = None
-        self._real: Any = None
-        self._reused_now: set[int] = set()
-        self._reused_ids: set[int] = set()
-
-    def install(self, site: Any) -> None:
-        """In Nikola's own post scanner (as its plugin manager loaded it); other scanners make their own."""
-        from nikola.post import Post
-
-        self._real = Post
-        for plugin in site.plugin_manager.get_plugins_of_category("PostScanner"):
-            scan = getattr(type(plugin.plugin_object), "scan", None)
-            namespace = getattr(scan, "__globals__", {})  # the module as the plugin manager loaded it
-            if plugin.name == "scan_posts" and namespace.get("Post") is Post:
-                namespace["Post"] = self.make
-
-    def begin(self, changes: list[str] | None) -> None:
-        self.changes, self.current = changes, {}
-
-    @property
-    def scanned(self) -> int:
-        """Posts the last scan made."""
-        return len(self.previous)
-
-    @property
-    def reused(self) -> int:
-        """Of those, given back from the scan before."""
-        return len(self._reused_ids)
-
-    def end(self) -> None:
-        self.previous, self.current = self.current, {}
-        self._reused_ids = self._reused_now
-        self._reused_now = set()
-
-    def was_reused(self, post: Any) -> bool:
-        """Whether the last scan gave `post` back from the scan before."""
-        return id(post) in self._reused_ids
-
-    def reusable(self, post: Any) -> bool:
-        if self.changes is None or post.publish_later:
-            return False
-        if any(post.meta[lang].get("data") for lang in post.translated_to):
-            return False
-        stem = os.path.splitext(post.source_path)[0]
-        return not any(path.startswith(stem) for path in self.changes)
-
-    def make(self, source_path: str, config: Any, destination: str, use_in_feeds: bool, messages: Any,
-             template_name: str, compiler: Any, destination_base: Any = None,
-             metadata_extractors_by: Any = None) -> Any:
-        base = getattr(destination_base, "_inp", destination_base)
-        key = (source_path, destination, use_in_feeds, template_name, id(compiler), id(config), id(messages),
-               id(metadata_extractors_by), json.dumps(base, sort_keys=True, default=repr))
-        post = self.previous.get(key)
-        if post is not None and self.reusable(post):
-            post.__dict__.pop("_prev_post", None)  # set by the scan that follows, as on a new Post
-            post.__dict__.pop("_next_post", None)
-            self._reused_now.add(id(post))
-        else:
-            post = self._real(source_path, config, destination, use_in_feeds, messages, template_name, compiler,
-                              destination_base=destination_base, metadata_extractors_by=metadata_extractors_by)
-        self.current[key] = post
-        return post
-
-
-@dataclasses.dataclass
-class WarmSite:
-    """The holder's loaded site and what decides whether it may serve the next build."""
-
-    doit_nikola: Any
-    conf_path: str
-    conf: Any  # fingerprint of the configuration the site was loaded with; None: not comparable
-    why_not_comparable: str
-    post_folders: tuple[str, ...]
-    posts: PostReuse
-    plugins_of_its_own: bool
-    commit: str | None = None  # the commit of the holder's last successful build
-    fingerprint: str | None = None  # site_fingerprint() at the end of that build
-    neighbours: dict[int, tuple[Any, Any, Any]] = dataclasses.field(default_factory=dict)
-    unchanged: list[Any] = dataclasses.field(default_factory=list)  # posts whose tasks may be left out
-
-    @classmethod
-    def open(cls, site_dir: str) -> WarmSite | int:
-        import nikola.nikola
-
-        from pipeline import nikola_runner
-
-        seen: dict[str, Any] = {}
-        real_init = nikola.nikola.Nikola.__init__
-
-        def init(site: Any, **config: Any) -> None:  # what conf.py gave, before Nikola changes anything
-            try:
-                seen["conf"] = configuration(config)
-            except Unfingerprintable as exc:
-                seen["why"] = str(exc)
-            real_init(site, **config)
-
-        nikola.nikola.Nikola.__init__ = init
-        try:
-            doit_nikola = nikola_runner.open_site(site_dir)
-        finally:
-            nikola.nikola.Nikola.__init__ = real_init
-        if isinstance(doit_nikola, int):
-            return doit_nikola
-        site = doit_nikola.nikola
-        site.init_plugins()  # what `nikola build` does first; its builds are given the site with plugins loaded
-        site.init_plugins = _already_done
-        nikola_runner.hold_back_undeployable(site)
-        folders = []
-        for wildcard, *_rest in site.config["post_pages"]:
-            folder = os.path.normpath(os.path.dirname(wildcard))
-            folders.append("" if folder in (".", "") else folder + "/")
-        posts = PostReuse()
-        posts.install(site)
-        own_plugins = os.path.isdir("plugins") and any(
-            entry.name not in ("__init__.py", "__pycache__") for entry in os.scandir("plugins"))
-        return cls(doit_nikola, os.path.join(site_dir, "conf.py"), seen.get("conf"),
-                   seen.get("why", "conf.py could not be compared"), tuple(folders), posts, own_plugins)
-
-    def stale_reason(self, changes: list[str] | None, base: str | None) -> str | None:
-        """Why this holder cannot serve a build of the tree `changes` away from `base`, or None."""
-        if changes is None:
-            return "the changes since the last build are not known"
-        if self.commit is None or base != self.commit:
-            return "the last build was not made from this loaded site"
-        if "" in self.post_folders:
-            return "posts are found at the top of the site"
-        for path in changes:
-            if not path.startswith(self.post_folders):
-                return f"{path} changed (outside the post folders)"
-        if self.conf is None:
-            return f"conf.py cannot be compared exactly ({self.why_not_comparable})"
-        try:
-            again = configuration(load_conf(self.conf_path))
-        except Unfingerprintable as exc:
-            return f"conf.py cannot be compared exactly ({exc})"
-        except Exception as exc:  # noqa: BLE001 - the build reports conf.py's errors itself
-            return f"conf.py failed when run again ({type(exc).__name__})"
-        if again != self.conf:
-            return "conf.py gives another configuration now (it reads the environment, the time or files)"
-        return None
-
-    def scan(self, changes: list[str] | None) -> None:
-        """Scan the posts again (reusing what did not change); note which posts' tasks may be left out."""
-        site = self.doit_nikola.nikola
-        self.posts.begin(changes)
-        try:
-            site.scan_posts(really=True)
-        finally:
-            self.posts.end()
-        neighbours = {id(post): (post, post.prev_post, post.next_post) for post in site.timeline}
-        self.unchanged = []
-        if changes is not None and self.fingerprint is not None and not self.plugins_of_its_own:
-            for post in site.timeline:
-                before = self.neighbours.get(id(post))
-                if (before is not None and before[0] is post
-                        and before[1] is post.prev_post and before[2] is post.next_post
-                        and self.posts.was_reused(post)):
-                    self.unchanged.append(post)
-        self.neighbours = neighbours
-
-
-def site_fingerprint(site: Any) -> str:
-    """What every post's page task reads from the whole site (see the module's documentation)."""
-    import hashlib
-
-    from nikola.utils import CustomEncoder
-
-    context = site.GLOBAL_CONTEXT
-    hooks = {name: hook.calculate_deps() for name, hook in context["template_hooks"].items()}
-    text = json.dumps([context, site.ALL_PAGE_DEPS, hooks, site.config], cls=CustomEncoder, sort_keys=True)
-    return hashlib.md5(text.encode()).hexdigest()
-
-
-class Skips:
-    """In a build forked from a warm holder: leaves out the tasks of the posts in `candidates` that cannot
-    have changed, and keeps their targets (so that they are not taken for stale output)."""
-
-    def __init__(self, site: Any, candidates: list[Any]) -> None:
-        self.site = site
-        self.candidates = {id(post): post for post in candidates}
-        self.targets: list[str] = []
-        self.skipped: set[int] = set()
-        self._decided: dict[int, bool] = {}
-
-    def _own(self, post: Any, path: str) -> bool:
-        stem = os.path.splitext(post.source_path)[0]
-        return path.startswith(stem) or path.startswith(os.path.splitext(post.base_path)[0])
-
-    def skippable(self, post: Any) -> bool:
-        decided = self._decided.get(id(post))
-        if decided is None:
-            decided = self._decided[id(post)] = id(post) in self.candidates and all(
-                all(self._own(post, path) for path in [*post.fragment_deps(lang), *post.deps(lang)])
-                for lang in self.site.config["TRANSLATIONS"])
-        return decided
-
-    def install(self) -> None:
-        from blinker import signal
-
-        if signal("render_post").receivers:
-            return
-        site = self.site
-        real_page_renderer = site.generic_page_renderer
-
-        def generic_page_renderer(lang: str, post: Any, filters: Any, context: Any = None) -> Any:
-            if self.skippable(post):
-                extension = post.compiler.extension()
-                target = os.path.join(site.config["OUTPUT_FOLDER"], post.destination_path(lang, extension))
-                if os.path.isfile(target):
-                    self.targets.append(target)
-                    self.skipped.add(id(post))
-                    return iter(())
-            return real_page_renderer(lang, post, filters, context)
-
-        site.generic_page_renderer = generic_page_renderer
-        for plugin in site.plugin_manager.get_plugins_of_category("Task"):
-            if plugin.name == "render_posts":
-                self._wrap_fragments(plugin.plugin_object)
-
-    def _wrap_fragments(self, plugin: Any) -> None:
-        real_gen_tasks = plugin.gen_tasks
-        by_fragment: dict[str, Any] = {}
-
-        def gen_tasks() -> Any:
-            for task in real_gen_tasks():
-                post = by_fragment.get(task.get("name")) if task.get("basename") == "render_posts" else None
-                if post is not None and self.skippable(post) and all(map(os.path.isfile, task["targets"])):
-                    self.targets.extend(task["targets"])
-                    self.skipped.add(id(post))
-                    continue
-                yield task
-
-        for post in self.candidates.values():
-            for lang in self.site.config["TRANSLATIONS"]:
-                by_fragment[post.translated_base_path(lang)] = post
-        plugin.gen_tasks = gen_tasks
-
-
-def _already_done(*_args: Any, **_kwargs: Any) -> None:
-    """Nikola's init_plugins in a build forked from the holder: the holder has loaded them."""
 
 
 # -- the holder process -----------------------------------------------------------------------------
@@ -384,9 +50,25 @@ def _send(sock: socket.socket, message: dict) -> None:
     sock.sendall(json.dumps(message).encode())
 
 
-def serve(sock: socket.socket, first: Any) -> int:
-    """The holder: confine, then answer build requests until told to stop, a build fails, or the site is
-    stale. `first` is the first BuildRequest (it sets the confinement, the same for every build)."""
+@dataclasses.dataclass(frozen=True)
+class _Confinement:
+    """How the holder confined itself (once, before any site code), as each build's log tells it."""
+
+    devnull: int  # the holder's output between builds
+    why_not: str | None  # why there is no file confinement, or None
+    why_not_seccomp: str | None  # why there is no syscall filter, or None
+    kind: str | None  # "Landlock", with or without signal scoping
+
+    def announce(self, request: Any) -> None:
+        print(f"pequod: build confined to {', '.join(request.write)} ({self.kind})" if self.why_not is None
+              else f"pequod: WARNING: {self.why_not}; the build runs without file confinement", flush=True)
+        if self.why_not_seccomp is not None:
+            print(f"pequod: WARNING: {self.why_not_seccomp}; the build can change file modes and times", flush=True)
+
+
+def _confine(first: Any) -> _Confinement:
+    """Its own session, gone with the worker, no stdin, exactly the build's environment and limits, Landlock
+    and seccomp: all of it before any of the site's code runs. `first` is the first BuildRequest."""
     os.setsid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # gone with the worker
@@ -398,8 +80,15 @@ def serve(sock: socket.socket, first: Any) -> int:
     sandbox.set_limits(memory_mb=limits["memory_mb"], file_mb=limits["file_mb"], processes=limits["processes"])
     why_not = sandbox.confine(first.read, first.write)
     why_not_seccomp = sandbox.restrict_syscalls()
-    confinement = ("Landlock" + (" with signal scoping" if sandbox.scoped_signals() else "")
-                   if why_not is None else None)
+    kind = ("Landlock" + (" with signal scoping" if sandbox.scoped_signals() else "")
+            if why_not is None else None)
+    return _Confinement(devnull, why_not, why_not_seccomp, kind)
+
+
+def serve(sock: socket.socket, first: Any) -> int:
+    """The holder: confine, then answer build requests until told to stop, a build fails, or the site is
+    stale. `first` is the first BuildRequest (it sets the confinement, the same for every build)."""
+    confinement = _confine(first)
     _HOLDER_FDS.append(sock.fileno())
     sock.send(b"ready")
     site: WarmSite | None = None
@@ -414,34 +103,11 @@ def serve(sock: socket.socket, first: Any) -> int:
         os.close(fds[0])
         os.environ.clear()
         os.environ.update(request.env)
-        try:
-            if site is not None:
-                reason = site.stale_reason(request.changes, request.base)
-                if reason is not None:
-                    _redirect_output(devnull)
-                    _send(sock, {"stale": reason})
-                    return 0
-            print(f"pequod: build confined to {', '.join(request.write)} ({confinement})" if why_not is None
-                  else f"pequod: WARNING: {why_not}; the build runs without file confinement", flush=True)
-            if why_not_seccomp is not None:
-                print(f"pequod: WARNING: {why_not_seccomp}; the build can change file modes and times", flush=True)
-            if site is None:
-                opened = WarmSite.open(request.site_dir)
-                if isinstance(opened, int):
-                    _send(sock, dataclasses.asdict(BuildAnswer(opened, False, 0.0, 0, 0)))
-                    return 0
-                site = opened
-                print("pequod: Nikola site loaded (a fresh site holder)", flush=True)
-                site.scan(None)
-            else:
-                site.scan(request.changes)
-                print(f"pequod: warm Nikola site: {site.posts.reused} of {site.posts.scanned} posts reused, "
-                      f"{len(request.changes or [])} changed path(s), scanned in "
-                      f"{time.monotonic() - started:.2f} s", flush=True)
-        except BaseException:  # noqa: BLE001 - a post Nikola cannot read, conf.py raising…: the build's error
-            traceback.print_exc()
-            _send(sock, dataclasses.asdict(BuildAnswer(1, False, round(time.monotonic() - started, 3), 0, 0)))
+        ready = _ready_site(site, request, confinement, started)
+        if not isinstance(ready, WarmSite):
+            _send(sock, ready)
             return 0
+        site = ready
         gc.collect()
         gc.freeze()  # the builds' garbage collector leaves the holder's objects (and their pages) alone
         answer, fingerprint = _run(site, request, started, skip=True)
@@ -453,10 +119,39 @@ def serve(sock: socket.socket, first: Any) -> int:
         if answer.status == 0:
             site.commit, site.fingerprint = request.commit, fingerprint
             answer = dataclasses.replace(answer, output=str(site.doit_nikola.nikola.config.get("OUTPUT_FOLDER")))
-        _redirect_output(devnull)
+        _redirect_output(confinement.devnull)
         _send(sock, dataclasses.asdict(answer))
         if answer.status != 0:
             return 0
+
+
+def _ready_site(site: WarmSite | None, request: Any, confinement: _Confinement,
+                started: float) -> WarmSite | dict:
+    """The site loaded (or kept) and scanned for `request`; else the holder's last message: {"stale": why}, or
+    the build's failure (conf.py raising, a post Nikola cannot read…)."""
+    try:
+        if site is not None:
+            reason = site.stale_reason(request.changes, request.base)
+            if reason is not None:
+                _redirect_output(confinement.devnull)
+                return {"stale": reason}
+        confinement.announce(request)
+        if site is None:
+            opened = WarmSite.open(request.site_dir)
+            if isinstance(opened, int):
+                return dataclasses.asdict(BuildAnswer(opened, False, 0.0, 0, 0))
+            site = opened
+            print("pequod: Nikola site loaded (a fresh site holder)", flush=True)
+            site.scan(None)
+        else:
+            site.scan(request.changes)
+            print(f"pequod: warm Nikola site: {site.posts.reused} of {site.posts.scanned} posts reused, "
+                  f"{len(request.changes or [])} changed path(s), scanned in "
+                  f"{time.monotonic() - started:.2f} s", flush=True)
+    except BaseException:  # noqa: BLE001 - a post Nikola cannot read, conf.py raising…: the build's error
+        traceback.print_exc()
+        return dataclasses.asdict(BuildAnswer(1, False, round(time.monotonic() - started, 3), 0, 0))
+    return site
 
 
 _HOLDER_FDS: list[int] = []  # the holder's socket to the worker

@@ -1,0 +1,209 @@
+"""One deploy: fetch the branch, refuse what cannot be built, build, stage, swap, prune, and record the result.
+
+The watcher (pipeline.watcher) decides when; this module does it, and records every end of a build (success,
+failure, a commit given up on) in status.json and, when configured, as a notification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from pipeline import links, metrics, notify, releases, tree
+from pipeline.config import Settings, redact_url
+from pipeline.errors import BuildError
+from pipeline.git_source import GitSource, TreeFacts
+from pipeline.nikola_build import BuildLimits, NikolaBuilder, clean_build_reason
+from pipeline.status import StatusStore, utc_iso, utc_now
+
+log = logging.getLogger(__name__)
+
+MAX_TREE_DEPTH = 32  # directories a pushed file may be nested in (Nikola's own walks recurse)
+
+
+class Deployer:
+    """Deploys the branch's head; `stop` set means a failed build is a shutdown, not the commit's fault."""
+
+    def __init__(self, settings: Settings, stop: threading.Event):
+        self.settings = settings
+        self.stop = stop
+        layout = settings.layout
+        self.source = GitSource(settings.site_repo, settings.site_branch, layout.source, settings.git_timeout,
+                                layout.git_dir)
+        limits = BuildLimits(memory_mb=settings.build_memory_mb, file_mb=settings.max_file_mb)
+        self.builder = NikolaBuilder(layout.source, settings.build_timeout, limits, layout.build_tmp,
+                                     layout.build_state)
+        self.store = StatusStore(layout.status)
+        self.notifier = (notify.Notifier(settings.notify_url, settings.notify_secret, self._notified)
+                         if settings.notify_url else None)
+        self.links = links.LinkReport(settings.links_broken_fail)  # the link report of each release
+
+    def _notified(self, ok: bool, message: str) -> None:
+        """A notification's final outcome, for the status and the deploy page."""
+        with contextlib.suppress(OSError), self.store.edit() as status:
+            notes = status.setdefault("notifications", {"delivered": 0, "failed": 0, "last_error": None})
+            if ok:
+                notes["delivered"] = int(notes.get("delivered", 0)) + 1
+            else:
+                notes["failed"] = int(notes.get("failed", 0)) + 1
+                notes["last_error"] = {"at": utc_now(), "message": message}
+
+    def forget_build(self) -> None:
+        """Drop the marker of a build in progress (see Watcher.recover_interrupted)."""
+        with self.store.edit() as status:
+            status.pop("building", None)
+
+    def give_up(self, commit: str, message: str) -> None:
+        """Record `commit` as failed without building it: it is not tried again until the branch moves."""
+        log.error("giving up on %s, the live release stays: %s", commit[:12], message)
+        now = utc_now()
+        subject, author = self.source.commit_info(commit)
+        self._finish({"commit": commit, "subject": subject, "author": author, "started_at": now, "mode": None,
+                      "release": None}, "failed", message, "", time.monotonic())
+
+    def repair(self) -> None:
+        for what in self.settings.layout.repair():
+            log.warning("repaired %s", what)
+
+    def deploy(self) -> None:
+        """Fetch the branch, build its newest commit and publish it if the build succeeds."""
+        settings = self.settings
+        commit = self.source.fetch()
+        refused = self._refused(self.source.tree_facts(commit))
+        if refused is not None:
+            self.source.drop_fetched()
+            self.give_up(commit, refused)
+            return
+        previous = self.builder.previous_state()
+        changes = self.source.changes(previous.commit, commit) if previous else None
+        with self.store.edit() as status:  # kept until the build ends: see Watcher.recover_interrupted()
+            earlier = status.get("building") or {}
+            status["building"] = {"commit": commit, "started_at": utc_now(),
+                                  "attempts": int(earlier.get("attempts", 0)) + 1 if earlier.get("commit") == commit
+                                  else 1}
+        self.builder.prepare()  # room for the checkout, whatever the last build left
+        self.source.checkout(commit)
+        reason = clean_build_reason(previous, changes)
+        mode = "clean" if reason else "incremental"
+        log.info("building %s (%s build%s)", commit[:12], mode, f": {reason}" if reason else "")
+        settings.layout.logs.mkdir(parents=True, exist_ok=True)
+        started_at, started = utc_now(), time.monotonic()
+        subject, author = self.source.commit_info(commit)
+        record = {"commit": commit, "subject": subject, "author": author, "started_at": started_at, "mode": mode,
+                  "release": None}
+        published = self._build_and_publish(
+            record, clean=reason is not None, changes=None if changes is None else [path for _status, path in changes],
+            started=started)
+        if published is None:
+            return
+        meta, release_dir, removed = published
+        record["release"] = meta.release
+        record["worker"] = "warm" if self.builder.last_warm else "cold"
+        record["site"] = self.builder.last_site
+        self._finish(record, "success", None, "", started,
+                     scheduled=[{"due": due, "at": utc_iso(due), "source": source, "title": title}
+                                for due, source, title in self.builder.last_scheduled])
+        log.info(
+            "published %s as %s in %.2f s (%s build)%s", commit[:12], meta.release, meta.build_seconds, mode,
+            f", pruned {len(removed)} old release(s)" if removed else "",
+        )
+        self.links.after_swap(release_dir)  # after the swap: the report never delays push → live
+
+    def _refused(self, facts: TreeFacts) -> str | None:
+        """Why a fetched tree is not built (a file too large, nested too deep), or None."""
+        settings = self.settings
+        if facts.size > settings.max_file_mb << 20:
+            return (f"{tree.shown(facts.largest)} is {facts.size / (1 << 20):.1f} MB, larger than "
+                    f"MAX_FILE_MB={settings.max_file_mb}; remove it from the branch (or raise MAX_FILE_MB)")
+        if facts.depth > MAX_TREE_DEPTH:
+            return (f"{tree.shown(facts.deepest)} is nested {facts.depth} directories deep, more than "
+                    f"the {MAX_TREE_DEPTH} a site may use; flatten it")
+        return None
+
+    def _build_and_publish(self, record: dict, *, clean: bool, changes: list[str] | None,
+                           started: float) -> tuple[releases.Release, Path, list] | None:
+        """Build the checked-out commit, stage it as a release and swap it live: (its metadata, its directory,
+        the releases pruned), or None when the build or the publish failed (recorded) or was interrupted."""
+        settings = self.settings
+        commit = record["commit"]
+        try:
+            self.builder.build(commit, clean=clean, log_path=settings.layout.logs / "last-build.log", changes=changes)
+            seconds = round(time.monotonic() - started, 3)
+            live = releases.current_release_dir(settings.layout.current)
+            meta = releases.Release(
+                release=releases.release_id(commit), commit=commit, built_at=utc_now(),
+                build_seconds=seconds, mode=record["mode"],
+            )
+            output = self.builder.open_output(self.builder.last_output)
+            try:
+                release_dir = releases.stage(output, settings.layout.releases, meta, live)
+            finally:
+                os.close(output)
+            self.links.before_swap(release_dir)  # only with LINKS_BROKEN_FAIL: raises links.BrokenLinks
+            releases.publish(settings.layout.current, release_dir)
+            removed = releases.prune(settings.layout.releases, settings.layout.current, settings.keep_releases)
+        except BuildError as exc:
+            if self.stop.is_set():
+                log.info("build of %s interrupted by shutdown; it is retried on the next start", commit[:12])
+                self.forget_build()
+                return None
+            self._failed(record, str(exc), exc.log_tail, started)
+            return None
+        except tree.TreeError as exc:
+            self._failed(record, f"the build output cannot be published: {exc}", "", started)
+            return None
+        except OSError as exc:
+            # A full volume and the like: nothing was swapped, the live release stays, nothing half-copied is
+            # left (stage() removes its temporary directory).
+            self._failed(record, f"publishing failed: {exc}", "", started)
+            return None
+        except Exception as exc:  # noqa: BLE001 - whatever a build's output does to us is that build's failure
+            log.exception("publishing %s failed", commit[:12])
+            self._failed(record, f"publishing failed: {type(exc).__name__}: {exc}", "", started)
+            return None
+        finally:
+            self.repair()
+        return meta, release_dir, removed
+
+    def _failed(self, record: dict, message: str, tail: str, started: float) -> None:
+        self.builder.forget()  # whatever the build left of Nikola's state is not trusted by the next one
+        self._finish(record, "failed", message, tail, started)
+        log.error("build of %s failed, the live release stays: %s%s", record["commit"][:12], message,
+                  f"\n{tail}" if tail else "")
+
+    def _finish(self, record: dict, result: str, error: str | None, tail: str, started: float,
+                scheduled: list[dict] | None = None) -> None:
+        """Record a build's end; `scheduled`: what a successful build holds back until due."""
+        record.update(
+            finished_at=utc_now(), build_seconds=round(time.monotonic() - started, 3),
+            result=result, error=error, log_tail=tail,
+        )
+        with self.store.edit() as status:
+            previous = status["builds"][0] if status["builds"] else {}
+            recovered = result == "success" and previous.get("result") == "failed"
+            status.pop("building", None)
+            metrics.count_build(status, result, record["build_seconds"], time.time())
+            status["builds"].insert(0, record)
+            status["last_attempted_commit"] = record["commit"]
+            if result == "success":
+                status["consecutive_failures"] = 0
+                status["last_error"] = None
+                status["scheduled"] = scheduled or []
+            else:
+                status["consecutive_failures"] += 1
+                status["last_error"] = {"at": record["finished_at"], "message": error}
+                # A post that came due and could not be built waits for the next push (no rebuild loop).
+                status["scheduled"] = [item for item in status.get("scheduled") or []
+                                       if isinstance(item, dict) and float(item.get("due", 0)) > time.time()]
+        if self.notifier is not None:
+            self.notifier.send({
+                "event": notify.event_for(result, recovered), "site": redact_url(self.settings.site_repo),
+                "branch": self.settings.site_branch, "commit": record["commit"], "subject": record.get("subject"),
+                "author": record.get("author"), "release": record.get("release"),
+                "duration_seconds": record["build_seconds"], "error": error, "log_tail": tail,
+                "at": record["finished_at"],
+            })

@@ -1,0 +1,164 @@
+"""How `serve.py` answers under /_site/ (reserved: never shadowed by site content): the health check, the
+deploy status as JSON and as a page, the metrics, the push webhook and the rollback.
+
+Every answer here carries deploy_page.HEADERS (no framing, own opener group, strict CSP). Only the webhook
+and the rollback act, and only for a caller the HookGuard lets in (WEBHOOK_SECRET): a valid hook touches
+the wake file, which makes the watcher check the remote at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from pipeline import deploy_page, heartbeat, layout, links, metrics, releases
+from pipeline.answers import Memo, StartResponse, method_not_allowed, send_json, send_plain, send_text
+from pipeline.errors import ReleaseError
+from pipeline.status import read_status
+from pipeline.webhook import HookGuard, Verdict
+
+RESERVED_PREFIX = "/_site/"
+SERVING_ONLY = "serving"  # /_site/health?serving: the frontend's check, about serving only
+
+
+class SiteAdmin:
+    """The answers under RESERVED_PREFIX, about the release `live_root()` gives (None: none is live)."""
+
+    def __init__(self, live_root: Callable[[], str | None], status_file: Path | None, wake_file: Path | None,
+                 hook_guard: HookGuard, heartbeat_file: Path | None, requests: metrics.Requests, memo: Memo):
+        self.live_root = live_root
+        self.status_file = status_file
+        self.wake_file = wake_file
+        self.hook_guard = hook_guard
+        self.heartbeat_file = heartbeat_file
+        self.metrics = metrics.registry(metrics.InstanceCollector(
+            lambda: self.status(self.live_root()), requests, lambda: (len(memo.answers), memo.size)))
+
+    def answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The answer for a PATH_INFO under RESERVED_PREFIX."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        path_info = environ.get("PATH_INFO") or "/"
+        start_response = _with_headers(start_response, deploy_page.HEADERS)
+        if path_info == RESERVED_PREFIX + "hook":
+            return self.hook(environ, method, start_response)
+        if path_info == RESERVED_PREFIX + "rollback":
+            return self.rollback(environ, method, start_response)
+        return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response,
+                             environ.get("QUERY_STRING", ""))
+
+    def reserved(self, name: str, method: str, start_response: StartResponse, query: str = "") -> Iterable[bytes]:
+        if method not in ("GET", "HEAD"):
+            return method_not_allowed(start_response)
+        root = self.live_root()
+        if name == "health":
+            return self.health(root, start_response, serving_only=query == SERVING_ONLY)
+        if name == "status":
+            return send_json(start_response, "200 OK", self.status(root))
+        if name == "":
+            page = deploy_page.render(self.status(root), rollback_enabled=self.hook_guard.secret is not None)
+            return send_text(start_response, "200 OK", page.encode(), "text/html; charset=utf-8")
+        if name == "metrics":
+            return send_text(start_response, "200 OK", metrics.exposition(self.metrics), CONTENT_TYPE_LATEST)
+        return send_plain(start_response, "404 Not Found", "not found\n")
+
+    def health(self, root: str | None, start_response: StartResponse, serving_only: bool = False) -> Iterable[bytes]:
+        """200 while a release is live and (beside a watcher) the watcher's heartbeat is fresh: an instance that
+        serves but no longer publishes is replaced too. With `?serving` (the frontend's check) only serving
+        counts: readers keep the instance until its replacement is healthy."""
+        body: dict[str, Any] = {"release": os.path.basename(root) if root else None}
+        if self.heartbeat_file is not None:
+            body["watcher"] = heartbeat.state(self.heartbeat_file)
+        healthy = root is not None and (serving_only or body.get("watcher", "beating") == "beating")
+        return send_json(start_response, "200 OK" if healthy else "503 Service Unavailable",
+                         {"healthy": healthy, **body})
+
+    def rollback(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
+        """`POST /_site/rollback` with `release=<id>` (form or query): only with the webhook secret as a bearer
+        token (no cookie carries authority, so no other site can make a browser do it)."""
+        if self.hook_guard.secret is None or self.status_file is None:
+            return send_plain(start_response, "404 Not Found", "not found\n")
+        if method != "POST":
+            return send_plain(start_response, "405 Method Not Allowed", "POST only\n", [("Allow", "POST")])
+        client = self.client(environ)
+        verdict, body = self.guarded_body(environ, client, missing_length=0)  # a query alone may name the release
+        if verdict is None:
+            verdict = self.hook_guard.refused(client, self.hook_guard.check_bearer(environ.get("HTTP_AUTHORIZATION")))
+        if not verdict.accepted:
+            return send_json(start_response, f"{verdict.status} {HTTPStatus(verdict.status).phrase}",
+                             {"message": verdict.reason})
+        fields = urllib.parse.parse_qs(body.decode("utf-8", "replace") + "&" + environ.get("QUERY_STRING", ""))
+        wanted = (fields.get("release") or [None])[0]
+        try:
+            meta = releases.rollback(layout.Layout(self.status_file.parent), wanted)
+        except ReleaseError as exc:
+            return send_json(start_response, "400 Bad Request", {"message": str(exc)})
+        print(f"serve.py: rollback by {client} to {meta.release}", file=sys.stderr, flush=True)
+        return send_json(start_response, "200 OK", {"message": f"{meta.release} is live until the next push",
+                                                    "release": meta.release})
+
+    def guarded_body(self, environ: dict[str, Any], client: str,
+                     missing_length: int | None) -> tuple[Verdict | None, bytes]:
+        """The request body, read only when the guard lets the client in (configured, not refused too often,
+        a sane length; `missing_length` stands in for an absent Content-Length, None: refused)."""
+        try:
+            length: int | None = int(environ["CONTENT_LENGTH"])
+        except (KeyError, ValueError):
+            length = missing_length
+        verdict = self.hook_guard.precheck(length, client)
+        if verdict is not None:
+            return verdict, b""
+        return None, environ["wsgi.input"].read(length) if length else b""
+
+    @staticmethod
+    def client(environ: dict[str, Any]) -> str:
+        """Behind the frontend: the last address HAProxy appended (earlier ones are the client's own
+        claims); without it, the peer."""
+        return (environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", "?")).rsplit(",", 1)[-1].strip()
+
+    def hook(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
+        if method != "POST":
+            return send_plain(start_response, "405 Method Not Allowed", "POST only\n", [("Allow", "POST")])
+        client = self.client(environ)
+        verdict, body = self.guarded_body(environ, client, missing_length=None)
+        if verdict is None:
+            headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items()
+                       if key.startswith("HTTP_")}
+            verdict = self.hook_guard.refused(client, self.hook_guard.check(headers, body))
+        if verdict.accepted and self.wake_file is not None:
+            layout.wake(self.wake_file)
+        print(f"serve.py: hook from {client}: {verdict.status} {verdict.reason}", file=sys.stderr, flush=True)
+        extra = [("Retry-After", "1")] if verdict.status == 429 else []
+        return send_json(start_response, f"{verdict.status} {HTTPStatus(verdict.status).phrase}",
+                         {"accepted": verdict.accepted, "reason": verdict.reason}, extra)
+
+    def status(self, root: str | None) -> dict[str, Any]:
+        """status.json with what is live now, the kept releases and the live release's link report."""
+        status = read_status(self.status_file) if self.status_file else {}
+        meta = releases.read_meta(Path(root)) if root else None
+        if meta is not None:
+            status["current"] = {
+                "release": meta.release, "commit": meta.commit,
+                "built_at": meta.built_at, "build_seconds": meta.build_seconds,
+            }
+        elif root is not None:
+            status["current"] = {
+                "release": os.path.basename(root), "commit": None, "built_at": None, "build_seconds": None,
+            }
+        else:
+            status["current"] = None
+        status["releases"] = releases.list_releases(Path(root).parent) if root else []
+        status["links"] = links.read_report(Path(root)) if root else None  # the live release's link report
+        return status
+
+
+def _with_headers(start_response: StartResponse, extra: Iterable[tuple[str, str]]) -> StartResponse:
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, [*headers, *extra], exc_info)
+    return start

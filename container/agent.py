@@ -213,6 +213,7 @@ class Agent:
         self.refresh_destinations(force=True)
         for sup in self.supervised:
             instances.adopt(self, sup)
+        instances.bridge_from_before_sites(self)
         self.apply_firewall()
         self.publish()
         instances.remove_orphans(self, force=True)

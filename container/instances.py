@@ -137,13 +137,31 @@ def find_orphans(agent: Agent) -> None:
 
 
 def retire(agent: Agent, sup: Supervised) -> None:
-    """A site removed: out of the frontend first, then its instances after they had time to finish;
-    its volumes are unmounted (their data stays)."""
+    """A site (or application) no longer configured: no longer supervised, so the next publish takes it
+    out of the frontend; its instances are removed after they had time to finish, its volumes unmounted
+    (their data stays)."""
     agent.supervised.remove(sup)
-    agent.publish()
     agent.orphans += [*sup.live(), *(item.instance for item in sup.retiring)]
     agent.orphans_due = time.monotonic() + supervision.DRAIN_SECONDS
     agent.gone.append(sup.app.name)
+
+
+def bridge_from_before_sites(agent: Agent) -> None:
+    """A host that ran the blog before it had sites ran it as the image's own application. That instance
+    keeps serving the default site until the site's own instance is healthy, then retires like any
+    replaced instance: turning a host into one with sites drops no reader."""
+    images = {app.name for app in agent.images_apps}
+    site = next((sup for sup in agent.supervised if sup.app.site is not None and sup.app.site.default
+                 and sup.serving is None and sup.pending is None), None)
+    before = next((i for i in agent.orphans if i.running and i.application in images and not i.site), None)
+    if site is None or before is None:
+        return
+    agent.orphans.remove(before)
+    site.serving = before
+    log.info("%s (from before sites) serves the default site %s until its own instance is healthy", before.name,
+             site.app.name)
+    agent.state.save(supervision.count_replacement(agent.state.load(), site.app.name, "config"))
+    start_pending(agent, site)
 
 
 def failed(agent: Agent, sup: Supervised, instance: Instance, status: str, why: str = "") -> None:

@@ -45,13 +45,13 @@ def reload(agent: Agent) -> None:
         network.remove_link(nat64.TUN)
         agent.tayga = Tayga(new.nat64, agent.state.path)
         agent.tayga.ensure()
-    apply_sites(agent, apps, change)
-    if change.frontend or change.sites_routed or change.sites_added or change.sites_removed:
-        log.info("bootstrap YAML changed: the frontend%s", " (sites)" if not change.frontend else " settings")
-        agent.configure_certificates()
-        agent.publish()
+    fresh = apply_sites(agent, apps, change)
+    if change.frontend:
+        log.info("bootstrap YAML changed: frontend settings")
+    agent.configure_certificates()
+    agent.publish()  # only a changed frontend configuration reloads HAProxy
     if change.replace_instances:
-        replace_all(agent, change)
+        replace_all(agent, change, fresh)
         return
     agent.refresh_destinations(force=True)
     for instance in [i for sup in agent.supervised for i in sup.live()]:
@@ -78,23 +78,25 @@ def check_capacity(agent: Agent, apps: tuple[plan.Application, ...]) -> None:
         in_use.append(app.manifest.resources)
 
 
-def apply_sites(agent: Agent, apps: tuple[plan.Application, ...], change: plan.Changes) -> None:
-    """Sites added start, removed ones stop, changed ones get their new settings: a new instance (beside
-    the old one until it is healthy) when its environment, mounts or limits changed."""
+def apply_sites(agent: Agent, apps: tuple[plan.Application, ...], change: plan.Changes) -> set[str]:
+    """Sites (or applications) no longer configured retire, new ones start, changed ones get their new
+    settings: a new instance (beside the old one until it is healthy) when their environment, mounts or
+    limits changed. The one blog of a host without sites serves the default site until it is healthy."""
     agent.apps = apps
     by_name = {app.name: app for app in apps}
-    for sup in list(agent.supervised):
-        if sup.app.name in change.sites_removed:
-            log.info("bootstrap YAML changed: site %s removed", sup.app.name)
-            instances.retire(agent, sup)
-        elif sup.app.name in by_name:
-            sup.app = by_name[sup.app.name]
-    image_id = agent.supervised[0].image_id if agent.supervised else ""
-    for name in change.sites_added:
-        log.info("bootstrap YAML changed: site %s added", name)
-        sup = Supervised(by_name[name], image_id)
-        agent.supervised.append(sup)
-        start(agent, sup)
+    for sup in [sup for sup in agent.supervised if sup.app.name not in by_name]:
+        log.info("bootstrap YAML changed: %s %s removed", "site" if sup.app.site else "application", sup.app.name)
+        instances.retire(agent, sup)
+    for sup in agent.supervised:
+        sup.app = by_name[sup.app.name]
+    running = {sup.app.name for sup in agent.supervised}
+    added = [Supervised(app, runtime.image_info(agent.client, app.image).id) for app in apps if app.name not in running]
+    agent.supervised += added
+    instances.bridge_from_before_sites(agent)
+    for sup in added:
+        log.info("bootstrap YAML changed: %s %s added", "site" if sup.app.site else "application", sup.app.name)
+        if sup.pending is None:
+            start(agent, sup)
     for name in change.sites_replaced:
         sup = next(s for s in agent.supervised if s.app.name == name)
         log.info("bootstrap YAML changed: site %s (environment, mounts or limits): replacing its instance", name)
@@ -104,6 +106,7 @@ def apply_sites(agent: Agent, apps: tuple[plan.Application, ...], change: plan.C
             sup.pending = None
         start(agent, sup)
     instances.remember_applications(agent)
+    return {sup.app.name for sup in added} | set(change.sites_replaced)
 
 
 def start(agent: Agent, sup: Supervised) -> None:
@@ -116,12 +119,14 @@ def start(agent: Agent, sup: Supervised) -> None:
         log.error("%s; retrying", exc)
 
 
-def replace_all(agent: Agent, change: plan.Changes) -> None:
-    """The environment, mounts or addressing of every instance changed: new instances for all."""
+def replace_all(agent: Agent, change: plan.Changes, fresh: set[str]) -> None:
+    """The environment, mounts or addressing of every instance changed: new instances for all (but those
+    just started with the new settings, unless their address is gone)."""
     log.info("bootstrap YAML changed (environment, mounts or addressing): replacing the instances")
     if change.readdress:
         network.ensure_bridge(agent.network())
-    for sup in agent.supervised:
+    renew = [sup for sup in agent.supervised if change.readdress or sup.app.name not in fresh]
+    for sup in renew:
         if change.readdress and sup.serving is not None:  # unreachable now: no point in draining
             runtime.remove(agent.client, sup.serving.name)
             sup.serving = None
@@ -129,6 +134,6 @@ def replace_all(agent: Agent, change: plan.Changes) -> None:
             runtime.remove(agent.client, sup.pending.instance.name)
             sup.pending = None
     agent.refresh_destinations(force=True)
-    for sup in agent.supervised:
+    for sup in renew:
         agent.state.save(supervision.count_replacement(agent.state.load(), sup.app.name, "config"))
         instances.start_pending(agent, sup)

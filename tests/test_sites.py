@@ -191,3 +191,19 @@ def test_each_site_gets_its_own_certificate_and_unknown_hosts_a_404(agent_run: A
             assert "No site" in response.text
     finally:
         acme.cleanup()
+
+
+def test_a_host_without_sites_becomes_one_without_a_failed_request(agent_run: AgentRun) -> None:
+    """The one blog of a host from before sites keeps serving until the site `blog` (the default) that
+    replaces it is healthy; then it is removed. 4 readers see no failure."""
+    run = agent_run
+    run.start()
+    before = run.wait_healthy(timeout=120)["instance_name"]
+    wait_for("the blog through the frontend", lambda: serving(run, "localhost", "A Pequod Blog"), 60, 0.2)
+    with readers(run, "localhost") as reading:
+        run.yaml.write_text(run.yaml.read_text() + sites_yaml(site("blog", [BLOG], default=True)))
+        wait_for("the site blog serving and the instance from before removed",
+                 lambda: (rows := run.instances()) and [row["site"] for row in rows] == ["blog"], 180, 0.5)
+        wait_for("a few more requests", lambda: len(reading.latencies) > 200, 30, 0.1)
+    assert reading.failed == [], reading.failed[:5]
+    assert before not in {row["instance_name"] for row in run.instances()}

@@ -122,7 +122,8 @@ def site_rules(service: Service) -> list[str]:
     the client named, which is one of the site's domains (the ACL matched it), never anything else; a
     request for no site's host is redirected only to the default site's first domain."""
     tls = service.tls
-    lines = ["    http-request set-var(txn.host) req.hdr(host),regsub(:[0-9]+$,),lower"]
+    # The host as sites name it: lower case, without a port or the root's trailing dot.
+    lines = ["    http-request set-var(txn.host) req.hdr(host),regsub(:[0-9]+$,),regsub([.]$,),lower"]
     lines += [f"    acl site_{site.name} var(txn.host) -m str {' '.join(site.domains)}"
               for site in service.sites if site.domains]
     if tls is not None:

@@ -94,6 +94,7 @@ def test_sites_added_routed_isolated_and_removed(agent_run: AgentRun, tmp_path) 
     assert rows["blog"]["instance_name"] == blog_instance, "adding a site restarted the blog"
     assert DOCS_MARKER not in get(run, BLOG).text, "each host gets its own site (and cache entries)"
     assert DOCS_MARKER in get(run, DOCS, "/").text
+    assert DOCS_MARKER in get(run, "Docs.Example.Test.:80").text  # any case, a port, the root's dot
 
     # Isolation from inside the docs instance: the blog instance is unreachable (the host reaches it),
     # its own address answers; no volume or secret of the blog is there.

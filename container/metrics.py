@@ -78,7 +78,8 @@ def nat64_mappings(data_dir: Path) -> int:
 
 class AgentCollector:
     """`snapshot` gives, at each scrape: {"instances": [(Instance, state)], "replacements": {app: {reason: n}},
-    "certificate": Certificate | None, "certificate_failures": n, "rounds": n}."""
+    "certificate": Certificate | None, "certificate_failures": n, "certificates": {site: (Certificate | None,
+    failures)}, "rounds": n}."""
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]], tayga_data: Path):
         self.snapshot, self.tayga_data = snapshot, tayga_data

@@ -54,6 +54,47 @@ def wait_for_checks(status: Callable[[], dict], moves: int = 2, timeout: float =
     return wait_for(f"the watcher's last_check to move {moves} times (seen {seen})", moved, timeout)
 
 
+def agent_rounds(metrics_url: str) -> int:
+    """Rounds of its supervision loop the agent has finished: `pequod_agent_loop_rounds_total` at `metrics_url`."""
+    response = requests.get(metrics_url, timeout=5)
+    response.raise_for_status()
+    for line in response.text.splitlines():
+        if line.startswith("pequod_agent_loop_rounds_total "):
+            return int(float(line.split()[1]))
+    raise ValueError(f"no pequod_agent_loop_rounds_total at {metrics_url}")
+
+
+def wait_for_agent_rounds(metrics_url: str, rounds: int = 3, timeout: float = 60.0) -> int:
+    """Wait until the agent has finished `rounds` more rounds of its loop than when this is called (at its
+    metrics endpoint's first answer, should the agent still be starting); returns the count.
+
+    The proof for a "did not happen" assertion about the agent: the round under way at the call may have
+    begun before the change, the next one began after it, so once `rounds` (at least 2) more have finished
+    the agent has looked at everything (instances, frontend, NAT64, firewall, certificate) `rounds - 1`
+    times since. The counter going down means another agent answers (a restart): that fails at once."""
+    assert rounds >= 2, "one round more may be the round that began before the change"
+    deadline = time.monotonic() + timeout
+    first: int | None = None
+    last: int | None = None
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            current = agent_rounds(metrics_url)
+        except (requests.RequestException, ValueError) as exc:  # not answering yet (starting), or no counter
+            error = exc
+        else:
+            if last is not None and current < last:
+                raise AssertionError(f"pequod_agent_loop_rounds_total at {metrics_url} went down from {last} to "
+                                     f"{current}: the agent restarted while the test waited for its rounds")
+            first = current if first is None else first
+            last = current
+            if current >= first + rounds:
+                return current
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {rounds} more rounds of the agent's loop at "
+                         f"{metrics_url}: its counter was {first} at first, {last} at last (last error: {error})")
+
+
 def free_port() -> int:
     """A TCP port free on every IPv6 and IPv4 address (servers under test bind ::1, 127.0.0.1 or both)."""
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:

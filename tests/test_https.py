@@ -26,7 +26,7 @@ from cryptography import x509
 
 from tests.acme_server import AcmeServer, make_certificate
 from tests.agent_fixtures import AgentRun, agent_cmd
-from tests.helpers import SiteRepo, free_port, python_env, wait_for
+from tests.helpers import SiteRepo, free_port, python_env, wait_for, wait_for_agent_rounds
 
 pytestmark = pytest.mark.system  # root, Docker, HAProxy, an ACME CA (pebble)
 
@@ -234,7 +234,10 @@ def test_an_agent_restart_places_no_new_order(site: HttpsSite) -> None:
     assert site.run.agent is not None and site.run.agent.stop() == 0
     site.run.start((site.image,))
     wait_for("the restarted agent supervising", lambda: "supervising" in site.run.agent.log, 60)
-    time.sleep(3)  # a few rounds of its loop, which checks the certificate at start
+    # Its first round decides whether a certificate is due (and would start the order); three more rounds
+    # after it has answered on its metrics endpoint, that decision is long made.
+    wait_for_agent_rounds(f"http://127.0.0.1:{site.run.metrics_ports[0]}/metrics", 3)
+    assert "; asking " not in site.run.agent.log  # certificates.obtain logs that before it orders
     assert site.served_serial() == serial
     assert site.acme.orders() == orders and site.certificates()["last_attempt"] == attempt
 

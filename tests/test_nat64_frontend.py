@@ -22,7 +22,7 @@ from container.bootstrap import Nat64
 from container.daemon import running_cmdline
 from tests.agent_fixtures import AgentRun, Loop, agent_cmd
 from tests.docker_fixtures import exec_http, wait_exec_http
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, wait_for, wait_for_agent_rounds
 from tests.netns import Ipv4Host
 
 pytestmark = pytest.mark.system  # root, Docker, network namespaces, Tayga, HAProxy
@@ -198,7 +198,8 @@ def test_agent_restart_adopts_everything_and_teardown_removes_it(agent_run: Agen
     agent_run.agent.stop(signal.SIGKILL)
     agent_run.start()  # a second start creates nothing twice
     wait_for("re-adoption", lambda: "re-adopted running instance" in agent_run.agent.log, 30)
-    time.sleep(2)
+    metrics = f"http://127.0.0.1:{agent_run.metrics_ports[0]}/metrics"
+    wait_for_agent_rounds(metrics, 3)  # rounds that would restart Tayga or HAProxy, or add rules twice
     assert _our_rules() == rules
     assert [line for line in rules if line.startswith("-A FORWARD")] == ["-A FORWARD -j PEQUOD-FORWARD"] * 2
     assert (_pid(agent_run.state_dir / "tayga" / "tayga.pid"),
@@ -210,7 +211,7 @@ def test_agent_restart_adopts_everything_and_teardown_removes_it(agent_run: Agen
     agent_run.write_yaml(extra_env="\n  GREETING: adopted")
     wait_for("the replacement", lambda: [r["instance_name"] for r in agent_run.instances()] not in (
         [], [instance]) and len(agent_run.instances()) == 1, 90, interval=0.5)
-    time.sleep(3)
+    wait_for_agent_rounds(metrics, 3)  # rounds that check HAProxy after its reload (and would restart it)
     assert _pid(agent_run.state_dir / "haproxy" / "haproxy.pid") == pids[1]
     assert "had stopped" not in agent_run.agent.log
     # Someone removes a jump into our chains: the agent notices and puts the same rules back. (Should the

@@ -16,6 +16,7 @@ from pipeline.errors import ConfigError, ReleaseError
 from pipeline.nikola_build import BuildState, clean_build_reason, log_tail
 from pipeline.status import StatusStore
 from pipeline.watcher import MAX_BACKOFF, backoff_delay
+from tests.helpers import wait_for
 
 
 def test_settings_defaults() -> None:
@@ -188,15 +189,35 @@ def test_a_push_to_a_local_remote_wakes_the_watcher_at_once(site_repo, tmp_path:
     """Real inotify, real git: a push wakes the watcher; the objects it writes alone do not."""
     import threading
 
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
     from pipeline import triggers
 
-    wake = threading.Event()
+    wake, seen = threading.Event(), set[str]()
+
+    class Seen(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            seen.add(os.path.basename(str(event.src_path)))
+
     observer = triggers.start(wake, tmp_path / "wake", str(site_repo.bare))
     assert observer is not None
+    sentinels: list[Path] = []
     try:
         subprocess.run(["git", "--git-dir", str(site_repo.bare), "hash-object", "-w", "--stdin"], input=b"x",
                        check=True, capture_output=True)
-        assert not wake.wait(1.0)
+        # Proof the watcher has seen whatever that write caused: after it, a file that is no ref change
+        # (`.lock`) in each watched directory, each reaching a second handler of that watch (events come
+        # through one queue, in order, so the write's events reached the watcher's handler before).
+        for number, emitter in enumerate(observer.emitters):
+            observer.add_handler_for_watch(Seen(), emitter.watch)
+            sentinels.append(Path(emitter.watch.path) / f"pequod-test-{number}.lock")
+            sentinels[-1].write_text("")
+        names = {path.name for path in sentinels}
+        assert len(names) >= 3  # the wake file's directory, the remote, its refs
+        wait_for(f"the watches to report {sorted(names)}", lambda: names <= seen, 10, interval=0.05)
+        assert not wake.is_set()
+        for path in sentinels:
+            path.unlink()
         site_repo.add_post("woken", "Woken")
         site_repo.commit("A post")
         assert wake.wait(5.0)

@@ -4,12 +4,17 @@
 #   ./bootstrap.sh [--repo URL_OR_PATH] [--port PORT] [--notify-url URL [--notify-secret KEY]]
 #                  [--domain NAME ... --email ADDRESS [--acme-directory URL] [--acme-ca-bundle FILE]]
 #                                                       set up (again: changes only what is not right)
-#   ./bootstrap.sh teardown [--purge]                   remove what it set up (--purge: the site repository too)
+#   ./bootstrap.sh teardown [--purge]                   remove what it set up (--purge: the site repositories too)
+#   ./bootstrap.sh site add NAME --domain DOMAIN [--domain ...] [--repo URL_OR_PATH] [--email ADDRESS]
+#                           [--memory MB] [--vmhz MHZ]  one more site on this host (the blog is the site blog)
+#   ./bootstrap.sh site remove NAME [--purge]           remove a site (--purge: its repository and volumes too)
+#   ./bootstrap.sh site list [--json]                   the sites, their repositories, live commits and states
 #
 # Installs the host packages and the agent, builds the blog image, creates a local git remote seeded with
 # site_template/ (default) and starts pequod-agent under systemd or, without systemd, as a supervised
 # daemon; then waits until the blog answers through the frontend.
 set -euo pipefail
+CALLER=$PWD  # `site add --repo PATH` names a path relative to where the command was given
 cd "$(dirname "$(readlink -f "$0")")"
 SOURCE=$PWD
 
@@ -35,7 +40,25 @@ acme_ca_bundle=""
 purge=0
 command=setup
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+
+# -- site add|remove|list: container/sites.py, with the installed agent's Python (docs/sites.md) ------------
+if [ "${1:-}" = site ]; then
+    shift
+    if [ ! -x "$PREFIX/venv/bin/python" ] || [ ! -f "$YAML" ]; then
+        echo "bootstrap.sh site: this host is not set up yet ($PREFIX/venv or $YAML is missing): run ./bootstrap.sh first" >&2
+        exit 1
+    fi
+    case " $* " in
+        *" -h "*|*" --help "*) ;;
+        *) [ "$(id -u)" = 0 ] || { echo "bootstrap.sh site: run as root (sudo ./bootstrap.sh site ...)" >&2; exit 1; } ;;
+    esac
+    # The modules of this clone (-P: not those of the caller's directory), the venv's libraries.
+    cd "$CALLER"
+    PYTHONPATH="$SOURCE" exec "$PREFIX/venv/bin/python" -P -m container.sites --yaml "$YAML" --state-dir "$STATE" \
+        --repos "$(dirname "$SITE_REPO_DIR")" --template "$SOURCE/site_template" --manifest "$SOURCE/pequod.xml" \
+        --log "$LOG" --pid-file "$PID_FILE" "$@"
+fi
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -117,14 +140,20 @@ if [ "$command" = teardown ]; then
     if [ -d "$STATE" ]; then
         find "$STATE" -mindepth 1 -maxdepth 1 ! -name volumes -exec rm -rf --one-file-system {} +
     fi
+    site_repos=()  # the repositories `site add` made (git config pequod.site names the site)
+    for site_repo in "$(dirname "$SITE_REPO_DIR")"/*.git; do
+        if [ -n "$(git --git-dir="$site_repo" config --get pequod.site 2>/dev/null)" ]; then site_repos+=("$site_repo"); fi
+    done
     if [ "$purge" = 1 ]; then
         rm -rf --one-file-system "$STATE"
-        rm -rf "$SITE_REPO_DIR" "$PREFIX"
+        rm -rf "$SITE_REPO_DIR" "$PREFIX" "${site_repos[@]}"
+        [ ${#site_repos[@]} = 0 ] || echo "    removed the sites' repositories ${site_repos[*]}"
         rmdir --ignore-fail-on-non-empty "$(dirname "$SITE_REPO_DIR")" 2>/dev/null || true
         echo "    removed $SITE_REPO_DIR and $PREFIX"
     else
         [ -d "$SITE_REPO_DIR" ] && echo "    kept the site repository $SITE_REPO_DIR (--purge removes it)"
-        [ -d "$STATE/volumes" ] && echo "    kept the blog's volume (its releases) in $STATE/volumes (--purge removes it)"
+        [ ${#site_repos[@]} = 0 ] || echo "    kept the sites' repositories ${site_repos[*]} (--purge removes them)"
+        [ -d "$STATE/volumes" ] && echo "    kept the sites' volumes (their releases) in $STATE/volumes (--purge removes them)"
     fi
     done_step
     echo; echo "pequod is removed from this host."
@@ -347,5 +376,6 @@ fi
 cat <<EOF
 
 Inspect:  $AGENT -i  ·  $AGENT -i services  ·  $logs
+Sites:    ./bootstrap.sh site list  ·  ./bootstrap.sh site add NAME --domain DOMAIN   (the blog is the site blog)
 Remove:   ./bootstrap.sh teardown      (keeps $SITE_REPO_DIR unless --purge)
 EOF

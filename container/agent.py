@@ -95,6 +95,7 @@ class Agent:
         self.firewall_checked = time.monotonic()
         self.keepers = Keepers(state_dir)
         self.unexpected: dict[str, tuple[int, str]] = {}  # step → (rounds in a row, error) of unexpected failures
+        self.loaded_stamp: tuple[int, int, int] | None = None  # the bootstrap YAML as loaded (preflight.py)
         self.rounds = 0  # rounds of the loop finished (a metric: tests wait for rounds, not for seconds)
 
     # -- checks, before any side effect ------------------------------------------------------
@@ -235,7 +236,10 @@ class Agent:
         observer.schedule(_ConfigChanged(self.bootstrap_path, self.config_changed),
                           str(self.bootstrap_path.resolve().parent))
         observer.start()
-        log.info("supervising %s from %s", ", ".join(app.image for app in self.apps), self.bootstrap_path)
+        if preflight.file_stamp(self.bootstrap_path) != self.loaded_stamp:  # changed while the agent started
+            self.config_changed.set()
+        log.info("supervising %s from %s", ", ".join(
+            f"site {app.name}" if app.site else app.image for app in self.apps), self.bootstrap_path)
         try:
             while not self.stop.is_set():
                 if self.config_changed.is_set():

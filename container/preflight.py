@@ -5,6 +5,7 @@ overbooking), free ports and a frontend configuration HAProxy accepts."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from container import checks, firewall, frontend, instances, network, plan, runtime
@@ -19,7 +20,17 @@ Agent = Any  # container.agent.Agent, which imports this module (named here, not
 ZONE = instances.ZONE
 
 
+def file_stamp(path: Any) -> tuple[int, int, int] | None:
+    """What tells a changed file: its inode, size and modification time (None: not there)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
 def load(agent: Agent) -> None:
+    agent.loaded_stamp = file_stamp(agent.bootstrap_path)  # before reading: a later change is seen as one
     agent.bootstrap = load_bootstrap(str(agent.bootstrap_path))
     agent.images_apps = tuple(load_application(agent.client, image) for image in agent.images)
     agent.apps = plan.site_applications(agent.images_apps, agent.bootstrap)

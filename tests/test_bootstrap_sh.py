@@ -1,14 +1,16 @@
 """./bootstrap.sh end to end on this machine: set up, publish by git push, run again, agent killed and
-restarted, teardown. Uses the real default paths and port 80, so it refuses to run where a host
-bootstrap is already installed."""
+restarted, a second site added, published, listed and removed (`./bootstrap.sh site …`), HTTPS,
+teardown. Uses the real default paths and port 80, so it refuses to run where a host bootstrap is
+already installed."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,26 +20,62 @@ import requests
 from pyroute2 import IPRoute
 
 from container import runtime, volume
+from container.bootstrap import load_bootstrap
 from container.daemon import running_cmdline
 from tests.acme_server import AcmeServer
 from tests.agent_fixtures import Loop
-from tests.helpers import REPO_ROOT, wait_for
+from tests.helpers import REPO_ROOT, wait_for, wait_for_agent_rounds
 
 pytestmark = pytest.mark.system  # root, Docker, port 80, the host bootstrap
 
 SITE_REPO = Path("/srv/pequod/site.git")
+DOCS_REPO = Path("/srv/pequod/docs.git")  # made by `./bootstrap.sh site add docs`
+DOCS = "docs.example.test"
 PID_FILE = Path("/run/pequod-agent.pid")
 LOG = Path("/var/log/pequod-agent.log")
 URL = "http://localhost/"
 
 
-def bootstrap(*args: str) -> subprocess.CompletedProcess[str]:
+def host_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PEQUOD_")}
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # not the test venv
+    return env
+
+
+def bootstrap(*args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(REPO_ROOT / "bootstrap.sh"), *args], capture_output=True, text=True, timeout=1200,
-                            env=env)
+                            env=host_env())
     assert result.returncode == 0, f"bootstrap.sh {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr}"
     return result
+
+
+def bootstrap_refused(*args: str) -> str:
+    """The one line `./bootstrap.sh site …` prints when it refuses (exit status 1, nothing changed)."""
+    result = subprocess.run([str(REPO_ROOT / "bootstrap.sh"), *args], capture_output=True, text=True, timeout=120,
+                            env=host_env())
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, (result.returncode, result.stdout, result.stderr)
+    return result.stderr
+
+
+def get(host: str, path: str = "") -> requests.Response:
+    """A page through the frontend on port 80 for the site of `host`."""
+    return requests.get(URL + path, headers={"Host": host}, timeout=5, allow_redirects=False)
+
+
+def push_post(repository: Path, work: Path, slug: str, text: str) -> str:
+    """Clone, add a post, commit and push; returns the commit pushed."""
+    subprocess.run(["git", "clone", "-q", str(repository), str(work)], check=True)
+    (work / "posts" / f"{slug}.md").write_text(
+        f"<!--\n.. title: {text}\n.. slug: {slug}\n.. date: 2026-11-28 10:00:00 UTC\n-->\n\n{text}\n")
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", text], check=True)
+    subprocess.run([*git, "push", "-q"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def site_instances(client: docker.DockerClient, site: str) -> list[str]:
+    return [c.name for c in client.containers.list(all=True, filters={"label": f"org.pequod.agent.site={site}"})]
 
 
 def _port_80_free() -> bool:
@@ -78,6 +116,14 @@ def our_rules() -> list[str]:
             if "PEQUOD" in line and not line.startswith("#")]
 
 
+def agent_metrics(yaml_path: Path) -> str:
+    """The agent's metrics endpoint as the host's bootstrap YAML sets it (127.0.0.1:9464 unless changed)."""
+    listen = load_bootstrap(str(yaml_path)).metrics.agent
+    assert listen is not None, f"the agent's metrics are off in {yaml_path}: its rounds cannot be counted"
+    address, port = listen
+    return f"http://{f'[{address}]' if address.version == 6 else address}:{port}/metrics"
+
+
 def agent_child(supervisor: int) -> int | None:
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
     return int(children[0]) if children else None
@@ -94,15 +140,7 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     assert "A Pequod Blog" in requests.get(URL, timeout=5).text
 
     # Publish with git push.
-    work = tmp_path / "blog"
-    subprocess.run(["git", "clone", "-q", str(SITE_REPO), str(work)], check=True)
-    (work / "posts" / "pushed.md").write_text(
-        "<!--\n.. title: Pushed from a clone\n.. slug: pushed\n.. date: 2026-11-28 10:00:00 UTC\n-->\n\n"
-        "Written, committed, pushed.\n")
-    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "A post"], check=True)
-    subprocess.run([*git, "push", "-q"], check=True)
+    push_post(SITE_REPO, tmp_path / "blog", "pushed", "Written, committed, pushed.")
     wait_for("the pushed post at http://localhost/", lambda: "Written, committed, pushed." in
              requests.get(URL + "posts/pushed/", timeout=5).text, 30, interval=0.5)
     release = site_release()
@@ -142,9 +180,44 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     bootstrap()
     assert int(PID_FILE.read_text()) != supervisor
     wait_for("re-adoption", lambda: LOG.read_text().count("re-adopted running instance") >= 2, 30)
-    time.sleep(2)
+    wait_for_agent_rounds(agent_metrics(yaml_path), 3)  # rounds that would replace the instance or rebuild
     assert [c.name for c in runtime.our_containers(docker_client)] == instance
     assert site_release() == release  # the same release: the site was not rebuilt
+
+    # Many sites: one more, with its own repository, served only on its own domain; the blog stays the default.
+    added = bootstrap("site", "add", "docs", "--domain", DOCS)
+    assert f"The site docs is live: http://{DOCS}/" in added.stdout, added.stdout
+    assert f"git clone {DOCS_REPO} docs" in added.stdout and (DOCS_REPO / "HEAD").is_file()
+    docs_commit = push_post(DOCS_REPO, tmp_path / "docs", "docs-only", "Only on the docs site.")
+    wait_for("the docs post on its domain", lambda: "Only on the docs site." in get(DOCS, "posts/docs-only/").text, 60,
+             interval=0.5)
+    assert get("localhost", "posts/docs-only/").status_code == 404  # not the blog's
+    assert get(DOCS, "posts/pushed/").status_code == 404 and get("localhost", "posts/pushed/").status_code == 200
+    listed = {row["name"]: row for row in json.loads(bootstrap("site", "list", "--json").stdout)}
+    assert listed["docs"]["domains"] == [DOCS] and listed["docs"]["repository"] == f"file://{DOCS_REPO}"
+    assert (listed["docs"]["state"], listed["docs"]["live_commit"]) == ("serving", docs_commit)
+    assert listed["blog"]["default"] and listed["blog"]["state"] == "serving"
+    table = bootstrap("site", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "DOMAINS", "REPOSITORY", "LIVE", "COMMIT", "STATE"]
+    assert [line.split()[0] for line in table[1:]] == ["blog", "docs"] and docs_commit[:12] in table[2]
+    # Refused with one line, nothing changed: a bad name, a domain another site owns.
+    assert "'Bad_Name' is not a site name" in bootstrap_refused("site", "add", "Bad_Name", "--domain", "b.example.test")
+    assert f"{DOCS} belongs to site 'docs' already" in bootstrap_refused("site", "add", "wiki", "--domain", DOCS)
+    # A re-run keeps both sites and changes nothing.
+    instances = {name: site_instances(docker_client, name) for name in ("blog", "docs")}
+    again = bootstrap()
+    assert "unchanged" in again.stdout and [s.name for s in load_bootstrap(str(yaml_path)).sites] == ["blog", "docs"]
+    assert {name: site_instances(docker_client, name) for name in ("blog", "docs")} == instances
+    # Removed with --purge while four clients read the blog: not one of their requests fails.
+    with contextlib.ExitStack() as readers:
+        loops = [readers.enter_context(Loop(URL)) for _ in range(4)]
+        removed = bootstrap("site", "remove", "docs", "--purge")
+    assert [loop.failed for loop in loops] == [[]] * 4 and all(loop.ok > 0 for loop in loops)
+    assert "The site docs is removed." in removed.stdout
+    assert site_instances(docker_client, "docs") == [] and not DOCS_REPO.exists()
+    assert list(Path("/var/lib/pequod-agent/volumes").glob("docs-*")) == []
+    assert "A Pequod Blog" in get(DOCS).text  # a host no site owns: the default site, the blog
+    assert site_release() == release
 
     # HTTPS with one more run: --domain and --email, against an offline ACME CA (its DNS says 127.0.0.1).
     acme = AcmeServer(tmp_path / "acme", 80)
@@ -175,4 +248,4 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     assert (SITE_REPO / "HEAD").exists() and not Path("/etc/pequod").exists()
     # The blog's volume (its releases) stays too, unmounted, until --purge.
     volumes = Path("/var/lib/pequod-agent/volumes")
-    assert (volumes / "srcco-de-workdir.ext4").is_file() and not volume.mounted(volumes / "srcco-de-workdir")
+    assert (volumes / "blog-workdir.ext4").is_file() and not volume.mounted(volumes / "blog-workdir")

@@ -1,4 +1,5 @@
-"""bootstrap.sh's update of the bootstrap YAML: what it manages is set, what an administrator added stays."""
+"""bootstrap.sh's update of the bootstrap YAML: the blog is the site `blog`, what it manages is set, what an
+administrator added (other sites included) stays, and a file from before sites is migrated."""
 
 from __future__ import annotations
 
@@ -9,42 +10,119 @@ import yaml
 from container.bootstrap import load_bootstrap
 from container.host_settings import main
 
+BLOG_ARGS = ["--site-repo", "file:///srv/pequod/site.git", "--port", "80", "--mount", "/srv/pequod/site.git"]
 
-def test_rerun_keeps_what_the_administrator_added(tmp_path: Path, capsys) -> None:
+
+def blog_of(path: Path):
+    boot = load_bootstrap(str(path))
+    return boot, next(site for site in boot.sites if site.name == "blog")
+
+
+def test_the_blog_is_the_default_site_with_its_repository_and_mount(tmp_path: Path) -> None:
     path = tmp_path / "pequod-bootstrap.yaml"
-    assert main([str(path), "--site-repo", "file:///srv/pequod/site.git", "--port", "80",
-                 "--mount", "/srv/pequod/site.git"]) == 0
+    assert main([str(path), *BLOG_ARGS]) == 0
+    boot, blog = blog_of(path)
+    assert blog.default and blog.domains == ()
+    assert dict(blog.environment) == {"SITE_REPO": "file:///srv/pequod/site.git"}
+    assert [(m.source, m.target) for m in blog.mounts] == [("/srv/pequod/site.git", "/srv/pequod/site.git")]
+    assert boot.mounts == () and boot.env == {"POLL_INTERVAL": "5"}  # shared by every site
+    assert [s.name for s in boot.external_services] == ["github-https"]
+
+
+def test_rerun_keeps_what_the_administrator_added_and_every_other_site(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "pequod-bootstrap.yaml"
+    assert main([str(path), *BLOG_ARGS]) == 0
     data = yaml.safe_load(path.read_text())
-    data["environment"]["WEBHOOK_SECRET"] = "s3cret"
+    data["sites"][0]["environment"]["WEBHOOK_SECRET"] = "s3cret"
+    data["sites"].append({"name": "docs", "domains": ["docs.example.org"], "memory_mb": 256,
+                          "environment": {"SITE_REPO": "file:///srv/pequod/docs.git", "WEBHOOK_SECRET": "d0cs"},
+                          "mounts": [{"source": "/srv/pequod/docs.git", "target": "/srv/pequod/docs.git"}]})
     data["frontend"]["max_requests_per_client"] = 5000
     data["external_services"].append({"service_name": "other", "service_version": "1",
                                       "external_host": "198.18.0.9", "external_port": 80})
     path.write_text(yaml.safe_dump(data))
     capsys.readouterr()
-    assert main([str(path), "--site-repo", "file:///srv/pequod/site.git", "--port", "80",
-                 "--mount", "/srv/pequod/site.git"]) == 0
+    assert main([str(path), *BLOG_ARGS]) == 0
     assert capsys.readouterr().out == "unchanged\n"
-    assert main([str(path), "--site-repo", "file:///srv/pequod/site.git", "--port", "8080",
-                 "--mount", "/srv/pequod/site.git"]) == 0
-    boot = load_bootstrap(str(path))
-    assert boot.env["WEBHOOK_SECRET"] == "s3cret" and boot.frontend.port == 8080
+    assert main([str(path), *BLOG_ARGS[:3], "8080", *BLOG_ARGS[4:]]) == 0
+    boot, blog = blog_of(path)
+    assert dict(blog.environment)["WEBHOOK_SECRET"] == "s3cret" and boot.frontend.port == 8080
     assert boot.frontend.max_requests_per_client == 5000
     assert [s.name for s in boot.external_services] == ["github-https", "other"]
-    assert path.stat().st_mode & 0o777 == 0o600  # it may hold secrets
+    docs = boot.sites[1]
+    assert (docs.name, docs.domains, docs.memory_mb, docs.default) == ("docs", ("docs.example.org",), 256, False)
+    assert dict(docs.environment) == {"SITE_REPO": "file:///srv/pequod/docs.git", "WEBHOOK_SECRET": "d0cs"}
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds secrets
+
+
+def test_an_old_file_is_migrated_to_the_site_blog(tmp_path: Path) -> None:
+    """A file from before sites: its repository, mount, webhook secret and certificate domains are the blog's."""
+    path = tmp_path / "pequod-bootstrap.yaml"
+    path.write_text("""\
+external_services:
+  - {service_name: github-https, service_version: "1", external_host: github.com, external_port: 443}
+frontend:
+  port: 80
+  tls: {domains: [blog.example.org, www.example.org], email: admin@example.org, renew_days: 20}
+mounts:
+  - {source: /srv/pequod/site.git, target: /srv/pequod/site.git}
+  - {source: /srv/shared, target: /srv/shared}
+environment:
+  SITE_REPO: file:///srv/pequod/site.git
+  WEBHOOK_SECRET: s3cret
+  POLL_INTERVAL: 5
+  KEEP_RELEASES: 7
+""")
+    assert main([str(path), *BLOG_ARGS]) == 0
+    boot, blog = blog_of(path)
+    assert [site.name for site in boot.sites] == ["blog"]
+    assert blog.default and blog.domains == ("blog.example.org", "www.example.org")
+    assert dict(blog.environment) == {"SITE_REPO": "file:///srv/pequod/site.git", "WEBHOOK_SECRET": "s3cret"}
+    assert [m.source for m in blog.mounts] == ["/srv/pequod/site.git"]
+    assert [m.source for m in boot.mounts] == ["/srv/shared"]  # another mount stays shared
+    assert boot.env == {"POLL_INTERVAL": "5", "KEEP_RELEASES": "7"}
+    tls = boot.frontend.tls
+    assert tls is not None and tls.domains == () and tls.email == "admin@example.org" and tls.renew_days == 20
+
+
+def test_domain_sets_the_blogs_domains_and_tls_without_domains(tmp_path: Path) -> None:
+    path = tmp_path / "pequod-bootstrap.yaml"
+    assert main([str(path), *BLOG_ARGS, "--domain", "blog.example.org", "--email", "a@example.org",
+                 "--acme-directory", "https://acme.example.org/dir"]) == 0
+    boot, blog = blog_of(path)
+    assert blog.domains == ("blog.example.org",) and blog.default
+    assert boot.frontend.tls is not None and boot.frontend.tls.domains == ()
+    assert boot.frontend.tls.acme_directory == "https://acme.example.org/dir"
+    assert main([str(path), *BLOG_ARGS]) == 0  # without --domain: the domains and tls stay
+    boot, blog = blog_of(path)
+    assert blog.domains == ("blog.example.org",) and boot.frontend.tls is not None
+
+
+def test_a_domain_of_another_site_is_refused(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "pequod-bootstrap.yaml"
+    assert main([str(path), *BLOG_ARGS]) == 0
+    data = yaml.safe_load(path.read_text())
+    data["sites"].append({"name": "docs", "domains": ["docs.example.org"]})
+    path.write_text(yaml.safe_dump(data))
+    before = path.read_text()
+    assert main([str(path), *BLOG_ARGS, "--domain", "docs.example.org", "--email", "a@example.org"]) == 1
+    err = capsys.readouterr().err
+    assert err == "bootstrap YAML: --domain docs.example.org belongs to site 'docs'; a domain belongs to one site\n"
+    assert path.read_text() == before
 
 
 def test_odd_repository_paths_are_quoted_and_the_old_mount_replaced(tmp_path: Path) -> None:
     path = tmp_path / "pequod-bootstrap.yaml"
     odd = '/srv/git/my "blog": #1'
-    assert main([str(path), "--site-repo", "file:///srv/pequod/site.git", "--port", "80",
-                 "--mount", "/srv/pequod/site.git"]) == 0
+    assert main([str(path), *BLOG_ARGS]) == 0
     assert main([str(path), "--site-repo", f"file://{odd}", "--port", "80", "--mount", odd]) == 0
-    boot = load_bootstrap(str(path))
-    assert boot.env["SITE_REPO"] == f"file://{odd}"
-    assert [(m.source, m.target) for m in boot.mounts] == [(odd, odd)]
+    boot, blog = blog_of(path)
+    assert dict(blog.environment)["SITE_REPO"] == f"file://{odd}"
+    assert [(m.source, m.target) for m in blog.mounts] == [(odd, odd)]
     assert main([str(path), "--site-repo", "https://github.com/me/blog.git", "--port", "80"]) == 0
-    boot = load_bootstrap(str(path))
-    assert boot.mounts == () and boot.env["SITE_REPO"] == "https://github.com/me/blog.git"
+    boot, blog = blog_of(path)
+    assert blog.mounts == () and boot.mounts == ()
+    assert dict(blog.environment)["SITE_REPO"] == "https://github.com/me/blog.git"
 
 
 def test_a_file_the_agent_would_refuse_is_not_written(tmp_path: Path, capsys) -> None:
@@ -55,10 +133,11 @@ def test_a_file_the_agent_would_refuse_is_not_written(tmp_path: Path, capsys) ->
     assert path.read_text() == "frontend: {port: 80, bogus: 1}\n"
 
 
-def test_notify_settings_are_set_when_given_and_kept_otherwise(tmp_path: Path) -> None:
+def test_notify_settings_are_the_blogs_set_when_given_and_kept_otherwise(tmp_path: Path) -> None:
     path = tmp_path / "pequod-bootstrap.yaml"
     assert main([str(path), "--site-repo", "file:///x", "--port", "80", "--notify-url", "https://hooks.example.org/p",
                  "--notify-secret", "k"]) == 0
     assert main([str(path), "--site-repo", "file:///x", "--port", "80"]) == 0
-    env = load_bootstrap(str(path)).env
+    _boot, blog = blog_of(path)
+    env = dict(blog.environment)
     assert env["NOTIFY_URL"] == "https://hooks.example.org/p" and env["NOTIFY_SECRET"] == "k"

@@ -3,6 +3,12 @@
 A pure function of the manifests, the bootstrap settings, the images' users and the options: the same
 inputs give the same output (stable order, no times), so it can live in git and be applied by Argo CD
 or Flux. What Kubernetes cannot express is said in a comment at the top, never silently dropped.
+
+With `sites` in the bootstrap YAML each site is an application of its own (`plan.site_applications`: named
+after the site, with its limits): its own Deployment, Service, Secret (its environment's secrets), Ingress
+(a rule per domain; a host-less rule for the default site; with `frontend.tls` a `tls` entry naming the
+Secret `<site>-tls` for its certificate), NetworkPolicy and PodDisruptionBudget, all named after the site and
+selected by `app.kubernetes.io/name: <site>`.
 """
 
 from __future__ import annotations
@@ -52,11 +58,11 @@ def is_secret(key: str, value: str) -> bool:
     return bool(SECRET_KEYS.search(key) or USERINFO.search(value))
 
 
-def check_repo(environment: dict[str, str]) -> None:
+def check_repo(environment: dict[str, str], where: str = "") -> None:
     repo = environment.get("SITE_REPO", "")
     if repo.startswith(("file://", "/")):
-        raise ExportError(f"SITE_REPO={repo}: a path on this host does not exist in a cluster; use a git URL the "
-                          "cluster can reach (https://, ssh://, git://)")
+        raise ExportError(f"{where}SITE_REPO={repo}: a path on this host does not exist in a cluster; use a git URL "
+                          "the cluster can reach (https://, ssh://, git://)")
 
 
 def _labels(app: Application) -> dict[str, str]:
@@ -80,7 +86,7 @@ def _probe(path: str, port: int, period: int, failures: int) -> dict:
 def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, uid: int, options: Options,
              secret_name: str | None) -> dict:
     manifest, resources = app.manifest, app.manifest.resources
-    env = {k: v for k, v in bootstrap.environment if not is_secret(k, v)}
+    env = {k: v for k, v in bootstrap.site_env(app.site).items() if not is_secret(k, v)}
     container: dict = {
         "name": app.name,
         "image": app.image,
@@ -198,26 +204,51 @@ def _claim(fs: PersistentFilesystem, storage_class: str) -> dict:
                      "resources": {"requests": {"storage": f"{fs.size_mb}Mi"}}}}
 
 
+def secrets_of(app: Application, bootstrap: Bootstrap) -> dict[str, str]:
+    """The variables of the app's environment (its site's, with sites) that go into its Secret."""
+    return {k: v for k, v in sorted(bootstrap.site_env(app.site).items()) if is_secret(k, v)}
+
+
+def service_name(app: Application, index: int) -> str:
+    """The Service (and Ingress) of the app's `index`th provided service: the service's name, so that other
+    applications find it as today; with sites, the site's name (then `<site>-<service>` for further ones)."""
+    provide = app.manifest.provides[index]
+    if app.site is None:
+        return provide.name
+    name = app.name if index == 0 else f"{app.name}-{provide.name}"
+    if len(name) > 63:
+        raise ExportError(f"site {app.name}: the Service name {name} is longer than 63 characters")
+    return name
+
+
 def export(apps: tuple[Application, ...], bootstrap: Bootstrap, uids: dict[str, int], options: Options) -> list[dict]:
     """The Kubernetes objects for the applications, in a stable order."""
-    check_repo(bootstrap.env)
+    for site in bootstrap.sites:
+        check_repo(bootstrap.site_env(site), f"site {site.name}: ")
+    if not bootstrap.sites:
+        check_repo(bootstrap.env)
     if options.replicas < 1 or options.mhz_per_cpu < 1:
         raise ExportError("--replicas and --mhz-per-cpu must be at least 1")
-    secrets = {k: v for k, v in bootstrap.environment if is_secret(k, v)}
     docs: list[dict] = []
     for app in apps:
+        secrets = secrets_of(app, bootstrap)
         secret_name = f"{app.name}-env" if secrets else None
         if secret_name:
             docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": _meta(app, options, secret_name),
-                         "type": "Opaque", "stringData": dict(sorted(secrets.items()))})
+                         "type": "Opaque", "stringData": secrets})
         docs.append(workload(app, apps, bootstrap, uids.get(app.name, 65534), options, secret_name))
-        for provide in app.manifest.provides:
-            docs.append({"apiVersion": "v1", "kind": "Service", "metadata": _meta(app, options, provide.name),
+        for index, provide in enumerate(app.manifest.provides):
+            name = service_name(app, index)
+            docs.append({"apiVersion": "v1", "kind": "Service", "metadata": _meta(app, options, name),
                          "spec": {"selector": {"app.kubernetes.io/name": app.name},
                                   "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"],
                                   "ports": [{"name": "http", "port": provide.local_port,
                                              "targetPort": provide.local_port, "protocol": "TCP"}]}})
-            if options.ingress_class and bootstrap.frontend.port_of(provide.name):
+            if not bootstrap.frontend.port_of(provide.name):
+                continue
+            if app.site is not None:
+                docs.append(site_ingress(app, name, provide.local_port, bootstrap, options))
+            elif options.ingress_class:
                 docs.append(ingress(app, provide.name, provide.local_port, options))
         docs.append(network_policy(app, apps, bootstrap, options))
         docs.append({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(app, options),
@@ -231,6 +262,26 @@ def ingress(app: Application, service: str, port: int, options: Options) -> dict
             "spec": {"ingressClassName": options.ingress_class,
                      "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
                          "service": {"name": service, "port": {"number": port}}}}]}}]}}
+
+
+def site_ingress(app: Application, service: str, port: int, bootstrap: Bootstrap, options: Options) -> dict:
+    """A site's Ingress: a rule per domain (and a host-less one for the default site, which serves the hosts no
+    site names); with `frontend.tls`, HTTPS for its domains with the certificate in the Secret `<site>-tls`.
+    Written with or without --ingress-class (without it, the cluster's default IngressClass serves it)."""
+    assert app.site is not None
+    def http() -> dict:  # a new dict per rule: no YAML anchors and aliases in the output
+        return {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
+            "service": {"name": service, "port": {"number": port}}}}]}
+
+    rules = [{"host": domain, "http": http()} for domain in app.site.domains]
+    if app.site.default:
+        rules.append({"http": http()})
+    spec: dict = {"ingressClassName": options.ingress_class} if options.ingress_class else {}
+    if bootstrap.frontend.tls is not None and app.site.domains:
+        spec["tls"] = [{"hosts": list(app.site.domains), "secretName": f"{app.name}-tls"}]
+    spec["rules"] = rules
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": _meta(app, options, service),
+            "spec": spec}
 
 
 def not_expressed(apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> list[str]:
@@ -249,11 +300,14 @@ def not_expressed(apps: tuple[Application, ...], bootstrap: Bootstrap, options: 
             if found.local_port != found.external_port:
                 notes.append(f"{app.name}: {found.local_hostname}:{found.local_port} is {found.external_host}:"
                              f"{found.external_port}; a cluster does no port translation.")
-    secret_keys = sorted(k for k, v in bootstrap.environment if is_secret(k, v))
-    if secret_keys:
-        notes.append(f"The Secret <application>-env holds {', '.join(secret_keys)} whole (secret-looking names and "
-                     "values with credentials in a URL): seal or encrypt it before it goes into git.")
-    if bootstrap.mounts:
+    if bootstrap.sites:
+        notes += site_notes(apps, bootstrap)
+    else:
+        secret_keys = sorted(k for k, v in bootstrap.environment if is_secret(k, v))
+        if secret_keys:
+            notes.append(f"The Secret <application>-env holds {', '.join(secret_keys)} whole (secret-looking names "
+                         "and values with credentials in a URL): seal or encrypt it before it goes into git.")
+    if bootstrap.mounts or any(site.mounts for site in bootstrap.sites):
         notes.append("mounts (host paths) do not span nodes and are left out.")
     if options.dns64:
         notes.append("DNS64: the cluster's resolver synthesises the external services' addresses.")
@@ -266,6 +320,23 @@ def not_expressed(apps: tuple[Application, ...], bootstrap: Bootstrap, options: 
     else:
         notes.append("Volumes: disk-backed emptyDir of the manifest's size; it survives container restarts in the "
                      "pod, not the pod (use --storage-class for claims).")
+    return notes
+
+
+def site_notes(apps: tuple[Application, ...], bootstrap: Bootstrap) -> list[str]:
+    """With sites: each site's Secret, and where the certificates come from."""
+    notes = [f"Sites: each site is an application of {apps[0].image if apps else 'the image'} named after it, "
+             "with its own Secret, Service and Ingress (a rule per domain; the default site also gets the hosts no "
+             "site names)."]
+    for app in apps:
+        keys = sorted(secrets_of(app, bootstrap))
+        if keys:
+            notes.append(f"The Secret {app.name}-env holds {', '.join(keys)} whole (secret-looking names and values "
+                         "with credentials in a URL): seal or encrypt it before it goes into git.")
+    if bootstrap.frontend.tls is not None:
+        notes.append("HTTPS: the Ingress of each site with domains names the TLS Secret <site>-tls for its "
+                     "certificate; create it (kubectl create secret tls) or let cert-manager issue it (annotate the "
+                     "Ingress with cert-manager.io/cluster-issuer). The agent's own ACME client does not run here.")
     return notes
 
 

@@ -18,7 +18,7 @@ from container.manifest import (
     Resources,
     TemporaryFilesystem,
 )
-from container.plan import Application
+from container.plan import Application, site_applications
 
 # The oldest and the newest Kubernetes versions still supported (three minor releases are) that the
 # schema package ships.
@@ -158,3 +158,129 @@ def test_same_inputs_same_output_and_what_is_not_expressed() -> None:
 def test_a_local_repository_path_is_refused() -> None:
     with pytest.raises(kubernetes.ExportError, match="use a git URL the cluster can reach"):
         exported(text=YAML.replace("https://writer:hunter2@git.example.org/blog.git", "file:///srv/pequod/site.git"))
+
+
+SITES_YAML = """\
+external_services:
+  - {service_name: github-https, service_version: "1", external_host: "198.18.0.1", external_port: 443}
+environment:
+  POLL_INTERVAL: 5
+  SITE_REPO: "https://git.example.org/shared.git"
+frontend:
+  tls: {email: me@example.org}
+sites:
+  - name: blog
+    default: true
+    domains: [blog.example.org, www.blog.example.org]
+    memory_mb: 256
+    vmhz: 500
+    environment: {SITE_REPO: "https://git.example.org/blog.git", WEBHOOK_SECRET: blog-only}
+  - name: docs
+    domains: [docs.example.org]
+    memory_mb: 128
+    environment: {SITE_REPO: "https://reader:pw@git.example.org/docs.git", WEBHOOK_SECRET: docs-only}
+"""
+
+
+def exported_sites(options: kubernetes.Options | None = None, text: str = SITES_YAML) -> list[dict]:
+    boot = parse_bootstrap(text, "b.yaml")
+    apps = site_applications((BLOG,), boot)
+    return kubernetes.export(apps, boot, {app.name: 10001 for app in apps}, options or kubernetes.Options())
+
+
+def of_site(docs: list[dict], site: str, kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["labels"]["app.kubernetes.io/name"] == site]
+
+
+@pytest.mark.parametrize("options", [
+    kubernetes.Options(),
+    kubernetes.Options(namespace="sites", replicas=2, mhz_per_cpu=2600, storage_class="fast", ingress_class="nginx"),
+])
+def test_each_site_gets_its_own_objects_validated_strictly(options: kubernetes.Options) -> None:
+    docs = exported_sites(options)
+    validate(docs)
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(names) == len(set(names))
+    workload = "StatefulSet" if options.storage_class else "Deployment"
+    for site in ("blog", "docs"):
+        kinds = sorted(d["kind"] for d in docs if d["metadata"]["labels"]["app.kubernetes.io/name"] == site)
+        assert kinds == sorted(["Secret", workload, "Service", "Ingress", "NetworkPolicy", "PodDisruptionBudget"])
+        assert {d["metadata"]["name"] for d in of_site(docs, site, "Service") + of_site(docs, site, "Ingress")
+                + of_site(docs, site, workload)} == {site}
+        assert of_site(docs, site, "Secret")[0]["metadata"]["name"] == f"{site}-env"
+        pod = of_site(docs, site, workload)[0]["spec"]["template"]
+        assert pod["spec"]["containers"][0]["image"] == "srcco-de:1"
+        assert pod["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": f"{site}-env"}}]
+        # Each site's Service (and policy, budget) selects its own pods only.
+        selector = of_site(docs, site, "Service")[0]["spec"]["selector"]
+        for other in ("blog", "docs"):
+            labels = of_site(docs, other, workload)[0]["spec"]["template"]["metadata"]["labels"]
+            assert (selector.items() <= labels.items()) == (other == site)
+        ingress = of_site(docs, site, "Ingress")[0]["spec"]
+        assert ingress.get("ingressClassName") == options.ingress_class
+        assert {p["backend"]["service"]["name"] for r in ingress["rules"] for p in r["http"]["paths"]} == {site}
+
+
+def test_a_sites_secret_holds_its_own_secrets_only() -> None:
+    docs = exported_sites()
+    blog, docs_secret = (of_site(docs, site, "Secret")[0]["stringData"] for site in ("blog", "docs"))
+    assert blog == {"WEBHOOK_SECRET": "blog-only"}
+    assert docs_secret == {"SITE_REPO": "https://reader:pw@git.example.org/docs.git", "WEBHOOK_SECRET": "docs-only"}
+    env = {site: {e["name"]: e["value"] for e in of_site(docs, site, "Deployment")[0]["spec"]["template"]["spec"]
+                  ["containers"][0]["env"]} for site in ("blog", "docs")}
+    assert env == {"blog": {"POLL_INTERVAL": "5", "SITE_REPO": "https://git.example.org/blog.git"},
+                   "docs": {"POLL_INTERVAL": "5"}}
+    text = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    assert "blog-only" not in text and "docs-only" not in text and "reader:pw" not in text
+    notes = kubernetes.not_expressed(site_applications((BLOG,), parse_bootstrap(SITES_YAML, "b.yaml")),
+                                     parse_bootstrap(SITES_YAML, "b.yaml"), kubernetes.Options())
+    assert "The Secret blog-env holds WEBHOOK_SECRET whole" in " ".join(notes)
+    assert "The Secret docs-env holds SITE_REPO, WEBHOOK_SECRET whole" in " ".join(notes)
+    assert any("TLS Secret <site>-tls" in note for note in notes)
+
+
+def test_ingress_hosts_are_the_sites_domains_with_tls_per_site() -> None:
+    docs = exported_sites()
+    blog, docs_ingress = (of_site(docs, site, "Ingress")[0]["spec"] for site in ("blog", "docs"))
+    assert [r.get("host") for r in blog["rules"]] == ["blog.example.org", "www.blog.example.org", None]  # default
+    assert [r.get("host") for r in docs_ingress["rules"]] == ["docs.example.org"]
+    assert blog["tls"] == [{"hosts": ["blog.example.org", "www.blog.example.org"], "secretName": "blog-tls"}]
+    assert docs_ingress["tls"] == [{"hosts": ["docs.example.org"], "secretName": "docs-tls"}]
+    assert all(r["http"]["paths"][0]["backend"]["service"] == {"name": "docs", "port": {"number": 8000}}
+               for r in docs_ingress["rules"])
+    assert "&id" not in kubernetes.render(docs, [])  # no YAML anchors for the rules' shared backend
+    plain = exported_sites(text=SITES_YAML.replace("frontend:\n  tls: {email: me@example.org}\n", ""))
+    validate(plain)
+    assert all("tls" not in d["spec"] for d in plain if d["kind"] == "Ingress")
+
+
+def test_limits_per_site_from_its_lowered_manifest() -> None:
+    docs = exported_sites(kubernetes.Options(mhz_per_cpu=2000))
+    limits = {site: of_site(docs, site, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["resources"]
+              for site in ("blog", "docs")}
+    assert limits["blog"]["limits"] == limits["blog"]["requests"] == {"memory": "256Mi", "cpu": "250m"}
+    assert limits["docs"]["limits"] == limits["docs"]["requests"] == {"memory": "128Mi", "cpu": "1000m"}  # vmhz: 2000
+
+
+def test_a_sites_local_repository_path_is_refused() -> None:
+    with pytest.raises(kubernetes.ExportError, match="site docs: SITE_REPO=file:///srv/docs.git"):
+        exported_sites(text=SITES_YAML.replace("https://reader:pw@git.example.org/docs.git", "file:///srv/docs.git"))
+    # A top-level path that every site overrides is not used: no error.
+    validate(exported_sites(text=SITES_YAML.replace("https://git.example.org/shared.git", "file:///srv/shared.git")))
+
+
+def test_cli_export_writes_a_file_per_site(tmp_path, monkeypatch, capsys) -> None:
+    from container import cli, engine, image, runtime
+
+    monkeypatch.setattr(engine, "connect", lambda: object())
+    monkeypatch.setattr(image, "load_application", lambda _client, _image: BLOG)
+    monkeypatch.setattr(runtime, "image_info", lambda _client, _image: runtime.ImageInfo("id", "10001", None))
+    (tmp_path / "b.yaml").write_text(SITES_YAML)
+    args = ["--export", "kubernetes", "srcco-de:1", str(tmp_path / "b.yaml")]
+    assert cli.main(args) == 0
+    printed = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert printed == exported_sites()
+    assert cli.main([*args, "--output", str(tmp_path / "out")]) == 0
+    for site in ("blog", "docs"):
+        written = list(yaml.safe_load_all((tmp_path / "out" / f"{site}.yaml").read_text()))
+        assert written == [d for d in printed if d["metadata"]["labels"]["app.kubernetes.io/name"] == site]

@@ -1,6 +1,7 @@
-"""`./bootstrap.sh site add|remove|list` (container/sites.py) without root: the YAML edits, the checks with
-their one-line messages, the repositories `add` makes and `remove --purge` deletes, and `list`. Docker and
-the running agent are stand-ins here; tests/test_bootstrap_sh.py runs the commands for real."""
+"""`./bootstrap.sh site add|remove|list` (container/sites.py, with site_config.py and site_probe.py) without
+root: the YAML edits, the checks with their one-line messages, the repositories `add` makes and `remove
+--purge` deletes, and `list`. Docker and the running agent are stand-ins here; tests/test_bootstrap_sh.py
+runs the commands for real."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from container import host_settings, sites
+from container import host_settings, site_probe, sites
 from container.bootstrap import load_bootstrap, parse_bootstrap
 from tests.helpers import REPO_ROOT
 
@@ -282,21 +283,21 @@ def test_list_shows_each_site_with_repository_live_commit_and_state(host: sites.
 def test_changes_wait_for_the_agent_to_watch_the_file(monkeypatch) -> None:
     """Written while the agent starts, before it watches the file, a change would wait for the next one:
     the commands wait until its metrics count a round of its loop (with its metrics off: it runs)."""
-    monkeypatch.setattr(sites, "agent_running", lambda pid_file: True)
+    monkeypatch.setattr(site_probe, "agent_running", lambda pid_file: True)
     starting = Answering(b"pequod_agent_loop_rounds_total 0.0\n")
     looping = Answering(b"other_metric 1\npequod_agent_loop_rounds_total 2.0\n")
     for server, ready in ((starting, False), (looping, True)):
         boot = load_bootstrap_text(f"metrics: {{agent: '[::1]:{server.port}'}}\n")
         if ready:
-            sites.agent_ready(boot, Path("/nonexistent"), timeout=5)
+            site_probe.agent_ready(boot, Path("/nonexistent"), timeout=5)
         else:
             with pytest.raises(sites.SiteError, match="has not finished a round of its loop within 1 s"):
-                sites.agent_ready(boot, Path("/nonexistent"), timeout=1)
+                site_probe.agent_ready(boot, Path("/nonexistent"), timeout=1)
         server.server.shutdown()
-    sites.agent_ready(load_bootstrap_text("metrics: {agent: 'off'}\n"), Path("/nonexistent"), timeout=0)
-    monkeypatch.setattr(sites, "agent_running", lambda pid_file: False)
+    site_probe.agent_ready(load_bootstrap_text("metrics: {agent: 'off'}\n"), Path("/nonexistent"), timeout=0)
+    monkeypatch.setattr(site_probe, "agent_running", lambda pid_file: False)
     with pytest.raises(sites.SiteError, match="the agent is not running: start it with ./bootstrap.sh"):
-        sites.agent_ready(load_bootstrap_text(""), Path("/nonexistent"))
+        site_probe.agent_ready(load_bootstrap_text(""), Path("/nonexistent"))
 
 
 def load_bootstrap_text(text: str):

@@ -66,12 +66,15 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
         }
         image = runtime.image_info(agent.client, app.image)
         sup.image_id = image.id
-        uid = runtime.run_user(image.user)[1]
+        user = site_user(agent, app.name) if app.site is not None else image.user
+        uid = runtime.run_user(user)[1]
         volumes = {fs.mountpoint: str(volume.ensure(agent.state.path, app.name, fs, uid))
                    for fs in app.manifest.volumes}
         args = runtime.container_args(
             image=app.image, instance=instance_id, manifest=app.manifest,
-            environment=agent.bootstrap.site_env(app.site), image_user=image.user, capacity=agent.capacity,
+            environment={**({"USER": "site", "LOGNAME": "site"} if app.site else {}),  # a user without a passwd line
+                         **agent.bootstrap.site_env(app.site)},
+            image_user=user, capacity=agent.capacity,
             read_only_binds={**etc, **{m.target: m.source for m in agent.bootstrap.site_mounts(app.site)}},
             read_write_binds=volumes, image_healthcheck=image.healthcheck,
             labels={"zone": ZONE, "repo": "", "application": app.name, "version": app.version,
@@ -88,6 +91,22 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
         sup.starting = None
     log.info("started %s at %s", name, address)
     return instance
+
+SITE_UIDS = 20000  # the first site's user; each further site the next number, kept in state.json
+
+
+def site_user(agent: Agent, site: str) -> str:
+    """Each site's instances run as a user of their own ("uid:gid", none of them root or another site's),
+    allocated once and kept: per-user kernel limits (the build sandbox's RLIMIT_NPROC counts every
+    process of a user on the host) and file ownership then stay per site, and one site's processes
+    cannot signal another's."""
+    state = agent.state.load()
+    uids: dict[str, int] = state.setdefault("site_uids", {})
+    if site not in uids:
+        uids[site] = max([SITE_UIDS - 1, *uids.values()]) + 1
+        agent.state.save(state)
+    return f"{uids[site]}:{uids[site]}"
+
 
 def start_pending(agent: Agent, sup: Supervised) -> None:
     sup.pending = Pending(start_instance(agent, sup), time.monotonic() + sup.app.health_timeout)

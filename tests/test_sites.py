@@ -96,6 +96,14 @@ def test_sites_added_routed_isolated_and_removed(agent_run: AgentRun, tmp_path) 
     assert DOCS_MARKER in get(run, DOCS, "/").text
     assert DOCS_MARKER in get(run, "Docs.Example.Test.:80").text  # any case, a port, the root's dot
 
+    # Each site publishes its own pushes, on its own domains only.
+    run.repo.add_post("blog-news", "Blog news")
+    docs.add_post("docs-news", "Docs news")
+    for host, own, other in ((BLOG, "/posts/blog-news/", "/posts/docs-news/"),
+                             (DOCS, "/posts/docs-news/", "/posts/blog-news/")):
+        wait_for(f"{own} live on {host}", lambda host=host, own=own: get(run, host, own).status_code == 200, 120, 0.2)
+        assert get(run, host, other).status_code == 404, f"{other} must not be served on {host}"
+
     # Isolation from inside the docs instance: the blog instance is unreachable (the host reaches it),
     # its own address answers; no volume or secret of the blog is there.
     blog_address, docs_name = rows["blog"]["ipv6"], rows["docs"]["instance_name"]
@@ -104,6 +112,8 @@ def test_sites_added_routed_isolated_and_removed(agent_run: AgentRun, tmp_path) 
     assert in_instance(run.client, docs_name, CONNECT.format(address=blog_address, port=8000)).startswith("refused")
     attrs = run.client.containers.get(docs_name).attrs
     assert not any("blog-" in (mount.get("Source") or "") for mount in attrs["Mounts"]), attrs["Mounts"]
+    users = {run.client.containers.get(rows[name]["instance_name"]).attrs["Config"]["User"] for name in rows}
+    assert len(users) == 2 and not users & {"", "0", "root"}, users  # a user of its own per site
     env = attrs["Config"]["Env"]
     assert "WEBHOOK_SECRET=secret-of-docs" in env and not any("secret-of-blog" in item for item in env)
     out = subprocess.run(agent_cmd("-i", "--state-dir", str(run.state_dir)), capture_output=True, text=True,

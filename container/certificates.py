@@ -125,6 +125,9 @@ def due(current: Certificate | None, settings: TlsSettings, now: float, force: b
     missing = sorted(set(settings.domains) - set(current.domains))
     if missing:
         return f"not valid for {', '.join(missing)}"
+    extra = sorted(set(current.domains) - set(settings.domains))
+    if extra and settings.acme:  # a name taken from the site: its certificate must not keep it
+        return f"also for {', '.join(extra)}, no longer configured"
     if current.days_left(now) < settings.renew_days:
         return f"expires in {current.days_left(now):.0f} days"
     return None
@@ -161,9 +164,18 @@ class Store:
             yield
 
     def remove(self) -> None:
-        """A removed site's certificate, status and settings (lego's store keeps its files)."""
-        if self.site:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        """A removed site's certificate, status and settings, and lego's copy of its certificate (a later
+        site with the same first domain starts afresh; lego's account stays)."""
+        if not self.site:
+            return
+        try:
+            first = self.settings().domains[0]
+        except (CertificateError, IndexError):
+            first = ""
+        if first:
+            for path in (self.lego / "certificates").glob(f"{first}.*"):
+                path.unlink(missing_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
     def current(self) -> Certificate | None:
@@ -239,7 +251,8 @@ def obtain(settings: TlsSettings, store: Store, force: bool = False, now: float 
         status = store.status()
         status["last_attempt"] = now
         lego_cert = store.lego / "certificates" / f"{settings.domains[0]}.crt"
-        renew = lego_cert.exists() and set(settings.domains) <= set(
+        # lego's renew asks for the names the old certificate had too: only for exactly the same names.
+        renew = lego_cert.exists() and set(settings.domains) == set(
             read_certificate(lego_cert.read_bytes(), str(lego_cert)).domains)
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(store.dir)}
         if settings.acme_ca_bundle:

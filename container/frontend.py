@@ -122,8 +122,11 @@ def site_rules(service: Service) -> list[str]:
     the client named, which is one of the site's domains (the ACL matched it), never anything else; a
     request for no site's host is redirected only to the default site's first domain."""
     tls = service.tls
-    # The host as sites name it: lower case, without a port or the root's trailing dot.
-    lines = ["    http-request set-var(txn.host) req.hdr(host),regsub(:[0-9]+$,),regsub([.]$,),lower"]
+    # One Host only: `req.hdr` takes the last of comma-separated values where the cache keys on the first,
+    # so "Host: a, b" would store b's page as a's. Then the host as sites name it: lower case, without a
+    # port or the root's trailing dot.
+    lines = ["    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
+             "    http-request set-var(txn.host) req.fhdr(host),regsub(:[0-9]+$,),regsub([.]$,),lower"]
     lines += [f"    acl site_{site.name} var(txn.host) -m str {' '.join(site.domains)}"
               for site in service.sites if site.domains]
     if tls is not None:

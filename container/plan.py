@@ -42,6 +42,9 @@ def site_applications(images: tuple[Application, ...], bootstrap: Bootstrap) -> 
     limits = base.manifest.resources
     apps = []
     for index, site in enumerate(bootstrap.sites):
+        if site.name == base.name:  # the application of the image itself (a host's blog before sites)
+            raise AgentError(f"{bootstrap.source}: sites[{index}].name: {site.name!r} is the image's own application "
+                             "name; choose another")
         for key, wanted, most, what in (("memory_mb", site.memory_mb, limits.memory_mb, "<resources mb>"),
                                         ("vmhz", site.vmhz, limits.cpu_vmhz, "<resources vmhz>")):
             if wanted is not None and wanted > most:

@@ -53,7 +53,8 @@ class Nat64:
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 # A DNS host name (no IP address, no wildcard: HTTP-01 cannot prove those), at least two labels.
 DOMAIN = re.compile(r"(?=.{1,253}\Z)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.[a-z][a-z0-9-]{0,62}")
-EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# An address lego can use as a file name too (it names the account's directory after it): no '/' or space.
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?=.{1,253}\Z)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
 SITE_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?")
 
 

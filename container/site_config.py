@@ -114,10 +114,16 @@ def repository_url(repo: str) -> tuple[str, str | None]:
     the blog image declares github.com:443 as its only external service)."""
     if os.path.isdir(repo):
         path = os.path.realpath(repo)
-        for probe in (["git", "--git-dir", path, "rev-parse", "--git-dir"], ["git", "-C", path, "rev-parse"]):
-            if subprocess.run(probe, capture_output=True).returncode == 0:
-                return f"file://{path}", path
-        raise SiteError(f"--repo {path} is a directory but not a git repository")
+        # A bare repository itself, or the top of a work tree: not any directory inside one (that would mount
+        # e.g. another tree's .git/objects or a part of this host's files into the instance).
+        bare = subprocess.run(["git", "--git-dir", path, "rev-parse", "--is-bare-repository"], capture_output=True,
+                              text=True)
+        top = subprocess.run(["git", "-C", path, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        if bare.returncode == 0 and bare.stdout.strip() == "true":
+            return f"file://{path}", path
+        if top.returncode == 0 and os.path.realpath(top.stdout.strip()) == path:
+            return f"file://{path}", path
+        raise SiteError(f"--repo {path}: not a bare git repository nor the top of a git work tree")
     if repo.startswith("https://github.com/"):
         return repo, None
     raise SiteError(f"--repo {repo}: use a local git repository path, or an https://github.com/… URL (the blog "

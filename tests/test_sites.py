@@ -95,6 +95,11 @@ def test_sites_added_routed_isolated_and_removed(agent_run: AgentRun, tmp_path) 
     assert DOCS_MARKER not in get(run, BLOG).text, "each host gets its own site (and cache entries)"
     assert DOCS_MARKER in get(run, DOCS, "/").text
     assert DOCS_MARKER in get(run, "Docs.Example.Test.:80").text  # any case, a port, the root's dot
+    # Two hosts in one (routing took the last, HAProxy's cache keys on the first): refused, so no
+    # request stores one site's page as another's.
+    for _ in range(5):
+        assert get(run, f"{DOCS}, {BLOG}").status_code == 400
+        assert DOCS_MARKER in get(run, DOCS).text
 
     # Each site publishes its own pushes, on its own domains only.
     run.repo.add_post("blog-news", "Blog news")

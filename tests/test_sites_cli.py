@@ -137,6 +137,12 @@ def test_add_with_repo_uses_it_and_makes_none(host: sites.Paths, tmp_path: Path)
     (["add", "docs", "--domain", "d.example.org", "--repo", "/nonexistent/repo.git"],
      "site add: --repo /nonexistent/repo.git: use a local git repository path"),
     (["add", "site", "--domain", "d.example.org"], "is the repository of site 'blog'; choose another name"),
+    (["add", "docs", "--domain", "d.example.org", "--email", "a@b.org/../../x"], "sites[1].email: "),
+    (["add", "docs", "--domain", "d.example.org", "--repo", str(REPO_ROOT / "container")],
+     ": not a bare git repository nor the top of a git work tree"),
+    (["add", "docs", "--domain", "d.example.org", "--repo", str(REPO_ROOT / ".git" / "objects")],
+     ": not a bare git repository nor the top of a git work tree"),
+    (["add", "srcco-de", "--domain", "d.example.org"], "'srcco-de' is the image's own application name"),
     (["remove", "nosuch"], "site remove: no site named 'nosuch' (the sites: blog)"),
     (["remove", "blog"], "site remove: site 'blog' is the blog ./bootstrap.sh sets up"),
 ])

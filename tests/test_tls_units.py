@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import subprocess
 import time
@@ -59,6 +60,9 @@ def test_renewal_is_due_30_days_before_expiry_or_for_new_domains() -> None:
     assert certificates.due(cert, tls, now, force=True) == "renewal forced"
     assert certificates.due(certificates.Certificate("1", now + 80 * 86400, "CA", ("a.org",)), tls, now) \
         == "not valid for b.org"
+    # A name taken away (from a site): a new certificate without it, not a renewal that keeps it.
+    assert certificates.due(cert, dataclasses.replace(tls, domains=("a.org",)), now) \
+        == "also for b.org, no longer configured"
 
 
 def test_failed_attempts_back_off_up_to_six_hours() -> None:

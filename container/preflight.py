@@ -8,7 +8,7 @@ import ipaddress
 import os
 from typing import Any
 
-from container import checks, firewall, frontend, instances, network, plan, runtime
+from container import checks, firewall, frontend, instances, network, plan, runtime, volume
 from container.bootstrap import Bootstrap, Network, load_bootstrap
 from container.capacity import check_fits, host_capacity
 from container.errors import AgentError
@@ -43,6 +43,7 @@ def load(agent: Agent) -> None:
     checks.check_tls(agent.bootstrap)
     agent.capacity = host_capacity()
     in_use = resources_in_use(agent, exclude={app.name for app in agent.apps})
+    volume.check_disk(agent.state.path, [(app.name, fs) for app in agent.apps for fs in app.manifest.volumes])
     for app in agent.apps:
         check_fits(f"site {app.name}" if app.site else app.name, app.manifest.resources, in_use, agent.capacity,
                    app.site is not None)

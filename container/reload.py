@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from container import checks, instances, nat64, network, plan, runtime, supervision
+from container import checks, instances, nat64, network, plan, runtime, supervision, volume
 from container.bootstrap import load_bootstrap
 from container.capacity import check_fits
 from container.errors import AgentError
@@ -64,7 +64,9 @@ def reload(agent: Agent) -> None:
 
 
 def check_capacity(agent: Agent, apps: tuple[plan.Application, ...]) -> None:
-    """Sites added or given other limits must fit beside everything else (no overbooking)."""
+    """Sites added or given other limits must fit beside everything else (no overbooking), and every
+    site's volumes on the disk."""
+    volume.check_disk(agent.state.path, [(app.name, fs) for app in apps for fs in app.manifest.volumes])
     current = {app.name: app.manifest.resources for app in agent.apps}
     grown = [app for app in apps if current.get(app.name) != app.manifest.resources]
     if not grown:

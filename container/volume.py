@@ -82,6 +82,25 @@ def release(state_dir: Path, application: str, fs: PersistentFilesystem, purge: 
     return done
 
 
+def check_disk(state_dir: Path, volumes: list[tuple[str, PersistentFilesystem]]) -> None:
+    """Refuse volumes the disk cannot hold at their full size (no overbooking of disk either): the images are
+    sparse, so what counts is what each may still grow by, against the free space of the state dir's disk."""
+    growth = 0
+    for application, fs in volumes:
+        image, _ = paths(state_dir, application, fs)
+        try:
+            allocated = image.stat().st_blocks * 512
+        except OSError:
+            allocated = 0
+        growth += max(0, fs.size_mb * 1024 * 1024 - allocated)
+    base = state_dir if state_dir.exists() else state_dir.parent
+    found = os.statvfs(base)
+    free = found.f_bavail * found.f_frsize
+    if growth > free:
+        raise VolumeError(f"the volumes need {growth // 2**20} MB more than the disk of {state_dir} has free "
+                          f"({free // 2**20} MB): free space, or run fewer sites or applications")
+
+
 def unmount_all(state_dir: Path, purge: bool = False) -> list[str]:
     """Unmount every volume (the data stays in its image unless `purge`); returns what was done."""
     base = state_dir / DIRECTORY

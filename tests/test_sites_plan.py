@@ -125,3 +125,22 @@ def test_https_per_site_redirects_only_to_a_site_domain(tmp_path: Path) -> None:
     assert "https://%[var(txn.host)]:8443%[capture.req.uri]" in redirects[0] and redirects[0].endswith("site_blog")
     assert "https://blog.example.org:8443" in redirects[1] and "!site_blog !site_docs" in redirects[1]
     frontend.check_config(text)
+
+
+def test_volumes_the_disk_cannot_hold_are_refused(tmp_path: Path) -> None:
+    from container import volume
+    from container.errors import VolumeError
+    from container.manifest import PersistentFilesystem
+
+    free_mb = volume.os.statvfs(tmp_path).f_bavail * volume.os.statvfs(tmp_path).f_frsize // 2**20
+    volume.check_disk(tmp_path, [("blog", PersistentFilesystem("/workdir", 64))])
+    too_big = [(f"s{i}", PersistentFilesystem("/workdir", free_mb // 2 + 1)) for i in range(2)]
+    with pytest.raises(VolumeError, match=r"the volumes need \d+ MB more than the disk of .* has free"):
+        volume.check_disk(tmp_path, too_big)
+    # What an image file already holds counts as used: only the growth is asked of the disk.
+    image, _ = volume.paths(tmp_path, "s0", too_big[0][1])
+    image.parent.mkdir(parents=True)
+    with open(image, "wb") as handle:
+        handle.truncate(1)  # sparse: allocates nothing, so the check still refuses
+    with pytest.raises(VolumeError):
+        volume.check_disk(tmp_path, too_big)

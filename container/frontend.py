@@ -83,9 +83,14 @@ def request_rules(service: Service) -> list[str]:
     """A frontend's checks of each request, before anything reaches an instance."""
     lines = []
     if service.max_connections_per_client or service.max_requests_per_client:
-        # One entry per client address (IPv4 clients appear as ::ffff:a.b.c.d), forgotten after 60 s idle.
-        lines += ["    stick-table type ipv6 size 200k expire 60s store conn_cur,http_req_rate(10s)",
-                  "    tcp-request connection track-sc0 src"]
+        # One entry per client, forgotten after 60 s idle: an IPv4 address, or an IPv6 /64 (one host or
+        # network commonly holds a whole /64, so counting /128s would give an attacker 2^64 budgets);
+        # instances reaching a service over the gateway, all in one /64, count one by one.
+        local = " ".join(sorted({str(address) for address, _ in service.local_binds}))
+        lines += ["    stick-table type ipv6 size 200k expire 60s store conn_cur,http_req_rate(10s)"]
+        lines += [f"    tcp-request connection track-sc0 src if {{ dst {local} }}",
+                  f"    tcp-request connection track-sc0 src,ipmask(32,64) if !{{ dst {local} }}"] if local else [
+                  "    tcp-request connection track-sc0 src,ipmask(32,64)"]
     connections, requests = service.max_connections_per_client, service.max_requests_per_client
     if connections:
         lines.append(f"    tcp-request connection reject if {{ sc_conn_cur(0) gt {connections} }}")

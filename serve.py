@@ -26,7 +26,7 @@ from typing import Any
 
 import cherrypy
 
-from pipeline import heartbeat, layout, metrics, site_rules, static_files
+from pipeline import heap, heartbeat, layout, metrics, site_rules, static_files
 from pipeline.answers import Answer, Memo, StartResponse, accepts_gzip, memo_path, method_not_allowed, send_plain
 from pipeline.site_admin import RESERVED_PREFIX, SiteAdmin
 from pipeline.webhook import MAX_BODY, HookGuard
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only now: a SIGTERM that CherryPy's handler took before start() was lost (the server then ran on);
     # until here the default action ends the process.
     cherrypy.engine.signals.subscribe()
+    heap.release()  # what importing and starting left in the C heap (the idle instance's memory)
     print(f"serve.py: serving {site} on [{args.host}]:{args.port}", file=sys.stderr, flush=True)
     cherrypy.engine.block()
     return 0

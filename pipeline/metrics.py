@@ -2,22 +2,20 @@
 
 Build figures come from the counters the watcher keeps in status.json (it is another process), read at
 each scrape; request and answer-cache figures are serve.py's own.
+
+prometheus_client (~4 MiB with what it imports) is imported at the first scrape, not with this module: the
+watcher only counts builds here, and an instance nobody scrapes does not carry it (docs/benchmarks.md, idle).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 BUILD_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -72,6 +70,13 @@ class InstanceCollector:
         self.status, self.requests, self.memo_size = status, requests, memo_size
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
+
         status = self.status()
         counters = status.get("counters") or {}
         builds = CounterMetricFamily("pequod_builds", "Builds finished, by result.", labels=["result"])
@@ -121,10 +126,20 @@ class InstanceCollector:
 
 
 def registry(collector: InstanceCollector) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry
+
     reg = CollectorRegistry(auto_describe=False)
     reg.register(collector)  # type: ignore[arg-type]
     return reg
 
 
 def exposition(reg: CollectorRegistry) -> bytes:
+    from prometheus_client import generate_latest
+
     return generate_latest(reg)
+
+
+def content_type() -> str:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return CONTENT_TYPE_LATEST

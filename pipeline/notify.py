@@ -20,9 +20,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +64,12 @@ class Notifier:
             self._deliver(event)
 
     def _deliver(self, event: dict[str, Any]) -> None:
+        # Imported here: urllib.request brings http.client, email and ssl (~2 MiB), which a watcher without
+        # NOTIFY_URL never needs.
+        import urllib.error
+        import urllib.request
+        import uuid
+
         body = json.dumps(event).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "pequod",
                    "X-Pequod-Event": event["event"], "X-Pequod-Delivery": str(uuid.uuid4())}

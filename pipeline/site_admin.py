@@ -16,8 +16,6 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from pipeline import deploy_page, heartbeat, layout, links, metrics, releases
 from pipeline.answers import Memo, StartResponse, method_not_allowed, send_json, send_plain, send_text
 from pipeline.errors import ReleaseError
@@ -38,8 +36,9 @@ class SiteAdmin:
         self.wake_file = wake_file
         self.hook_guard = hook_guard
         self.heartbeat_file = heartbeat_file
-        self.metrics = metrics.registry(metrics.InstanceCollector(
-            lambda: self.status(self.live_root()), requests, lambda: (len(memo.answers), memo.size)))
+        self.collector = metrics.InstanceCollector(
+            lambda: self.status(self.live_root()), requests, lambda: (len(memo.answers), memo.size))
+        self._registry: Any = None  # made at the first scrape (prometheus_client is imported then)
 
     def answer(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """The answer for a PATH_INFO under RESERVED_PREFIX."""
@@ -65,7 +64,9 @@ class SiteAdmin:
             page = deploy_page.render(self.status(root), rollback_enabled=self.hook_guard.secret is not None)
             return send_text(start_response, "200 OK", page.encode(), "text/html; charset=utf-8")
         if name == "metrics":
-            return send_text(start_response, "200 OK", metrics.exposition(self.metrics), CONTENT_TYPE_LATEST)
+            if self._registry is None:
+                self._registry = metrics.registry(self.collector)
+            return send_text(start_response, "200 OK", metrics.exposition(self._registry), metrics.content_type())
         return send_plain(start_response, "404 Not Found", "not found\n")
 
     def health(self, root: str | None, start_response: StartResponse, serving_only: bool = False) -> Iterable[bytes]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pipeline import heartbeat, metrics, releases, tree, triggers
+from pipeline import heap, heartbeat, metrics, releases, tree, triggers
 from pipeline.config import Settings, redact_url
 from pipeline.deployer import Deployer
 from pipeline.errors import GitError, PipelineError
@@ -104,6 +104,8 @@ class Watcher:
                 return settings.poll_interval
             self._record_error(str(exc), transient=True)
             return backoff_delay(settings.poll_interval, self._transient_failures)
+        finally:
+            heap.release()  # once per deploy, whatever its end: what it needed for a moment goes back
         self._fetch_failures = ("", 0)
         return 0 if self.wake.is_set() else settings.poll_interval
 

@@ -4,7 +4,7 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-# git is run by the watcher (pipeline/git_source.py); the stand-in base has it, the official python images do not.
+# git is needed by GitPython; the stand-in base has it, the official python images do not.
 RUN set -eux; \
     if ! command -v git >/dev/null; then \
         apt-get update; apt-get install -y --no-install-recommends git ca-certificates; \

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import socket
 import statistics
 import threading
@@ -18,10 +19,12 @@ class Readers:
     """Legitimate readers fetching a page in a loop; latencies (s) and failures recorded."""
 
     def __init__(self, url: str, expect: str, threads: int = 4, pause: float = 0.05,
-                 headers: dict[str, str] | None = None, absent: str = ""):
+                 headers: dict[str, str] | None = None, absent: str = "", fresh: bool = False):
         """`headers` go with every request (e.g. the Host of one site); a page containing `absent` (another
-        site's text) counts as failed."""
+        site's text) counts as failed; with `fresh`, each request has a query string of its own (`?n=1`, …:
+        past the frontend's cache, to the instance)."""
         self.url, self.expect, self.pause, self.headers, self.absent = url, expect, pause, headers or {}, absent
+        self.fresh = itertools.count() if fresh else None
         self.latencies: list[float] = []
         self.failed: list[str] = []
         self._stop = threading.Event()
@@ -32,7 +35,8 @@ class Readers:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                response = session.get(self.url, timeout=10, headers=self.headers, allow_redirects=False)
+                url = self.url if self.fresh is None else f"{self.url}?n={next(self.fresh)}"
+                response = session.get(url, timeout=10, headers=self.headers, allow_redirects=False)
                 if response.status_code == 200 and self.expect in response.text and \
                         not (self.absent and self.absent in response.text):
                     self.latencies.append(time.monotonic() - started)

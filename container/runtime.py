@@ -98,7 +98,8 @@ def container_args(
 
 def our_containers(client: docker.DockerClient) -> list[Any]:
     try:
-        return client.containers.list(all=True, filters={"label": LABEL})
+        # A container removed between the listing and its inspection is left out, not an error.
+        return client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot list containers: {exc.explanation or exc}") from None
 

@@ -72,7 +72,7 @@ def docker_client() -> Any:
 def site_containers(client: Any, name: str | None = None) -> list[Any]:
     """The running instances of one site (or of every site)."""
     label = f"{SITE_LABEL}={name}" if name else SITE_LABEL
-    return client.containers.list(filters={"label": label})
+    return client.containers.list(filters={"label": label}, ignore_removed=True)
 
 
 def instance_url(container: Any, port: int, path: str) -> str:

@@ -75,7 +75,8 @@ def push_post(repository: Path, work: Path, slug: str, text: str) -> str:
 
 
 def site_instances(client: docker.DockerClient, site: str) -> list[str]:
-    return [c.name for c in client.containers.list(all=True, filters={"label": f"org.pequod.agent.site={site}"})]
+    return [c.name for c in client.containers.list(all=True, filters={"label": f"org.pequod.agent.site={site}"},
+                                                   ignore_removed=True)]
 
 
 def _port_80_free() -> bool:

@@ -40,7 +40,7 @@ class Docker:
         self.on_list = on_list
         self.containers = self
 
-    def list(self, filters: dict[str, str]) -> list[Container]:
+    def list(self, filters: dict[str, str], ignore_removed: bool = False) -> list[Container]:
         if self.on_list:
             self.on_list()
         key, _, value = filters["label"].partition("=")

@@ -99,6 +99,7 @@ def request_rules(service: Service) -> list[str]:
     return lines + [
         '    http-request return status 414 content-type text/plain string "URI too long\\n" '
         f"if {{ url_len gt {MAX_URL} }}",
+        *host_rules(),
         # Spellings of one file share one cache entry (the cache keys on the URI): `/posts//x/` is `/posts/x/`.
         "    http-request set-path %[path,regsub(//+,/,g)] if { path -m sub // }",
         '    http-request return status 411 content-type text/plain string "Content-Length required\\n" '
@@ -114,6 +115,28 @@ def request_rules(service: Service) -> list[str]:
     ] + (site_rules(service) if service.sites else tls_rules(service))
 
 
+# A Host (HTTP/2's :authority arrives as Host) is a host name or an IP literal with an optional port, and
+# nothing else: no `/`, `@`, `\\`, `%`, space, control character or empty label. Each spelling of one host
+# becomes its canonical form (lower case, no port, no root's trailing dot) before routing, redirects and
+# the cache see it: HAProxy 2.6 keys its cache on the Host value and the path, so `Host: docs.example/posts`
+# with path `/` would otherwise meet `Host: docs.example` with path `/posts/`.
+HOST_NAME = r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?([.][a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*[.]?(:[0-9]{1,5})?$"
+HOST_ADDRESS = r"^\[[0-9a-f:.]+\](:[0-9]{1,5})?$"
+
+
+def host_rules() -> list[str]:
+    """One Host, well formed, made canonical (`txn.host` and the Host header the instance and the cache see)."""
+    return [
+        # One Host only: `req.hdr` takes the last of comma-separated values where the cache keys on the
+        # first, so "Host: a, b" would store b's page as a's.
+        "    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
+        "    http-request deny deny_status 400 if { req.hdr_cnt(host) eq 1 } "
+        f"!{{ req.fhdr(host) -m reg -i '{HOST_NAME}' }} !{{ req.fhdr(host) -m reg -i '{HOST_ADDRESS}' }}",
+        "    http-request set-var(txn.host) req.fhdr(host),lower,regsub(:[0-9]+$,),regsub([.]$,)",
+        "    http-request set-header host %[var(txn.host)] if { var(txn.host) -m found }",
+    ]
+
+
 NO_SITE = "pequod-nosite"
 
 
@@ -127,13 +150,8 @@ def site_rules(service: Service) -> list[str]:
     the client named, which is one of the site's domains (the ACL matched it), never anything else; a
     request for no site's host is redirected only to the default site's first domain."""
     tls = service.tls
-    # One Host only: `req.hdr` takes the last of comma-separated values where the cache keys on the first,
-    # so "Host: a, b" would store b's page as a's. Then the host as sites name it: lower case, without a
-    # port or the root's trailing dot.
-    lines = ["    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
-             "    http-request set-var(txn.host) req.fhdr(host),regsub(:[0-9]+$,),regsub([.]$,),lower"]
-    lines += [f"    acl site_{site.name} var(txn.host) -m str {' '.join(site.domains)}"
-              for site in service.sites if site.domains]
+    lines = [f"    acl site_{site.name} var(txn.host) -m str {' '.join(site.domains)}"
+             for site in service.sites if site.domains]
     if tls is not None:
         lines += ["    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
                   "    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
@@ -186,7 +204,7 @@ def tls_rules(service: Service) -> list[str]:
         port = "" if tls.port == 443 else f":{tls.port}"
         plain = f"!{{ ssl_fc }} {{ dst_port {service.port} }}{local} !acme_challenge"
         for domain in (*tls.domains[1:], *tls.domains[:1]):  # the first domain last: it takes every other Host
-            host = f" {{ req.hdr(host),regsub(:[0-9]+$,),lower -m str {domain} }}" if domain != tls.domains[0] else ""
+            host = f" {{ var(txn.host) -m str {domain} }}" if domain != tls.domains[0] else ""
             lines.append(f"    http-request redirect location https://{domain}{port}%[capture.req.uri] code 301 "
                          f"if {plain}{host}")
         lines.append(f'    http-after-response set-header Strict-Transport-Security "max-age={HSTS_MAX_AGE}" '

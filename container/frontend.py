@@ -100,6 +100,9 @@ def request_rules(service: Service) -> list[str]:
         '    http-request return status 414 content-type text/plain string "URI too long\\n" '
         f"if {{ url_len gt {MAX_URL} }}",
         *host_rules(),
+        # No Accept-Encoding means any coding to HAProxy's cache (RFC 9110), which then answers a client
+        # that sent none (curl, scripts) with the gzip variant a browser stored: ask for identity instead.
+        "    http-request set-header accept-encoding identity if !{ req.hdr(accept-encoding) -m found }",
         # Spellings of one file share one cache entry (the cache keys on the URI): `/posts//x/` is `/posts/x/`.
         "    http-request set-path %[path,regsub(//+,/,g)] if { path -m sub // }",
         '    http-request return status 411 content-type text/plain string "Content-Length required\\n" '

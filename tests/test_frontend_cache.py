@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gzip
 import ipaddress
 import random
 import socket
@@ -88,6 +89,23 @@ def test_spellings_of_one_file_share_one_cache_entry(tmp_path: Path) -> None:
             assert again.text == "<html>post x</html>" and "Age" in again.headers, spelling  # from the cache
         redirect = requests.get(f"{base}/posts//x", allow_redirects=False, timeout=5)
         assert redirect.status_code == 301 and redirect.headers["Location"] == "/posts/x/"
+
+
+def test_a_client_that_asks_for_no_coding_gets_the_page_plain_after_a_browser_got_it_gzipped(tmp_path: Path) -> None:
+    """HAProxy's cache takes a request without Accept-Encoding as accepting any coding, so curl got the
+    gzip bytes a browser's request had stored; the frontend asks for identity for such a client."""
+    release = tmp_path / "releases" / "r1"
+    release.mkdir(parents=True)
+    page = "<html>" + "a page worth compressing " * 100 + "</html>"
+    (release / "index.html").write_text(page)
+    (release / "index.html.gz").write_bytes(gzip.compress(page.encode()))
+    with frontend(tmp_path, release) as port:
+        for _ in range(3):
+            browser = requests.get(f"http://[::1]:{port}/", headers={"Accept-Encoding": "gzip, br"}, timeout=5)
+            assert browser.headers.get("Content-Encoding") == "gzip" and browser.text == page
+            answer = raw_request(port, b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert b"Content-Encoding" not in head and body.startswith(b"<html>a page"), head
 
 
 def test_a_get_or_head_with_a_body_is_refused(tmp_path: Path) -> None:

@@ -19,11 +19,13 @@ from tests.acme_server import AcmeServer
 from tests.agent_fixtures import AgentRun, agent_cmd
 from tests.attacks import Readers
 from tests.helpers import SiteRepo, free_port, python_env, wait_for
+from tests.host_attacks import BAD_HOSTS, RESET, http1, http2
 
 pytestmark = pytest.mark.system  # root, Docker, network namespaces
 
 BLOG, DOCS = "blog.example.test", "docs.example.test"
 DOCS_MARKER = "Docs site marker"
+EMBARGO = "Embargo: Initech deal (do not leak)"  # a commit subject: the owner's
 
 
 def sites_yaml(*sites: str) -> str:
@@ -73,6 +75,41 @@ except OSError as exc:
 """
 
 
+def check_one_canonical_host(port: int, docs: str, tls: ssl.SSLContext | None = None) -> None:
+    """Raw HTTP/1.1 and HTTP/2 requests between two sites (docs and another, the default one when there
+    is one): a Host or :authority that is not a host name is refused, so no spelling stores another
+    site's page as docs' in the frontend's cache; odd spellings of docs' host reach docs."""
+    page = "/posts/docs-marker/"
+    on = {"tls": tls, "server_name": docs} if tls else {}
+
+    def docs_page_is_docs() -> None:
+        for answer in (http1(port, docs, page, **on), http2(port, docs, page, **on)):
+            assert answer.status == 200 and DOCS_MARKER in answer.body, (answer.status, answer.body[:300])
+
+    docs_page_is_docs()
+    for _ in range(3):
+        # The attack: `Host: docs/posts/docs-marker` with path `/` was routed to the default site and
+        # cached under the same key as docs' /posts/docs-marker/, whose readers then got the blog.
+        assert http1(port, docs + page.rstrip("/"), "/", **on).status == 400
+        assert http2(port, docs + page.rstrip("/"), "/", **on).status in (400, RESET)
+        docs_page_is_docs()
+    for bad in BAD_HOSTS:
+        host = bad.format(host=docs)
+        assert http1(port, host, **on).status == 400, repr(host)
+        if host:  # HTTP/2 without an authority is a request without a host: the default site's
+            assert http2(port, host, **on).status in (400, RESET), repr(host)
+    assert http1(port, docs + "\x01", **on).status == 400
+    assert http1(port, docs + ":", **on).status == 400
+    assert http1(port, docs, extra="Host: blog.example.test\r\n", **on).status == 400  # two Host lines
+    for spelling in (docs.upper() + ".", f"{docs}.:{port}", f"Docs{docs[4:]}:{port}"):
+        for answer in (http1(port, spelling, page, **on), http2(port, spelling, page, **on)):
+            assert answer.status == 200 and DOCS_MARKER in answer.body, (spelling, answer.status)
+    # HTTP/2 with a Host beside :authority: the :authority is the host (RFC 9113 8.3.1), never both.
+    answer = http2(port, docs, page, host="blog.example.test", **on)
+    assert answer.status == 200 and DOCS_MARKER in answer.body, answer.status
+    docs_page_is_docs()
+
+
 def test_sites_added_routed_isolated_and_removed(agent_run: AgentRun, tmp_path) -> None:
     run = agent_run
     docs = SiteRepo(run.repo.bare.parent / "docs")  # served by the same "GitHub" as docs/site.git
@@ -101,13 +138,30 @@ def test_sites_added_routed_isolated_and_removed(agent_run: AgentRun, tmp_path) 
         assert get(run, f"{DOCS}, {BLOG}").status_code == 400
         assert DOCS_MARKER in get(run, DOCS).text
 
+    check_one_canonical_host(run.frontend_port, DOCS)
+
     # Each site publishes its own pushes, on its own domains only.
     run.repo.add_post("blog-news", "Blog news")
-    docs.add_post("docs-news", "Docs news")
+    docs.write("posts/docs-news.rst", ".. title: Docs news\n.. slug: docs-news\n.. date: 2026-04-01 10:00:00 UTC\n\n.")
+    docs.commit(EMBARGO)
     for host, own, other in ((BLOG, "/posts/blog-news/", "/posts/docs-news/"),
                              (DOCS, "/posts/docs-news/", "/posts/blog-news/")):
         wait_for(f"{own} live on {host}", lambda host=host, own=own: get(run, host, own).status_code == 200, 120, 0.2)
         assert get(run, host, other).status_code == 404, f"{other} must not be served on {host}"
+
+    # Each site's deploy data is its owner's: the live release for anyone, the rest for its token only.
+    for path in ("/_site/status", "/_site/"):
+        public = get(run, DOCS, path)
+        assert public.status_code == 200 and EMBARGO not in public.text, path
+        for token, status in (("secret-of-blog", 403), ("guess", 403)):
+            answer = requests.get(f"{run.frontend}{path}", headers={"Host": DOCS, "Authorization": f"Bearer {token}"},
+                                  timeout=10)
+            assert answer.status_code == status and EMBARGO not in answer.text, (path, token)
+        owner = requests.get(f"{run.frontend}{path}", timeout=10,
+                             headers={"Host": DOCS, "Authorization": "Bearer secret-of-docs"})
+        assert owner.status_code == 200 and EMBARGO in owner.text, path
+    assert set(get(run, DOCS, "/_site/status").json()) == {"healthy", "current", "more"}
+    assert EMBARGO not in get(run, DOCS, "/_site/status").text  # the owner's answer was not cached for others
 
     # Isolation from inside the docs instance: the blog instance is unreachable (the host reaches it),
     # its own address answers; no volume or secret of the blog is there.
@@ -197,6 +251,7 @@ def test_each_site_gets_its_own_certificate_and_unknown_hosts_a_404(agent_run: A
         status, body, names = https("www.blog.pequod.test")
         assert status == 200 and "A Pequod Blog" in body and DOCS_MARKER not in body
         assert "www.blog.pequod.test" in names
+        check_one_canonical_host(https_port, "docs.pequod.test", ssl.create_default_context(cafile=str(acme.root_pem)))
         for host in ("docs.pequod.test", "www.blog.pequod.test"):
             response = get(run, host, "/posts/?x=1")
             assert response.status_code == 301

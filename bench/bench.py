@@ -58,6 +58,7 @@ from tests.helpers import Process, SiteRepo, python_env, wait_for  # noqa: E402
 
 POSTS = 200
 SECRET = "bench-secret"
+OWNER = {"Authorization": f"Bearer {SECRET}"}  # the deploy data (/_site/status) is the owner's
 TAGS = ["python", "ipv6", "docker", "nikola", "git", "haproxy", "nat64", "linux"]
 PARAGRAPH = ("Static sites are fast because there is nothing to compute per request: the server "
              "reads a file and sends it. Everything interesting happens once, at build time. ")
@@ -279,7 +280,7 @@ frontend:
 def wait_mode(run: AgentRun, mode: str) -> None:
     """After a YAML change the agent replaces the instance; wait until the new one serves."""
     def ready() -> bool:
-        status = requests.get(run.frontend + "/_site/status", timeout=5).json()
+        status = requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()
         remote = status.get("remote") or ""
         return bool(status.get("current")) and (remote.startswith("file://") == (mode == "local"))
     wait_for(f"the instance in mode {mode}", ready, 600, interval=1)
@@ -376,7 +377,7 @@ def first_publish(run: AgentRun) -> bool:
     """Whether the first release is live; AssertionError as soon as a build failed. Asked of the instance
     itself: the frontend has no healthy server before the first release."""
     for row in run.instances():
-        status = requests.get(f"http://[{row['ipv6']}]:8000/_site/status", timeout=5).json()
+        status = requests.get(f"http://[{row['ipv6']}]:8000/_site/status", headers=OWNER, timeout=5).json()
         if status.get("current"):
             return True
         failed = [build for build in status.get("builds") or [] if build.get("result") == "failed"]
@@ -498,12 +499,12 @@ def container_rss_mib(container) -> float:
 def bench_idle(run: AgentRun, seconds: int) -> dict:
     row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
     container = run.client.containers.get(row["instance_name"])
-    builds_before = len(requests.get(run.frontend + "/_site/status", timeout=5).json()["builds"])
+    builds_before = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
     cpu_before = container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
     rss_start = container_rss_mib(container)
     time.sleep(seconds)
     cpu_after = container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
-    builds_after = len(requests.get(run.frontend + "/_site/status", timeout=5).json()["builds"])
+    builds_after = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
     cpu_seconds = (cpu_after - cpu_before) / 1e9
     return {"seconds": seconds, "builds_started": builds_after - builds_before,
             "cpu_seconds": round(cpu_seconds, 2), "cpu_percent_of_a_core": round(100 * cpu_seconds / seconds, 2),

@@ -133,7 +133,8 @@ def build_failures(run: AgentRun) -> dict[str, dict]:
     found = {}
     for name, row in instances_by_site(run).items():
         with contextlib.suppress(requests.RequestException, ValueError):
-            status = requests.get(f"http://[{row['ipv6']}]:8000/_site/status", timeout=5).json()
+            status = requests.get(f"http://[{row['ipv6']}]:8000/_site/status", timeout=5,
+                                  headers={"Authorization": f"Bearer {secret(name)}"}).json()
             failed = [build for build in status.get("builds") or [] if build.get("result") == "failed"]
             if failed and not status.get("current"):
                 found[name] = {"last_error": status.get("last_error"), "instance_log": instance_log_tail(run, name, 14)}

@@ -5,8 +5,9 @@
 
 The blog is the site `blog` in `sites` (docs/sites.md), the default site (it serves every Host no other
 site names). Re-running `bootstrap.sh` sets the blog's repository and its read-only mount, the frontend
-port and the GitHub service, and keeps everything else: the other sites (`./bootstrap.sh site add`), what
-an administrator added (the blog's WEBHOOK_SECRET, networks, NAT64 settings, frontend limits…). With
+port and the GitHub service, gives the blog a WEBHOOK_SECRET when it has none (its token), and keeps
+everything else: the other sites (`./bootstrap.sh site add`), what an administrator added (the blog's
+WEBHOOK_SECRET, networks, NAT64 settings, frontend limits…). With
 --domain, the blog's `domains` are set and `frontend.tls` gets certificates from the ACME CA (without, the
 blog's domains and an existing `frontend.tls` are kept). A file written before sites existed is migrated:
 its SITE_REPO (with SITE_BRANCH, WEBHOOK_SECRET, NOTIFY_URL, NOTIFY_SECRET), the repository's mount and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,9 +77,10 @@ def migrate(current: dict[str, Any]) -> dict[str, Any]:
 
 def merge(current: dict[str, Any], *, site_repo: str, port: int, mount: str | None,
           notify: dict[str, str] | None = None, tls: dict[str, Any] | None = None,
-          domains: list[str] | None = None) -> dict[str, Any]:
+          domains: list[str] | None = None, secret: str | None = None) -> dict[str, Any]:
     """`current` with the managed settings set: a pure function of its inputs. `tls` (from --domain) holds
-    the ACME settings and `domains` the blog's host names."""
+    the ACME settings and `domains` the blog's host names; `secret` becomes the blog's WEBHOOK_SECRET when
+    it has none (its token for the deploy data, rollbacks and the webhook)."""
     data = migrate(dict(current))
     services = [s for s in data.get("external_services") or [] if s.get("service_name") != GITHUB["service_name"]]
     data["external_services"] = [GITHUB, *services]
@@ -104,6 +107,8 @@ def merge(current: dict[str, Any], *, site_repo: str, port: int, mount: str | No
     previous_mount = _local_path(environment.get("SITE_REPO"))
     environment["SITE_REPO"] = site_repo
     environment.update(notify or {})  # NOTIFY_URL, NOTIFY_SECRET when given (kept otherwise)
+    if secret:
+        environment.setdefault("WEBHOOK_SECRET", secret)
     blog["environment"] = environment
     managed = {m for m in (mount, previous_mount) if m}
     blog_mounts = [m for m in blog.get("mounts") or [] if m.get("source") not in managed]
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         with locked(args.yaml):
             current = read(args.yaml)
             merged = merge(current, site_repo=args.site_repo, port=args.port, mount=args.mount, notify=notify,
-                           tls=tls, domains=args.domain)
+                           tls=tls, domains=args.domain, secret=secrets.token_hex(32))
             new_text = render(merged, args.yaml)
             if merged == current:
                 print("unchanged")

@@ -79,13 +79,18 @@ def instance_url(container: Any, port: int, path: str) -> str:
     return f"http://[{(container.labels or {}).get('org.pequod.agent.ipv6', '::')}]:{port}{path}"
 
 
-def get_json(url: str, host: str | None = None, timeout: float = 3) -> tuple[int, Any, dict[str, str]]:
-    """(status, JSON body or None, headers) of a GET that follows no redirect; status 0: no answer."""
+def get_json(url: str, host: str | None = None, timeout: float = 3,
+             token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+    """(status, JSON body or None, headers) of a GET that follows no redirect; status 0: no answer. With
+    `token`, as the site's owner (the deploy data needs it)."""
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: Any, **kwargs: Any) -> None:
             return None
 
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    headers = {"Host": host} if host else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.build_opener(NoRedirect).open(request, timeout=timeout) as response:
             status, body, headers = response.status, response.read(), dict(response.headers)

@@ -1,9 +1,10 @@
-"""`./bootstrap.sh site add|remove|list`: more sites on a host `./bootstrap.sh` set up (docs/sites.md).
+"""`./bootstrap.sh site add|remove|list|token`: more sites on a host `./bootstrap.sh` set up (docs/sites.md).
 
     python -m container.sites [--yaml FILE] [--state-dir DIR] [--repos DIR] ... COMMAND
         add NAME --domain DOMAIN [--domain ...] [--repo URL_OR_PATH] [--email ADDR] [--memory MB] [--vmhz MHZ]
         remove NAME [--purge]
         list [--json]
+        token NAME
 
 Each site is an entry of `sites` in the bootstrap YAML; the running agent applies a change to one site
 without touching the others. `add` checks the new entry as the agent will (the YAML rules, the
@@ -11,7 +12,8 @@ manifest's limits), creates the site's repository (REPOS/NAME.git, seeded with s
 --repo names one, gives the site its own WEBHOOK_SECRET, writes the file atomically and waits until the
 site answers through the frontend. `remove` takes the entry out and waits until the agent has removed
 the site's instance (after draining); with --purge it deletes the repository `add` made and the site's
-volumes. `list` shows each site with its repository, the commit it serves and its state.
+volumes. `list` shows each site with its repository, the commit it serves and its state (asked of each
+instance with the site's token). `token` prints a site's token, its WEBHOOK_SECRET.
 """
 
 from __future__ import annotations
@@ -119,8 +121,8 @@ Publish with git push:
     git clone {clone} {name} && cd {name}
     $EDITOR posts/my-post.md
     git add -A && git commit -m "A new post" && git push
-Its webhook secret (POST /_site/hook, rollbacks on http://{domains[0]}/_site/): WEBHOOK_SECRET of the site {name}
-under sites in {paths.yaml}""")
+Its deploys: http://{domains[0]}/_site/ with its token, its WEBHOOK_SECRET (the deploy data, rollbacks,
+POST /_site/hook): ./bootstrap.sh site token {name}""")
     return 0
 
 
@@ -222,7 +224,8 @@ def rows(paths: Paths, client: Any | None) -> list[dict[str, Any]]:
         newest_first = sorted(running.get(site.name, []), reverse=True,
                               key=lambda c: float((c.labels or {}).get("org.pequod.agent.started") or 0))
         for container in newest_first:
-            status, body, _ = get_json(instance_url(container, port, "/_site/status"))
+            status, body, _ = get_json(instance_url(container, port, "/_site/status"),
+                                       token=boot.site_env(site).get("WEBHOOK_SECRET"))
             current = body.get("current") if status == 200 and isinstance(body, dict) else None
             if isinstance(current, dict):
                 state, commit, instance = "serving", current.get("commit"), container.name
@@ -244,6 +247,20 @@ def list_sites(paths: Paths, as_json: bool) -> int:
     print(table(("NAME", "DOMAINS", "REPOSITORY", "LIVE COMMIT", "STATE"), [
         (row["name"], " ".join(row["domains"] + (["(default)"] if row["default"] else [])) or "-",
          row["repository"] or "-", (row["live_commit"] or "-")[:12], row["state"]) for row in found]))
+    return 0
+
+
+def token(paths: Paths, name: str) -> int:
+    """The site's token (its WEBHOOK_SECRET): the deploy data, rollbacks and the webhook need it."""
+    boot = parse_bootstrap(paths.yaml.read_text(), str(paths.yaml))
+    site = next((site for site in boot.sites if site.name == name), None)
+    if site is None:
+        raise AgentError(f"{paths.yaml}: no site {name!r} under sites (./bootstrap.sh site list shows them)")
+    secret = boot.site_env(site).get("WEBHOOK_SECRET")
+    if not secret:
+        raise AgentError(f"{paths.yaml}: the site {name!r} has no WEBHOOK_SECRET in its environment; add one "
+                         "(e.g. openssl rand -hex 32) and the agent applies it")
+    print(secret)
     return 0
 
 
@@ -272,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
     gone.add_argument("--purge", action="store_true", help="delete its repository (made by add) and its volumes")
     show = commands.add_parser("list", help="the sites, their repositories, live commits and states")
     show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    secret = commands.add_parser("token", help="print the site's token (WEBHOOK_SECRET): its deploy data, "
+                                               "rollbacks and webhook need it")
+    secret.add_argument("name")
     return top
 
 
@@ -283,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             return add(paths, args.name, args.domain, args.repo, args.email, args.memory, args.vmhz)
         if args.command == "remove":
             return remove(paths, args.name, args.purge)
+        if args.command == "token":
+            return token(paths, args.name)
         return list_sites(paths, args.json)
     except (AgentError, OSError, yaml.YAMLError) as exc:
         message = " ".join(str(exc).split())  # one line

@@ -1,7 +1,10 @@
 """The deploy page at `GET /_site/`: what is live, what failed and why, the history, the kept releases.
 
 A pure function of the deploy status; everything that comes from git (subjects, authors, logs) is
-escaped. It works without JavaScript; a small script refreshes it and sends rollbacks with the token.
+escaped. Anyone sees the live release; the owner's part (history, logs, scheduled posts, links, kept
+releases) is rendered only for a request with the token (or from inside the instance): a small script
+sends the typed token as a bearer token, shows the owner's part it gets, refreshes the page every 15 s
+and sends rollbacks. The token stays in the page's memory, never in storage or a cookie.
 
 The page shares its origin with pushed pages, so serve.py answers it with HEADERS: a CSP that runs only
 this module's own style and script (by hash), no framing, and an opener policy that cuts it off from the
@@ -27,17 +30,40 @@ tr{display:block;border-bottom:1px solid #ddd;padding:.3rem 0}}
 """
 
 SCRIPT = """
-document.querySelectorAll('form.rollback').forEach(function (form) {
-  form.addEventListener('submit', function (event) {
-    event.preventDefault();
-    var token = document.getElementById('token').value;
-    fetch(form.action, {method: 'POST', headers: {'Authorization': 'Bearer ' + token,
-      'Content-Type': 'application/x-www-form-urlencoded'}, body: new URLSearchParams(new FormData(form))})
-      .then(function (r) { return r.json(); })
-      .then(function (answer) { alert(answer.message); location.reload(); });
-  });
+var token = '', field = document.getElementById('token');
+function say(text) { var out = document.getElementById('message'); if (out) out.textContent = text; }
+function answer(r) {
+  return r.ok ? r.text() : r.json().then(function (a) { throw new Error(a.message || r.statusText); });
+}
+function refresh() {
+  return fetch(location.pathname, {cache: 'no-store', headers: token ? {'Authorization': 'Bearer ' + token} : {}})
+    .then(answer).then(function (text) {
+      var page = new DOMParser().parseFromString(text, 'text/html');
+      ['live', 'owner'].forEach(function (id) {
+        var fresh = page.getElementById(id), old = document.getElementById(id);
+        if (fresh && old && !old.querySelector('details[open]')) old.replaceWith(document.adoptNode(fresh));
+      });
+    });
+}
+var unlock = document.getElementById('unlock');
+if (unlock) unlock.addEventListener('submit', function (event) {
+  event.preventDefault();
+  token = field.value;
+  say('checking the token');
+  refresh().then(function () { say('the deploy data is shown'); },
+                 function (error) { token = ''; say(error.message); });
 });
-setTimeout(function () { if (!document.querySelector('details[open]')) location.reload(); }, 15000);
+document.addEventListener('submit', function (event) {
+  var form = event.target;
+  if (!form.classList.contains('rollback')) return;
+  event.preventDefault();
+  fetch(form.action, {method: 'POST', headers: {'Authorization': 'Bearer ' + (token || field.value),
+    'Content-Type': 'application/x-www-form-urlencoded'}, body: new URLSearchParams(new FormData(form))})
+    .then(function (r) { return r.json(); })
+    .then(function (answer) { alert(answer.message); return refresh(); })
+    .catch(function (error) { say(error.message); });
+});
+setInterval(function () { refresh().catch(function (error) { say(error.message); }); }, 15000);
 """
 
 
@@ -86,21 +112,60 @@ def _links(report: Any) -> str:
             f"<table class=links><tr><th>page</th><th>links to</th></tr>{rows}</table>")
 
 
-def render(status: dict[str, Any], *, rollback_enabled: bool, now: float | None = None) -> str:
-    """The whole page as HTML."""
+def render(status: dict[str, Any], *, rollback_enabled: bool, owner: bool = True, now: float | None = None) -> str:
+    """The whole page as HTML: for the owner everything; for anyone else the live release and a form
+    that asks for the token, with which the script fetches the owner's page and shows its part."""
     now = time.time() if now is None else now
     current = status.get("current") or {}
     builds = status.get("builds") or []
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
              f"content='width=device-width,initial-scale=1'><title>Deploys</title><style>{STYLE}</style></head><body>",
-             "<h1>Deploys</h1>", _live(current, builds), *_problems(status),
-             f"<p>Remote {_e(status.get('remote'))}, branch {_e(status.get('branch'))}; last checked "
-             f"{_e(status.get('last_check'))}.</p>",
-             _scheduled(status.get("scheduled")), _links(status.get("links")), _history(builds),
-             _kept_releases(status.get("releases") or [], current, rollback_enabled),
+             "<h1>Deploys</h1>",
+             f"<div id=live>{_live(current, builds) if owner else _public_live(current, status.get('healthy'))}</div>",
+             _unlock(rollback_enabled),
+             "<div id=owner>", *(_owned(status, current, builds, rollback_enabled) if owner else
+                                  [_locked(rollback_enabled)]), "</div>",
              f"<p><small>Page made {_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now)))}; "
              f"it refreshes itself every 15 s.</small></p><script>{SCRIPT}</script></body></html>"]
     return "".join(parts)
+
+
+def _owned(status: dict[str, Any], current: dict[str, Any], builds: list[dict[str, Any]],
+           rollback_enabled: bool) -> list[str]:
+    """The owner's part: errors, the remote, scheduled posts, links, the history, the kept releases."""
+    return [*_problems(status),
+            f"<p>Remote {_e(status.get('remote'))}, branch {_e(status.get('branch'))}; last checked "
+            f"{_e(status.get('last_check'))}.</p>",
+            _scheduled(status.get("scheduled")), _links(status.get("links")), _history(builds),
+            _kept_releases(status.get("releases") or [], current, rollback_enabled)]
+
+
+def _unlock(rollback_enabled: bool) -> str:
+    """The token field (kept in the page's memory only, sent as a bearer token, never stored)."""
+    if not rollback_enabled:
+        return ""
+    return ("<form id=unlock class=box><label>Token (the site's <code>WEBHOOK_SECRET</code>) "
+            "<input id=token type=password autocomplete=off></label> <button>Show the deploy data</button> "
+            "<span id=message role=status></span></form>")
+
+
+def _locked(rollback_enabled: bool) -> str:
+    if not rollback_enabled:
+        return ("<p>The history, build logs, scheduled posts, link report and kept releases are the site "
+                "owner's. This site has no token (<code>WEBHOOK_SECRET</code>): they are shown only from inside "
+                "its instance.</p>")
+    return ("<p>The history, build logs, scheduled posts, link report and kept releases are the site owner's: "
+            "give the site's token to see them, or <code>curl -H 'Authorization: Bearer $WEBHOOK_SECRET' "
+            "http://HOST/_site/status</code>.</p>")
+
+
+def _public_live(current: dict[str, Any], healthy: Any) -> str:
+    """What a reader may know: the live release, since when, healthy or not."""
+    if not current:
+        return "<div class='box error'>No release is live yet.</div>"
+    return (f"<div class='box{'' if healthy else ' error'}'><strong>Live:</strong> release "
+            f"<code>{_e(current.get('release'))}</code>, live since {_e(current.get('built_at'))}; "
+            f"{'healthy' if healthy else 'not healthy (it serves, but does not publish)'}</div>")
 
 
 def _live(current: dict[str, Any], builds: list[dict[str, Any]]) -> str:
@@ -165,10 +230,9 @@ def _kept_releases(kept: list[str], current: dict[str, Any], rollback_enabled: b
     """The kept releases, newest first; with rollback enabled, a form to make each earlier one live."""
     parts = ["<h2>Kept releases</h2>"]
     if rollback_enabled:
-        parts.append("<p>To make an earlier release live until the next push, give the webhook secret "
-                     "(<code>WEBHOOK_SECRET</code>) as the token, or: <code>curl -X POST -H 'Authorization: Bearer "
-                     "$WEBHOOK_SECRET' -d release=ID http://HOST/_site/rollback</code>.</p>"
-                     "<p><label>Token <input id=token type=password autocomplete=off></label></p>")
+        parts.append("<p>An earlier release is made live until the next push with the token above, or: "
+                     "<code>curl -X POST -H 'Authorization: Bearer $WEBHOOK_SECRET' -d release=ID "
+                     "http://HOST/_site/rollback</code>.</p>")
     parts.append("<table>")
     for release in reversed(kept):
         live = release == current.get("release")

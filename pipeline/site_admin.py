@@ -4,6 +4,11 @@ deploy status as JSON and as a page, the metrics, the push webhook and the rollb
 Every answer here carries deploy_page.HEADERS (no framing, own opener group, strict CSP). Only the webhook
 and the rollback act, and only for a caller the HookGuard lets in (WEBHOOK_SECRET): a valid hook touches
 the wake file, which makes the watcher check the remote at once.
+
+The deploy data (history, commit subjects and authors, build logs, scheduled posts, the link report, the
+kept releases) is the owner's: the status and the deploy page show it only to a request with the site's
+token (`Authorization: Bearer <WEBHOOK_SECRET>`) or from inside the instance (loopback, not forwarded by
+the frontend). Anyone else learns what a reader may know: healthy or not, the live release and its time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pipeline.webhook import HookGuard, Verdict
 
 RESERVED_PREFIX = "/_site/"
 SERVING_ONLY = "serving"  # /_site/health?serving: the frontend's check, about serving only
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
 class SiteAdmin:
@@ -49,25 +55,50 @@ class SiteAdmin:
             return self.hook(environ, method, start_response)
         if path_info == RESERVED_PREFIX + "rollback":
             return self.rollback(environ, method, start_response)
-        return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response,
-                             environ.get("QUERY_STRING", ""))
+        return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response, environ)
 
-    def reserved(self, name: str, method: str, start_response: StartResponse, query: str = "") -> Iterable[bytes]:
+    def reserved(self, name: str, method: str, start_response: StartResponse,
+                 environ: dict[str, Any]) -> Iterable[bytes]:
         if method not in ("GET", "HEAD"):
             return method_not_allowed(start_response)
         root = self.live_root()
         if name == "health":
-            return self.health(root, start_response, serving_only=query == SERVING_ONLY)
-        if name == "status":
-            return send_json(start_response, "200 OK", self.status(root))
-        if name == "":
-            page = deploy_page.render(self.status(root), rollback_enabled=self.hook_guard.secret is not None)
+            return self.health(root, start_response, serving_only=environ.get("QUERY_STRING") == SERVING_ONLY)
+        if name in ("status", ""):
+            owner, refusal = self.access(environ)
+            if refusal is not None:
+                extra = [("Retry-After", "1")] if refusal.status == 429 else []
+                return send_json(start_response, f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
+                                 {"message": refusal.reason}, extra)
+            public = self.public_status(root)
+            status = {**self.status(root), "healthy": public["healthy"]} if owner else public
+            if name == "status":
+                return send_json(start_response, "200 OK", status)
+            page = deploy_page.render(status, rollback_enabled=self.hook_guard.secret is not None, owner=owner)
             return send_text(start_response, "200 OK", page.encode(), "text/html; charset=utf-8")
         if name == "metrics":
             if self._registry is None:
                 self._registry = metrics.registry(self.collector)
             return send_text(start_response, "200 OK", metrics.exposition(self._registry), metrics.content_type())
         return send_plain(start_response, "404 Not Found", "not found\n")
+
+    def access(self, environ: dict[str, Any]) -> tuple[bool, Verdict | None]:
+        """(whether the request is the owner's, the refusal of a wrong token). Without Authorization, only a
+        request from inside the instance is (HAProxy adds X-Forwarded-For to everything it forwards)."""
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        if authorization is None:
+            return environ.get("REMOTE_ADDR") in LOOPBACK and "HTTP_X_FORWARDED_FOR" not in environ, None
+        verdict = self.hook_guard.owner(self.client(environ), authorization)
+        return verdict.accepted, None if verdict.accepted else verdict
+
+    def public_status(self, root: str | None) -> dict[str, Any]:
+        """What a reader may know: healthy or not, the live release and when it was built."""
+        meta = releases.read_meta(Path(root)) if root else None
+        watcher = heartbeat.state(self.heartbeat_file) if self.heartbeat_file is not None else "beating"
+        current = None if root is None else {"release": meta.release if meta else os.path.basename(root),
+                                              "built_at": meta.built_at if meta else None}
+        return {"healthy": root is not None and watcher == "beating", "current": current,
+                "more": "the deploy data needs the site's token: Authorization: Bearer <WEBHOOK_SECRET>"}
 
     def health(self, root: str | None, start_response: StartResponse, serving_only: bool = False) -> Iterable[bytes]:
         """200 while a release is live and (beside a watcher) the watcher's heartbeat is fresh: an instance that

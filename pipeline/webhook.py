@@ -95,8 +95,19 @@ class HookGuard:
                 self._bucket(client).tokens -= 1
         return verdict
 
+    def owner(self, client: str, authorization: str) -> Verdict:
+        """Whether a request carrying `authorization` is the site owner's (the deploy data): the token as for
+        rollbacks, counted against the client's budget when wrong, refused (429) when spent."""
+        if self.secret is None:
+            return Verdict(404, "this site has no token: set WEBHOOK_SECRET (the deploy data is shown only to "
+                                "requests from inside its instance)")
+        with self._lock:
+            if self._bucket(client).tokens < 1:
+                return Verdict(429, "too many refused requests from this client")
+        return self.refused(client, self.check_bearer(authorization))
+
     def check_bearer(self, authorization: str | None) -> Verdict:
-        """Only `Authorization: Bearer <secret>` (rollbacks)."""
+        """Only `Authorization: Bearer <secret>` (rollbacks, the deploy data)."""
         assert self.secret is not None
         if not authorization or not authorization.lower().startswith("bearer "):
             return Verdict(401, "a token is needed: Authorization: Bearer <WEBHOOK_SECRET>")

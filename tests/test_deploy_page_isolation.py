@@ -1,7 +1,8 @@
 """Pushed pages share the deploy page's origin; in a real Chromium, through the real frontend (HAProxy with
 its cache) and serve.py, none of their scripts can read the token the owner types there: not by a service
 worker with scope "/", not by framing /_site/, not by opening it in a window. The page itself still works
-under its strict CSP (its style applies, the rollback form sends the token)."""
+under its strict CSP (it asks for the token, then shows the owner's deploy data; the rollback form sends
+the token). Through the frontend, from loopback too, the deploy data needs the token."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.system  # Chromium, serve.py on ports
 SECRET = "webhook-secret-typed-by-the-owner"
 TYPED = "what-the-owner-typed"
 OLDER, LIVE = "20260101T000000Z-aaaaaaaaaaaa", "20260102T000000Z-bbbbbbbbbbbb"
+EMBARGO = "Embargo: Initech deal (do not leak)"  # a commit subject: the owner's
 
 # What a hostile commit can push: pages whose scripts go after the token field.
 PLAIN = "<!doctype html><title>plain</title><p>An ordinary page with a field.</p><input id=token>"
@@ -82,6 +84,8 @@ def frontend(tmp_path: Path) -> Iterator[Frontend]:
                        ("frame-attack.html", FRAME_ATTACK), ("open-attack.html", OPEN_ATTACK)):
         (pushed / name).write_text(text)
     (data / "current").symlink_to(f"releases/{LIVE}")
+    (data / "status.json").write_text(json.dumps({"builds": [
+        {"commit": "b" * 40, "subject": EMBARGO, "author": "Owner", "result": "success", "release": LIVE}]}))
     backend, port = free_port(), free_port()
     serve = Process([sys.executable, str(REPO_ROOT / "serve.py"), str(data / "current"), "--host", "::1",
                      "--port", str(backend)], python_env(WEBHOOK_SECRET=SECRET), tmp_path / "serve.log")
@@ -112,6 +116,17 @@ def test_admin_answers_forbid_framing_openers_and_foreign_scripts(frontend: Fron
     answer = requests.post(frontend.base + "/_site/rollback", data={"release": OLDER}, timeout=5)
     assert answer.status_code == 401 and "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
     assert "Content-Security-Policy" not in requests.get(frontend.base + "/plain.html", timeout=5).headers
+
+
+def test_the_deploy_data_needs_the_token_through_the_frontend_also_from_loopback(frontend: Frontend) -> None:
+    for path in ("/_site/", "/_site/status"):
+        assert EMBARGO not in requests.get(frontend.base + path, timeout=5).text, path
+        owner = requests.get(frontend.base + path, headers={"Authorization": f"Bearer {SECRET}"}, timeout=5)
+        assert owner.status_code == 200 and EMBARGO in owner.text, path
+        wrong = requests.get(frontend.base + path, headers={"Authorization": "Bearer guess"}, timeout=5)
+        assert wrong.status_code == 403 and EMBARGO not in wrong.text
+    # The owner's answer is not kept by the frontend's cache for anyone else.
+    assert EMBARGO not in requests.get(frontend.base + "/_site/status", timeout=5).text
 
 
 def test_a_service_worker_script_is_refused_also_when_the_cache_holds_it(frontend: Frontend) -> None:
@@ -168,12 +183,18 @@ def test_pushed_scripts_cannot_read_the_token_field_in_chromium(frontend: Fronte
         seen = driver.execute_script("return window.seen")
         assert TYPED not in json.dumps(seen["admin"]) and not seen["admin"].startswith("token:"), seen
 
-        # The deploy page in that window works: its own style applies, the form sends the token.
+        # The deploy page in that window works: its own style applies; it shows the owner's part only
+        # for the token, and the form sends the token.
         driver.switch_to.window(windows["admin"])
         assert driver.execute_script("return getComputedStyle(document.body).maxWidth") == "960px"
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert LIVE in body and EMBARGO not in body and not driver.find_elements(By.CSS_SELECTOR, "form.rollback")
         token = driver.find_element(By.ID, "token")
         token.clear()
         token.send_keys(SECRET)
+        driver.find_element(By.CSS_SELECTOR, "#unlock button").click()
+        wait_for("the owner's part", lambda: driver.find_elements(By.CSS_SELECTOR, "form.rollback"), 10)
+        assert EMBARGO in driver.find_element(By.TAG_NAME, "body").text
         assert live_release(frontend.data) == LIVE
         driver.find_element(By.CSS_SELECTOR, "form.rollback button").click()
         alert = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())

@@ -23,7 +23,12 @@ def test_the_blog_is_the_default_site_with_its_repository_and_mount(tmp_path: Pa
     assert main([str(path), *BLOG_ARGS]) == 0
     boot, blog = blog_of(path)
     assert blog.default and blog.domains == ()
-    assert dict(blog.environment) == {"SITE_REPO": "file:///srv/pequod/site.git"}
+    environment = dict(blog.environment)
+    secret = environment.pop("WEBHOOK_SECRET")  # the blog's token (deploy data, rollbacks, the webhook)
+    assert environment == {"SITE_REPO": "file:///srv/pequod/site.git"} and len(secret) == 64
+    assert path.stat().st_mode & 0o077 == 0  # it holds the secret
+    assert main([str(path), *BLOG_ARGS]) == 0
+    assert dict(blog_of(path)[1].environment)["WEBHOOK_SECRET"] == secret, "a re-run keeps the token"
     assert [(m.source, m.target) for m in blog.mounts] == [("/srv/pequod/site.git", "/srv/pequod/site.git")]
     assert boot.mounts == () and boot.env == {"POLL_INTERVAL": "5"}  # shared by every site
     assert [s.name for s in boot.external_services] == ["github-https"]

@@ -9,7 +9,7 @@ import html
 import pytest
 
 from tests.helpers import wait_for
-from tests.test_site_stays_up import Site, metric
+from tests.test_site_stays_up import OWNER, Site, metric
 from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
 
 pytestmark = pytest.mark.system  # root, Docker
@@ -50,7 +50,7 @@ def test_a_broken_link_and_anchor_are_reported_with_their_page(site: Site) -> No
         assert report["checked_pages"] > 10 and report["seconds"] < 10
         assert metric(site, "pequod_site_broken_links ") == report["broken_count"]
         assert metric(site, "pequod_site_link_check_pages ") == report["checked_pages"]
-        page = site.get("/_site/").text
+        page = site.get("/_site/", headers=OWNER).text
         assert f"{report['broken_count']} broken internal link(s)" in page
         for item in BROKEN:
             assert html.escape(item["page"]) in page and html.escape(item["target"]) in page

@@ -35,6 +35,7 @@ SECRET = "hook-secret-that-must-never-leak"
 NOTIFY_SECRET = "notify-secret"
 IMAGE = "srcco-de:guarded"
 POST = "/posts/welcome/"
+OWNER = {"Authorization": f"Bearer {SECRET}"}  # the deploy data is the owner's
 BUILD_TIMEOUT = 20
 MAX_FILE_MB = 20
 
@@ -50,7 +51,7 @@ class Site:
         return requests.get(self.base + path, timeout=10, **kwargs)
 
     def status(self) -> dict:
-        return self.get("/_site/status").json()
+        return self.get("/_site/status", headers=OWNER).json()
 
     def instance(self) -> dict:
         rows = self.run.instances()
@@ -513,10 +514,34 @@ def test_the_deploy_page_in_a_browser_and_the_metrics(site: Site, tmp_path: Path
     assert check.returncode == 0, check.stdout + check.stderr
     assert f'commit="{good}"' in exposition
 
+    # Through the frontend, without the token: the live release, nothing of the owner's.
+    public = site.get("/_site/status").json()
+    assert set(public) == {"healthy", "current", "more"} and set(public["current"]) == {"release", "built_at"}
+    assert public["current"]["release"] == site.status()["current"]["release"]
+    for path in ("/_site/status", "/_site/"):
+        text = site.get(path).text
+        assert good[:12] not in text and "A subject with markup" not in text and "conf.py" not in text, path
+        assert site.get(path, headers={"Authorization": "Bearer guess"}).status_code == 403
+        assert "A subject with markup" in site.get(path, headers=OWNER).text
+
     driver = chromium(tmp_path)
     try:
         driver.get(site.base + "/_site/")
         body = driver.find_element(By.TAG_NAME, "body").text
+        assert "Live:" in body and good[:12] not in body and "Last error" not in body, body
+        assert not driver.find_elements(By.CSS_SELECTOR, "form.rollback")
+        driver.find_element(By.ID, "token").send_keys("a wrong token")
+        driver.find_element(By.CSS_SELECTOR, "#unlock button").click()
+        wait_for("the wrong token refused", lambda: "bad token" in driver.find_element(By.ID, "message").text, 10)
+        assert "Last error" not in driver.find_element(By.TAG_NAME, "body").text
+        field = driver.find_element(By.ID, "token")
+        field.clear()
+        field.send_keys(SECRET)
+        driver.find_element(By.CSS_SELECTOR, "#unlock button").click()
+        wait_for("the owner's part shown", lambda: "Last error" in driver.find_element(By.TAG_NAME, "body").text, 10)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert driver.execute_script("return localStorage.length + sessionStorage.length") == 0
+        assert "token" not in driver.execute_script("return document.cookie")
         assert good[:12] in body and "<script>window.pwned=1</script> A subject with markup" in body
         assert driver.execute_script("return window.pwned === undefined")
         assert "nikola build failed with status 1" in body and "Last error" in body

@@ -241,9 +241,12 @@ class Answering:
     metrics."""
 
     def __init__(self, body: bytes):
+        self.authorizations: list[str | None] = []
+        seen = self.authorizations
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                seen.append(self.headers.get("Authorization"))
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(body)
@@ -277,6 +280,8 @@ def test_list_shows_each_site_with_repository_live_commit_and_state(host: sites.
                              "live_commit": "0123456789abcdef0123", "state": "serving", "instance": "blog-1"}
     assert (found["docs"]["state"], found["docs"]["live_commit"]) == ("starting", None)  # nothing answers there
     assert (found["wiki"]["state"], found["wiki"]["instance"]) == ("stopped", None)
+    blog_token = dict(load_bootstrap(str(host.yaml)).sites[0].environment)["WEBHOOK_SECRET"]
+    assert live.authorizations == [f"Bearer {blog_token}"]  # asked as the site's owner (the deploy data)
     assert found["docs"]["repository"] == f"file://{host.repos / 'docs.git'}"
     assert run(host, "list") == 0
     lines = capsys.readouterr().out.splitlines()
@@ -284,6 +289,15 @@ def test_list_shows_each_site_with_repository_live_commit_and_state(host: sites.
     assert lines[1].split() == ["blog", "(default)", "file:///srv/pequod/site.git", "0123456789ab", "serving"]
     assert lines[2].split()[0:2] == ["docs", "docs.example.org"] and lines[2].split()[-2:] == ["-", "starting"]
     live.server.shutdown()
+
+
+def test_token_prints_the_sites_webhook_secret(host: sites.Paths, capsys) -> None:
+    assert run(host, "add", "docs", "--domain", "docs.example.org") == 0
+    capsys.readouterr()
+    assert run(host, "token", "docs") == 0
+    docs = load_bootstrap(str(host.yaml)).sites[1]
+    assert capsys.readouterr().out.strip() == dict(docs.environment)["WEBHOOK_SECRET"]
+    assert "no site 'nope'" in refused(host, capsys, "token", "nope")
 
 
 def test_changes_wait_for_the_agent_to_watch_the_file(monkeypatch) -> None:

@@ -47,5 +47,7 @@ CONTENT_FOOTER_FORMATS = {
 # commit differ; the pipeline relies on reproducible output, so it is left out.
 DISABLED_PLUGINS = ["sitemap", "robots"]
 
+# Drafts (`.. status: draft`) stay out until this is True; posts dated in the future wait for their date.
+DEPLOY_DRAFTS = False
 COPY_SOURCES = False
 SHOW_SOURCELINK = False

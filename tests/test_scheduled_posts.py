@@ -1,6 +1,6 @@
 """Scheduled posts and drafts follow Nikola's deploy rules: a post dated in the future is not reachable at all
 (page, index, feed, tags, sitemap) until its date, and then it is published without a push; a draft stays out
-where DEPLOY_DRAFTS = False."""
+(the bundled site's DEPLOY_DRAFTS = False) until DEPLOY_DRAFTS = True."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.helpers import SiteRepo, wait_for
-from tests.test_site_stays_up import Site
+from tests.test_site_stays_up import OWNER, Site
 from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
 
 pytestmark = pytest.mark.system  # run.sh with real Nikola builds, ports
@@ -36,14 +36,15 @@ def test_a_scheduled_post_is_published_on_time_without_a_push(site: Site) -> Non
     site.repo.write("posts/draft.rst", _post("draft", time.time() - 3600, ".. status: draft\n"))
     try:
         conf = site.repo.work / "conf.py"
-        conf.write_text(conf.read_text() + "\nDEPLOY_DRAFTS = False\n")
+        assert "\nDEPLOY_DRAFTS = False\n" in conf.read_text()  # the bundled site's default
         commit = site.repo.commit("A post for later and a draft")
         site.wait_live(commit)
         _nowhere(site.get, "later")
         _nowhere(site.get, "draft")
         scheduled = site.status()["scheduled"]
         assert [item["source"] for item in scheduled] == ["posts/later.rst"], scheduled
-        assert "Post later" in site.get("/_site/").text  # the deploy page lists it
+        assert "Post later" in site.get("/_site/", headers=OWNER).text  # the deploy page lists it, to the owner
+        assert "Post later" not in site.get("/_site/").text + site.get("/_site/status").text  # to no one else
         builds = len(site.status()["builds"])
 
         page = wait_for("the scheduled post, live by itself", lambda: site.get("/posts/later/").status_code == 200
@@ -56,6 +57,11 @@ def test_a_scheduled_post_is_published_on_time_without_a_push(site: Site) -> Non
         assert len(status["builds"]) == builds + 1 and status["builds"][0]["commit"] == commit  # no push: a rebuild
         assert status["scheduled"] == []
         _nowhere(site.get, "draft")
+
+        # What docs/publishing.md says to publish drafts: DEPLOY_DRAFTS = True.
+        conf.write_text(conf.read_text().replace("\nDEPLOY_DRAFTS = False\n", "\nDEPLOY_DRAFTS = True\n"))
+        site.wait_live(site.repo.commit("Publish the drafts"))
+        assert "Text of draft" in site.get("/posts/draft/").text
     finally:
         for path in ("posts/later.rst", "posts/draft.rst"):
             (site.repo.work / path).unlink(missing_ok=True)

@@ -376,7 +376,7 @@ fi
 cat <<EOF
 
 Inspect:  $AGENT -i  ·  $AGENT -i services  ·  $logs
-Deploys:  ${url}_site/   (its token: WEBHOOK_SECRET of the site blog in $YAML)
+Deploys:  ${url}_site/   (its token: ./bootstrap.sh site token blog)
 Sites:    ./bootstrap.sh site list  ·  ./bootstrap.sh site add NAME --domain DOMAIN   (the blog is the site blog)
 Remove:   ./bootstrap.sh teardown      (keeps $SITE_REPO_DIR unless --purge)
 EOF

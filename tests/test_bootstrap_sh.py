@@ -141,10 +141,16 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     assert "A Pequod Blog" in requests.get(URL, timeout=5).text
 
     # Publish with git push.
-    push_post(SITE_REPO, tmp_path / "blog", "pushed", "Written, committed, pushed.")
+    pushed = push_post(SITE_REPO, tmp_path / "blog", "pushed", "Written, committed, pushed.")
     wait_for("the pushed post at http://localhost/", lambda: "Written, committed, pushed." in
              requests.get(URL + "posts/pushed/", timeout=5).text, 30, interval=0.5)
     release = site_release()
+    # The deploy data is the owner's: the blog's token (made by bootstrap.sh) shows the push's history.
+    token = bootstrap("site", "token", "blog").stdout.strip()
+    assert len(token) == 64 and "(its token: ./bootstrap.sh site token blog)" in first.stdout
+    assert "builds" not in requests.get(URL + "_site/status", timeout=5).json()
+    owner = requests.get(URL + "_site/status", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+    assert (owner["builds"][0]["commit"], owner["builds"][0]["subject"]) == (pushed, "Written, committed, pushed.")
     instance = [c.name for c in runtime.our_containers(docker_client)]
     rules = our_rules()
     # What an administrator adds to the YAML survives a re-run (a frontend setting: HAProxy reloads).

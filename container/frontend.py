@@ -121,8 +121,9 @@ def request_rules(service: Service) -> list[str]:
 # A Host (HTTP/2's :authority arrives as Host) is a host name or an IP literal with an optional port, and
 # nothing else: no `/`, `@`, `\\`, `%`, space, control character or empty label. Each spelling of one host
 # becomes its canonical form (lower case, no port, no root's trailing dot) before routing, redirects and
-# the cache see it: HAProxy 2.6 keys its cache on the Host value and the path, so `Host: docs.example/posts`
-# with path `/` would otherwise meet `Host: docs.example` with path `/posts/`.
+# the cache see it: HAProxy 2.6 keys its cache on the Host value and the path (an absolute URL: the URL,
+# whose authority `set-header host` rewrites too), so `Host: docs.example/posts` with path `/` would
+# otherwise meet `Host: docs.example` with path `/posts/`.
 HOST_NAME = r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?([.][a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*[.]?(:[0-9]{1,5})?$"
 HOST_ADDRESS = r"^\[[0-9a-f:.]+\](:[0-9]{1,5})?$"
 
@@ -130,13 +131,15 @@ HOST_ADDRESS = r"^\[[0-9a-f:.]+\](:[0-9]{1,5})?$"
 def host_rules() -> list[str]:
     """One Host, well formed, made canonical (`txn.host` and the Host header the instance and the cache see)."""
     return [
-        # One Host only: `req.hdr` takes the last of comma-separated values where the cache keys on the
-        # first, so "Host: a, b" would store b's page as a's.
-        "    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
-        "    http-request deny deny_status 400 if { req.hdr_cnt(host) eq 1 } "
-        f"!{{ req.fhdr(host) -m reg -i '{HOST_NAME}' }} !{{ req.fhdr(host) -m reg -i '{HOST_ADDRESS}' }}",
+        # Exactly one Host: `req.hdr` takes the last of comma-separated values where the cache keys on the
+        # first, so "Host: a, b" would store b's page as a's; and without one, an absolute URL
+        # (`GET http://docs.example/ HTTP/1.1`, whose URL alone is the cache key) would reach the default
+        # site and be stored as docs' page. HTTP/2's :authority arrives as Host.
+        "    http-request deny deny_status 400 unless { req.hdr_cnt(host) eq 1 }",
+        "    http-request deny deny_status 400 "
+        f"unless {{ req.fhdr(host) -m reg -i '{HOST_NAME}' }} or {{ req.fhdr(host) -m reg -i '{HOST_ADDRESS}' }}",
         "    http-request set-var(txn.host) req.fhdr(host),lower,regsub(:[0-9]+$,),regsub([.]$,)",
-        "    http-request set-header host %[var(txn.host)] if { var(txn.host) -m found }",
+        "    http-request set-header host %[var(txn.host)]",
     ]
 
 

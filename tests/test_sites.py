@@ -92,6 +92,8 @@ def check_one_canonical_host(port: int, docs: str, tls: ssl.SSLContext | None = 
         # cached under the same key as docs' /posts/docs-marker/, whose readers then got the blog.
         assert http1(port, docs + page.rstrip("/"), "/", **on).status == 400
         assert http2(port, docs + page.rstrip("/"), "/", **on).status in (400, RESET)
+        # Without a Host, an absolute URL (the cache's key then) reached the default site just as well.
+        assert http1(port, None, f"{'https' if tls else 'http'}://{docs}{page}", **on).status == 400
         docs_page_is_docs()
     for bad in BAD_HOSTS:
         host = bad.format(host=docs)

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import cheroot.server
 import cherrypy
 
 from pipeline import heap, heartbeat, layout, metrics, site_rules, static_files
@@ -162,6 +163,14 @@ def listen_host(host: str) -> str:
     return host
 
 
+class NoUnderscoreHeaders(cheroot.server.HeaderReader):
+    """Headers with an underscore in their name are dropped (cheroot's own DropUnderscoreHeaderReader tests
+    a str against the bytes name and fails every request)."""
+
+    def _allow_header(self, key_name: bytes) -> bool:
+        return b"_" not in key_name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.host = listen_host(args.host)
@@ -192,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     httpserver, cherrypy.server.bind_addr = cherrypy.server.httpserver_from_self()
     httpserver.keep_alive_conn_limit = 1024  # stock cheroot closes keep-alive connections beyond 10
     httpserver.server_name = SERVER_NAME  # else the bind address (`::`), which HTTP linters flag as malformed
+    # `X_Forwarded_For: …` would become HTTP_X_FORWARDED_FOR too and overwrite the address HAProxy appended
+    # (a client would pick whose refusal budget it spends); no header we read has an underscore.
+    cheroot.server.HTTPRequest.header_reader = NoUnderscoreHeaders()
     cherrypy.server.httpserver = httpserver
     cherrypy.engine.start()
     # Only now: a SIGTERM that CherryPy's handler took before start() was lost (the server then ran on);

@@ -48,7 +48,9 @@ function refresh() {
 var unlock = document.getElementById('unlock');
 if (unlock) unlock.addEventListener('submit', function (event) {
   event.preventDefault();
+  if (!field.value) { say('type the token first'); return; }
   token = field.value;
+  field.value = '';
   say('checking the token');
   refresh().then(function () { say('the deploy data is shown'); },
                  function (error) { token = ''; say(error.message); });
@@ -145,7 +147,7 @@ def _unlock(rollback_enabled: bool) -> str:
     if not rollback_enabled:
         return ""
     return ("<form id=unlock class=box><label>Token (the site's <code>WEBHOOK_SECRET</code>) "
-            "<input id=token type=password autocomplete=off></label> <button>Show the deploy data</button> "
+            "<input id=token type=password autocomplete=new-password></label> <button>Show the deploy data</button> "
             "<span id=message role=status></span></form>")
 
 

@@ -6,13 +6,16 @@ and the rollback act, and only for a caller the HookGuard lets in (WEBHOOK_SECRE
 the wake file, which makes the watcher check the remote at once.
 
 The deploy data (history, commit subjects and authors, build logs, scheduled posts, the link report, the
-kept releases) is the owner's: the status and the deploy page show it only to a request with the site's
-token (`Authorization: Bearer <WEBHOOK_SECRET>`) or from inside the instance (loopback, not forwarded by
-the frontend). Anyone else learns what a reader may know: healthy or not, the live release and its time.
+kept releases, the metrics) is the owner's: the status, the deploy page and the metrics show it only to a
+request with the site's token (`Authorization: Bearer <WEBHOOK_SECRET>`) or from inside the instance
+(loopback, not forwarded by the frontend). Anyone else learns what a reader may know: healthy or not,
+the live release and its time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import sys
 import urllib.parse
@@ -64,7 +67,7 @@ class SiteAdmin:
         root = self.live_root()
         if name == "health":
             return self.health(root, start_response, serving_only=environ.get("QUERY_STRING") == SERVING_ONLY)
-        if name in ("status", ""):
+        if name in ("status", "", "metrics"):
             owner, refusal = self.access(environ)
             if refusal is not None:
                 extra = [("Retry-After", "1")] if refusal.status == 429 else []
@@ -72,21 +75,24 @@ class SiteAdmin:
                                  {"message": refusal.reason}, extra)
             public = self.public_status(root)
             status = {**self.status(root), "healthy": public["healthy"]} if owner else public
+            if name == "metrics":
+                if not owner:
+                    return send_json(start_response, "401 Unauthorized", {"message": public["more"]})
+                if self._registry is None:
+                    self._registry = metrics.registry(self.collector)
+                return send_text(start_response, "200 OK", metrics.exposition(self._registry),
+                                 metrics.content_type())
             if name == "status":
                 return send_json(start_response, "200 OK", status)
             page = deploy_page.render(status, rollback_enabled=self.hook_guard.secret is not None, owner=owner)
             return send_text(start_response, "200 OK", page.encode(), "text/html; charset=utf-8")
-        if name == "metrics":
-            if self._registry is None:
-                self._registry = metrics.registry(self.collector)
-            return send_text(start_response, "200 OK", metrics.exposition(self._registry), metrics.content_type())
         return send_plain(start_response, "404 Not Found", "not found\n")
 
     def access(self, environ: dict[str, Any]) -> tuple[bool, Verdict | None]:
         """(whether the request is the owner's, the refusal of a wrong token). Without Authorization, only a
         request from inside the instance is (HAProxy adds X-Forwarded-For to everything it forwards)."""
-        authorization = environ.get("HTTP_AUTHORIZATION")
-        if authorization is None:
+        authorization = environ.get("HTTP_AUTHORIZATION") or ""
+        if not authorization.lower().startswith("bearer "):  # none, or another scheme (a site behind Basic auth)
             return environ.get("REMOTE_ADDR") in LOOPBACK and "HTTP_X_FORWARDED_FOR" not in environ, None
         verdict = self.hook_guard.owner(self.client(environ), authorization)
         return verdict.accepted, None if verdict.accepted else verdict
@@ -151,8 +157,14 @@ class SiteAdmin:
     @staticmethod
     def client(environ: dict[str, Any]) -> str:
         """Behind the frontend: the last address HAProxy appended (earlier ones are the client's own
-        claims); without it, the peer."""
-        return (environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", "?")).rsplit(",", 1)[-1].strip()
+        claims; serve.py drops underscore headers, so `X_Forwarded_For` cannot replace it); without it, the
+        peer. An IPv6 client is its /64, as for the frontend's limits (one host commonly holds a whole /64)."""
+        address = (environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", "?")).rsplit(",", 1)[-1].strip()
+        with contextlib.suppress(ValueError):
+            parsed = ipaddress.ip_address(address)
+            if parsed.version == 6 and parsed.ipv4_mapped is None:
+                return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+        return address
 
     def hook(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
         if method != "POST":

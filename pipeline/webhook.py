@@ -42,8 +42,8 @@ class _Bucket:
 
 class HookGuard:
     """The rate limit is per client and counts refused requests only: a client sending bad or unsigned
-    requests is refused (429) before its bodies are read, and never uses up anyone else's budget;
-    valid requests are never refused for rate (they only wake the watcher)."""
+    requests is refused (429) before its bodies are read, and never uses up anyone else's budget; once
+    its budget is spent, its valid requests wait too (until it refills, 2 per second)."""
 
     def __init__(self, secret: str | None, *, burst: int = BURST, per_second: float = PER_SECOND,
                  clock=time.monotonic):
@@ -101,10 +101,14 @@ class HookGuard:
         if self.secret is None:
             return Verdict(404, "this site has no token: set WEBHOOK_SECRET (the deploy data is shown only to "
                                 "requests from inside its instance)")
-        with self._lock:
-            if self._bucket(client).tokens < 1:
+        verdict = self.check_bearer(authorization)
+        with self._lock:  # checked and charged at once: concurrent guesses cannot overdraw the budget
+            bucket = self._bucket(client)
+            if bucket.tokens < 1:
                 return Verdict(429, "too many refused requests from this client")
-        return self.refused(client, self.check_bearer(authorization))
+            if not verdict.accepted:
+                bucket.tokens -= 1
+        return verdict
 
     def check_bearer(self, authorization: str | None) -> Verdict:
         """Only `Authorization: Bearer <secret>` (rollbacks, the deploy data)."""

@@ -79,11 +79,24 @@ def test_the_token_shows_everything_and_a_wrong_one_is_refused(admin: SiteAdmin)
     assert status == 200 and [private for private in PRIVATE if private not in page] == []
     assert "form class=rollback" in page
     assert ask(admin, "/_site/status", authorization="Bearer guess")[0] == 403
-    assert ask(admin, "/_site/", authorization="Basic b3duZXI6dG9rZW4=")[0] == 401
+    # Another scheme (a site behind Basic auth) is no token: the public page, nothing charged.
+    status, page = ask(admin, "/_site/", authorization="Basic b3duZXI6dG9rZW4=")
+    assert status == 200 and SUBJECT not in page
     # Guessing is refused per client once its budget is spent; others are not affected.
-    codes = [ask(admin, "/_site/status", remote="2001:db8::9", authorization="Bearer guess")[0] for _ in range(30)]
+    # Guessing is refused per client (an IPv6 client is its /64) once its budget is spent; others are
+    # not affected.
+    codes = [ask(admin, "/_site/status", remote=f"2001:db8::{n + 1:x}", authorization="Bearer guess")[0]
+             for n in range(30)]
     assert codes[0] == 403 and codes[-1] == 429
-    assert ask(admin, "/_site/status", authorization=f"Bearer {SECRET}")[0] == 200
+    assert ask(admin, "/_site/status", remote="2001:db8::9", authorization=f"Bearer {SECRET}")[0] == 429
+    assert ask(admin, "/_site/status", remote="2001:db8:1::9", authorization=f"Bearer {SECRET}")[0] == 200
+
+
+def test_the_metrics_are_the_owners(admin: SiteAdmin) -> None:
+    status, body = ask(admin, "/_site/metrics")
+    assert status == 401 and "c0ffee" not in body
+    status, body = ask(admin, "/_site/metrics", authorization=f"Bearer {SECRET}")
+    assert status == 200 and "pequod_live_release_info" in body
 
 
 def test_inside_the_instance_is_the_owner_but_not_what_the_frontend_forwards(admin: SiteAdmin) -> None:

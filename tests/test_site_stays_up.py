@@ -491,7 +491,7 @@ def test_tayga_runs_unprivileged(site: Site) -> None:
 
 # -- seeing what happened -----------------------------------------------------------------------------
 def metric(site: Site, line_start: str) -> float:
-    text = site.get("/_site/metrics").text
+    text = site.get("/_site/metrics", headers=OWNER).text
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(line_start)))
 
 
@@ -508,7 +508,8 @@ def test_the_deploy_page_in_a_browser_and_the_metrics(site: Site, tmp_path: Path
     bad = site.repo.commit("A conf.py that does not load")
     assert site.wait_result(bad)["result"] == "failed"
     assert metric(site, 'pequod_builds_total{result="failed"}') == failed_before + 1
-    exposition = site.get("/_site/metrics").text
+    assert site.get("/_site/metrics").status_code == 401  # the metrics are the owner's too
+    exposition = site.get("/_site/metrics", headers=OWNER).text
     check = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True,
                            timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -129,6 +129,21 @@ def test_hook_endpoint_refuses_what_it_must_and_wakes_on_valid(hook_server: tupl
              lambda: all(line in process.log for line in expected), 5, interval=0.05)
 
 
+def test_a_client_cannot_name_whose_refusal_budget_it_spends(hook_server: tuple[str, Path, Process]) -> None:
+    """`X_Forwarded_For` would land in the same WSGI key as the X-Forwarded-For HAProxy appends, after it;
+    serve.py drops underscore headers, so guesses from one client (one /64) run out of budget all the
+    same, and the owner elsewhere is not locked out."""
+    base = hook_server[0]
+    statuses = []
+    for attempt in range(15):
+        headers = {"Authorization": "Bearer guess", "X-Forwarded-For": f"2001:db8:5::{attempt + 1}",
+                   "X_Forwarded_For": f"198.51.100.{attempt}"}
+        statuses.append(requests.get(base + "/_site/status", headers=headers, timeout=5).status_code)
+    assert statuses[0] == 403 and statuses[-1] == 429, statuses
+    owner = {"Authorization": f"Bearer {SECRET}", "X-Forwarded-For": "198.51.100.1"}
+    assert "builds" in requests.get(base + "/_site/status", headers=owner, timeout=5).json()
+
+
 def test_precompressed_pages_for_clients_that_accept_gzip(hook_server: tuple[str, Path, Process]) -> None:
     base, _wake, _process = hook_server
     plain = requests.get(base + "/", headers={"Accept-Encoding": "identity"}, timeout=5)

@@ -33,6 +33,7 @@ from pipeline.webhook import HookGuard, Verdict
 RESERVED_PREFIX = "/_site/"
 SERVING_ONLY = "serving"  # /_site/health?serving: the frontend's check, about serving only
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+OWNER_ONLY = "the deploy data needs the site's token: Authorization: Bearer <WEBHOOK_SECRET>"
 
 
 class SiteAdmin:
@@ -73,15 +74,15 @@ class SiteAdmin:
                 extra = [("Retry-After", "1")] if refusal.status == 429 else []
                 return send_json(start_response, f"{refusal.status} {HTTPStatus(refusal.status).phrase}",
                                  {"message": refusal.reason}, extra)
-            public = self.public_status(root)
-            status = {**self.status(root), "healthy": public["healthy"]} if owner else public
             if name == "metrics":
                 if not owner:
-                    return send_json(start_response, "401 Unauthorized", {"message": public["more"]})
+                    return send_json(start_response, "401 Unauthorized", {"message": OWNER_ONLY})
                 if self._registry is None:
                     self._registry = metrics.registry(self.collector)
                 return send_text(start_response, "200 OK", metrics.exposition(self._registry),
                                  metrics.content_type())
+            public = self.public_status(root)
+            status = {**self.status(root), "healthy": public["healthy"]} if owner else public
             if name == "status":
                 return send_json(start_response, "200 OK", status)
             page = deploy_page.render(status, rollback_enabled=self.hook_guard.secret is not None, owner=owner)
@@ -104,7 +105,7 @@ class SiteAdmin:
         current = None if root is None else {"release": meta.release if meta else os.path.basename(root),
                                               "built_at": meta.built_at if meta else None}
         return {"healthy": root is not None and watcher == "beating", "current": current,
-                "more": "the deploy data needs the site's token: Authorization: Bearer <WEBHOOK_SECRET>"}
+                "more": OWNER_ONLY}
 
     def health(self, root: str | None, start_response: StartResponse, serving_only: bool = False) -> Iterable[bytes]:
         """200 while a release is live and (beside a watcher) the watcher's heartbeat is fresh: an instance that

@@ -81,8 +81,8 @@ class SiteAdmin:
                     self._registry = metrics.registry(self.collector)
                 return send_text(start_response, "200 OK", metrics.exposition(self._registry),
                                  metrics.content_type())
-            public = self.public_status(root)
-            status = {**self.status(root), "healthy": public["healthy"]} if owner else public
+            status = ({**self.status(root), "healthy": self.healthy(root, self.watcher())} if owner
+                      else self.public_status(root))
             if name == "status":
                 return send_json(start_response, "200 OK", status)
             page = deploy_page.render(status, rollback_enabled=self.hook_guard.secret is not None, owner=owner)
@@ -101,20 +101,28 @@ class SiteAdmin:
     def public_status(self, root: str | None) -> dict[str, Any]:
         """What a reader may know: healthy or not, the live release and when it was built."""
         meta = releases.read_meta(Path(root)) if root else None
-        watcher = heartbeat.state(self.heartbeat_file) if self.heartbeat_file is not None else "beating"
         current = None if root is None else {"release": meta.release if meta else os.path.basename(root),
                                               "built_at": meta.built_at if meta else None}
-        return {"healthy": root is not None and watcher == "beating", "current": current,
-                "more": OWNER_ONLY}
+        return {"healthy": self.healthy(root, self.watcher()), "current": current, "more": OWNER_ONLY}
+
+    def watcher(self) -> str | None:
+        """The watcher's heartbeat state (heartbeat.state); None: no watcher beside this server."""
+        return heartbeat.state(self.heartbeat_file) if self.heartbeat_file is not None else None
+
+    @staticmethod
+    def healthy(root: str | None, watcher: str | None) -> bool:
+        """A release is live and the watcher, if there is one, beats."""
+        return root is not None and watcher in (None, "beating")
 
     def health(self, root: str | None, start_response: StartResponse, serving_only: bool = False) -> Iterable[bytes]:
         """200 while a release is live and (beside a watcher) the watcher's heartbeat is fresh: an instance that
         serves but no longer publishes is replaced too. With `?serving` (the frontend's check) only serving
         counts: readers keep the instance until its replacement is healthy."""
         body: dict[str, Any] = {"release": os.path.basename(root) if root else None}
-        if self.heartbeat_file is not None:
-            body["watcher"] = heartbeat.state(self.heartbeat_file)
-        healthy = root is not None and (serving_only or body.get("watcher", "beating") == "beating")
+        watcher = self.watcher()
+        if watcher is not None:
+            body["watcher"] = watcher
+        healthy = self.healthy(root, None if serving_only else watcher)
         return send_json(start_response, "200 OK" if healthy else "503 Service Unavailable",
                          {"healthy": healthy, **body})
 

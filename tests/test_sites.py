@@ -40,8 +40,10 @@ def site(name: str, domains: list[str], *, default: bool = False, repo: str = ""
             f"    environment: {{{', '.join(f'{k}: {v!r}' for k, v in env.items())}}}\n")
 
 
-def get(run: AgentRun, host: str, path: str = "/") -> requests.Response:
-    return requests.get(f"{run.frontend}{path}", headers={"Host": host}, timeout=10, allow_redirects=False)
+def get(run: AgentRun, host: str, path: str = "/", token: str | None = None) -> requests.Response:
+    """GET through the frontend for `host`; with `token`, as the site's owner."""
+    headers = {"Host": host, **({"Authorization": f"Bearer {token}"} if token else {})}
+    return requests.get(f"{run.frontend}{path}", headers=headers, timeout=10, allow_redirects=False)
 
 
 def readers(run: AgentRun, host: str) -> Readers:
@@ -156,11 +158,9 @@ def test_sites_added_routed_isolated_and_removed(agent_run: AgentRun, tmp_path) 
         public = get(run, DOCS, path)
         assert public.status_code == 200 and EMBARGO not in public.text, path
         for token, status in (("secret-of-blog", 403), ("guess", 403)):
-            answer = requests.get(f"{run.frontend}{path}", headers={"Host": DOCS, "Authorization": f"Bearer {token}"},
-                                  timeout=10)
+            answer = get(run, DOCS, path, token)
             assert answer.status_code == status and EMBARGO not in answer.text, (path, token)
-        owner = requests.get(f"{run.frontend}{path}", timeout=10,
-                             headers={"Host": DOCS, "Authorization": "Bearer secret-of-docs"})
+        owner = get(run, DOCS, path, "secret-of-docs")
         assert owner.status_code == 200 and EMBARGO in owner.text, path
     assert set(get(run, DOCS, "/_site/status").json()) == {"healthy", "current", "more"}
     assert EMBARGO not in get(run, DOCS, "/_site/status").text  # the owner's answer was not cached for others

@@ -145,6 +145,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     subreaper = sandbox.become_subreaper()
     idle_seconds = config.build_worker_idle(os.environ)
+    sandbox.ABI_MAX = config.landlock_abi_max(os.environ)
     warm_up()
     print(json.dumps({"ready": True, "pid": os.getpid(), "subreaper": subreaper,
                       "landlock_abi": sandbox.landlock_abi()}), flush=True)
@@ -201,7 +202,8 @@ class BuildWorker:
         if not self.ready:
             abi = ready.get("landlock_abi", 0)
             if abi:
-                log.info("builds are confined with Landlock (ABI %d)", abi)
+                log.info("builds are confined with Landlock (ABI %d%s)", abi,
+                         ", capped by LANDLOCK_ABI_MAX" if self.env and self.env.get("LANDLOCK_ABI_MAX") else "")
             else:
                 log.warning("Landlock is not available (kernel or seccomp profile): builds are not confined to "
                             "their work tree and could read other processes' files")

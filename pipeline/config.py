@@ -33,6 +33,7 @@ class Settings:
     heartbeat_file: Path | None = None  # the watcher's (pipeline.heartbeat); run.sh sets WATCHER_HEARTBEAT
     links_broken_fail: bool = False  # broken internal links fail the build (pipeline.links)
     build_worker_idle: float = 900.0  # seconds the warm build worker waits for the next build (pipeline.build_worker)
+    landlock_abi_max: int | None = None  # the highest Landlock ABI the sandbox uses (None: the kernel's)
 
     @property
     def layout(self) -> Layout:
@@ -109,6 +110,13 @@ def build_worker_idle(env: Mapping[str, str]) -> float:
     return _number(env, "BUILD_WORKER_IDLE", 900.0, minimum=1, integer=False)
 
 
+def landlock_abi_max(env: Mapping[str, str]) -> int | None:
+    """LANDLOCK_ABI_MAX: checked with the rest at start; the build worker (which inherits it) reads it here too."""
+    if not env.get("LANDLOCK_ABI_MAX", "").strip():
+        return None
+    return int(_number(env, "LANDLOCK_ABI_MAX", 0, minimum=0, integer=True))
+
+
 def check_heartbeat_file(path: str) -> Path | None:
     path = path.strip()
     if path and not path.startswith("/"):
@@ -140,4 +148,5 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         heartbeat_file=check_heartbeat_file(env.get("WATCHER_HEARTBEAT", "")),
         links_broken_fail=_flag(env, "LINKS_BROKEN_FAIL", False),
         build_worker_idle=build_worker_idle(env),
+        landlock_abi_max=landlock_abi_max(env),
     )

@@ -4,7 +4,7 @@ A pure function of the deploy status; everything that comes from git (subjects, 
 escaped. Anyone sees the live release; the owner's part (history, logs, scheduled posts, links, kept
 releases) is rendered only for a request with the token (or from inside the instance): a small script
 sends the typed token as a bearer token, shows the owner's part it gets, refreshes the page every 15 s
-and sends rollbacks. The token stays in the page's memory, never in storage or a cookie.
+and sends rollbacks and clean builds. The token stays in the page's memory, never in storage or a cookie.
 
 The page shares its origin with pushed pages, so serve.py answers it with HEADERS: a CSP that runs only
 this module's own style and script (by hash), no framing, and an opener policy that cuts it off from the
@@ -57,7 +57,7 @@ if (unlock) unlock.addEventListener('submit', function (event) {
 });
 document.addEventListener('submit', function (event) {
   var form = event.target;
-  if (!form.classList.contains('rollback')) return;
+  if (!form.classList.contains('rollback') && !form.classList.contains('rebuild')) return;
   event.preventDefault();
   fetch(form.action, {method: 'POST', headers: {'Authorization': 'Bearer ' + (token || field.value),
     'Content-Type': 'application/x-www-form-urlencoded'}, body: new URLSearchParams(new FormData(form))})
@@ -235,6 +235,11 @@ def _kept_releases(kept: list[str], current: dict[str, Any], rollback_enabled: b
         parts.append("<p>An earlier release is made live until the next push with the token above, or: "
                      "<code>curl -X POST -H 'Authorization: Bearer $WEBHOOK_SECRET' -d release=ID "
                      "http://HOST/_site/rollback</code>.</p>")
+    if rollback_enabled:
+        parts.append("<form class=rebuild method=post action=/_site/rebuild><button>clean build and publish"
+                     "</button> the branch's head, built from scratch (nothing of earlier builds reused), live when "
+                     "it succeeds; or <code>curl -X POST -H 'Authorization: Bearer $WEBHOOK_SECRET' "
+                     "http://HOST/_site/rebuild</code>.</form>")
     parts.append("<table>")
     for release in reversed(kept):
         live = release == current.get("release")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline import links, metrics, notify, releases, tree
 from pipeline.config import Settings, redact_url
-from pipeline.errors import BuildError
+from pipeline.errors import BuildError, short
 from pipeline.git_source import GitSource, TreeFacts
 from pipeline.nikola_build import BuildLimits, NikolaBuilder, clean_build_reason
 from pipeline.status import StatusStore, utc_iso, utc_now
@@ -69,14 +69,21 @@ class Deployer:
         for what in self.settings.layout.repair():
             log.warning("repaired %s", what)
 
-    def deploy(self) -> None:
-        """Fetch the branch, build its newest commit and publish it if the build succeeds."""
+    def deploy(self, clean: bool = False) -> None:
+        """Fetch the branch, build its newest commit and publish it if the build succeeds. A commit whose tree is
+        that of a kept release is published from that release, without a build (a revert), unless `clean`: a
+        clean build, whatever the state of the last."""
         settings = self.settings
         commit = self.source.fetch()
         refused = self._refused(self.source.tree_facts(commit))
         if refused is not None:
             self.source.drop_fetched()
             self.give_up(commit, refused)
+            return
+        tree_id = self.source.tree_id(commit)
+        kept = None if clean else releases.same_tree(settings.layout.releases, tree_id)
+        if kept is not None:
+            self._publish_kept(commit, tree_id, kept)
             return
         previous = self.builder.previous_state()
         changes = self.source.changes(previous.commit, commit) if previous else None
@@ -85,9 +92,10 @@ class Deployer:
             status["building"] = {"commit": commit, "started_at": utc_now(),
                                   "attempts": int(earlier.get("attempts", 0)) + 1 if earlier.get("commit") == commit
                                   else 1}
-        self.builder.prepare()  # room for the checkout, whatever the last build left
+        # An empty work tree (but for Nikola's state, when it is kept) for the commit's files, whatever the last
+        # build left in it.
+        reason = self.builder.prepare("a clean build was asked for" if clean else clean_build_reason(previous, changes))
         self.source.checkout(commit)
-        reason = clean_build_reason(previous, changes)
         mode = "clean" if reason else "incremental"
         log.info("building %s (%s build%s)", commit[:12], mode, f": {reason}" if reason else "")
         settings.layout.logs.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,7 @@ class Deployer:
                   "release": None}
         published = self._build_and_publish(
             record, clean=reason is not None, changes=None if changes is None else [path for _status, path in changes],
-            started=started)
+            started=started, tree_id=tree_id)
         if published is None:
             return
         meta, release_dir, removed = published
@@ -124,8 +132,32 @@ class Deployer:
                     f"the {MAX_TREE_DEPTH} a site may use; flatten it")
         return None
 
+    def _publish_kept(self, commit: str, tree_id: str, kept: Path) -> None:
+        """Publish `commit` from the kept release `kept` of the same tree: its files as they are (hard links), a
+        release of its own. Nikola's state is left as the last build left it (the next build starts from it)."""
+        settings = self.settings
+        started_at, started = utc_now(), time.monotonic()
+        subject, author = self.source.commit_info(commit)
+        record = {"commit": commit, "subject": subject, "author": author, "started_at": started_at,
+                  "mode": "kept", "release": None, "from_release": kept.name}
+        meta = releases.Release(release=releases.release_id(commit), commit=commit, built_at=utc_now(),
+                                build_seconds=0.0, mode="kept", tree=tree_id)
+        try:
+            release_dir = releases.stage(kept, settings.layout.releases, meta, kept)
+            self.links.before_swap(release_dir)
+            releases.publish(settings.layout.current, release_dir)
+            removed = releases.prune(settings.layout.releases, settings.layout.current, settings.keep_releases)
+        except Exception as exc:  # noqa: BLE001 - a full volume, a broken link with LINKS_BROKEN_FAIL…
+            self._finish(record, "failed", f"publishing the kept release {kept.name} failed: {exc}", "", started)
+            return
+        record["release"] = meta.release
+        self._finish(record, "success", None, "", started, scheduled=[])
+        log.info("published %s as %s from the kept release %s of the same tree (no build)%s", commit[:12],
+                 meta.release, kept.name, f", pruned {len(removed)} old release(s)" if removed else "")
+        self.links.after_swap(release_dir)
+
     def _build_and_publish(self, record: dict, *, clean: bool, changes: list[str] | None,
-                           started: float) -> tuple[releases.Release, Path, list] | None:
+                           started: float, tree_id: str = "") -> tuple[releases.Release, Path, list] | None:
         """Build the checked-out commit, stage it as a release and swap it live: (its metadata, its directory,
         the releases pruned), or None when the build or the publish failed (recorded) or was interrupted."""
         settings = self.settings
@@ -136,7 +168,8 @@ class Deployer:
             live = releases.current_release_dir(settings.layout.current)
             meta = releases.Release(
                 release=releases.release_id(commit), commit=commit, built_at=utc_now(),
-                build_seconds=seconds, mode=record["mode"],
+                build_seconds=seconds, mode=record["mode"], tree=tree_id,
+                holds_back=bool(self.builder.last_scheduled),
             )
             output = self.builder.open_output(self.builder.last_output)
             try:
@@ -180,7 +213,7 @@ class Deployer:
         """Record a build's end; `scheduled`: what a successful build holds back until due."""
         record.update(
             finished_at=utc_now(), build_seconds=round(time.monotonic() - started, 3),
-            result=result, error=error, log_tail=tail,
+            result=result, error=None if error is None else short(error), log_tail=tail,
         )
         with self.store.edit() as status:
             previous = status["builds"][0] if status["builds"] else {}

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+MESSAGE_CHARS = 600  # an error message a user sees: longer ones (a path beyond PATH_MAX…) are cut in the middle
+
+
+def short(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """`text` cut in the middle to at most about `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 40) // 2
+    return f"{text[:keep]} …[{len(text) - 2 * keep} characters]… {text[-keep:]}"
+
 
 class PipelineError(Exception):
     """Root of every error the pipeline reports to a user."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import git
 
 from pipeline.config import redact_url
-from pipeline.errors import GitError
+from pipeline.errors import GitError, short
 from pipeline.nikola_build import NIKOLA_STATE
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ def _message(exc: git.GitCommandError) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for index, line in enumerate(lines):
         if line.startswith(("fatal:", "error:")):
-            return " ".join(lines[index:index + 3])
-    return lines[-1] if lines else f"git exited with status {exc.status}"
+            return short(" ".join(lines[index:index + 3]))
+    return short(lines[-1]) if lines else f"git exited with status {exc.status}"
 
 
 def local_path(url: str) -> str | None:
@@ -179,6 +179,13 @@ class GitSource:
             if fields[3].isdigit() and int(fields[3]) > facts.size:
                 facts.largest, facts.size = path, int(fields[3])
         return facts
+
+    def tree_id(self, commit: str) -> str:
+        """The id of `commit`'s tree (equal trees, equal files), or "" when git cannot tell."""
+        try:
+            return self._repo().git.rev_parse("--verify", f"{commit}^{{tree}}", kill_after_timeout=self.timeout)
+        except git.GitCommandError:
+            return ""
 
     def largest_file(self, commit: str) -> tuple[str, int]:
         """(path, size in bytes) of the largest file in `commit`, without checking it out."""

@@ -13,6 +13,7 @@ DATA_DIR):
       status.json                  deploy status and history
       logs/last-build.log          the last build's whole log
       wake                         touched by a valid webhook: the watcher checks the remote at once
+      rebuild                      written by POST /_site/rebuild: a clean build of the head, then published
       .watcher.lock                one watcher per DATA_DIR
 """
 
@@ -105,6 +106,11 @@ class Layout:
     @property
     def wake_file(self) -> Path:
         return self.root / "wake"
+
+    @property
+    def rebuild_file(self) -> Path:
+        """Written by `POST /_site/rebuild`: the watcher builds the head again, clean, and publishes it."""
+        return self.root / "rebuild"
 
     @property
     def watcher_lock(self) -> Path:

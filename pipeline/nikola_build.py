@@ -7,14 +7,17 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import stat
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline import sandbox, tree
 from pipeline.build_protocol import BuildRequest
 from pipeline.build_worker import BuildWorker
-from pipeline.errors import BuildError
+from pipeline.errors import BuildError, short
 from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
@@ -23,9 +26,17 @@ log = logging.getLogger(__name__)
 # (templates, plugins, the configuration module's code): they get a clean build.
 CLEAN_BUILD_PATHS = ("conf.py", "themes/", "templates/", "plugins/", "shortcodes/", "messages/")
 LOG_TAIL_LINES = 30
+LOG_LINE_CHARS = 500  # a line of the tail a user sees
+LOG_READ_BYTES = 256 << 10  # of a build's log, what the publisher reads: its end
 MIN_FREE_BYTES = 64 << 20  # less free on the build's volume before a build: Nikola's state goes (a clean build)
-# Nikola's incremental state in the work tree (kept between builds and by `git clean`; removed for a clean build).
-NIKOLA_STATE = ("output", "cache", ".doit.db*")
+# Nikola's incremental state in the work tree: carried over into the next build's fresh tree when nothing about it
+# is in doubt (pipeline.nikola_build.NikolaBuilder.prepare), removed for a clean build.
+NIKOLA_STATE_DIRS = ("output", "cache")
+NIKOLA_STATE_FILES = (".doit.db", ".doit.db.bak", ".doit.db.dat", ".doit.db.dir", ".doit.db.db")
+NIKOLA_STATE = (*NIKOLA_STATE_DIRS, ".doit.db*")
+WRITTEN_REPORT = ".pequod-written"  # pipeline.nikola_runner.WRITTEN_REPORT (not imported: it imports Nikola's parts)
+WRITTEN_REPORT_BYTES = 16 << 20
+CTIME_SLACK_NS = 1_000_000_000  # file times come from a coarse clock: a build "started" this much earlier
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,8 @@ class BuildState:
 
     commit: str
     ok: bool
+    started_ns: int = 0  # when that build started (time.time_ns()): what changed since was written by it or after
+    finished_ns: int = 0  # when it ended (and what it started was ended): nothing may change after
 
 
 def clean_build_reason(previous: BuildState | None, changes: list[tuple[str, str]] | None) -> str | None:
@@ -61,7 +74,43 @@ def refuse_escaping_symlinks(root: Path, what: str, skip: tuple[str, ...] = ()) 
 
 
 def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    """The last `lines` lines of `text`, each cut to LOG_LINE_CHARS; the error line (see error_line) first when
+    it is not among them."""
+    all_lines = text.rstrip().splitlines()
+    tail = [short(line, LOG_LINE_CHARS) for line in all_lines[-lines:]]
+    error = error_line(all_lines)
+    if error is not None and error not in tail:
+        tail = [error, "…", *tail]
+    return "\n".join(tail)
+
+
+# Nikola's and doit's own error lines ("[2026-…] ERROR: Nikola: …", "ERROR: Task …"), else a Python exception's.
+_ERROR = re.compile(r"\bERROR\b|^[A-Za-z_][\w.]*(Error|Exception|Exit)\b(: |$)")
+
+
+def error_line(lines: list[str]) -> str | None:
+    """The line that names the build's error: the last of Nikola's or doit's ERROR lines, else the last line of
+    a Python exception; cut to LOG_LINE_CHARS."""
+    found = [line for line in lines if _ERROR.search(line)]
+    errors = [line for line in found if "ERROR" in line] or found
+    return short(errors[-1].strip(), LOG_LINE_CHARS) if errors else None
+
+
+def read_log_tail(path: Path, limit: int = LOG_READ_BYTES) -> str:
+    """The last `limit` bytes of a build's log (whatever its size: a build may print without end), read without
+    following a link; the first, partial line dropped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - limit)
+        data = os.pread(fd, limit, start)
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", "replace")
+    return text.partition("\n")[2] if start else text
 
 
 @dataclass(frozen=True)
@@ -96,12 +145,13 @@ class NikolaBuilder:
     def previous_state(self) -> BuildState | None:
         try:
             data = json.loads(self._state_file.read_text())
-            return BuildState(commit=str(data["commit"]), ok=bool(data["ok"]))
+            return BuildState(commit=str(data["commit"]), ok=bool(data["ok"]),
+                              started_ns=int(data.get("started_ns", 0)), finished_ns=int(data.get("finished_ns", 0)))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def _record_state(self, state: BuildState) -> None:
-        replace_file(self._state_file, json.dumps({"commit": state.commit, "ok": state.ok}))
+        replace_file(self._state_file, json.dumps(asdict(state)))
 
     def forget(self) -> None:
         """After a failure outside the build (its output could not be published): the next build is clean."""
@@ -110,20 +160,75 @@ class NikolaBuilder:
             self._record_state(BuildState(previous.commit if previous else "", ok=False))
 
     def reset(self) -> None:
-        """Forget Nikola's incremental state so the next build is a clean one."""
+        """Forget Nikola's incremental state so the next build is a clean one (entries by name, links too)."""
         if not self.site_dir.is_dir():
             return
-        for pattern in NIKOLA_STATE:
-            for path in self.site_dir.glob(pattern):
-                tree.remove_tree(path)
+        for entry in os.scandir(self.site_dir):
+            if entry.name in NIKOLA_STATE_DIRS or entry.name.startswith(".doit.db"):
+                tree.remove_tree(self.site_dir / entry.name)
 
-    def prepare(self) -> None:
-        """Before a checkout: the build's HOME and TMPDIR start empty, and after a build that failed (it may
-        have filled the build volume) Nikola's state goes too, so the checkout and the next build have room."""
+    def prepare(self, reason: str | None) -> str | None:
+        """Before the checkout: an empty work tree for the commit's files, but for Nikola's state when the build
+        is incremental (`reason` None) and nothing about that state is in doubt. Whatever else the last build
+        left (paths beyond PATH_MAX, links, FIFOs, unreadable directories, a full volume) is removed first, so
+        it can never stop this build. Of the state kept, every file written since the last build started is
+        removed: what wrote it (the last build's tasks, or code of the site editing other pages' output) must
+        write it again, so no output outlives the commit that made it. Returns why the build is clean, or None."""
         tree.empty_dir(self.tmp_dir)
         previous = self.previous_state()
-        if previous is None or not previous.ok or self._short_of_space():
-            self.reset()
+        if reason is None and self._short_of_space():
+            reason = "the build's volume is nearly full"
+        self.site_dir.mkdir(parents=True, exist_ok=True)
+        if reason is None and previous is not None:
+            doubt = self._doubt(previous)
+            if doubt is not None:
+                reason = f"Nikola's state is not kept: {doubt}"
+        keep = () if reason is not None else (*NIKOLA_STATE_DIRS, *NIKOLA_STATE_FILES)
+        fd = tree.open_dir(str(self.site_dir))
+        try:
+            for name, st in tree.entries(fd):
+                kept_kind = stat.S_ISDIR if name in NIKOLA_STATE_DIRS else stat.S_ISREG
+                if name in keep and kept_kind(st.st_mode):
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    tree.remove_tree_at(fd, name)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
+        return reason
+
+    def _doubt(self, previous: BuildState) -> str | None:
+        """Why the kept state cannot be trusted (see prepare); removes the files the last build wrote that none of
+        its tasks made (its report: pipeline.nikola_runner.WRITTEN_REPORT)."""
+        if not previous.started_ns or not previous.finished_ns:
+            return "the last build's times are not known"
+        made = self._made_by_last_build()
+        if made is None:
+            return "the last build's report of what it wrote cannot be read"
+        for name in NIKOLA_STATE_DIRS:
+            why = tree.drop_changed_files(self.site_dir / name, previous.started_ns - CTIME_SLACK_NS,
+                                          previous.finished_ns, made.__contains__)
+            if why is not None:
+                return why
+        return None
+
+    def _made_by_last_build(self) -> set[str] | None:
+        """The targets of the tasks the last build ran, as it reported them (a regular file, at most
+        WRITTEN_REPORT_BYTES), or None."""
+        try:
+            fd = os.open(self.site_dir / WRITTEN_REPORT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > WRITTEN_REPORT_BYTES:
+                return None
+            data = os.read(fd, WRITTEN_REPORT_BYTES + 1)
+        finally:
+            os.close(fd)
+        return set(data.decode("utf-8", "surrogateescape").splitlines())
 
     def _short_of_space(self) -> bool:
         """Whether the build's volume is nearly full (a build filled it, and its state could not be recorded)."""
@@ -146,13 +251,15 @@ class NikolaBuilder:
             raise BuildError(f"the build output {exc}; nothing was published", "") from None
 
     def build(self, commit: str, *, clean: bool, log_path: Path, changes: list[str] | None = None) -> str:
-        """Build the checked-out `commit` into output/; return the build log. Raises BuildError.
+        """Build the checked-out `commit` into output/; return the end of its log (read_log_tail). Raises BuildError.
 
         `changes`: the paths changed since the last successful build (they let the build worker keep the site
         loaded, see pipeline.site_holder); None when not known."""
         previous = self.previous_state()
         base = previous.commit if previous is not None and previous.ok and not clean else None
-        self._record_state(BuildState(commit, ok=False))  # until it succeeded: an interrupted build is not trusted
+        started_ns = time.time_ns()
+        # Until it succeeded: an interrupted build is not trusted.
+        self._record_state(BuildState(commit, ok=False, started_ns=started_ns))
         refuse_escaping_symlinks(self.site_dir, "the site repository", skip=("output", "cache"))
         if clean:
             self.reset()
@@ -170,7 +277,7 @@ class NikolaBuilder:
             raise
         self.last_max_rss_kb = answer.max_rss_kb
         self.last_site = answer.site
-        output = log_path.read_text(errors="replace") if log_path.exists() else ""
+        output = read_log_tail(log_path)
         status = answer.status
         if answer.timed_out or status != 0:
             self._record_state(BuildState(commit, ok=False))
@@ -187,5 +294,5 @@ class NikolaBuilder:
             raise BuildError(message, log_tail(output))
         self.last_output = answer.output
         self.last_scheduled = [(due, source, title) for due, source, title in answer.scheduled if math.isfinite(due)]
-        self._record_state(BuildState(commit, ok=True))
+        self._record_state(BuildState(commit, ok=True, started_ns=started_ns, finished_ns=time.time_ns()))
         return output

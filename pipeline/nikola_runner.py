@@ -291,13 +291,36 @@ def run_build(doit_nikola: Any, keep: list[str] | None = None) -> int:
         return tasks
 
     loader.load_tasks = keep_tasks
+    written = record_written()
     status = doit_nikola.run(["build"])
     if status != 0:
         return int(status)
     targets = [target for task in generated for target in task.targets] + (keep or []) if generated else None
     removed = remove_orphans(doit_nikola.nikola, targets)
+    with open(WRITTEN_REPORT, "w", encoding="utf-8", errors="surrogateescape") as report:
+        report.writelines(os.path.normpath(target) + "\n" for target in sorted(written) if "\n" not in target)
     print(f"pequod: build finished, {removed} stale output file(s) removed", flush=True)
     return 0
+
+
+# The targets of the tasks a build ran, one per line (pipeline.nikola_build.NikolaBuilder.prepare): of the files
+# written during a build, those no task of it made are removed before the next one, which makes them again.
+WRITTEN_REPORT = ".pequod-written"
+
+
+def record_written() -> set[str]:
+    """From now on in this process, the targets of every task doit runs (not of those it finds up to date)."""
+    import doit.runner
+
+    written: set[str] = set()
+    real = doit.runner.Runner.execute_task
+
+    def execute_task(runner: Any, task: Any) -> Any:
+        written.update(str(target) for target in task.targets)
+        return real(runner, task)
+
+    doit.runner.Runner.execute_task = execute_task  # type: ignore[method-assign]
+    return written
 
 
 def main(argv: list[str]) -> int:

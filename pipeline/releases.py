@@ -33,6 +33,8 @@ class Release:
     built_at: str
     build_seconds: float
     mode: str = "clean"
+    tree: str = ""  # the commit's tree: a later commit of the same tree is published from this release
+    holds_back: bool = False  # it leaves out posts scheduled for later (not reused: one may be due by now)
 
 
 def release_id(commit: str, now: float | None = None) -> str:
@@ -231,6 +233,17 @@ def _copy_file(name: str, src: int, dst: int, old: int | None, prefix: str, name
         os.close(fd)
     if name + ".gz" not in names:
         _precompress_at(dst, name)
+
+
+def same_tree(releases_dir: Path, tree_id: str) -> Path | None:
+    """The newest kept release built from the tree `tree_id` that holds nothing back, or None."""
+    if not tree_id:
+        return None
+    for name in reversed(list_releases(releases_dir)):
+        meta = read_meta(releases_dir / name)
+        if meta is not None and meta.tree == tree_id and not meta.holds_back:
+            return releases_dir / name
+    return None
 
 
 def current_release_dir(current_link: Path) -> Path | None:

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # The only variables a build sees from the pipeline's environment (never WEBHOOK_SECRET, SITE_REPO…).
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "BUILD_WORKER_IDLE")
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "BUILD_WORKER_IDLE",
+              "LANDLOCK_ABI_MAX")
 # Read (and execute) only: where Python, Nikola and the system's data live.
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
@@ -162,14 +163,18 @@ def set_limits(*, memory_mb: int, file_mb: int, processes: int) -> None:
         resource.setrlimit(limit, (wanted, wanted))
 
 
+ABI_MAX: int | None = None  # LANDLOCK_ABI_MAX (set by the build worker at its start): an older kernel's sandbox
+
+
 def landlock_abi() -> int:
-    """The kernel's Landlock ABI version; 0 when it is unavailable (old kernel, or refused by seccomp)."""
+    """The Landlock ABI version the sandbox uses: the kernel's, capped at ABI_MAX; 0 when it is unavailable (old
+    kernel, or refused by seccomp)."""
     if platform.machine() not in ("x86_64", "aarch64"):
         return 0
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     version = libc.syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
-    return max(int(version), 0)
+    return max(int(version), 0) if ABI_MAX is None else min(max(int(version), 0), ABI_MAX)
 
 
 class _PathBeneath(ctypes.Structure):

@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import os
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -59,6 +60,8 @@ class SiteAdmin:
             return self.hook(environ, method, start_response)
         if path_info == RESERVED_PREFIX + "rollback":
             return self.rollback(environ, method, start_response)
+        if path_info == RESERVED_PREFIX + "rebuild":
+            return self.rebuild(environ, method, start_response)
         return self.reserved(path_info[len(RESERVED_PREFIX):], method, start_response, environ)
 
     def reserved(self, name: str, method: str, start_response: StartResponse,
@@ -126,9 +129,10 @@ class SiteAdmin:
         return send_json(start_response, "200 OK" if healthy else "503 Service Unavailable",
                          {"healthy": healthy, **body})
 
-    def rollback(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
-        """`POST /_site/rollback` with `release=<id>` (form or query): only with the webhook secret as a bearer
-        token (no cookie carries authority, so no other site can make a browser do it)."""
+    def _owner_post(self, environ: dict[str, Any], method: str,
+                    start_response: StartResponse) -> tuple[str, bytes] | Iterable[bytes]:
+        """(client, body) of a POST by the site's owner (the webhook secret as a bearer token: no cookie carries
+        authority, so no other site can make a browser do it), or the refusal to send."""
         if self.hook_guard.secret is None or self.status_file is None:
             return send_plain(start_response, "404 Not Found", "not found\n")
         if method != "POST":
@@ -140,6 +144,27 @@ class SiteAdmin:
         if not verdict.accepted:
             return send_json(start_response, f"{verdict.status} {HTTPStatus(verdict.status).phrase}",
                              {"message": verdict.reason})
+        return client, body
+
+    def rebuild(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
+        """`POST /_site/rebuild`: a clean build of the branch's head, published when it succeeds (the owner's)."""
+        allowed = self._owner_post(environ, method, start_response)
+        if not isinstance(allowed, tuple):
+            return allowed
+        assert self.status_file is not None
+        data = layout.Layout(self.status_file.parent)
+        data.rebuild_file.write_text(f"{time.time():.3f}\n")
+        data.wake()
+        print(f"serve.py: clean build asked for by {allowed[0]}", file=sys.stderr, flush=True)
+        return send_json(start_response, "202 Accepted",
+                         {"message": "a clean build of the branch's head starts now; it is live when it succeeds"})
+
+    def rollback(self, environ: dict[str, Any], method: str, start_response: StartResponse) -> Iterable[bytes]:
+        """`POST /_site/rollback` with `release=<id>` (form or query): the owner's (see _owner_post)."""
+        allowed = self._owner_post(environ, method, start_response)
+        if not isinstance(allowed, tuple):
+            return allowed
+        client, body = allowed
         fields = urllib.parse.parse_qs(body.decode("utf-8", "replace") + "&" + environ.get("QUERY_STRING", ""))
         wanted = (fields.get("release") or [None])[0]
         try:

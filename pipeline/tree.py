@@ -209,3 +209,62 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
     serial = itertools.count()
     while todo:
         _remove_dir(dir_fd, todo.pop(), todo, lambda: f".{name}.rm-{os.getpid()}-{next(serial)}")
+
+
+def drop_changed_files(path: Path, since_ns: int, until_ns: int, made: Callable[[str], bool],
+                       max_depth: int = 64, max_entries: int = 1_000_000) -> str | None:
+    """Remove every regular file under the directory `path` whose inode changed (its ctime, which no process can
+    set) at or after `since_ns` unless `made(relative path)` (the name of `path` first, "output/a/b.html"), so
+    that what must make them makes them again. Returns None, or why the tree cannot be trusted at all (then
+    nothing is promised about what was removed): a file changed after `until_ns`, an entry that is neither a
+    regular file nor a directory, nesting deeper than `max_depth`, more than `max_entries` entries, `path`
+    itself not a real directory."""
+    try:
+        top = open_dir(str(path))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path.name} is not a real directory ({exc.strerror})"
+    stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = [(top, path.name, _lazy_entries(top))]
+    seen = 0
+    try:
+        while stack:
+            fd, where, pending = stack[-1]
+            item = next(pending, None)
+            if item is None:
+                stack.pop()
+                os.close(fd)
+                continue
+            name, st = item
+            seen += 1
+            if seen > max_entries:
+                return f"{path.name} holds more than {max_entries} entries"
+            relative = f"{where}/{name}"
+            if stat.S_ISREG(st.st_mode):
+                if st.st_ctime_ns > until_ns:
+                    return f"{shown(relative)} changed after the build ended"
+                if st.st_ctime_ns >= since_ns and not made(relative):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                return f"{shown(relative)} is {kind(st.st_mode)}"
+            if len(stack) >= max_depth:
+                return f"{shown(where)} is nested more than {max_depth} directories deep"
+            try:
+                sub = open_dir(name, dir_fd=fd)
+            except OSError as exc:
+                return f"{shown(relative)} cannot be read ({_reason(exc, name, fd)})"
+            stack.append((sub, relative, _lazy_entries(sub)))
+    finally:
+        for fd, _where, _pending in stack:
+            os.close(fd)
+    return None
+
+
+def _lazy_entries(dir_fd: int) -> Iterator[tuple[str, os.stat_result]]:
+    """(name, lstat) of each entry, read as needed (a directory of a million entries is never held at once)."""
+    with os.scandir(dir_fd) as scan:
+        for entry in scan:
+            with contextlib.suppress(FileNotFoundError):
+                yield entry.name, entry.stat(follow_symlinks=False)

@@ -84,13 +84,16 @@ class Watcher:
             )
             return backoff_delay(settings.poll_interval, self._transient_failures)
         self._transient_failures = 0
-        if head == last_attempted:
+        clean = self._clean_build_asked()
+        if clean:
+            log.info("a clean build was asked for: building %s from scratch", head[:12])
+        elif head == last_attempted:
             if due is None or due > time.time():
                 return settings.poll_interval if due is None else min(settings.poll_interval,
                                                                       max(due - time.time(), 0.05))
             log.info("a scheduled post is due: building %s again", head[:12])
         try:
-            self.deployer.deploy()
+            self.deployer.deploy(clean=clean)
         except GitError as exc:
             # Fetching or checking out the head failed (network, disk full, a size limit): retried a few
             # times, then recorded as that commit's failure and not tried again until the head moves.
@@ -108,6 +111,14 @@ class Watcher:
             heap.release()  # once per deploy, whatever its end: what it needed for a moment goes back
         self._fetch_failures = ("", 0)
         return 0 if self.wake.is_set() else settings.poll_interval
+
+    def _clean_build_asked(self) -> bool:
+        """Whether the owner asked for a clean build (POST /_site/rebuild); the request is used up."""
+        try:
+            self.settings.layout.rebuild_file.unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def recover_interrupted(self) -> None:
         """A build the instance did not survive (out of memory, killed) is tried again once; after that its

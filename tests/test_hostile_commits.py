@@ -8,13 +8,17 @@ its figures (requests failed during the attack, seconds until the next good push
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from tests.attacks import Readers
+from tests.helpers import wait_for
 from tests.test_site_stays_up import (
+    OWNER,
     POST,
     SECRET,
     Site,
@@ -278,3 +282,163 @@ def test_site_code_editing_the_work_tree_does_not_reach_the_next_build(site: Sit
     print(f"\nFIGURES work tree edits: {len(readers.failed)} reader requests failed; revert live after "
           f"{time.monotonic() - started:.1f} s")
     assert not readers.failed
+
+
+# -- what a build leaves never stops the next one (each good push is built in a work tree made afresh) ------------
+def good_pushes(site: Site) -> float:
+    """Two ordinary pushes after an attack (a post added, then removed again), both built and live: the build path,
+    not a kept release of the same tree. Returns the seconds until the first was live."""
+    started = time.monotonic()
+    post = site.repo.work / "posts" / "after-the-attack.rst"
+    commit = site.repo.add_post("after-the-attack", "After the attack")
+    site.wait_live(commit)
+    seconds = time.monotonic() - started
+    assert site.get("/posts/after-the-attack/").status_code == 200
+    assert site.status()["builds"][0]["mode"] in ("incremental", "clean")
+    post.unlink()
+    site.wait_live(site.repo.commit("Remove the post again"))
+    return seconds
+
+
+def recover_and_build(site: Site, readers: Readers, name: str) -> None:
+    """The revert is live, and so are the good pushes after it; the figures of the attack are printed."""
+    started = time.monotonic()
+    site.restore()
+    revert = time.monotonic() - started
+    built = good_pushes(site)
+    readers.__exit__()
+    print(f"\nFIGURES {name}: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
+          f"requests failed; the revert live after {revert:.1f} s, the next good push after {built:.1f} s")
+    assert not readers.failed, readers.failed[:5]
+    assert revert < 30 and built < 30
+
+
+BEYOND_PATH_MAX = '''
+import os
+_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+try:
+    os.mkdir("junk", dir_fd=_fd)
+    for _name in ["junk"] + ["x" * 250] * 20:  # 5 KB of path: more than PATH_MAX
+        if _name != "junk":
+            os.mkdir(_name, dir_fd=_fd)
+        _next = os.open(_name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=_fd)
+        os.close(_fd)
+        _fd = _next
+    os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=_fd))
+except FileExistsError:
+    pass
+finally:
+    os.close(_fd)
+'''
+
+
+def test_leftovers_beyond_path_max_never_stop_the_next_push(site: Site, readers: Readers) -> None:
+    commit = attack(site, BEYOND_PATH_MAX, "conf.py leaves directories nested beyond PATH_MAX")
+    assert site.wait_result(commit)["result"] == "success"
+    recover_and_build(site, readers, "leftovers beyond PATH_MAX")
+
+
+DANGLING_OUTPUT = '''
+import os
+OUTPUT_FOLDER = "public"
+if not os.path.lexists("output"):
+    os.symlink("/nowhere/at/all", "output")
+'''
+
+
+def test_a_dangling_output_link_never_stops_the_next_push(site: Site, readers: Readers) -> None:
+    commit = attack(site, DANGLING_OUTPUT, "conf.py publishes from public/ and leaves a dangling output link")
+    assert site.wait_result(commit)["result"] == "success"
+    recover_and_build(site, readers, "dangling output link")
+
+
+TAMPERING_POST = """.. title: Tampering
+.. slug: tampering
+.. date: 2026-12-01 10:00:00 UTC
+
+Its code appends to another post's page at build time.
+
+{{% template %}}<%
+    with open('output/posts/welcome/index.html', 'a') as _page:
+        _page.write('<!-- TAMPERED -->')
+%>{{% /template %}}
+"""
+
+DIGESTS = r'''
+import hashlib, json, os, re, sys
+root = "/workdir/releases/" + sys.argv[1]
+varying = re.compile(rb"<lastBuildDate>[^<]*</lastBuildDate>|rest_code_[0-9a-f]{32}")
+digests = {}
+for folder, _dirs, files in os.walk(root):
+    for name in files:
+        if not name.endswith(".gz"):
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                digests[os.path.relpath(path, root)] = hashlib.sha256(varying.sub(b"", handle.read())).hexdigest()
+print(json.dumps(digests))
+'''
+
+
+def release_digests(site: Site, release: str) -> dict[str, str]:
+    """Every file of a release (but the precompressed copies), digested without what no two builds share."""
+    result = site.container().exec_run(["python3", "-c", DIGESTS, release])
+    assert result.exit_code == 0, result.output[-500:]
+    return json.loads(result.output)
+
+
+def test_content_code_editing_other_pages_is_undone_when_the_code_goes(site: Site, readers: Readers) -> None:
+    tampering = site.repo.work / "posts" / "tampering.rst"
+    tampering.write_text(TAMPERING_POST)
+    commit = site.repo.commit("A post whose code edits another post's page")
+    site.wait_live(commit)
+    assert site.get(POST).text.endswith("<!-- TAMPERED -->")  # the attack works: its own release carries it
+    # The revert: its tree is that of a kept release, which is published again, without a build.
+    started = time.monotonic()
+    tampering.unlink()
+    revert = site.repo.commit("Revert the tampering post")
+    site.wait_live(revert)
+    seconds = time.monotonic() - started
+    assert site.status()["builds"][0]["mode"] == "kept"
+    assert "TAMPERED" not in site.get(POST).text
+    # Once more, and then a tree no release had: an incremental build makes the edited page again.
+    tampering.write_text(TAMPERING_POST)
+    site.wait_live(site.repo.commit("The tampering post again"))
+    assert site.get(POST).text.endswith("<!-- TAMPERED -->")
+    tampering.unlink()
+    incremental = site.repo.add_post("after-the-tampering", "After the tampering")
+    site.wait_live(incremental)
+    assert site.status()["builds"][0]["mode"] == "incremental"
+    assert "TAMPERED" not in site.get(POST).text
+    built = site.status()["current"]["release"]
+    # ... byte for byte what a clean build of the same commit gives ("clean build and publish", the owner's).
+    assert requests.post(site.base + "/_site/rebuild", timeout=10).status_code == 401
+    answer = requests.post(site.base + "/_site/rebuild", headers=OWNER, timeout=10)
+    assert answer.status_code == 202, answer.text
+    wait_for("the clean build live", lambda: site.status()["current"]["release"] != built, 90, interval=0.5)
+    assert site.status()["builds"][0]["mode"] == "clean" and site.status()["current"]["commit"] == incremental
+    clean = site.status()["current"]["release"]
+    assert release_digests(site, built) == release_digests(site, clean)
+    (site.repo.work / "posts" / "after-the-tampering.rst").unlink()
+    site.repo.commit("Remove the post again")
+    readers.__exit__()
+    print(f"\nFIGURES content code editing other pages: {len(readers.failed)} reader requests failed; the revert "
+          f"live after {seconds:.1f} s (from the kept release)")
+    assert not readers.failed, readers.failed[:5]
+
+
+FIFTY_MILLION_LINES = '''
+import sys
+for _chunk in range(50):
+    sys.stdout.write("x\\n" * 1_000_000)
+raise SystemExit("the end of fifty million lines")
+'''
+
+
+def test_a_build_printing_fifty_million_lines_is_read_from_its_end(site: Site, readers: Readers) -> None:
+    instance = site.instance()["instance_name"]
+    commit = attack(site, FIFTY_MILLION_LINES, "conf.py prints fifty million lines and fails")
+    result = site.wait_result(commit, timeout=120)
+    assert result["result"] == "failed"
+    assert len(result["log_tail"]) < 20_000 and len(result["error"]) < 700
+    assert site.instance()["instance_name"] == instance  # not replaced: the publisher read only the log's end
+    recover_and_build(site, readers, "fifty million lines")

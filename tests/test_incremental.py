@@ -29,8 +29,8 @@ def build(source: GitSource, builder: NikolaBuilder, log: Path) -> str | None:
     previous = builder.previous_state()
     commit = source.fetch()
     changes = source.changes(previous.commit, commit) if previous else None
+    reason = builder.prepare(clean_build_reason(previous, changes))
     source.checkout(commit)
-    reason = clean_build_reason(previous, changes)
     builder.build(commit, clean=reason is not None, log_path=log,
                   changes=None if changes is None else [path for _status, path in changes])
     return reason
@@ -130,4 +130,36 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     assert "posts/generated-0150/index.html" not in incremental
     assert "categories/new-tag/index.html" in incremental and "posts/generated-0300/index.html" in incremental
     assert b"Edited text." in incremental["posts/generated-0100/index.html"]
+    builder.worker.stop()
+
+
+# Content code (a shortcode's Mako block runs at build time) that appends to another post's page in output/:
+# that page's task does not run in an incremental build, so its output would carry the edit for good.
+TAMPERING_POST = """.. title: Tampering
+.. slug: tampering
+.. date: 2026-12-01 10:00:00 UTC
+
+{{% template %}}<%
+    with open('output/posts/welcome/index.html', 'a') as _page:
+        _page.write('<!-- TAMPERED -->')
+%>{{% /template %}}
+"""
+
+
+def test_output_edited_by_content_code_is_made_again_once_the_code_is_gone(site_repo: SiteRepo,
+                                                                            tmp_path: Path) -> None:
+    source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
+    builder = NikolaBuilder(source.clone_dir, timeout=300)
+    build(source, builder, tmp_path / "1.log")
+    site_repo.write("posts/tampering.rst", TAMPERING_POST)
+    site_repo.commit("A post whose code edits another post's page")
+    assert build(source, builder, tmp_path / "2.log") is None
+    welcome = builder.output_dir / "posts" / "welcome" / "index.html"
+    assert welcome.read_text().endswith("<!-- TAMPERED -->")  # the attack works
+    (site_repo.work / "posts" / "tampering.rst").unlink()
+    site_repo.add_post("later", "A later post")  # not a revert: a tree no release had
+    assert build(source, builder, tmp_path / "3.log") is None  # incremental
+    assert "TAMPERED" not in welcome.read_text()
+    incremental, clean = tree(builder.output_dir), clean_tree(site_repo, tmp_path)
+    assert incremental == clean
     builder.worker.stop()

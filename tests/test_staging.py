@@ -157,3 +157,96 @@ def test_the_publisher_repairs_the_modes_of_what_it_owns(tmp_path: Path) -> None
     assert stat.S_IMODE((layout.releases / "r1").stat().st_mode) == 0o755
     assert stat.S_IMODE(layout.status.stat().st_mode) == 0o644
     assert layout.repair() == []
+
+
+def _nest_beyond_path_max(root: Path) -> None:
+    """Twenty nested directories of 250-character names (5 KB of path), made one level at a time by descriptor."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _level in range(20):
+            os.mkdir("x" * 250, dir_fd=fd)
+            child = os.open("x" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def _leftovers(site: Path) -> None:
+    """What a build's code can leave in its work tree."""
+    (site / "junk").mkdir()
+    _nest_beyond_path_max(site / "junk")
+    os.mkfifo(site / "fifo")
+    (site / "locked" / "inner").mkdir(parents=True)
+    (site / "locked" / "inner" / "x.txt").write_text("x")
+    (site / "locked").chmod(0)
+    (site / "posts").mkdir()
+    (site / "posts" / "planted.rst").write_text("planted")
+
+
+def _state(builder: NikolaBuilder, started_ns: int, finished_ns: int) -> None:
+    from pipeline.nikola_build import BuildState
+
+    builder._record_state(BuildState("c" * 40, ok=True, started_ns=started_ns, finished_ns=finished_ns))
+
+
+def test_prepare_leaves_only_nikolas_state_and_makes_again_what_no_task_of_the_last_build_made(
+        tmp_path: Path) -> None:
+    import time
+
+    from pipeline.nikola_build import CTIME_SLACK_NS, WRITTEN_REPORT
+
+    site = tmp_path / "build" / "source"
+    builder = NikolaBuilder(site, timeout=60)
+    _output(site / "output")  # older than the last build: kept
+    (site / "cache").mkdir()
+    (site / ".doit.db").write_text("db")
+    time.sleep(0.05)
+    started = time.time_ns()
+    time.sleep(0.05)
+    (site / "output" / "made.html").write_text("made by a task")
+    (site / "output" / "posts" / "a" / "index.html").write_text("<p>a</p><!-- edited by code of the site -->")
+    (site / "cache" / "fragment.html").write_text("made by a task")
+    (site / WRITTEN_REPORT).write_text("output/made.html\ncache/fragment.html\n")
+    _leftovers(site)
+    _state(builder, started + CTIME_SLACK_NS, time.time_ns())
+
+    assert builder.prepare(None) is None  # nothing in doubt: incremental
+    assert sorted(os.listdir(site)) == [".doit.db", "cache", "output"]
+    assert sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()) == [
+        ".doit.db", "cache/fragment.html", "output/index.html", "output/made.html"]  # the edited page goes
+
+
+@pytest.mark.parametrize(("damage", "why"), [
+    (lambda site: (tree.remove_tree(site / "output"), (site / "output").symlink_to("nowhere")),
+     "output is not a real directory"),
+    (lambda site: os.mkfifo(site / "cache" / "pipe"), "cache/pipe is a FIFO"),
+    (lambda site: (site / "output" / "late.html").write_text("written after the build"), "changed after the build"),
+])
+def test_prepare_drops_a_state_in_doubt_and_the_build_is_clean(tmp_path: Path, damage, why: str) -> None:
+    import time
+
+    from pipeline.nikola_build import WRITTEN_REPORT
+
+    site = tmp_path / "build" / "source"
+    builder = NikolaBuilder(site, timeout=60)
+    _output(site / "output")
+    (site / "cache").mkdir()
+    (site / WRITTEN_REPORT).write_text("")
+    _state(builder, time.time_ns() - 10**9, time.time_ns())
+    time.sleep(0.05)
+    damage(site)
+    _leftovers(site)
+    reason = builder.prepare(None)
+    assert reason is not None and why in reason, reason
+    assert os.listdir(site) == []  # a clean build: nothing of the last build is left
+
+
+def test_prepare_for_a_clean_build_empties_the_work_tree(tmp_path: Path) -> None:
+    site = tmp_path / "build" / "source"
+    builder = NikolaBuilder(site, timeout=60)
+    _output(site / "output")
+    _leftovers(site)
+    assert builder.prepare("conf.py changed") == "conf.py changed"
+    assert os.listdir(site) == []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ import pytest
 from pipeline import releases
 from pipeline.answers import BadPath, memo_path, split_request_path
 from pipeline.config import redact_url, settings_from_env
-from pipeline.errors import ConfigError, ReleaseError
-from pipeline.nikola_build import BuildState, clean_build_reason, log_tail
+from pipeline.errors import ConfigError, ReleaseError, short
+from pipeline.nikola_build import BuildState, clean_build_reason, log_tail, read_log_tail
 from pipeline.status import StatusStore
 from pipeline.watcher import MAX_BACKOFF, backoff_delay
 from tests.helpers import wait_for
@@ -41,6 +43,8 @@ def test_settings_defaults() -> None:
     ({"SITE_REPO": "/r", "DATA_DIR": "relative"}, "DATA_DIR='relative': expected an absolute path"),
     ({"SITE_REPO": "/r", "KEEP_RELEASES": "1"}, "KEEP_RELEASES='1': must be at least 2"),
     ({"SITE_REPO": "/r", "BUILD_MEMORY_MB": "10"}, "BUILD_MEMORY_MB='10': must be at least 256"),
+    ({"SITE_REPO": "/r", "LANDLOCK_ABI_MAX": "two"}, "LANDLOCK_ABI_MAX='two': expected a whole number"),
+    ({"SITE_REPO": "/r", "LANDLOCK_ABI_MAX": "-1"}, "LANDLOCK_ABI_MAX='-1': must be at least 0"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("?", r"\?")):
@@ -71,6 +75,45 @@ def test_clean_build_reason(previous, changes, reason) -> None:
 def test_log_tail_keeps_the_end() -> None:
     text = "\n".join(f"line {n}" for n in range(100)) + "\n"
     assert log_tail(text, 3) == "line 97\nline 98\nline 99"
+
+
+def test_log_tail_names_the_error_first_and_cuts_long_lines() -> None:
+    text = "\n".join(["Scanning posts....done!", "[2026-12-07 10:00:00] ERROR: Nikola: cannot create output: exists",
+                      "Traceback (most recent call last):", *(f'  File "x{n}.py", line {n}' for n in range(40)),
+                      "x" * 5000])
+    tail = log_tail(text).splitlines()
+    assert tail[0] == "[2026-12-07 10:00:00] ERROR: Nikola: cannot create output: exists" and tail[1] == "…"
+    assert len(tail) == 32 and len(tail[-1]) < 600 and "characters]" in tail[-1]
+    assert log_tail("a\nValueError: bad value\n  more\n").splitlines()[1] == "ValueError: bad value"  # in the tail
+
+
+def test_the_log_is_read_from_its_end_only(tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    with log.open("w") as handle:
+        for number in range(300_000):
+            handle.write(f"line {number}\n")
+    text = read_log_tail(log, limit=1000)
+    assert len(text) <= 1000 and text.startswith("line ") and text.endswith("line 299999\n")
+    (tmp_path / "link.log").symlink_to(log)
+    assert read_log_tail(tmp_path / "link.log") == ""  # never followed
+
+
+def test_long_messages_are_cut_in_the_middle() -> None:
+    message = "cannot check out: could not lstat " + "junk/" + "x" * 5000 + "/end"
+    cut = short(message)
+    assert len(cut) < 650 and cut.startswith("cannot check out") and cut.endswith("/end") and "characters]" in cut
+    assert short("short") == "short"
+
+
+def test_a_kept_release_of_the_same_tree_is_found(tmp_path: Path) -> None:
+    rels = tmp_path / "releases"
+    for name, tree_id, holds_back in (("r1", "t1", False), ("r2", "t2", False), ("r3", "t1", True)):
+        (rels / name).mkdir(parents=True)
+        (rels / f"{name}.json").write_text(json.dumps(asdict(
+            releases.Release(name, "c", "t", 1.0, tree=tree_id, holds_back=holds_back))))
+    assert releases.same_tree(rels, "t1") == rels / "r1"  # r3 left posts out that may be due by now
+    assert releases.same_tree(rels, "t2") == rels / "r2"
+    assert releases.same_tree(rels, "t9") is None and releases.same_tree(rels, "") is None
 
 
 def test_backoff_doubles_and_is_capped() -> None:

@@ -36,6 +36,13 @@ class BuildRequest:
     changes: list[str] | None = None  # paths changed since `base`; None: unknown (a fresh site is loaded)
     base: str | None = None  # the commit of the last successful build
     fresh: bool = field(default=False)  # load the site afresh (a clean build)
+    # The worker makes the work tree (pipeline.work_tree) from `export` (the commit's files) when given: `reason`
+    # why the build is clean (None: keep Nikola's state if it can be trusted), and when the last build of this
+    # work tree started and ended (time.time_ns()).
+    export: str | None = None
+    reason: str | None = None
+    started_ns: int = 0
+    finished_ns: int = 0
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -63,6 +70,7 @@ class BuildAnswer:
     note: str = ""  # why the site was loaded afresh
     output: str = "output"  # the output folder the site's configuration names (OUTPUT_FOLDER)
     scheduled: list = field(default_factory=list)  # [due UNIX time, source path, title] of posts held back
+    reason: str = ""  # why the build was a clean one ("": incremental)
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -81,7 +89,7 @@ class BuildAnswer:
         except TypeError:
             return None
         types = {"status": int, "timed_out": bool, "seconds": (int, float), "max_rss_kb": int, "leftovers": int,
-                 "exiting": bool, "site": str, "note": str, "output": str}
+                 "exiting": bool, "site": str, "note": str, "output": str, "reason": str}
         if any(not isinstance(getattr(answer, name), kind) for name, kind in types.items()):
             return None
         scheduled = answer.scheduled if isinstance(answer.scheduled, list) else []

@@ -23,16 +23,18 @@ import logging
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from pipeline import build_protocol, config, sandbox
+from pipeline import build_protocol, config, sandbox, work_tree
 from pipeline.build_protocol import BuildAnswer, BuildRequest
-from pipeline.errors import BuildError
+from pipeline.errors import BuildError, short
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,42 @@ def warm_up() -> None:
     import pipeline.site_holder  # noqa: F401
 
 
+def make_work_tree(request: BuildRequest) -> tuple[BuildRequest, BuildAnswer | None]:
+    """The work tree of `request` made from its export (pipeline.work_tree): the request as the build will be run
+    (a clean one when Nikola's state was not kept), or the answer of a build that cannot run."""
+    if request.export is None:
+        return request, None
+    started = time.monotonic()
+    reason = request.reason
+    try:
+        reason = work_tree.prepare(Path(request.site_dir), Path(request.env.get("TMPDIR") or request.site_dir),
+                                   request.reason, request.started_ns, request.finished_ns)
+        work_tree.copy_in(Path(request.export), Path(request.site_dir))
+    except OSError as exc:
+        note = short(f"the work tree could not be made: {exc}")
+        _append_log(request.log_path, f"pequod: {note}", truncate=True)
+        return request, BuildAnswer(1, False, round(time.monotonic() - started, 3), 0, 0, note=note,
+                                    reason=reason or "")
+    if reason is None:
+        return request, None
+    return replace(request, fresh=True, changes=None, base=None, reason=reason), None
+
+
 def build(request: BuildRequest) -> BuildAnswer:
-    """Hand `request` to the site holder (a fresh one when the last cannot serve it)."""
-    global _holder
+    """Make the work tree, then hand `request` to the site holder (a fresh one when the last cannot serve it)."""
     from pipeline.site_holder import HolderClient
 
+    sandbox.ABI_MAX = config.landlock_abi_max(request.env)
+    request, refused = make_work_tree(request)
+    if refused is not None:
+        _stop_holder()
+        return refused
+    result = _build(request, HolderClient)
+    return replace(result, reason=request.reason or "")
+
+
+def _build(request: BuildRequest, HolderClient: Any) -> BuildAnswer:  # noqa: N803 - the class, imported late
+    global _holder
     started = time.monotonic()
     key = request.holder_key()
     if _holder is not None and (request.fresh or _holder.key != key or not _holder.alive()):
@@ -119,8 +152,8 @@ def build(request: BuildRequest) -> BuildAnswer:
     return result
 
 
-def _append_log(path: str, line: str) -> None:
-    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as handle:
+def _append_log(path: str, line: str, truncate: bool = False) -> None:
+    with contextlib.suppress(OSError), open(path, "w" if truncate else "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
 
 
@@ -141,33 +174,76 @@ def _terminate(_signum: int, _frame: object) -> None:
     os._exit(143)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """JSON lines on stdin and stdout (a process of the watcher), or with `--listen`: the builder's first process,
+    serving one connection on the unix socket BUILDER_SOCKET names, and ending when it ends (see serve)."""
+    argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _terminate)
+    if argv == ["--listen"]:
+        return serve(os.environ.get("BUILDER_SOCKET", ""))
+    if argv:
+        print("usage: python -m pipeline.build_worker [--listen]", file=sys.stderr)
+        return 2
+    return loop(sys.stdin, sys.stdout, config.build_worker_idle(os.environ))
+
+
+def loop(requests: Any, answers: Any, idle_seconds: float) -> int:
+    """Answer the build requests read from `requests` until a build fails, BUILDS_PER_WORKER builds, `idle_seconds`
+    without a request, or the end of `requests`."""
     subreaper = sandbox.become_subreaper()
-    idle_seconds = config.build_worker_idle(os.environ)
-    sandbox.ABI_MAX = config.landlock_abi_max(os.environ)
     warm_up()
-    print(json.dumps({"ready": True, "pid": os.getpid(), "subreaper": subreaper,
-                      "landlock_abi": sandbox.landlock_abi()}), flush=True)
+    answers.write(json.dumps({"ready": True, "pid": os.getpid(), "subreaper": subreaper,
+                              "landlock_abi": sandbox.landlock_abi()}) + "\n")
+    answers.flush()
     try:
         for number in range(1, BUILDS_PER_WORKER + 1):
-            readable, _, _ = select.select([sys.stdin], [], [], idle_seconds)
+            readable, _, _ = select.select([requests], [], [], idle_seconds)
             if not readable:
                 return 0  # idle: give the memory back
-            line = sys.stdin.readline()
+            line = requests.readline()
             if not line:
                 return 0
-            result = build(BuildRequest.from_line(line))
+            request = BuildRequest.from_line(line)
+            idle_seconds = config.build_worker_idle(request.env)
+            result = build(request)
             # A fresh worker after a failure or BUILDS_PER_WORKER builds.
             result = replace(result, exiting=result.status != 0 or number == BUILDS_PER_WORKER)
-            sys.stdout.write(result.to_line())
-            sys.stdout.flush()
+            answers.write(result.to_line())
+            answers.flush()
             if result.exiting:
                 return 0
         return 0
     finally:
         _stop_holder()
 
+
+def serve(socket_path: str) -> int:
+    """The builder's first process (PID 1 of its PID namespace): listen on `socket_path` (its directory is the
+    builder's; the socket is open to the publisher), lean until a publisher connects, then build for that one
+    connection (loop) and end. Whatever the builds started ends with it: the builder's runtime starts a fresh
+    one (the agent's restart policy), in a fresh PID namespace, so nothing of a build outlives it."""
+    import socket
+
+    if not socket_path.startswith("/"):
+        print("build_worker: BUILDER_SOCKET must name the builder's socket (an absolute path)", file=sys.stderr)
+        return 2
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    os.chmod(socket_path, 0o666)  # the publisher runs as another user
+    listener.listen(1)
+    print(f"build_worker: waiting for the publisher on {socket_path}", file=sys.stderr, flush=True)
+    connection, _ = listener.accept()
+    listener.close()
+    with connection, connection.makefile("r", encoding="utf-8") as requests, \
+            connection.makefile("w", encoding="utf-8") as answers:
+        code = loop(requests, answers, config.build_worker_idle(os.environ))
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return code
 
 
 # -- the watcher's side ----------------------------------------------------------------------------
@@ -179,43 +255,87 @@ def terminate_running() -> None:
 
 
 class BuildWorker:
-    """`python -m pipeline.build_worker`, kept between builds (see that module), with environment `env`."""
+    """The build worker, kept between builds (see this module): `python -m pipeline.build_worker` started with
+    environment `env`, or, with `socket_path`, the worker of the builder (a container of its own, started by the
+    agent) reached on that unix socket. Its answers come from where code of the site runs: each is read as one
+    line of at most ANSWER_BYTES and checked field by field."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    ANSWER_BYTES = 1 << 20
+    CONNECT_SECONDS = 60.0  # the builder's runtime starts a fresh worker after one ends; it waits so long for it
+
+    def __init__(self, env: Mapping[str, str] | None = None, socket_path: Path | None = None) -> None:
         self.env = dict(env) if env is not None else None
+        self.socket_path = socket_path
         self.proc: subprocess.Popen[str] | None = None
+        self.sock: Any = None
+        self._in: Any = None  # requests go here
+        self._out: Any = None  # answers come from here
         self.ready: dict[str, Any] = {}
 
     def running(self) -> bool:
+        if self.socket_path is not None:
+            return self.sock is not None
         return self.proc is not None and self.proc.poll() is None
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, start_new_session=True, env=self.env,
-        )
-        running_groups.add(self.proc.pid)
+        if self.socket_path is not None:
+            self._connect(self.socket_path)
+        else:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                text=True, start_new_session=True, env=self.env,
+            )
+            running_groups.add(self.proc.pid)
+            self._in, self._out = self.proc.stdin, self.proc.stdout
         ready = self._read(60)
         if ready is None:
             self.stop()
             raise BuildError("the build worker did not start (see the pipeline's log)", "")
         if not self.ready:
             abi = ready.get("landlock_abi", 0)
+            where = f"in the builder ({self.socket_path})" if self.socket_path is not None else "in this instance"
             if abi:
-                log.info("builds are confined with Landlock (ABI %d%s)", abi,
+                log.info("builds run %s, confined with Landlock (ABI %s%s)", where, abi,
                          ", capped by LANDLOCK_ABI_MAX" if self.env and self.env.get("LANDLOCK_ABI_MAX") else "")
             else:
-                log.warning("Landlock is not available (kernel or seccomp profile): builds are not confined to "
-                            "their work tree and could read other processes' files")
+                log.warning("builds run %s; Landlock is not available (kernel or seccomp profile): builds are not "
+                            "confined to their work tree", where)
             if not ready.get("subreaper"):
                 log.warning("the build worker cannot be a child subreaper: daemons a build starts may outlive it")
         self.ready = ready
 
+    def _connect(self, path: Path) -> None:
+        import socket
+
+        deadline = time.monotonic() + self.CONNECT_SECONDS
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    raise ConnectionRefusedError(f"{path} is not a socket")
+                sock.connect(str(path))
+                break
+            except OSError as exc:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise BuildError(f"the builder does not answer on {path} ({exc}); is its container running?",
+                                     "") from None
+                time.sleep(0.05)
+        self.sock = sock
+        self._in = sock.makefile("w", encoding="utf-8")
+        self._out = sock.makefile("r", encoding="utf-8", errors="replace")
+
     def _read(self, timeout: float) -> dict[str, Any] | None:
-        assert self.proc is not None and self.proc.stdout is not None
-        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if readable else ""
-        return json.loads(line) if line else None
+        assert self._out is not None
+        readable, _, _ = select.select([self._out], [], [], timeout)
+        line = self._out.readline(self.ANSWER_BYTES) if readable else ""
+        if not line.endswith("\n"):
+            return None
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
 
     def build(self, request: BuildRequest) -> tuple[BuildAnswer, bool]:
         """Run one build; returns the worker's answer and whether the worker was already warm.
@@ -239,16 +359,23 @@ class BuildWorker:
         return answer, warm
 
     def _ask(self, request: BuildRequest) -> BuildAnswer | None:
-        assert self.proc is not None and self.proc.stdin is not None
+        assert self._in is not None
         try:
-            self.proc.stdin.write(request.to_line())
-            self.proc.stdin.flush()
+            self._in.write(request.to_line())
+            self._in.flush()
             line = self._read(request.timeout + 30)
-            return BuildAnswer(**line) if line is not None else None
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError):
             return None
+        return BuildAnswer.checked(line) if line is not None else None
 
     def stop(self) -> None:
+        """End the worker: the local process is terminated; the builder's connection is closed, which ends its
+        worker and everything it started (its runtime starts a fresh one)."""
+        if self.sock is not None:
+            for handle in (self._in, self._out, self.sock):
+                with contextlib.suppress(OSError):
+                    handle.close()
+            self.sock = None
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -256,6 +383,7 @@ class BuildWorker:
                 self.proc.wait(10)
             running_groups.discard(self.proc.pid)
             self.proc = None
+        self._in = self._out = None
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Settings:
     links_broken_fail: bool = False  # broken internal links fail the build (pipeline.links)
     build_worker_idle: float = 900.0  # seconds the warm build worker waits for the next build (pipeline.build_worker)
     landlock_abi_max: int | None = None  # the highest Landlock ABI the sandbox uses (None: the kernel's)
+    builder_socket: Path | None = None  # the builder's worker (a container of its own); None: a process of ours
 
     @property
     def layout(self) -> Layout:
@@ -117,6 +118,13 @@ def landlock_abi_max(env: Mapping[str, str]) -> int | None:
     return int(_number(env, "LANDLOCK_ABI_MAX", 0, minimum=0, integer=True))
 
 
+def check_builder_socket(path: str) -> Path | None:
+    path = path.strip()
+    if path and not path.startswith("/"):
+        raise ConfigError(f"BUILDER_SOCKET={path!r}: expected an absolute path (the builder's unix socket)")
+    return Path(path) if path else None
+
+
 def check_heartbeat_file(path: str) -> Path | None:
     path = path.strip()
     if path and not path.startswith("/"):
@@ -149,4 +157,5 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         links_broken_fail=_flag(env, "LINKS_BROKEN_FAIL", False),
         build_worker_idle=build_worker_idle(env),
         landlock_abi_max=landlock_abi_max(env),
+        builder_socket=check_builder_socket(env.get("BUILDER_SOCKET", "")),
     )

@@ -32,11 +32,12 @@ class Deployer:
         self.settings = settings
         self.stop = stop
         layout = settings.layout
-        self.source = GitSource(settings.site_repo, settings.site_branch, layout.source, settings.git_timeout,
+        self.source = GitSource(settings.site_repo, settings.site_branch, layout.export, settings.git_timeout,
                                 layout.git_dir)
         limits = BuildLimits(memory_mb=settings.build_memory_mb, file_mb=settings.max_file_mb)
         self.builder = NikolaBuilder(layout.source, settings.build_timeout, limits, layout.build_tmp,
-                                     layout.build_state)
+                                     layout.build_state, layout.export, settings.builder_socket)
+        self.builder.log_copy = layout.logs / "last-build.log"
         self.store = StatusStore(layout.status)
         self.notifier = (notify.Notifier(settings.notify_url, settings.notify_secret, self._notified)
                          if settings.notify_url else None)
@@ -92,19 +93,16 @@ class Deployer:
             status["building"] = {"commit": commit, "started_at": utc_now(),
                                   "attempts": int(earlier.get("attempts", 0)) + 1 if earlier.get("commit") == commit
                                   else 1}
-        # An empty work tree (but for Nikola's state, when it is kept) for the commit's files, whatever the last
-        # build left in it.
-        reason = self.builder.prepare("a clean build was asked for" if clean else clean_build_reason(previous, changes))
-        self.source.checkout(commit)
-        mode = "clean" if reason else "incremental"
-        log.info("building %s (%s build%s)", commit[:12], mode, f": {reason}" if reason else "")
+        reason = "a clean build was asked for" if clean else clean_build_reason(previous, changes)
+        self.source.checkout(commit)  # the publisher's export; the build's work tree is made from it (work_tree)
+        log.info("building %s%s", commit[:12], f" (a clean build: {reason})" if reason else "")
         settings.layout.logs.mkdir(parents=True, exist_ok=True)
         started_at, started = utc_now(), time.monotonic()
         subject, author = self.source.commit_info(commit)
-        record = {"commit": commit, "subject": subject, "author": author, "started_at": started_at, "mode": mode,
-                  "release": None}
+        record = {"commit": commit, "subject": subject, "author": author, "started_at": started_at,
+                  "mode": "clean" if reason else "incremental", "release": None}
         published = self._build_and_publish(
-            record, clean=reason is not None, changes=None if changes is None else [path for _status, path in changes],
+            record, reason=reason, changes=None if changes is None else [path for _status, path in changes],
             started=started, tree_id=tree_id)
         if published is None:
             return
@@ -116,7 +114,7 @@ class Deployer:
                      scheduled=[{"due": due, "at": utc_iso(due), "source": source, "title": title}
                                 for due, source, title in self.builder.last_scheduled])
         log.info(
-            "published %s as %s in %.2f s (%s build)%s", commit[:12], meta.release, meta.build_seconds, mode,
+            "published %s as %s in %.2f s (%s build)%s", commit[:12], meta.release, meta.build_seconds, meta.mode,
             f", pruned {len(removed)} old release(s)" if removed else "",
         )
         self.links.after_swap(release_dir)  # after the swap: the report never delays push → live
@@ -156,14 +154,19 @@ class Deployer:
                  meta.release, kept.name, f", pruned {len(removed)} old release(s)" if removed else "")
         self.links.after_swap(release_dir)
 
-    def _build_and_publish(self, record: dict, *, clean: bool, changes: list[str] | None,
+    def _build_and_publish(self, record: dict, *, reason: str | None, changes: list[str] | None,
                            started: float, tree_id: str = "") -> tuple[releases.Release, Path, list] | None:
         """Build the checked-out commit, stage it as a release and swap it live: (its metadata, its directory,
         the releases pruned), or None when the build or the publish failed (recorded) or was interrupted."""
         settings = self.settings
         commit = record["commit"]
         try:
-            self.builder.build(commit, clean=clean, log_path=settings.layout.logs / "last-build.log", changes=changes)
+            try:
+                self.builder.build(commit, reason=reason, log_path=settings.layout.build_log, changes=changes)
+            finally:
+                record["mode"] = "clean" if self.builder.last_reason else "incremental"
+            if self.builder.last_reason and self.builder.last_reason != reason:
+                log.info("%s was built clean: %s", commit[:12], self.builder.last_reason)
             seconds = round(time.monotonic() - started, 3)
             live = releases.current_release_dir(settings.layout.current)
             meta = releases.Release(

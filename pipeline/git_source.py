@@ -12,7 +12,6 @@ import git
 
 from pipeline.config import redact_url
 from pipeline.errors import GitError, short
-from pipeline.nikola_build import NIKOLA_STATE
 
 log = logging.getLogger(__name__)
 
@@ -193,13 +192,12 @@ class GitSource:
         return facts.largest, facts.size
 
     def checkout(self, commit: str) -> None:
-        """Make the work tree exactly `commit`, keeping Nikola's build state."""
+        """Make the work tree (the publisher's export: no build writes it) exactly `commit`; files git does not
+        change keep their modification times."""
         repo = self._repo()
         try:
             repo.git.checkout("--force", "--detach", commit, kill_after_timeout=self.timeout)
-            # Nikola's incremental state lives in the work tree: `git clean` keeps it.
-            excludes = [arg for pattern in NIKOLA_STATE for arg in ("-e", f"/{pattern}")]
-            repo.git.clean("-ffdx", *excludes, kill_after_timeout=self.timeout)
+            repo.git.clean("-ffdx", kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
             raise GitError(f"cannot check out {commit[:12]}: {_message(exc)}") from None
 

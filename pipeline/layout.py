@@ -5,13 +5,18 @@ DATA_DIR):
       current -> releases/<id>     the live release (swapped with rename(2))
       releases/<id>/, <id>.json    kept releases and their metadata
       source.git/                  the site's repository, outside the work tree (a build cannot touch it)
-      build/                       all a build may write; a volume of its own under the agent, so a
+      build/                       shared with the builder; a volume of its own under the agent, so a
                                    build that fills it never fills the releases' volume
-        source/                    the work tree a build reads and writes (Nikola's state included)
-        tmp/                       the build's HOME and TMPDIR, emptied before every build
-        build-state.json           what the work tree was last built from
+        export/                    the commit's files, checked out by the publisher (no build writes here)
+        build-state.json           what the work tree was last built from, and when (the publisher's)
+        builder/                   the builder's own (under the agent, of the builder's user): all a build
+                                   may write
+          socket                   where the builder's worker waits for the publisher (BUILDER_SOCKET)
+          source/                  the work tree: the commit's files copied from export/, Nikola's state
+          tmp/                     the build's HOME and TMPDIR, emptied before every build
+          last-build.log           the last build's whole log (the publisher reads its end only)
       status.json                  deploy status and history
-      logs/last-build.log          the last build's whole log
+      logs/last-build.log          the end of the last build's log
       wake                         touched by a valid webhook: the watcher checks the remote at once
       rebuild                      written by POST /_site/rebuild: a clean build of the head, then published
       .watcher.lock                one watcher per DATA_DIR
@@ -50,8 +55,24 @@ class Layout:
         return self.root / "build"
 
     @property
+    def export(self) -> Path:
+        return self.build_root / "export"
+
+    @property
+    def builder(self) -> Path:
+        return self.build_root / "builder"
+
+    @property
+    def builder_socket(self) -> Path:
+        return self.builder / "socket"
+
+    @property
     def source(self) -> Path:
-        return self.build_root / "source"
+        return self.builder / "source"
+
+    @property
+    def build_log(self) -> Path:
+        return self.builder / "last-build.log"
 
     @property
     def git_dir(self) -> Path:
@@ -59,23 +80,23 @@ class Layout:
 
     @property
     def build_tmp(self) -> Path:
-        return self.build_root / "tmp"
+        return self.builder / "tmp"
 
     @property
     def build_state(self) -> Path:
         return self.build_root / "build-state.json"
 
-    # Where earlier versions kept the work tree and the build's HOME, on the releases' volume.
-    LEGACY = ("source", "build-tmp", "build-state.json")
+    # Where earlier versions kept the work tree and the build's HOME: on the releases' volume, then on the build's.
+    LEGACY = ("source", "build-tmp", "build-state.json", "build/source", "build/tmp")
 
     def repair(self) -> list[str]:
         """Give the publisher back what it owns, whatever changed it (a build cannot, but a crash, an
         administrator or an older version might have): the data directory and its parts readable, writable and
         searchable by their owner, the releases readable by all. Returns what was repaired."""
         repaired = []
-        wanted = [(self.root, 0o755), (self.releases, 0o755), (self.build_root, 0o755), (self.source, 0o755),
-                  (self.build_tmp, 0o700), (self.logs, 0o755), (self.git_dir, 0o755), (self.status, 0o644),
-                  (self.watcher_lock, 0o644), (self.build_state, 0o644)]
+        wanted = [(self.root, 0o755), (self.releases, 0o755), (self.build_root, 0o755), (self.export, 0o755),
+                  (self.logs, 0o755), (self.git_dir, 0o755), (self.status, 0o644), (self.watcher_lock, 0o644),
+                  (self.build_state, 0o644)]
 
         def fix(path: Path, mode: int) -> None:
             try:

@@ -8,8 +8,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,15 +26,7 @@ CLEAN_BUILD_PATHS = ("conf.py", "themes/", "templates/", "plugins/", "shortcodes
 LOG_TAIL_LINES = 30
 LOG_LINE_CHARS = 500  # a line of the tail a user sees
 LOG_READ_BYTES = 256 << 10  # of a build's log, what the publisher reads: its end
-MIN_FREE_BYTES = 64 << 20  # less free on the build's volume before a build: Nikola's state goes (a clean build)
-# Nikola's incremental state in the work tree: carried over into the next build's fresh tree when nothing about it
-# is in doubt (pipeline.nikola_build.NikolaBuilder.prepare), removed for a clean build.
-NIKOLA_STATE_DIRS = ("output", "cache")
-NIKOLA_STATE_FILES = (".doit.db", ".doit.db.bak", ".doit.db.dat", ".doit.db.dir", ".doit.db.db")
-NIKOLA_STATE = (*NIKOLA_STATE_DIRS, ".doit.db*")
-WRITTEN_REPORT = ".pequod-written"  # pipeline.nikola_runner.WRITTEN_REPORT (not imported: it imports Nikola's parts)
-WRITTEN_REPORT_BYTES = 16 << 20
-CTIME_SLACK_NS = 1_000_000_000  # file times come from a coarse clock: a build "started" this much earlier
+
 
 
 @dataclass(frozen=True)
@@ -121,20 +111,26 @@ class BuildLimits:
 
 
 class NikolaBuilder:
-    """Builds the work tree `site_dir` with the warm build worker, sandboxed (see pipeline.sandbox):
-    it may write only `site_dir` and `tmp_dir`, and sees no secret."""
+    """Builds a commit with the warm build worker (in the builder, or a process of this one), sandboxed (see
+    pipeline.sandbox): the worker makes the work tree `site_dir` from the commit's files in `export_dir`
+    (pipeline.work_tree); the build may write only `site_dir` and `tmp_dir`, and sees no secret."""
 
     def __init__(self, site_dir: Path, timeout: float, limits: BuildLimits | None = None,
-                 tmp_dir: Path | None = None, state_file: Path | None = None):
+                 tmp_dir: Path | None = None, state_file: Path | None = None, export_dir: Path | None = None,
+                 socket_path: Path | None = None):
         self.site_dir = site_dir
         self.timeout = timeout
         self.limits = limits or BuildLimits()
         self.tmp_dir = tmp_dir or site_dir.with_name(site_dir.name + ".tmp")
+        self.export_dir = export_dir or site_dir.with_name(site_dir.name + ".export")
         self._state_file = state_file or site_dir.with_name("build-state.json")
-        self.worker = BuildWorker(sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir))
+        self.log_copy: Path | None = None  # where the end of each build's log is also written (the publisher's)
+        self.worker = BuildWorker(sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir),
+                                  socket_path)
         self.last_warm = False  # whether the last build started in an already warm worker
         self.last_max_rss_kb = 0  # peak memory of the last build
         self.last_site = ""  # "warm": the site stayed loaded since the build before; "fresh": loaded for it
+        self.last_reason: str | None = None  # why the last build was a clean one (None: incremental)
         self.last_output = "output"  # the output folder the last build's configuration named
         self.last_scheduled: list[tuple[float, str, str]] = []  # posts held back until due: (UNIX time, source, title)
 
@@ -151,6 +147,7 @@ class NikolaBuilder:
             return None
 
     def _record_state(self, state: BuildState) -> None:
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
         replace_file(self._state_file, json.dumps(asdict(state)))
 
     def forget(self) -> None:
@@ -158,85 +155,6 @@ class NikolaBuilder:
         previous = self.previous_state()
         with contextlib.suppress(OSError):
             self._record_state(BuildState(previous.commit if previous else "", ok=False))
-
-    def reset(self) -> None:
-        """Forget Nikola's incremental state so the next build is a clean one (entries by name, links too)."""
-        if not self.site_dir.is_dir():
-            return
-        for entry in os.scandir(self.site_dir):
-            if entry.name in NIKOLA_STATE_DIRS or entry.name.startswith(".doit.db"):
-                tree.remove_tree(self.site_dir / entry.name)
-
-    def prepare(self, reason: str | None) -> str | None:
-        """Before the checkout: an empty work tree for the commit's files, but for Nikola's state when the build
-        is incremental (`reason` None) and nothing about that state is in doubt. Whatever else the last build
-        left (paths beyond PATH_MAX, links, FIFOs, unreadable directories, a full volume) is removed first, so
-        it can never stop this build. Of the state kept, every file written since the last build started is
-        removed: what wrote it (the last build's tasks, or code of the site editing other pages' output) must
-        write it again, so no output outlives the commit that made it. Returns why the build is clean, or None."""
-        tree.empty_dir(self.tmp_dir)
-        previous = self.previous_state()
-        if reason is None and self._short_of_space():
-            reason = "the build's volume is nearly full"
-        self.site_dir.mkdir(parents=True, exist_ok=True)
-        if reason is None and previous is not None:
-            doubt = self._doubt(previous)
-            if doubt is not None:
-                reason = f"Nikola's state is not kept: {doubt}"
-        keep = () if reason is not None else (*NIKOLA_STATE_DIRS, *NIKOLA_STATE_FILES)
-        fd = tree.open_dir(str(self.site_dir))
-        try:
-            for name, st in tree.entries(fd):
-                kept_kind = stat.S_ISDIR if name in NIKOLA_STATE_DIRS else stat.S_ISREG
-                if name in keep and kept_kind(st.st_mode):
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    tree.remove_tree_at(fd, name)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=fd)
-        finally:
-            os.close(fd)
-        return reason
-
-    def _doubt(self, previous: BuildState) -> str | None:
-        """Why the kept state cannot be trusted (see prepare); removes the files the last build wrote that none of
-        its tasks made (its report: pipeline.nikola_runner.WRITTEN_REPORT)."""
-        if not previous.started_ns or not previous.finished_ns:
-            return "the last build's times are not known"
-        made = self._made_by_last_build()
-        if made is None:
-            return "the last build's report of what it wrote cannot be read"
-        for name in NIKOLA_STATE_DIRS:
-            why = tree.drop_changed_files(self.site_dir / name, previous.started_ns - CTIME_SLACK_NS,
-                                          previous.finished_ns, made.__contains__)
-            if why is not None:
-                return why
-        return None
-
-    def _made_by_last_build(self) -> set[str] | None:
-        """The targets of the tasks the last build ran, as it reported them (a regular file, at most
-        WRITTEN_REPORT_BYTES), or None."""
-        try:
-            fd = os.open(self.site_dir / WRITTEN_REPORT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > WRITTEN_REPORT_BYTES:
-                return None
-            data = os.read(fd, WRITTEN_REPORT_BYTES + 1)
-        finally:
-            os.close(fd)
-        return set(data.decode("utf-8", "surrogateescape").splitlines())
-
-    def _short_of_space(self) -> bool:
-        """Whether the build's volume is nearly full (a build filled it, and its state could not be recorded)."""
-        try:
-            usage = shutil.disk_usage(self.site_dir.parent)
-        except OSError:
-            return False
-        return usage.free < min(MIN_FREE_BYTES, usage.total // 10)
 
     def open_output(self, folder: str) -> int:
         """The output folder the build's configuration names (OUTPUT_FOLDER), opened without following a link:
@@ -250,26 +168,31 @@ class NikolaBuilder:
         except tree.TreeError as exc:
             raise BuildError(f"the build output {exc}; nothing was published", "") from None
 
-    def build(self, commit: str, *, clean: bool, log_path: Path, changes: list[str] | None = None) -> str:
-        """Build the checked-out `commit` into output/; return the end of its log (read_log_tail). Raises BuildError.
+    def build(self, commit: str, *, reason: str | None, log_path: Path, changes: list[str] | None = None) -> str:
+        """Build `commit` (checked out in `export_dir`) into output/; return the end of its log (read_log_tail).
+        Raises BuildError.
 
-        `changes`: the paths changed since the last successful build (they let the build worker keep the site
-        loaded, see pipeline.site_holder); None when not known."""
+        `reason`: why the build must be a clean one (None: incremental, if the worker finds Nikola's state fit to
+        keep; `last_reason` tells what it did). `changes`: the paths changed since the last successful build
+        (they let the build worker keep the site loaded, see pipeline.site_holder); None when not known."""
         previous = self.previous_state()
-        base = previous.commit if previous is not None and previous.ok and not clean else None
+        if previous is None or not previous.ok:
+            reason = reason or "the previous build failed"
+        self.last_reason = reason
+        base = previous.commit if previous is not None and reason is None else None
         started_ns = time.time_ns()
         # Until it succeeded: an interrupted build is not trusted.
         self._record_state(BuildState(commit, ok=False, started_ns=started_ns))
-        refuse_escaping_symlinks(self.site_dir, "the site repository", skip=("output", "cache"))
-        if clean:
-            self.reset()
-        tree.empty_dir(self.tmp_dir)
+        refuse_escaping_symlinks(self.export_dir, "the site repository")
         env = sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir,
                                         extra={"SITE_COMMIT": commit, "NIKOLA_MONO": "1"})
         request = BuildRequest(str(self.site_dir), str(log_path), self.timeout, env, asdict(self.limits),
                                [*sandbox.SYSTEM_READ, *sandbox.python_paths()],
                                [str(self.site_dir), str(self.tmp_dir), *sandbox.DEVICES],
-                               commit=commit, changes=None if base is None else changes, base=base, fresh=clean)
+                               commit=commit, changes=None if base is None else changes, base=base,
+                               fresh=reason is not None, export=str(self.export_dir), reason=reason,
+                               started_ns=previous.started_ns if previous else 0,
+                               finished_ns=previous.finished_ns if previous else 0)
         try:
             answer, self.last_warm = self.worker.build(request)
         except BuildError:
@@ -277,12 +200,18 @@ class NikolaBuilder:
             raise
         self.last_max_rss_kb = answer.max_rss_kb
         self.last_site = answer.site
+        self.last_reason = answer.reason or None
         output = read_log_tail(log_path)
+        if self.log_copy is not None:
+            with contextlib.suppress(OSError):
+                replace_file(self.log_copy, output)
         status = answer.status
         if answer.timed_out or status != 0:
             self._record_state(BuildState(commit, ok=False))
             if answer.timed_out:
                 message = f"nikola build timed out after {self.timeout:g} s"
+            elif answer.note.startswith("the work tree"):
+                message = answer.note
             elif status == -9:
                 message = "nikola build was killed (signal 9; out of memory?)"
             elif "MemoryError" in output:

@@ -303,8 +303,8 @@ def run_build(doit_nikola: Any, keep: list[str] | None = None) -> int:
     return 0
 
 
-# The targets of the tasks a build ran, one per line (pipeline.nikola_build.NikolaBuilder.prepare): of the files
-# written during a build, those no task of it made are removed before the next one, which makes them again.
+# The targets of the tasks a build ran, one per line (pipeline.work_tree.prepare): of the files written during a
+# build, those no task of it made are removed before the next one, which makes them again.
 WRITTEN_REPORT = ".pequod-written"
 
 

@@ -49,15 +49,32 @@ def attack(site: Site, conf_tail: str, message: str) -> str:
 
 
 def recover(site: Site, readers: Readers, name: str) -> None:
-    """The next good push is live; the figures of the attack are printed."""
+    """The revert is live, and so is the next good push, built; the figures of the attack are printed."""
     started = time.monotonic()
     site.restore()
-    seconds = time.monotonic() - started
+    revert = time.monotonic() - started
+    built = good_pushes(site)
     readers.__exit__()
     print(f"\nFIGURES {name}: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
-          f"requests failed; next good push live after {seconds:.1f} s")
+          f"requests failed; the revert live after {revert:.1f} s, the next good push after {built:.1f} s")
     assert not readers.failed, readers.failed[:5]
-    assert seconds < 30
+    assert revert < 30 and built < 30
+
+
+def good_pushes(site: Site) -> float:
+    """Two ordinary pushes after an attack (a post added, then removed again), both built and live: the build path,
+    not a kept release of the same tree. Returns the seconds until the first was live."""
+    started = time.monotonic()
+    post = site.repo.work / "posts" / "after-the-attack.rst"
+    # (its text new each time: a tree seen before would be published from its kept release, without a build)
+    commit = site.repo.add_post("after-the-attack", "After the attack", body=f"Pushed at {time.time()}.")
+    site.wait_live(commit)
+    seconds = time.monotonic() - started
+    assert site.get("/posts/after-the-attack/").status_code == 200
+    assert site.status()["builds"][0]["mode"] in ("incremental", "clean")
+    post.unlink()
+    site.wait_live(site.repo.commit("Remove the post again"))
+    return seconds
 
 
 def nothing_from_outside(site: Site) -> None:
@@ -70,13 +87,13 @@ def nothing_from_outside(site: Site) -> None:
 def modes(site: Site) -> str:
     return site.container().exec_run(
         ["sh", "-c", "stat -c '%a %n' /workdir /workdir/status.json /workdir/releases /workdir/source.git "
-                     "/workdir/build /workdir/build/source /workdir/.watcher.lock"]).output.decode()
+                     "/workdir/build /workdir/build/export /workdir/.watcher.lock"]).output.decode()
 
 
 CHMOD = '''
 import os
 for _path in ("/workdir", "/workdir/status.json", "/workdir/releases", "/workdir/source.git", "/workdir/build",
-              "/workdir/build/source", "/workdir/.watcher.lock", "/workdir/build/source/posts", "output"):
+              "/workdir/build/export", "/workdir/.watcher.lock", "/workdir/build/export/posts", "output"):
     try:
         os.chmod(_path, 0)
         os.utime(_path, (0, 0))
@@ -285,34 +302,6 @@ def test_site_code_editing_the_work_tree_does_not_reach_the_next_build(site: Sit
 
 
 # -- what a build leaves never stops the next one (each good push is built in a work tree made afresh) ------------
-def good_pushes(site: Site) -> float:
-    """Two ordinary pushes after an attack (a post added, then removed again), both built and live: the build path,
-    not a kept release of the same tree. Returns the seconds until the first was live."""
-    started = time.monotonic()
-    post = site.repo.work / "posts" / "after-the-attack.rst"
-    commit = site.repo.add_post("after-the-attack", "After the attack")
-    site.wait_live(commit)
-    seconds = time.monotonic() - started
-    assert site.get("/posts/after-the-attack/").status_code == 200
-    assert site.status()["builds"][0]["mode"] in ("incremental", "clean")
-    post.unlink()
-    site.wait_live(site.repo.commit("Remove the post again"))
-    return seconds
-
-
-def recover_and_build(site: Site, readers: Readers, name: str) -> None:
-    """The revert is live, and so are the good pushes after it; the figures of the attack are printed."""
-    started = time.monotonic()
-    site.restore()
-    revert = time.monotonic() - started
-    built = good_pushes(site)
-    readers.__exit__()
-    print(f"\nFIGURES {name}: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
-          f"requests failed; the revert live after {revert:.1f} s, the next good push after {built:.1f} s")
-    assert not readers.failed, readers.failed[:5]
-    assert revert < 30 and built < 30
-
-
 BEYOND_PATH_MAX = '''
 import os
 _fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
@@ -335,7 +324,7 @@ finally:
 def test_leftovers_beyond_path_max_never_stop_the_next_push(site: Site, readers: Readers) -> None:
     commit = attack(site, BEYOND_PATH_MAX, "conf.py leaves directories nested beyond PATH_MAX")
     assert site.wait_result(commit)["result"] == "success"
-    recover_and_build(site, readers, "leftovers beyond PATH_MAX")
+    recover(site, readers, "leftovers beyond PATH_MAX")
 
 
 DANGLING_OUTPUT = '''
@@ -349,7 +338,7 @@ if not os.path.lexists("output"):
 def test_a_dangling_output_link_never_stops_the_next_push(site: Site, readers: Readers) -> None:
     commit = attack(site, DANGLING_OUTPUT, "conf.py publishes from public/ and leaves a dangling output link")
     assert site.wait_result(commit)["result"] == "success"
-    recover_and_build(site, readers, "dangling output link")
+    recover(site, readers, "dangling output link")
 
 
 TAMPERING_POST = """.. title: Tampering
@@ -359,8 +348,11 @@ TAMPERING_POST = """.. title: Tampering
 Its code appends to another post's page at build time.
 
 {{% template %}}<%
-    with open('output/posts/welcome/index.html', 'a') as _page:
-        _page.write('<!-- TAMPERED -->')
+    try:
+        with open('output/posts/welcome/index.html', 'a') as _page:
+            _page.write('<!-- TAMPERED -->')
+    except OSError:
+        pass  # a clean build may render this post first
 %>{{% /template %}}
 """
 
@@ -386,12 +378,19 @@ def release_digests(site: Site, release: str) -> dict[str, str]:
     return json.loads(result.output)
 
 
+def tampered(site: Site, expected: bool) -> bool:
+    """Whether the welcome post carries the edit, once the frontend's cache (a page may stay up to a second after
+    a swap) has caught up with the live release."""
+    return wait_for(f"the welcome post {'with' if expected else 'without'} the edit",
+                    lambda: ("TAMPERED" in site.get(POST).text) == expected, 10, interval=0.2) and expected
+
+
 def test_content_code_editing_other_pages_is_undone_when_the_code_goes(site: Site, readers: Readers) -> None:
     tampering = site.repo.work / "posts" / "tampering.rst"
     tampering.write_text(TAMPERING_POST)
     commit = site.repo.commit("A post whose code edits another post's page")
     site.wait_live(commit)
-    assert site.get(POST).text.endswith("<!-- TAMPERED -->")  # the attack works: its own release carries it
+    assert tampered(site, True)  # the attack works: its own release carries it
     # The revert: its tree is that of a kept release, which is published again, without a build.
     started = time.monotonic()
     tampering.unlink()
@@ -399,16 +398,16 @@ def test_content_code_editing_other_pages_is_undone_when_the_code_goes(site: Sit
     site.wait_live(revert)
     seconds = time.monotonic() - started
     assert site.status()["builds"][0]["mode"] == "kept"
-    assert "TAMPERED" not in site.get(POST).text
+    assert not tampered(site, False)
     # Once more, and then a tree no release had: an incremental build makes the edited page again.
     tampering.write_text(TAMPERING_POST)
     site.wait_live(site.repo.commit("The tampering post again"))
-    assert site.get(POST).text.endswith("<!-- TAMPERED -->")
+    assert tampered(site, True)
     tampering.unlink()
     incremental = site.repo.add_post("after-the-tampering", "After the tampering")
     site.wait_live(incremental)
     assert site.status()["builds"][0]["mode"] == "incremental"
-    assert "TAMPERED" not in site.get(POST).text
+    assert not tampered(site, False)
     built = site.status()["current"]["release"]
     # ... byte for byte what a clean build of the same commit gives ("clean build and publish", the owner's).
     assert requests.post(site.base + "/_site/rebuild", timeout=10).status_code == 401
@@ -441,4 +440,4 @@ def test_a_build_printing_fifty_million_lines_is_read_from_its_end(site: Site, r
     assert result["result"] == "failed"
     assert len(result["log_tail"]) < 20_000 and len(result["error"]) < 700
     assert site.instance()["instance_name"] == instance  # not replaced: the publisher read only the log's end
-    recover_and_build(site, readers, "fifty million lines")
+    recover(site, readers, "fifty million lines")

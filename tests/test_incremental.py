@@ -29,17 +29,22 @@ def build(source: GitSource, builder: NikolaBuilder, log: Path) -> str | None:
     previous = builder.previous_state()
     commit = source.fetch()
     changes = source.changes(previous.commit, commit) if previous else None
-    reason = builder.prepare(clean_build_reason(previous, changes))
     source.checkout(commit)
-    builder.build(commit, clean=reason is not None, log_path=log,
+    builder.build(commit, reason=clean_build_reason(previous, changes), log_path=log,
                   changes=None if changes is None else [path for _status, path in changes])
-    return reason
+    return builder.last_reason
+
+
+def builder_for(source: GitSource, timeout: float) -> NikolaBuilder:
+    """A builder whose work tree is made (by its worker) from `source`'s checkout, as the pipeline's."""
+    work = source.clone_dir.with_name(source.clone_dir.name + "-work")
+    return NikolaBuilder(work / "source", timeout=timeout, tmp_dir=work / "tmp", export_dir=source.clone_dir)
 
 
 def clean_tree(site_repo: SiteRepo, tmp_path: Path, timeout: float = 300) -> dict[str, bytes]:
     """The output of a clean build of the remote's head, in a clone and worker of its own."""
     source = GitSource(site_repo.url, "main", tmp_path / "clean", timeout=60)
-    builder = NikolaBuilder(source.clone_dir, timeout=timeout)
+    builder = builder_for(source, timeout)
     try:
         build(source, builder, tmp_path / "clean.log")
         return tree(builder.output_dir)
@@ -49,7 +54,7 @@ def clean_tree(site_repo: SiteRepo, tmp_path: Path, timeout: float = 300) -> dic
 
 def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: Path) -> None:
     source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
-    builder = NikolaBuilder(source.clone_dir, timeout=300)
+    builder = builder_for(source, 300)
     assert build(source, builder, tmp_path / "1.log") == "no previous build"
     assert not builder.last_warm  # the worker started with this build
     assert (builder.output_dir / "categories" / "limits" / "index.html").exists()
@@ -80,7 +85,7 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
 
 def test_configuration_changes_get_a_clean_build(site_repo: SiteRepo, tmp_path: Path) -> None:
     source = GitSource(site_repo.url, "main", tmp_path / "work", timeout=60)
-    builder = NikolaBuilder(source.clone_dir, timeout=300)
+    builder = builder_for(source, 300)
     build(source, builder, tmp_path / "1.log")
     site_repo.write("conf.py", (site_repo.work / "conf.py").read_text().replace("A Pequod Blog", "Renamed Blog"))
     site_repo.commit("Rename the blog")
@@ -105,7 +110,7 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     site_repo.write("posts/lonely.rst", generated_post(999, "only-here", 5))
     site_repo.commit("300 posts")
     source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
-    builder = NikolaBuilder(source.clone_dir, timeout=600)
+    builder = builder_for(source, 600)
     build(source, builder, tmp_path / "1.log")
     assert (builder.output_dir / "categories" / "only-here" / "index.html").exists()
 
@@ -149,7 +154,7 @@ TAMPERING_POST = """.. title: Tampering
 def test_output_edited_by_content_code_is_made_again_once_the_code_is_gone(site_repo: SiteRepo,
                                                                             tmp_path: Path) -> None:
     source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
-    builder = NikolaBuilder(source.clone_dir, timeout=300)
+    builder = builder_for(source, 300)
     build(source, builder, tmp_path / "1.log")
     site_repo.write("posts/tampering.rst", TAMPERING_POST)
     site_repo.commit("A post whose code edits another post's page")

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.git_source import GitSource
-from pipeline.nikola_build import NikolaBuilder
 from pipeline.site_holder import Unfingerprintable, configuration, fingerprint
 from tests.helpers import REPO_ROOT, SiteRepo, python_env
-from tests.test_incremental import build, clean_tree, tree
+from tests.test_incremental import build, builder_for, clean_tree, tree
 
 
 # -- the configuration's fingerprint -----------------------------------------------------------------
@@ -109,7 +108,7 @@ def held(site_repo: SiteRepo, tmp_path: Path):
         site_repo.write(f"posts/p{day:02d}.rst", _post(f"p{day:02d}", day))
     site_repo.commit("Twenty posts")
     source = GitSource(site_repo.url, "main", tmp_path / "held", timeout=60)
-    builder = NikolaBuilder(source.clone_dir, timeout=300)
+    builder = builder_for(source, 300)
     logs = iter(range(1, 100))
 
     def again() -> str:

@@ -92,6 +92,10 @@ class Site:
         (self.repo.work / "conf.py").write_text((REPO_ROOT / "site_template" / "conf.py").read_text())
         for leftover in ("big.bin", "huge.bin"):
             (self.repo.work / leftover).unlink(missing_ok=True)
+        bundled = {path.name for path in (REPO_ROOT / "site_template" / "posts").iterdir()}
+        for post in (self.repo.work / "posts").iterdir():
+            if post.name not in bundled:  # a test's own post
+                post.unlink()
         commit = self.repo.commit("Back to the bundled site")
         self.wait_live(commit)
         self.restored = commit

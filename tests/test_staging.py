@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from pipeline import releases, tree
+from pipeline import releases, tree, work_tree
 from pipeline.errors import BuildError
 from pipeline.nikola_build import NikolaBuilder
 
@@ -146,7 +147,7 @@ def test_the_publisher_repairs_the_modes_of_what_it_owns(tmp_path: Path) -> None
     from pipeline.layout import Layout
 
     layout = Layout(tmp_path / "data")
-    for directory in (layout.releases / "r1", layout.git_dir, layout.source, layout.build_tmp):
+    for directory in (layout.releases / "r1", layout.git_dir, layout.export):
         directory.mkdir(parents=True)
     layout.status.write_text("{}")
     for path in (layout.releases / "r1", layout.releases, layout.status, layout.git_dir, layout.root):
@@ -185,20 +186,9 @@ def _leftovers(site: Path) -> None:
     (site / "posts" / "planted.rst").write_text("planted")
 
 
-def _state(builder: NikolaBuilder, started_ns: int, finished_ns: int) -> None:
-    from pipeline.nikola_build import BuildState
-
-    builder._record_state(BuildState("c" * 40, ok=True, started_ns=started_ns, finished_ns=finished_ns))
-
-
 def test_prepare_leaves_only_nikolas_state_and_makes_again_what_no_task_of_the_last_build_made(
         tmp_path: Path) -> None:
-    import time
-
-    from pipeline.nikola_build import CTIME_SLACK_NS, WRITTEN_REPORT
-
-    site = tmp_path / "build" / "source"
-    builder = NikolaBuilder(site, timeout=60)
+    site = tmp_path / "builder" / "source"
     _output(site / "output")  # older than the last build: kept
     (site / "cache").mkdir()
     (site / ".doit.db").write_text("db")
@@ -208,11 +198,11 @@ def test_prepare_leaves_only_nikolas_state_and_makes_again_what_no_task_of_the_l
     (site / "output" / "made.html").write_text("made by a task")
     (site / "output" / "posts" / "a" / "index.html").write_text("<p>a</p><!-- edited by code of the site -->")
     (site / "cache" / "fragment.html").write_text("made by a task")
-    (site / WRITTEN_REPORT).write_text("output/made.html\ncache/fragment.html\n")
+    (site / work_tree.WRITTEN_REPORT).write_text("output/made.html\ncache/fragment.html\n")
     _leftovers(site)
-    _state(builder, started + CTIME_SLACK_NS, time.time_ns())
+    finished = time.time_ns()
 
-    assert builder.prepare(None) is None  # nothing in doubt: incremental
+    assert work_tree.prepare(site, tmp_path / "tmp", None, started + work_tree.CTIME_SLACK_NS, finished) is None
     assert sorted(os.listdir(site)) == [".doit.db", "cache", "output"]
     assert sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()) == [
         ".doit.db", "cache/fragment.html", "output/index.html", "output/made.html"]  # the edited page goes
@@ -223,30 +213,42 @@ def test_prepare_leaves_only_nikolas_state_and_makes_again_what_no_task_of_the_l
      "output is not a real directory"),
     (lambda site: os.mkfifo(site / "cache" / "pipe"), "cache/pipe is a FIFO"),
     (lambda site: (site / "output" / "late.html").write_text("written after the build"), "changed after the build"),
+    (lambda site: (site / work_tree.WRITTEN_REPORT).unlink(), "report of what it wrote cannot be read"),
 ])
 def test_prepare_drops_a_state_in_doubt_and_the_build_is_clean(tmp_path: Path, damage, why: str) -> None:
-    import time
-
-    from pipeline.nikola_build import WRITTEN_REPORT
-
-    site = tmp_path / "build" / "source"
-    builder = NikolaBuilder(site, timeout=60)
+    site = tmp_path / "builder" / "source"
     _output(site / "output")
     (site / "cache").mkdir()
-    (site / WRITTEN_REPORT).write_text("")
-    _state(builder, time.time_ns() - 10**9, time.time_ns())
+    (site / work_tree.WRITTEN_REPORT).write_text("")
+    started, finished = time.time_ns() - 10**9, time.time_ns()
     time.sleep(0.05)
     damage(site)
     _leftovers(site)
-    reason = builder.prepare(None)
+    reason = work_tree.prepare(site, tmp_path / "tmp", None, started, finished)
     assert reason is not None and why in reason, reason
     assert os.listdir(site) == []  # a clean build: nothing of the last build is left
 
 
 def test_prepare_for_a_clean_build_empties_the_work_tree(tmp_path: Path) -> None:
-    site = tmp_path / "build" / "source"
-    builder = NikolaBuilder(site, timeout=60)
+    site = tmp_path / "builder" / "source"
     _output(site / "output")
     _leftovers(site)
-    assert builder.prepare("conf.py changed") == "conf.py changed"
-    assert os.listdir(site) == []
+    (tmp_path / "tmp" / "fill").mkdir(parents=True)
+    assert work_tree.prepare(site, tmp_path / "tmp", "conf.py changed", 0, 0) == "conf.py changed"
+    assert os.listdir(site) == [] and os.listdir(tmp_path / "tmp") == []
+
+
+def test_the_commits_files_are_copied_in_with_their_times(tmp_path: Path) -> None:
+    export, site = tmp_path / "export", tmp_path / "source"
+    (export / "posts").mkdir(parents=True)
+    (export / "posts" / "a.rst").write_text("a")
+    os.utime(export / "posts" / "a.rst", ns=(1, 1_500_000_000_000_000_000))
+    (export / "run.sh").write_text("#!/bin/sh\n")
+    (export / "run.sh").chmod(0o755)
+    (export / "link").symlink_to("posts/a.rst")
+    (export / "output").mkdir()  # Nikola's state is the work tree's own: never taken from a commit
+    site.mkdir()
+    assert work_tree.copy_in(export, site) == 2
+    assert (site / "posts" / "a.rst").stat().st_mtime_ns == 1_500_000_000_000_000_000
+    assert (site / "run.sh").stat().st_mode & 0o111 and os.readlink(site / "link") == "posts/a.rst"
+    assert sorted(os.listdir(site)) == ["link", "posts", "run.sh"]

@@ -1,0 +1,141 @@
+"""The build's work tree, made by the build worker (in the builder) before every build: emptied of whatever the
+last build left, Nikola's incremental state kept only when nothing about it is in doubt, and the commit's files
+copied in from the publisher's export (which no build can write).
+
+Everything here runs before any code of the site does in this build, on a tree that earlier builds' code wrote:
+it goes by descriptor and trusts nothing in it (pipeline.tree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from pipeline import tree
+
+# Nikola's incremental state: carried over into the next build when it can be trusted, removed for a clean build.
+STATE_DIRS = ("output", "cache")
+STATE_FILES = (".doit.db", ".doit.db.bak", ".doit.db.dat", ".doit.db.dir", ".doit.db.db")
+# The targets of the tasks a build ran (pipeline.nikola_runner writes it; not imported: it imports Nikola's parts).
+WRITTEN_REPORT = ".pequod-written"
+WRITTEN_REPORT_BYTES = 16 << 20
+CTIME_SLACK_NS = 1_000_000_000  # file times come from a coarse clock: a build "started" this much earlier
+MIN_FREE_BYTES = 64 << 20  # less free on the build's volume before a build: Nikola's state goes (a clean build)
+
+
+def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, finished_ns: int) -> str | None:
+    """An empty work tree for the commit's files, but for Nikola's state when the build is incremental (`reason`
+    None) and nothing about that state is in doubt; an empty HOME and TMPDIR. Whatever else the last build left
+    (paths beyond PATH_MAX, links, FIFOs, unreadable directories, a full volume) is removed first, so it can
+    never stop this build. Of the state kept, every file written during the last build (`started_ns` to
+    `finished_ns`) that none of its tasks made is removed: the task it belongs to makes it again, so no page
+    edited by code of the site outlives that code. Returns why the build is clean, or None."""
+    tree.empty_dir(tmp_dir)
+    site_dir.mkdir(parents=True, exist_ok=True)
+    if reason is None and short_of_space(site_dir):
+        reason = "the build's volume is nearly full"
+    if reason is None:
+        doubt = _doubt(site_dir, started_ns, finished_ns)
+        if doubt is not None:
+            reason = f"Nikola's state is not kept: {doubt}"
+    keep = () if reason is not None else (*STATE_DIRS, *STATE_FILES)
+    fd = tree.open_dir(str(site_dir))
+    try:
+        for name, st in tree.entries(fd):
+            kept_kind = stat.S_ISDIR if name in STATE_DIRS else stat.S_ISREG
+            if name in keep and kept_kind(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                tree.remove_tree_at(fd, name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    return reason
+
+
+def short_of_space(site_dir: Path) -> bool:
+    """Whether the build's volume is nearly full (a build filled it)."""
+    try:
+        usage = shutil.disk_usage(site_dir)
+    except OSError:
+        return False
+    return usage.free < min(MIN_FREE_BYTES, usage.total // 10)
+
+
+def _doubt(site_dir: Path, started_ns: int, finished_ns: int) -> str | None:
+    """Why the kept state cannot be trusted (see prepare); removes the files the last build wrote that none of
+    its tasks made (its report, WRITTEN_REPORT)."""
+    if not started_ns or not finished_ns:
+        return "the last build's times are not known"
+    made = _made_by_last_build(site_dir)
+    if made is None:
+        return "the last build's report of what it wrote cannot be read"
+    for name in STATE_DIRS:
+        why = tree.drop_changed_files(site_dir / name, started_ns - CTIME_SLACK_NS, finished_ns, made.__contains__)
+        if why is not None:
+            return why
+    return None
+
+
+def _made_by_last_build(site_dir: Path) -> set[str] | None:
+    """The targets of the tasks the last build ran, as it reported them (a regular file, at most
+    WRITTEN_REPORT_BYTES), or None."""
+    try:
+        fd = os.open(site_dir / WRITTEN_REPORT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > WRITTEN_REPORT_BYTES:
+            return None
+        data = os.read(fd, WRITTEN_REPORT_BYTES + 1)
+    finally:
+        os.close(fd)
+    return set(data.decode("utf-8", "surrogateescape").splitlines())
+
+
+def copy_in(export_dir: Path, site_dir: Path) -> int:
+    """Copy the commit's files (the publisher's export, a git work tree: regular files, directories and symbolic
+    links) into the emptied work tree, with their modification times (so Nikola's checks of unchanged sources
+    stay cheap); `.git` and what is already there (Nikola's state) are left out. Returns the files copied."""
+    copied = 0
+    todo = [""]
+    while todo:
+        relative = todo.pop()
+        src = tree.open_dir(str(export_dir / relative) if relative else str(export_dir))
+        try:
+            for name, st in tree.entries(src):
+                if not relative and name in (".git", *STATE_DIRS, *STATE_FILES, WRITTEN_REPORT):
+                    continue
+                target = site_dir / relative / name
+                if stat.S_ISDIR(st.st_mode):
+                    target.mkdir(mode=0o755)
+                    todo.append(f"{relative}/{name}" if relative else name)
+                elif stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(name, dir_fd=src), target)
+                elif stat.S_ISREG(st.st_mode):
+                    _copy_file(src, name, target, st)
+                    copied += 1
+        finally:
+            os.close(src)
+    return copied
+
+
+def _copy_file(dir_fd: int, name: str, target: Path, st: os.stat_result) -> None:
+    fd = os.open(name, tree.FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o755 if st.st_mode & 0o111 else 0o644)
+        try:
+            while os.sendfile(out, fd, None, 1 << 20):
+                pass
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)

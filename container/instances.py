@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
-from container import network, plan, runtime, supervision, volume
+from container import builders, network, plan, runtime, supervision, volume
 from container.errors import AgentError
 from container.supervision import Instance, Pending, Retiring, Supervised
 
@@ -68,12 +69,18 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
         sup.image_id = image.id
         user = site_user(agent, app.name) if app.site is not None else image.user
         uid = runtime.run_user(user)[1]
-        volumes = {fs.mountpoint: str(volume.ensure(agent.state.path, app.name, fs, uid))
+        builder = app.manifest.builder
+        owners = {builder.volume: builders.uid(uid)} if builder is not None else {}
+        volumes = {fs.mountpoint: str(volume.ensure(agent.state.path, app.name, fs, owners.get(fs.mountpoint, uid)))
                    for fs in app.manifest.volumes}
+        environment = {**({"USER": "site", "LOGNAME": "site"} if app.site else {}),  # a user without a passwd line
+                       **agent.bootstrap.site_env(app.site)}
+        if builder is not None:
+            start_builder(agent, app, image.id, volumes, uid)
+            environment["BUILDER_SOCKET"] = builder.socket
         args = runtime.container_args(
             image=app.image, instance=instance_id, manifest=app.manifest,
-            environment={**({"USER": "site", "LOGNAME": "site"} if app.site else {}),  # a user without a passwd line
-                         **agent.bootstrap.site_env(app.site)},
+            environment=environment,
             image_user=user, capacity=agent.capacity,
             read_only_binds={**etc, **{m.target: m.source for m in agent.bootstrap.site_mounts(app.site)}},
             read_write_binds=volumes, image_healthcheck=image.healthcheck,
@@ -91,6 +98,19 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
         sup.starting = None
     log.info("started %s at %s", name, address)
     return instance
+
+def start_builder(agent: Agent, app: Any, image_id: str, volumes: dict[str, str], uid: int | None) -> None:
+    """The application's builder (container/builders.py) running with this image, before its instance starts:
+    its volume its user's, the mountpoint of that volume present in the volume it reads (mounted read-only
+    there, where Docker could not make it)."""
+    builder = app.manifest.builder
+    builders.own_volume(Path(volumes[builder.volume]), builders.uid(uid))
+    if builder.reads and builder.volume.startswith(builder.reads + "/"):
+        (Path(volumes[builder.reads]) / builder.volume[len(builder.reads) + 1:]).mkdir(parents=True, exist_ok=True)
+    builders.ensure(agent.client, builders.container_args(
+        zone=ZONE, application=app.name, image=app.image, image_id=image_id, manifest=app.manifest,
+        volumes=volumes, instance_uid=uid, capacity=agent.capacity))
+
 
 SITE_UIDS = 20000  # the first site's user; each further site the next number, kept in state.json
 
@@ -123,6 +143,8 @@ def release_volumes(agent: Agent) -> None:
     """Unmount the volumes of the applications (sites) gone; their data stays in its image file."""
     running = {app.name for app in agent.apps}
     for name in sorted(set(agent.gone) - running):
+        if builders.remove(agent.client, ZONE, name):
+            log.info("removed the builder of %s", name)
         for fs in agent.images_apps[0].manifest.volumes if agent.images_apps else ():
             volume.release(agent.state.path, name, fs)
     agent.gone = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from container import nat64
+from container import builders, nat64
 from container.bootstrap import Bootstrap
 from container.errors import AgentError
 from container.manifest import PersistentFilesystem
@@ -110,6 +110,10 @@ def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
     }
     if secret_name:
         container["envFrom"] = [{"secretRef": {"name": secret_name}}]
+    containers = [container]
+    if manifest.builder is not None:
+        container["env"].append({"name": "BUILDER_SOCKET", "value": manifest.builder.socket})
+        containers.append(builder_container(app, uid, options))
     if manifest.provides:
         first = manifest.provides[0]
         container["startupProbe"] = _probe(first.health_check_path, first.local_port, HEALTH_PERIOD,
@@ -119,6 +123,8 @@ def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
                                             UNHEALTHY_AFTER // HEALTH_PERIOD)
     volumes = [{"name": _volume_name(fs.mountpoint), "emptyDir": {"medium": "Memory", "sizeLimit": f"{fs.size_mb}Mi"}}
                for fs in manifest.filesystems]
+    if manifest.builder is not None:
+        volumes.append({"name": "builder-tmp", "emptyDir": {"medium": "Memory", "sizeLimit": f"{builders.TMPFS_MB}Mi"}})
     if not options.storage_class:
         volumes += [{"name": _volume_name(fs.mountpoint), "emptyDir": {"sizeLimit": f"{fs.size_mb}Mi"}}
                     for fs in manifest.volumes]
@@ -127,7 +133,7 @@ def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
+        "containers": containers,
         "volumes": volumes,
     }
     aliases = host_aliases(app, apps, bootstrap, options)
@@ -137,6 +143,36 @@ def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
         spec["dnsPolicy"] = "None"
         spec["dnsConfig"] = {"nameservers": [str(server) for server in bootstrap.network.dns]}
     return spec
+
+
+def builder_container(app: Application, uid: int, options: Options) -> dict:
+    """The application's builder (container/builders.py) as a second container of the pod: its own user and PID
+    namespace (the pod does not share one), its limits, no secret, its own volume and, read-only, the one it
+    reads. The pod's containers share one network namespace: the NetworkPolicy's egress rules hold for it too."""
+    builder = app.manifest.builder
+    assert builder is not None
+    limits = builders.resources(builder, app.manifest.resources)
+    user = builders.uid(uid)
+    cpu = cpu_quantity(limits.cpu_vmhz, options.mhz_per_cpu)
+    mounts = [{"name": _volume_name(builder.volume), "mountPath": builder.volume},
+              {"name": "builder-tmp", "mountPath": "/tmp"}]
+    if builder.reads:
+        mounts.insert(0, {"name": _volume_name(builder.reads), "mountPath": builder.reads, "readOnly": True})
+    return {
+        "name": "builder",
+        "image": app.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(builder.command),
+        "env": [{"name": "BUILDER_SOCKET", "value": builder.socket}, {"name": "HOME", "value": builder.volume}],
+        "resources": {"requests": {"memory": f"{limits.memory_mb}Mi", "cpu": cpu},
+                      "limits": {"memory": f"{limits.memory_mb}Mi", "cpu": cpu}},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": user, "runAsGroup": user, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
 
 
 def _destinations(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap):

@@ -8,7 +8,12 @@
                  health-check-http-path="/_site/health" health-check-timeout-seconds="120"/>
         <require service-name="github-https" service-version="1" local-hostname="github.com" local-port="443"/>
       </services>
+      <builder volume="/workdir/build/builder" reads="/workdir/build"
+               command="python3 -m pipeline.build_worker --listen" mb="640" vmhz="2000" procs="128"/>
     </manifest>
+
+A `<builder>` is a container of its own beside the instances (container/builders.py): `command` in the same image,
+as a user of its own, with the persistent volume `volume` (its own: all it may write) and, read-only, `reads`.
 
 Parsing is safe: no DTD is accepted (so no entity expansion and no external entities), nothing is
 fetched from the network, and files over MAX_BYTES are refused before parsing.
@@ -77,6 +82,20 @@ class RequiredService:
 
 
 @dataclass(frozen=True)
+class Builder:
+    """Where the application's untrusted work runs: its own container, user, PID namespace and limits."""
+    volume: str  # the mountpoint of its own persistent volume (its user's; the instances see it too)
+    reads: str | None  # the mountpoint of a persistent volume of the instances it may read
+    command: tuple[str, ...]
+    resources: Resources
+
+    @property
+    def socket(self) -> str:
+        """Where it waits for the instance (BUILDER_SOCKET, given to both)."""
+        return f"{self.volume}/socket"
+
+
+@dataclass(frozen=True)
 class Manifest:
     source: str
     resources: Resources
@@ -84,6 +103,7 @@ class Manifest:
     provides: tuple[ProvidedService, ...]
     requires: tuple[RequiredService, ...]
     volumes: tuple[PersistentFilesystem, ...] = ()
+    builder: Builder | None = None
 
     def summary(self) -> str:
         res = self.resources
@@ -99,6 +119,11 @@ class Manifest:
             f"(health check {p.health_check_path}, {p.health_check_timeout} s)" for p in self.provides
         ]
         lines += [f"  requires: {r.name} {r.version} as {r.local_hostname}:{r.local_port}" for r in self.requires]
+        if self.builder is not None:
+            b = self.builder
+            lines.append(f"  builder: {' '.join(b.command)} ({b.resources.memory_mb} MB memory, "
+                         f"{b.resources.cpu_vmhz} VMHz CPU, {b.resources.processes} processes), writing "
+                         f"{b.volume}" + (f", reading {b.reads}" if b.reads else ""))
         return "\n".join(lines)
 
 
@@ -192,12 +217,36 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
     version = root.get("version")
     if version != VERSION:
         top.fail("version", version, f"expected version=\"{VERSION}\"")
-    sections = _children(source, root, ("resources", "filesystems", "services"))
+    sections = _children(source, root, ("resources", "filesystems", "services", "builder"))
     res_el = _one(source, sections, "resources", "manifest", required=True)
     assert res_el is not None
+    resources = _resources(source, res_el)
     filesystems, volumes = _filesystems(source, _one(source, sections, "filesystems", "manifest", required=False))
     provides, requires = _services(source, _one(source, sections, "services", "manifest", required=False))
-    return Manifest(source, _resources(source, res_el), filesystems, provides, requires, volumes)
+    builder_el = _one(source, sections, "builder", "manifest", required=False)
+    builder = None if builder_el is None else _builder(source, builder_el, resources, volumes)
+    return Manifest(source, resources, filesystems, provides, requires, volumes, builder)
+
+
+def _builder(source: str, el: etree._Element, resources: Resources,
+             volumes: tuple[PersistentFilesystem, ...]) -> Builder:
+    _children(source, el, ())
+    check = _Checker(source, el, ("volume", "reads", "command", "mb", "vmhz", "procs"))
+    persistent = {fs.mountpoint for fs in volumes}
+    volume = check.text("volume", re.compile(r"/[A-Za-z0-9._/-]*"), "an absolute path")
+    if volume not in persistent:
+        check.fail("volume", volume, "expected the mountpoint of a <persistent> filesystem (the builder's own)")
+    reads = el.get("reads")
+    if reads is not None and (reads not in persistent or reads == volume):
+        check.fail("reads", reads, "expected the mountpoint of another <persistent> filesystem")
+    command = check.text("command", re.compile(r"[\x21-\x7e]+( [\x21-\x7e]+)*"),
+                         "a command: words of printable ASCII separated by single spaces")
+    return Builder(volume, reads, tuple(command.split(" ")), Resources(
+        memory_mb=check.integer("mb", 16, 1024 * 1024, "memory in MB", default=resources.memory_mb),
+        cpu_vmhz=check.integer("vmhz", 1, 10_000_000, "CPU in virtual MHz", default=resources.cpu_vmhz),
+        processes=check.integer("procs", 8, 1_000_000, "a process limit", default=resources.processes),
+        open_files=resources.open_files,
+    ))
 
 
 def _document(data: bytes, source: str) -> etree._Element:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from container import firewall, frontend, nat64, network, runtime, volume
+from container import builders, firewall, frontend, nat64, network, runtime, volume
 from container.bootstrap import Nat64
 from container.nat64 import Tayga
 from container.state import StateDir
@@ -20,6 +20,7 @@ def teardown(client: Any, state_dir: Path, purge: bool = False) -> list[str]:
     for instance in runtime.instances(client):
         runtime.remove(client, instance.name, timeout=5)
         removed.append(f"container {instance.name}")
+    removed += builders.remove_all(client)
     removed += volume.unmount_all(state_dir, purge)
     if Tayga(Nat64(), state_dir).stop():
         removed.append("tayga (NAT64)")

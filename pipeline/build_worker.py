@@ -206,8 +206,13 @@ def loop(requests: Any, answers: Any, idle_seconds: float) -> int:
             request = BuildRequest.from_line(line)
             idle_seconds = config.build_worker_idle(request.env)
             result = build(request)
-            # A fresh worker after a failure or BUILDS_PER_WORKER builds.
-            result = replace(result, exiting=result.status != 0 or number == BUILDS_PER_WORKER)
+            # A fresh worker after a failure or BUILDS_PER_WORKER builds; in the builder (its PID namespace's first
+            # process) also when anything but the kept site holder still runs: its runtime starts a fresh builder.
+            left = sandbox.others(keep=[_holder.pid] if _holder is not None else []) if os.getpid() == 1 else []
+            if left:
+                print(f"build_worker: {len(left)} process(es) of the build still run; ending the builder",
+                      file=sys.stderr, flush=True)
+            result = replace(result, exiting=result.status != 0 or number == BUILDS_PER_WORKER or bool(left))
             answers.write(result.to_line())
             answers.flush()
             if result.exiting:

@@ -116,6 +116,13 @@ def descendants(keep: Iterable[int] = ()) -> list[int]:
     return found
 
 
+def others(keep: Iterable[int] = ()) -> list[int]:
+    """Living processes this process can see but itself and `keep` (in the builder's PID namespace: whatever a
+    build left, wherever it hides in the process tree)."""
+    kept = {os.getpid(), *keep}
+    return [pid for pid, (_ppid, state) in _processes().items() if pid not in kept and state != "Z"]
+
+
 def end_descendants(timeout: float = 5.0, keep: Iterable[int] = ()) -> int:
     """SIGKILL every remaining descendant but `keep` (as subreaper: also every orphan of them) and reap our own
     children; returns how many were ended. Dead children of a kept process are left for it to reap."""

@@ -55,8 +55,10 @@ def recover(site: Site, readers: Readers, name: str) -> None:
     revert = time.monotonic() - started
     built = good_pushes(site)
     readers.__exit__()
+    only_the_worker_runs(site)  # nothing of the attack's build (or of the good ones) is left running
     print(f"\nFIGURES {name}: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
-          f"requests failed; the revert live after {revert:.1f} s, the next good push after {built:.1f} s")
+          f"requests failed; the revert live after {revert:.1f} s, the next good push after {built:.1f} s; "
+          "no process of a build left")
     assert not readers.failed, readers.failed[:5]
     assert revert < 30 and built < 30
 
@@ -189,8 +191,8 @@ def test_filling_the_home_directory_fills_only_the_builds_volume(site: Site, rea
     free = site.container().exec_run(["df", "-m", "/workdir"]).output.decode().splitlines()[1].split()[3]
     assert int(free) > 20, f"the releases' volume has {free} MB free"
     recover(site, readers, "filling $HOME")
-    used = site.container().exec_run(["df", "-m", "/workdir/build"]).output.decode().splitlines()[1].split()[2]
-    assert int(used) < 30, f"{used} MB still used on the build's volume"
+    used = site.container().exec_run(["df", "-m", "/workdir/build/builder"]).output.decode().splitlines()[1].split()[2]
+    assert int(used) < 30, f"{used} MB still used on the builder's volume"
 
 
 def test_a_deep_tree_is_refused_with_its_path(site: Site, readers: Readers) -> None:
@@ -441,3 +443,55 @@ def test_a_build_printing_fifty_million_lines_is_read_from_its_end(site: Site, r
     assert len(result["log_tail"]) < 20_000 and len(result["error"]) < 700
     assert site.instance()["instance_name"] == instance  # not replaced: the publisher read only the log's end
     recover(site, readers, "fifty million lines")
+
+
+# -- nothing of a build outlives it: the builder is a container of its own ----------------------------------------
+def builder_processes(site: Site) -> list[str]:
+    """What runs in the site's builder (docker top): its worker, and the site holder it keeps between builds."""
+    container = site.run.client.containers.get(f"bootstrap-{site.instance()['application_name']}-builder")
+    return [" ".join(row[7:]) for row in container.top(ps_args="-eo user,pid,ppid,c,stime,tty,time,args")
+            ["Processes"]]
+
+
+def only_the_worker_runs(site: Site) -> None:
+    def settled() -> list[str] | None:
+        found = builder_processes(site)
+        return found if found and all("pipeline.build_worker" in args for args in found) else None
+    wait_for("nothing but the build worker in the builder", settled, 30, interval=0.5)
+
+
+REFORKER = '''
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    while True:  # a new process every millisecond, its parent gone: a walk of the process tree never sees it whole
+        try:
+            if os.fork():
+                os._exit(0)
+        except OSError:
+            pass
+        time.sleep(0.001)
+'''
+
+
+def test_a_process_that_keeps_re_forking_ends_with_its_build(site: Site, readers: Readers) -> None:
+    instance = site.instance()["instance_name"]
+    commit = attack(site, REFORKER, "conf.py leaves a process that keeps re-forking")
+    site.wait_result(commit)
+    only_the_worker_runs(site)
+    assert not any("pipeline.build_worker" not in args for args in builder_processes(site))
+    assert site.instance()["instance_name"] == instance
+    recover(site, readers, "re-forking process")
+    only_the_worker_runs(site)
+
+
+def test_the_build_runs_as_another_user_without_network_secrets_or_the_publishers_files(site: Site) -> None:
+    builder = site.run.client.containers.get(f"bootstrap-{site.instance()['application_name']}-builder")
+    config, host = builder.attrs["Config"], builder.attrs["HostConfig"]
+    instance = site.container()
+    assert config["User"] != instance.attrs["Config"]["User"] and not config["User"].startswith(("0", "root"))
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
+    assert host["PidMode"] == "" and host["RestartPolicy"]["Name"] == "always"
+    assert not any(SECRET in item or item.startswith(("SITE_REPO", "WEBHOOK")) for item in config["Env"])
+    mounts = {m["Destination"]: m["RW"] for m in builder.attrs["Mounts"]}
+    assert mounts == {"/workdir/build": False, "/workdir/build/builder": True}  # no releases, repository or status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import kubernetes_validate
 import pytest
@@ -17,8 +18,10 @@ from container.manifest import (
     RequiredService,
     Resources,
     TemporaryFilesystem,
+    load_manifest,
 )
 from container.plan import Application, site_applications
+from tests.helpers import REPO_ROOT
 
 # The oldest and the newest Kubernetes versions still supported (three minor releases are) that the
 # schema package ships.
@@ -89,6 +92,28 @@ def test_limits_security_probes_and_volumes() -> None:
     assert volumes == {"vol-tmp": {"medium": "Memory", "sizeLimit": "64Mi"}, "vol-workdir": {"sizeLimit": "1024Mi"}}
     assert pod["hostAliases"] == [{"ip": "fd99:69a4:fefb:64::c612:1", "hostnames": ["github.com"]}]
     assert kubernetes.cpu_quantity(2000, 2000) == "1000m" and kubernetes.cpu_quantity(1, 4000) == "1m"
+
+
+@pytest.mark.parametrize("options", [kubernetes.Options(), kubernetes.Options(storage_class="fast")])
+def test_the_builder_is_a_second_container_of_its_own_user_without_secrets(options: kubernetes.Options) -> None:
+    blog = dataclasses.replace(BLOG, manifest=load_manifest(str(REPO_ROOT / "pequod.xml")))
+    docs = exported(options, apps=(blog,))
+    validate(docs)
+    pod = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))["spec"]["template"]["spec"]
+    instance, builder = pod["containers"]
+    assert {"name": "BUILDER_SOCKET", "value": "/workdir/build/builder/socket"} in instance["env"]
+    assert builder["command"] == ["python3", "-m", "pipeline.build_worker", "--listen"]
+    assert builder["env"] == [{"name": "BUILDER_SOCKET", "value": "/workdir/build/builder/socket"},
+                              {"name": "HOME", "value": "/workdir/build/builder"}]
+    assert "envFrom" not in builder and "ports" not in builder and not pod.get("shareProcessNamespace")
+    security = builder["securityContext"]
+    assert security["runAsUser"] == security["runAsGroup"] == 110001 != instance["securityContext"]["runAsUser"]
+    assert security["readOnlyRootFilesystem"] and security["capabilities"] == {"drop": ["ALL"]}
+    assert builder["resources"]["limits"] == {"memory": "640Mi", "cpu": "1000m"}
+    assert builder["volumeMounts"] == [
+        {"name": "vol-workdir-build", "mountPath": "/workdir/build", "readOnly": True},
+        {"name": "vol-workdir-build-builder", "mountPath": "/workdir/build/builder"},
+        {"name": "builder-tmp", "mountPath": "/tmp"}]  # not /workdir: no release, no repository, no status
 
 
 def test_secrets_are_split_out() -> None:

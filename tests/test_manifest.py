@@ -10,6 +10,7 @@ import pytest
 
 from container.cli import main
 from container.manifest import (
+    Builder,
     Manifest,
     PersistentFilesystem,
     ProvidedService,
@@ -36,8 +37,13 @@ def test_the_blogs_manifest_parses_into_typed_objects() -> None:
         filesystems=(TemporaryFilesystem("/tmp", 64),),
         provides=(ProvidedService("srcco-de", "1", 8000, "/_site/health", 120),),
         requires=(RequiredService("github-https", "1", "github.com", 443),),
-        volumes=(PersistentFilesystem("/workdir", 1024), PersistentFilesystem("/workdir/build", 512)),
+        volumes=(PersistentFilesystem("/workdir", 1024), PersistentFilesystem("/workdir/build", 256),
+                 PersistentFilesystem("/workdir/build/builder", 512)),
+        builder=Builder("/workdir/build/builder", "/workdir/build",
+                        ("python3", "-m", "pipeline.build_worker", "--listen"),
+                        Resources(memory_mb=640, cpu_vmhz=2000, processes=128, open_files=4096)),
     )
+    assert manifest.builder is not None and manifest.builder.socket == "/workdir/build/builder/socket"
 
 
 def test_minimal_manifest_and_defaults(tmp_path: Path) -> None:
@@ -58,8 +64,22 @@ EXTERNAL = (
     f'<manifest {NS} version="1.0"><resources mb="&xxe;" vmhz="1" procs="8" files="64"/></manifest>\n'
 )
 
+VOLUMES = ('<filesystems><persistent mountpoint="/w" default-mb="64"/><persistent mountpoint="/w/b" default-mb="64"/>'
+           '<temporary mountpoint="/t" default-mb="1"/></filesystems>')
 MALFORMED = [
     ("empty", "", "file is empty"),
+    ("builder volume not persistent", doc(RES + VOLUMES + '<builder volume="/t" command="run"/>'),
+     '<builder volume="/t">: expected the mountpoint of a <persistent> filesystem'),
+    ("builder reads its own volume", doc(RES + VOLUMES + '<builder volume="/w/b" reads="/w/b" command="run"/>'),
+     '<builder reads="/w/b">: expected the mountpoint of another <persistent> filesystem'),
+    ("builder without command", doc(RES + VOLUMES + '<builder volume="/w/b"/>'),
+     "<builder>: missing attribute command"),
+    ("builder command with a tab", doc(RES + VOLUMES + '<builder volume="/w/b" command="run&#9;x"/>'),
+     "expected a command: words of printable ASCII"),
+    ("builder with more memory than allowed", doc(RES + VOLUMES + '<builder volume="/w/b" command="run" mb="4"/>'),
+     '<builder mb="4">: expected memory in MB 16-'),
+    ("two builders", doc(RES + VOLUMES + '<builder volume="/w/b" command="a"/><builder volume="/w/b" command="b"/>'),
+     "<builder> appears more than once"),
     ("not XML", "this is not xml", "not well-formed XML"),
     ("truncated", doc(RES)[:-5], "not well-formed XML"),
     ("wrong root", f"<application {NS}/>", "root element is <application>"),

@@ -4,14 +4,17 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
-# git is needed by GitPython; the stand-in base has it, the official python images do not.
+# git is needed by GitPython; the stand-in base has it, the official python images do not. The mount points of
+# the volumes exist with the owners their volumes start with where a runtime copies them up (podman): the
+# publisher's /workdir/build, the builder's /builder (the agent makes each volume's root its owner's itself).
 RUN set -eux; \
     if ! command -v git >/dev/null; then \
         apt-get update; apt-get install -y --no-install-recommends git ca-certificates; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
     useradd --system --uid 10001 --home-dir /workdir --no-create-home --shell /usr/sbin/nologin site; \
-    mkdir -m 1777 /workdir
+    mkdir -m 1777 /workdir /builder; \
+    install -d -o 10001 -g 10001 -m 0755 /workdir/build
 
 # Dependencies first, so that code changes do not reinstall them: pyproject.toml's core list and its
 # `blog` extra, nothing of the host agent's (docs/deployables.md).

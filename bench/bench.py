@@ -23,6 +23,7 @@
 
     python bench/bench.py --only large [--sizes 200,2000,5000]   # one section only
     python bench/bench.py --only https
+    python bench/bench.py --only idle
 
 Results: bench/results/<time>.json and .md (the markdown table is also printed).
 """
@@ -332,16 +333,26 @@ def cgroup_memory(pid: int) -> dict[str, int]:
     return {}
 
 
+BUILDER = "bootstrap-srcco-de-builder"  # the blog's builder (container/builders.py)
+
+
+def builder_pid(run: AgentRun) -> int:
+    with contextlib.suppress(Exception):
+        return int(run.client.containers.get(BUILDER).attrs["State"]["Pid"] or 0)
+    return 0
+
+
 class MemorySampler:
-    """The instance's peak anonymous memory, sampled every 0.2 s while a phase runs."""
+    """The site's peak anonymous memory (its instance and its builder together), sampled every 0.2 s while a
+    phase runs; `builder_peak` the builder's alone."""
 
     def __init__(self, run: AgentRun):
-        self.run, self.peak = run, 0
+        self.run, self.peak, self.builder_peak = run, 0, 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        pid = 0
+        pid = builder = 0
         while not self.stop.wait(0.2):
             if not pid:
                 with contextlib.suppress(Exception):
@@ -351,7 +362,11 @@ class MemorySampler:
             if not memory:
                 pid = 0  # replaced
                 continue
-            self.peak = max(self.peak, memory["anon"])
+            built = cgroup_memory(builder) if builder else {}
+            if not built:
+                builder = builder_pid(self.run)  # (re)started
+            self.builder_peak = max(self.builder_peak, built.get("anon", 0))
+            self.peak = max(self.peak, memory["anon"] + built.get("anon", 0))
 
     def __enter__(self) -> MemorySampler:
         self.thread.start()
@@ -422,7 +437,8 @@ def bench_large(client, tmp: Path, sizes: tuple[int, ...], pushes: int) -> dict:
                 except AssertionError as exc:
                     row["failed"] = str(exc)
                     say(f"large blog {posts}: {row['failed']}")
-            row["instance_memory_peak_mib"] = round(memory.peak / 2**20, 1)
+            row["instance_memory_peak_mib"] = round(memory.peak / 2**20, 1)  # the instance and its builder
+            row["builder_memory_peak_mib"] = round(memory.builder_peak / 2**20, 1)
             volume = next((run.state_dir / "volumes").glob("*-workdir"), None)
             if volume is not None:
                 usage = shutil.disk_usage(volume)
@@ -498,18 +514,27 @@ def container_rss_mib(container) -> float:
 
 
 def bench_idle(run: AgentRun, seconds: int) -> dict:
+    """An idle site: its instance and its builder (CPU, RSS at the start and at the end)."""
     row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
-    container = run.client.containers.get(row["instance_name"])
+    containers = [run.client.containers.get(row["instance_name"])]
+    with contextlib.suppress(Exception):
+        containers.append(run.client.containers.get(BUILDER))
+
+    def cpu() -> float:
+        return sum(c.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] for c in containers) / 1e9
+
     builds_before = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
-    cpu_before = container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
-    rss_start = container_rss_mib(container)
+    cpu_before = cpu()
+    rss_start = [container_rss_mib(c) for c in containers]
     time.sleep(seconds)
-    cpu_after = container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"]
+    cpu_seconds = cpu() - cpu_before
     builds_after = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
-    cpu_seconds = (cpu_after - cpu_before) / 1e9
+    rss_end = [container_rss_mib(c) for c in containers]
     return {"seconds": seconds, "builds_started": builds_after - builds_before,
             "cpu_seconds": round(cpu_seconds, 2), "cpu_percent_of_a_core": round(100 * cpu_seconds / seconds, 2),
-            "instance_rss_mib_at_start": rss_start, "instance_rss_mib": container_rss_mib(container)}
+            "instance_rss_mib_at_start": rss_start[0], "instance_rss_mib": rss_end[0],
+            "builder_rss_mib_at_start": sum(rss_start[1:]), "builder_rss_mib": sum(rss_end[1:]),
+            "site_rss_mib": round(sum(rss_end), 1)}
 
 
 # -- under attack -----------------------------------------------------------------------------------
@@ -564,7 +589,7 @@ def markdown(results: dict) -> str:
                   "through the agent with the default manifest; one post changed per push)", "",
                   "| posts | nikola build full s (MiB) | nikola build one post s | first publish s | "
                   "push → live p50 s | p90 s | site loaded afresh: push → live p50 s | "
-                  "instance memory peak MiB (anon) | volume used MiB |",
+                  "site memory peak MiB (anon: instance + builder) | volume used MiB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for posts, f in results["large"].items():
             full, one = f["nikola_full"], f["nikola_one_post"]
@@ -581,8 +606,10 @@ def markdown(results: dict) -> str:
     lines += [] if idle is None else [
               "", f"**Idle** ({idle['seconds']} s without pushes): {idle['builds_started']} builds started, "
               f"{idle['cpu_seconds']} CPU s ({idle['cpu_percent_of_a_core']} % of a core); "
-              f"instance RSS (sum over its processes) {idle['instance_rss_mib_at_start']} MiB at the start "
-              f"(build worker still loaded), {idle['instance_rss_mib']} MiB at the end (worker ended after "
+              f"RSS (sum over its processes) of the instance {idle['instance_rss_mib_at_start']} MiB and of "
+              f"the builder {idle.get('builder_rss_mib_at_start', 0)} MiB at the start (build worker still "
+              f"loaded), {idle['instance_rss_mib']} + {idle.get('builder_rss_mib', 0)} = "
+              f"{idle.get('site_rss_mib', idle['instance_rss_mib'])} MiB at the end (worker ended after "
               "BUILD_WORKER_IDLE=30 s).", ""]
     if "https" in results:
         lines += [f"**HTTPS**, post page (wrk, 2 threads, 32 keep-alive connections, {results['wrk_seconds']} s; "
@@ -609,7 +636,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (3 s wrk, 3 pushes, 20 s idle)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--only", choices=("large", "https"), help="run one section only")
+    parser.add_argument("--only", choices=("large", "https", "idle"), help="run one section only")
     parser.add_argument("--sizes", default=",".join(map(str, LARGE_SIZES)),
                         help="large blogs: post counts (default 200,2000,5000)")
     args = parser.parse_args()
@@ -623,14 +650,17 @@ def main() -> int:
         results["large"] = bench_large(client, tmp, sizes, pushes)
         return write_results(args.out, results, tmp, client)
     repo = SiteRepo(tmp / "remote")
-    if args.only == "https":
+    if args.only in ("https", "idle"):
         generate_blog(repo, POSTS)
         run = AgentRun(tmp, client, repo)
         try:
             write_yaml(run, "local", poll=10, worker_idle=30)
             run.start()
             wait_mode(run, "local")
-            results["https"] = bench_https(run, tmp, wrk_seconds)
+            if args.only == "https":
+                results["https"] = bench_https(run, tmp, wrk_seconds)
+            else:
+                results["idle"] = bench_idle(run, idle_seconds)
         finally:
             run.cleanup()
         return write_results(args.out, results, tmp, client)

@@ -212,11 +212,22 @@ def processes(container) -> list[tuple[int, str]]:
     return [(int(row[0]), row[1] if len(row) > 1 else "") for row in rows]
 
 
+def builder(run: AgentRun, site: str):
+    """The site's builder container (container/builders.py), or None."""
+    with contextlib.suppress(Exception):
+        return run.client.containers.get(f"bootstrap-{site}-builder")
+    return None
+
+
 def workers_left(run: AgentRun) -> list[str]:
+    """Sites whose build worker still holds Nikola: in the instance (no builder), or a builder with more than its
+    lean waiting worker (the site holder, or a worker that imported Nikola)."""
     left = []
     for name, row in instances_by_site(run).items():
         container = run.client.containers.get(row["instance_name"])
-        if any("build_worker" in args for _, args in processes(container)):
+        built = builder(run, name)
+        if any("build_worker" in args for _, args in processes(container)) or \
+                (built is not None and (len(processes(built)) > 1 or container_rss_mib(built) > 30)):
             left.append(name)
     return left
 
@@ -306,6 +317,14 @@ def density(run: AgentRun) -> dict:
         container = run.client.containers.get(row["instance_name"])
         figures = {**cgroup_figures(row["pid"]), "rss_mib": container_rss_mib(container),
                    "processes": process_memory(container)}
+        built = builder(run, name)
+        if built is not None:  # the site is its instance and its builder: both counted
+            pid = int(built.attrs["State"]["Pid"] or 0)
+            extra = {**cgroup_figures(pid), "rss_mib": container_rss_mib(built)} if pid else {}
+            figures["builder"] = {**extra, "processes": process_memory(built)}
+            for key in ("memory_current_mib", "anon_mib", "rss_mib"):
+                if key in figures and key in extra:
+                    figures[key] = round(figures[key] + extra[key], 1)
         per_site[name] = figures
         say(f"density: {name} {({k: v for k, v in figures.items() if k != 'processes'})}")
         for process in figures["processes"]:
@@ -339,8 +358,8 @@ def push_live(run: AgentRun, repos: dict[str, SiteRepo], name: str, revision: in
 
 
 def worker_running(run: AgentRun, name: str) -> bool:
-    container = run.client.containers.get(instances_by_site(run)[name]["instance_name"])
-    return any("build_worker" in args for _, args in processes(container))
+    """Whether the site's build worker still holds Nikola (see workers_left)."""
+    return name in workers_left(run) if name in SITES else False
 
 
 def publish(run: AgentRun, repos: dict[str, SiteRepo], rounds: int) -> dict:

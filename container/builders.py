@@ -5,8 +5,8 @@ It runs the manifest's `command` in the application's image, as a user of its ow
 BUILDER_UID_OFFSET: it can signal no instance process and write none of the instance's files), in its own PID
 namespace and cgroup, with `network_mode: none`, a read-only root, no capability, no secret (its environment is
 BUILDER_SOCKET only) and the builder's limits (never more than the application's). It writes only its own
-persistent volume (made its user's; the instances see it too) and reads one of the instances' volumes (`reads`,
-mounted read-only). Docker restarts it whenever its first process ends
+persistent volume (made its user's; the instances see it too) and reads one folder of the instances' volumes
+(`reads`, mounted read-only). Docker restarts it whenever its first process ends
 (restart policy `always`), in a fresh PID namespace: whatever it started is gone, which is how the instance
 throws it away. One builder per application, kept across instance replacements; removed with the application.
 """
@@ -68,8 +68,8 @@ def container_args(*, zone: str, application: str, image: str, image_id: str, ma
     limits = resources(builder, manifest.resources)
     user = uid(instance_uid)
     binds = {volumes[builder.volume]: {"bind": builder.volume, "mode": "rw"}}
-    if builder.reads:
-        binds[volumes[builder.reads]] = {"bind": builder.reads, "mode": "ro"}
+    if builder.reads and builder.reads_volume:
+        binds[str(Path(volumes[builder.reads_volume]) / builder.reads_subpath)] = {"bind": builder.reads, "mode": "ro"}
     config = {"command": builder.command, "limits": [limits.memory_mb, limits.cpu_vmhz, limits.processes],
               "user": user, "binds": binds}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

@@ -5,6 +5,7 @@ decides when; these functions do it through the gateways."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,14 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
 
 def start_builder(agent: Agent, app: Any, image_id: str, volumes: dict[str, str], uid: int | None) -> None:
     """The application's builder (container/builders.py) running with this image, before its instance starts:
-    its volume its user's, the mountpoint of that volume present in the volume it reads (mounted read-only
-    there, where Docker could not make it)."""
+    its volume its user's, the folder it reads present (the instance's user's)."""
     builder = app.manifest.builder
     builders.own_volume(Path(volumes[builder.volume]), builders.uid(uid))
-    if builder.reads and builder.volume.startswith(builder.reads + "/"):
-        (Path(volumes[builder.reads]) / builder.volume[len(builder.reads) + 1:]).mkdir(parents=True, exist_ok=True)
+    if builder.reads and builder.reads_volume:  # the folder it reads, the instance's (bind-mounted, so it must exist)
+        folder = Path(volumes[builder.reads_volume]) / builder.reads_subpath
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if uid is not None and folder.stat().st_uid != uid:
+            os.chown(folder, uid, uid, follow_symlinks=False)
     builders.ensure(agent.client, builders.container_args(
         zone=ZONE, application=app.name, image=app.image, image_id=image_id, manifest=app.manifest,
         volumes=volumes, instance_uid=uid, capacity=agent.capacity))

@@ -156,8 +156,9 @@ def builder_container(app: Application, uid: int, options: Options) -> dict:
     cpu = cpu_quantity(limits.cpu_vmhz, options.mhz_per_cpu)
     mounts = [{"name": _volume_name(builder.volume), "mountPath": builder.volume},
               {"name": "builder-tmp", "mountPath": "/tmp"}]
-    if builder.reads:
-        mounts.insert(0, {"name": _volume_name(builder.reads), "mountPath": builder.reads, "readOnly": True})
+    if builder.reads and builder.reads_volume:
+        mounts.insert(0, {"name": _volume_name(builder.reads_volume), "mountPath": builder.reads, "readOnly": True,
+                          **({"subPath": builder.reads_subpath} if builder.reads_subpath else {})})
     return {
         "name": "builder",
         "image": app.image,

@@ -8,12 +8,13 @@
                  health-check-http-path="/_site/health" health-check-timeout-seconds="120"/>
         <require service-name="github-https" service-version="1" local-hostname="github.com" local-port="443"/>
       </services>
-      <builder volume="/workdir/build/builder" reads="/workdir/build"
+      <builder volume="/builder" reads="/workdir/build"
                command="python3 -m pipeline.build_worker --listen" mb="640" vmhz="2000" procs="128"/>
     </manifest>
 
 A `<builder>` is a container of its own beside the instances (container/builders.py): `command` in the same image,
-as a user of its own, with the persistent volume `volume` (its own: all it may write) and, read-only, `reads`.
+as a user of its own, with the persistent volume `volume` (its own: all it may write) and, read-only, the folder
+`reads` of another persistent volume.
 
 Parsing is safe: no DTD is accepted (so no entity expansion and no external entities), nothing is
 fetched from the network, and files over MAX_BYTES are refused before parsing.
@@ -85,14 +86,21 @@ class RequiredService:
 class Builder:
     """Where the application's untrusted work runs: its own container, user, PID namespace and limits."""
     volume: str  # the mountpoint of its own persistent volume (its user's; the instances see it too)
-    reads: str | None  # the mountpoint of a persistent volume of the instances it may read
+    reads: str | None  # a folder of another persistent volume (the instances'), which it may read
     command: tuple[str, ...]
     resources: Resources
+    reads_volume: str | None = None  # the mountpoint of that volume
 
     @property
     def socket(self) -> str:
         """Where it waits for the instance (BUILDER_SOCKET, given to both)."""
         return f"{self.volume}/socket"
+
+    @property
+    def reads_subpath(self) -> str:
+        """`reads` inside its volume ("" for the volume's root)."""
+        assert self.reads is not None and self.reads_volume is not None
+        return self.reads[len(self.reads_volume):].lstrip("/")
 
 
 @dataclass(frozen=True)
@@ -237,8 +245,14 @@ def _builder(source: str, el: etree._Element, resources: Resources,
     if volume not in persistent:
         check.fail("volume", volume, "expected the mountpoint of a <persistent> filesystem (the builder's own)")
     reads = el.get("reads")
-    if reads is not None and (reads not in persistent or reads == volume):
-        check.fail("reads", reads, "expected the mountpoint of another <persistent> filesystem")
+    reads_volume = None
+    if reads is not None:
+        holders = sorted((mp for mp in persistent if reads == mp or reads.startswith(mp.rstrip("/") + "/")), key=len)
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]*", reads) or posixpath.normpath(reads) != reads or not holders \
+                or holders[-1] == volume or reads == volume or reads.startswith(volume + "/"):
+            check.fail("reads", reads, "expected a normalised path in a <persistent> filesystem other than the "
+                       "builder's volume")
+        reads_volume = holders[-1]
     command = check.text("command", re.compile(r"[\x21-\x7e]+( [\x21-\x7e]+)*"),
                          "a command: words of printable ASCII separated by single spaces")
     return Builder(volume, reads, tuple(command.split(" ")), Resources(
@@ -246,7 +260,7 @@ def _builder(source: str, el: etree._Element, resources: Resources,
         cpu_vmhz=check.integer("vmhz", 1, 10_000_000, "CPU in virtual MHz", default=resources.cpu_vmhz),
         processes=check.integer("procs", 8, 1_000_000, "a process limit", default=resources.processes),
         open_files=resources.open_files,
-    ))
+    ), reads_volume)
 
 
 def _document(data: bytes, source: str) -> etree._Element:

@@ -187,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     return loop(sys.stdin, sys.stdout, config.build_worker_idle(os.environ))
 
 
-def loop(requests: Any, answers: Any, idle_seconds: float) -> int:
+def loop(requests: Any, answers: Any, idle_seconds: float, listener: Any = None) -> int:
     """Answer the build requests read from `requests` until a build fails, BUILDS_PER_WORKER builds, `idle_seconds`
-    without a request, or the end of `requests`."""
+    without a request, the end of `requests`, or (between builds) another publisher connecting to `listener`: an
+    instance that replaced this one's publisher (which may hang, holding its connection)."""
     subreaper = sandbox.become_subreaper()
     warm_up()
     answers.write(json.dumps({"ready": True, "pid": os.getpid(), "subreaper": subreaper,
@@ -197,9 +198,14 @@ def loop(requests: Any, answers: Any, idle_seconds: float) -> int:
     answers.flush()
     try:
         for number in range(1, BUILDS_PER_WORKER + 1):
-            readable, _, _ = select.select([requests], [], [], idle_seconds)
+            readable, _, _ = select.select([requests, *([listener] if listener is not None else [])], [], [],
+                                           idle_seconds)
             if not readable:
                 return 0  # idle: give the memory back
+            if requests not in readable:
+                print("build_worker: another publisher connects; ending (a fresh builder answers it)", file=sys.stderr,
+                      flush=True)
+                return 0
             line = requests.readline()
             if not line:
                 return 0
@@ -225,7 +231,8 @@ def loop(requests: Any, answers: Any, idle_seconds: float) -> int:
 def serve(socket_path: str) -> int:
     """The builder's first process (PID 1 of its PID namespace): listen on `socket_path` (its directory is the
     builder's; the socket is open to the publisher), lean until a publisher connects, then build for that one
-    connection (loop) and end. Whatever the builds started ends with it: the builder's runtime starts a fresh
+    connection (loop) and end; a second publisher connecting ends it too (it is answered by the next builder).
+    Whatever the builds started ends with it: the builder's runtime starts a fresh
     one (the agent's restart policy), in a fresh PID namespace, so nothing of a build outlives it."""
     import socket
 
@@ -242,10 +249,10 @@ def serve(socket_path: str) -> int:
     listener.listen(1)
     print(f"build_worker: waiting for the publisher on {socket_path}", file=sys.stderr, flush=True)
     connection, _ = listener.accept()
-    listener.close()
     with connection, connection.makefile("r", encoding="utf-8") as requests, \
             connection.makefile("w", encoding="utf-8") as answers:
-        code = loop(requests, answers, config.build_worker_idle(os.environ))
+        code = loop(requests, answers, config.build_worker_idle(os.environ), listener)
+    listener.close()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     return code
@@ -284,7 +291,7 @@ class BuildWorker:
 
     def _start(self) -> None:
         if self.socket_path is not None:
-            self._connect(self.socket_path)
+            ready = self._connect(self.socket_path)
         else:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -292,7 +299,7 @@ class BuildWorker:
             )
             running_groups.add(self.proc.pid)
             self._in, self._out = self.proc.stdin, self.proc.stdout
-        ready = self._read(60)
+            ready = self._read(60)
         if ready is None:
             self.stop()
             raise BuildError("the build worker did not start (see the pipeline's log)", "")
@@ -309,7 +316,9 @@ class BuildWorker:
                 log.warning("the build worker cannot be a child subreaper: daemons a build starts may outlive it")
         self.ready = ready
 
-    def _connect(self, path: Path) -> None:
+    def _connect(self, path: Path) -> dict[str, Any] | None:
+        """Connect to the builder's worker and read its ready line; while the builder starts afresh (its worker
+        ended, or ends because this connection replaces another publisher's), again, for CONNECT_SECONDS."""
         import socket
 
         deadline = time.monotonic() + self.CONNECT_SECONDS
@@ -319,16 +328,20 @@ class BuildWorker:
                 if not stat.S_ISSOCK(os.lstat(path).st_mode):
                     raise ConnectionRefusedError(f"{path} is not a socket")
                 sock.connect(str(path))
-                break
+                self.sock = sock
+                self._in = sock.makefile("w", encoding="utf-8")
+                self._out = sock.makefile("r", encoding="utf-8", errors="replace")
+                ready = self._read(max(1.0, deadline - time.monotonic()))
+                if ready is not None:
+                    return ready
+                raise ConnectionResetError("the builder ended before it was ready")
             except OSError as exc:
+                self.stop()
                 sock.close()
                 if time.monotonic() > deadline:
                     raise BuildError(f"the builder does not answer on {path} ({exc}); is its container running?",
                                      "") from None
                 time.sleep(0.05)
-        self.sock = sock
-        self._in = sock.makefile("w", encoding="utf-8")
-        self._out = sock.makefile("r", encoding="utf-8", errors="replace")
 
     def _read(self, timeout: float) -> dict[str, Any] | None:
         assert self._out is not None

@@ -38,7 +38,7 @@ class Settings:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.data_dir)
+        return Layout(self.data_dir, self.builder_socket.parent if self.builder_socket is not None else None)
 
 
 def redact_url(url: str) -> str:

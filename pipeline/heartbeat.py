@@ -28,6 +28,7 @@ from pipeline.status import utc_now
 ENV = "WATCHER_HEARTBEAT"  # the file's path, set by run.sh for both parts
 BEAT_SECONDS = 1.0
 MIN_ALLOWANCE = 10.0
+BUILDER_WAIT_SECONDS = 60.0
 STARTING_SECONDS = 5.0  # from the watcher's start until its loop first says how long its step takes
 GIT_CALLS_PER_CYCLE = 10  # ls-remote, fetch, ls-tree, diff, checkout, clean, log, …: each within GIT_TIMEOUT
 PUBLISH_SECONDS = 120.0  # staging and swapping a release (disk work, no time limit of its own)
@@ -39,8 +40,9 @@ def allowance(poll_interval: float) -> float:
 
 
 def cycle_seconds(build_timeout: float, git_timeout: float) -> float:
-    """The longest one check of the remote can take: its git calls, the build and the publishing."""
-    return build_timeout + GIT_CALLS_PER_CYCLE * git_timeout + PUBLISH_SECONDS
+    """The longest one check of the remote can take: its git calls, the wait for the builder (while it starts
+    afresh: pipeline.build_worker.BuildWorker.CONNECT_SECONDS), the build and the publishing."""
+    return build_timeout + GIT_CALLS_PER_CYCLE * git_timeout + BUILDER_WAIT_SECONDS + PUBLISH_SECONDS
 
 
 class Heartbeat:

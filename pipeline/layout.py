@@ -9,8 +9,8 @@ DATA_DIR):
                                    build that fills it never fills the releases' volume
         export/                    the commit's files, checked out by the publisher (no build writes here)
         build-state.json           what the work tree was last built from, and when (the publisher's)
-        builder/                   the builder's own (under the agent, of the builder's user): all a build
-                                   may write
+        builder/                   the builder's own (under the agent its own volume, of the builder's
+                                   user, mounted at /builder: BUILDER_SOCKET's folder): all a build may write
           socket                   where the builder's worker waits for the publisher (BUILDER_SOCKET)
           source/                  the work tree: the commit's files copied from export/, Nikola's state
           tmp/                     the build's HOME and TMPDIR, emptied before every build
@@ -37,6 +37,7 @@ DEFAULT = Path("/workdir")
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    builder_root: Path | None = None  # the builder's volume, when it is not build/builder (BUILDER_SOCKET's folder)
 
     @classmethod
     def from_env(cls) -> Layout:
@@ -60,7 +61,7 @@ class Layout:
 
     @property
     def builder(self) -> Path:
-        return self.build_root / "builder"
+        return self.builder_root or self.build_root / "builder"
 
     @property
     def builder_socket(self) -> Path:

@@ -224,9 +224,7 @@ def _copy_file(name: str, src: int, dst: int, old: int | None, prefix: str, name
                 pass
         out = os.open(name, _NEW_FILE, FILE_MODE, dir_fd=dst)
         try:
-            while os.sendfile(out, fd, None, 1 << 20):
-                pass
-            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            tree.copy_contents(fd, out, st)
         finally:
             os.close(out)
     finally:

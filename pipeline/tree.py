@@ -36,6 +36,13 @@ def shown(path: str) -> str:
     return text if len(text) <= 200 else f"{text[:90]}…{text[-90:]}"
 
 
+def copy_contents(source: int, target: int, st: os.stat_result) -> None:
+    """Copy the open file `source` (whose fstat is `st`) into the open, empty file `target`, with its times."""
+    while os.sendfile(target, source, None, 1 << 20):
+        pass
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def open_dir(name: str, dir_fd: int | None = None) -> int:
     """Open a directory that is really one (not a link to one); fstat confirms what was opened."""
     fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)

@@ -132,9 +132,7 @@ def _copy_file(dir_fd: int, name: str, target: Path, st: os.stat_result) -> None
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o755 if st.st_mode & 0o111 else 0o644)
         try:
-            while os.sendfile(out, fd, None, 1 << 20):
-                pass
-            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+            tree.copy_contents(fd, out, st)
         finally:
             os.close(out)
     finally:

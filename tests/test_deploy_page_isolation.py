@@ -201,5 +201,12 @@ def test_pushed_scripts_cannot_read_the_token_field_in_chromium(frontend: Fronte
         assert f"{OLDER} is live until the next push" in alert.text
         alert.accept()
         assert live_release(frontend.data) == OLDER
+        # "clean build and publish": the page sends the token; the watcher finds the request in DATA_DIR/rebuild.
+        wait_for("the refreshed owner's part", lambda: driver.find_elements(By.CSS_SELECTOR, "form.rebuild button"), 10)
+        driver.find_element(By.CSS_SELECTOR, "form.rebuild button").click()
+        alert = WebDriverWait(driver, 10).until(expected_conditions.alert_is_present())
+        assert "a clean build of the branch's head starts now" in alert.text
+        alert.accept()
+        assert (frontend.data / "rebuild").is_file()
     finally:
         driver.quit()

@@ -18,18 +18,24 @@ import requests
 from tests.attacks import Readers
 from tests.helpers import wait_for
 from tests.test_site_stays_up import (
+    LANDLOCK_FLOOR,
     OWNER,
     POST,
     SECRET,
     Site,
     processes,
     restores_site,  # noqa: F401 - a fixture: every attack is undone
+    running_site,
 )
-from tests.test_site_stays_up import site as shared_site  # noqa: F401 - the module's agent (a fixture)
 
 pytestmark = [pytest.mark.system, pytest.mark.usefixtures("restores_site")]  # root, Docker
 
-site = shared_site
+
+@pytest.fixture(scope="module", params=[LANDLOCK_FLOOR, None], ids=["landlock-abi-2", "landlock-uncapped"])
+def site(request, tmp_path_factory, docker_client, app_image: str) -> Iterator[Site]:
+    """The module's agent: every attack runs at the sandbox of Debian 12's kernel, then at this kernel's."""
+    with running_site(tmp_path_factory, docker_client, app_image, request.param) as running:
+        yield running
 GIT_CONFIG_MARKERS = ("repositoryformatversion", "[core]", "ref: refs/")
 OUTSIDE_PATHS = ("/config", "/HEAD", "/env.txt", "/status.json", "/posts/welcome/index.html")
 
@@ -56,9 +62,9 @@ def recover(site: Site, readers: Readers, name: str) -> None:
     built = good_pushes(site)
     readers.__exit__()
     only_the_worker_runs(site)  # nothing of the attack's build (or of the good ones) is left running
-    print(f"\nFIGURES {name}: {len(readers.failed)} of {len(readers.failed) + len(readers.latencies)} reader "
-          f"requests failed; the revert live after {revert:.1f} s, the next good push after {built:.1f} s; "
-          "no process of a build left")
+    print(f"\nFIGURES {name} ({site.landlock}): {len(readers.failed)} of "
+          f"{len(readers.failed) + len(readers.latencies)} reader requests failed; the revert live after "
+          f"{revert:.1f} s, the next good push after {built:.1f} s; no process of a build left")
     assert not readers.failed, readers.failed[:5]
     assert revert < 30 and built < 30
 
@@ -191,7 +197,7 @@ def test_filling_the_home_directory_fills_only_the_builds_volume(site: Site, rea
     free = site.container().exec_run(["df", "-m", "/workdir"]).output.decode().splitlines()[1].split()[3]
     assert int(free) > 20, f"the releases' volume has {free} MB free"
     recover(site, readers, "filling $HOME")
-    used = site.container().exec_run(["df", "-m", "/workdir/build/builder"]).output.decode().splitlines()[1].split()[2]
+    used = site.container().exec_run(["df", "-m", "/builder"]).output.decode().splitlines()[1].split()[2]
     assert int(used) < 30, f"{used} MB still used on the builder's volume"
 
 
@@ -247,7 +253,7 @@ def test_odd_file_names_and_many_files_publish(site: Site, readers: Readers) -> 
 SIGNALS = '''
 import os, signal
 _sent = 0
-for _pid in range(2, 1 << 15):
+for _pid in [-1, *range(1, 1 << 15)]:  # every process it can signal at once, then each one
     if _pid == os.getpid():
         continue
     for _sig in (signal.SIGSTOP, signal.SIGKILL):
@@ -448,9 +454,7 @@ def test_a_build_printing_fifty_million_lines_is_read_from_its_end(site: Site, r
 # -- nothing of a build outlives it: the builder is a container of its own ----------------------------------------
 def builder_processes(site: Site) -> list[str]:
     """What runs in the site's builder (docker top): its worker, and the site holder it keeps between builds."""
-    container = site.run.client.containers.get(f"bootstrap-{site.instance()['application_name']}-builder")
-    return [" ".join(row[7:]) for row in container.top(ps_args="-eo user,pid,ppid,c,stime,tty,time,args")
-            ["Processes"]]
+    return processes(site.builder())
 
 
 def only_the_worker_runs(site: Site) -> None:
@@ -486,7 +490,7 @@ def test_a_process_that_keeps_re_forking_ends_with_its_build(site: Site, readers
 
 
 def test_the_build_runs_as_another_user_without_network_secrets_or_the_publishers_files(site: Site) -> None:
-    builder = site.run.client.containers.get(f"bootstrap-{site.instance()['application_name']}-builder")
+    builder = site.builder()
     config, host = builder.attrs["Config"], builder.attrs["HostConfig"]
     instance = site.container()
     assert config["User"] != instance.attrs["Config"]["User"] and not config["User"].startswith(("0", "root"))
@@ -494,4 +498,5 @@ def test_the_build_runs_as_another_user_without_network_secrets_or_the_publisher
     assert host["PidMode"] == "" and host["RestartPolicy"]["Name"] == "always"
     assert not any(SECRET in item or item.startswith(("SITE_REPO", "WEBHOOK")) for item in config["Env"])
     mounts = {m["Destination"]: m["RW"] for m in builder.attrs["Mounts"]}
-    assert mounts == {"/workdir/build": False, "/workdir/build/builder": True}  # no releases, repository or status
+    # The commit's files (the publisher's volume, read-only) and its own volume: no release, repository or status.
+    assert mounts == {"/workdir/build": False, "/builder": True}

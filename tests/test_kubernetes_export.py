@@ -101,10 +101,10 @@ def test_the_builder_is_a_second_container_of_its_own_user_without_secrets(optio
     validate(docs)
     pod = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))["spec"]["template"]["spec"]
     instance, builder = pod["containers"]
-    assert {"name": "BUILDER_SOCKET", "value": "/workdir/build/builder/socket"} in instance["env"]
+    assert {"name": "BUILDER_SOCKET", "value": "/builder/socket"} in instance["env"]
     assert builder["command"] == ["python3", "-m", "pipeline.build_worker", "--listen"]
-    assert builder["env"] == [{"name": "BUILDER_SOCKET", "value": "/workdir/build/builder/socket"},
-                              {"name": "HOME", "value": "/workdir/build/builder"}]
+    assert builder["env"] == [{"name": "BUILDER_SOCKET", "value": "/builder/socket"},
+                              {"name": "HOME", "value": "/builder"}]
     assert "envFrom" not in builder and "ports" not in builder and not pod.get("shareProcessNamespace")
     security = builder["securityContext"]
     assert security["runAsUser"] == security["runAsGroup"] == 110001 != instance["securityContext"]["runAsUser"]
@@ -112,7 +112,7 @@ def test_the_builder_is_a_second_container_of_its_own_user_without_secrets(optio
     assert builder["resources"]["limits"] == {"memory": "640Mi", "cpu": "1000m"}
     assert builder["volumeMounts"] == [
         {"name": "vol-workdir-build", "mountPath": "/workdir/build", "readOnly": True},
-        {"name": "vol-workdir-build-builder", "mountPath": "/workdir/build/builder"},
+        {"name": "vol-builder", "mountPath": "/builder"},
         {"name": "builder-tmp", "mountPath": "/tmp"}]  # not /workdir: no release, no repository, no status
 
 

@@ -100,6 +100,10 @@ def played(tmp_path: Path, app_image: str, site_repo: SiteRepo, extra: str,
         yield podman, export.stdout
     finally:
         podman("kube", "down", str(tmp_path / "play.yaml"), check=False)
+        # Podman keeps an emptyDir as a named volume after `kube down`: the next play must start empty.
+        for volume in {v["name"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                       for v in d["spec"]["template"]["spec"].get("volumes", [])}:
+            podman("volume", "rm", "-f", volume, check=False)
         for secret in secrets:
             podman("secret", "rm", secret["metadata"]["name"], check=False)
         podman("network", "rm", "-f", network, check=False)

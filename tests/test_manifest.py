@@ -38,12 +38,12 @@ def test_the_blogs_manifest_parses_into_typed_objects() -> None:
         provides=(ProvidedService("srcco-de", "1", 8000, "/_site/health", 120),),
         requires=(RequiredService("github-https", "1", "github.com", 443),),
         volumes=(PersistentFilesystem("/workdir", 1024), PersistentFilesystem("/workdir/build", 256),
-                 PersistentFilesystem("/workdir/build/builder", 512)),
-        builder=Builder("/workdir/build/builder", "/workdir/build",
+                 PersistentFilesystem("/builder", 512)),
+        builder=Builder("/builder", "/workdir/build",
                         ("python3", "-m", "pipeline.build_worker", "--listen"),
-                        Resources(memory_mb=640, cpu_vmhz=2000, processes=128, open_files=4096)),
+                        Resources(memory_mb=640, cpu_vmhz=2000, processes=128, open_files=4096), "/workdir/build"),
     )
-    assert manifest.builder is not None and manifest.builder.socket == "/workdir/build/builder/socket"
+    assert manifest.builder is not None and manifest.builder.socket == "/builder/socket"
 
 
 def test_minimal_manifest_and_defaults(tmp_path: Path) -> None:
@@ -70,8 +70,10 @@ MALFORMED = [
     ("empty", "", "file is empty"),
     ("builder volume not persistent", doc(RES + VOLUMES + '<builder volume="/t" command="run"/>'),
      '<builder volume="/t">: expected the mountpoint of a <persistent> filesystem'),
-    ("builder reads its own volume", doc(RES + VOLUMES + '<builder volume="/w/b" reads="/w/b" command="run"/>'),
-     '<builder reads="/w/b">: expected the mountpoint of another <persistent> filesystem'),
+    ("builder reads its own volume", doc(RES + VOLUMES + '<builder volume="/w/b" reads="/w/b/x" command="run"/>'),
+     '<builder reads="/w/b/x">: expected a normalised path in a <persistent> filesystem other than the builder'),
+    ("builder reads outside the volumes", doc(RES + VOLUMES + '<builder volume="/w/b" reads="/t/x" command="run"/>'),
+     '<builder reads="/t/x">: expected a normalised path in a <persistent>'),
     ("builder without command", doc(RES + VOLUMES + '<builder volume="/w/b"/>'),
      "<builder>: missing attribute command"),
     ("builder command with a tab", doc(RES + VOLUMES + '<builder volume="/w/b" command="run&#9;x"/>'),

@@ -93,6 +93,7 @@ def container_args(*, zone: str, application: str, image: str, image_id: str, ma
         "tmpfs": {"/tmp": f"size={TMPFS_MB}m,uid={user},gid={user},mode=0700"},
         "volumes": binds,
         "restart_policy": {"Name": "always"},
+        "healthcheck": {"test": ["NONE"]},  # the image's is the instance's: nothing else may run in the builder
         "labels": {LABEL: application, f"{LABEL}.zone": zone, f"{LABEL}.image_id": image_id,
                    f"{LABEL}.config": digest},
     }

@@ -496,6 +496,7 @@ def test_the_build_runs_as_another_user_without_network_secrets_or_the_publisher
     assert config["User"] != instance.attrs["Config"]["User"] and not config["User"].startswith(("0", "root"))
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
     assert host["PidMode"] == "" and host["RestartPolicy"]["Name"] == "always"
+    assert config["Healthcheck"]["Test"] == ["NONE"]  # no probe of the instance's runs among the builds
     assert not any(SECRET in item or item.startswith(("SITE_REPO", "WEBHOOK")) for item in config["Env"])
     mounts = {m["Destination"]: m["RW"] for m in builder.attrs["Mounts"]}
     # The commit's files (the publisher's volume, read-only) and its own volume: no release, repository or status.

@@ -520,14 +520,17 @@ def bench_idle(run: AgentRun, seconds: int) -> dict:
     with contextlib.suppress(Exception):
         containers.append(run.client.containers.get(BUILDER))
 
-    def cpu() -> float:
-        return sum(c.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] for c in containers) / 1e9
+    def cpu() -> list[float]:
+        return [c.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9 for c in containers]
 
     builds_before = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
     cpu_before = cpu()
     rss_start = [container_rss_mib(c) for c in containers]
     time.sleep(seconds)
-    cpu_seconds = cpu() - cpu_before
+    # A container's counter starts again when it does (the builder, once its worker ended): then all of it counts.
+    cpu_after = cpu()
+    cpu_seconds = sum(after - before if after >= before else after
+                      for before, after in zip(cpu_before, cpu_after, strict=True))
     builds_after = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
     rss_end = [container_rss_mib(c) for c in containers]
     return {"seconds": seconds, "builds_started": builds_after - builds_before,

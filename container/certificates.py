@@ -341,13 +341,16 @@ def challenge_route_ready(port: int, timeout: float = 10.0) -> bool:
 
 
 def sync_frontend(store: Store, socket_path: Path) -> bool:
-    """Make HAProxy serve the PEM on disk if it serves another one; True when it changed."""
+    """Make HAProxy serve the PEM on disk if it serves another one; True when it serves it now (changed here, or
+    already: the agent's keeper may have been first)."""
     current = store.current()
     if current is None or not socket_path.exists():
         return False
     serial = served_serial(socket_path, store.pem)
-    if serial is None or serial == current.serial:
+    if serial is None:
         return False
+    if serial == current.serial:
+        return True
     update_frontend(socket_path, store.pem, store.pem.read_bytes())
     log.info("frontend now serves certificate %s (was %s), without a reload", current.serial, serial)
     return True

@@ -149,7 +149,10 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     token = bootstrap("site", "token", "blog").stdout.strip()
     assert len(token) == 64 and "(its token: ./bootstrap.sh site token blog)" in first.stdout
     assert "builds" not in requests.get(URL + "_site/status", timeout=5).json()
-    owner = requests.get(URL + "_site/status", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+    owner = wait_for("the push's record (it follows the swap)", lambda: (lambda status: status if status["builds"]
+                     and status["builds"][0]["commit"] == pushed else None)(requests.get(
+                         URL + "_site/status", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()),
+                     30, interval=0.5)
     assert (owner["builds"][0]["commit"], owner["builds"][0]["subject"]) == (pushed, "Written, committed, pushed.")
     instance = [c.name for c in runtime.our_containers(docker_client)]
     rules = our_rules()

@@ -48,6 +48,7 @@ def test_push_goes_live_and_idle_remote_builds_nothing(site_repo: SiteRepo, star
     page = site.get("/posts/fresh-news/")
     assert page.status_code == 200 and "Fresh news from the test" in page.text
     assert "Fresh news from the test" in site.get("/").text
+    site.wait_attempted(commit)  # its record follows the swap (`current` is the live link's)
     status = site.status()
     assert status["builds"][0]["result"] == "success" and status["builds"][0]["mode"] == "incremental"
     assert [b["worker"] for b in status["builds"]] == ["warm", "cold"]  # Nikola stayed loaded

@@ -53,7 +53,9 @@ def test_a_scheduled_post_is_published_on_time_without_a_push(site: Site) -> Non
         print(f"\nFIGURES scheduled post live {late:.1f} s after its date")
         assert page and late < 8
         assert "later" in site.get("/").text and "later" in site.get("/rss.xml").text
-        status = site.status()
+        status = wait_for("the rebuild's record (it follows the swap)",
+                          lambda: (lambda status: status if len(status["builds"]) > builds else None)(site.status()),
+                          30, interval=0.2)
         assert len(status["builds"]) == builds + 1 and status["builds"][0]["commit"] == commit  # no push: a rebuild
         assert status["scheduled"] == []
         _nowhere(site.get, "draft")

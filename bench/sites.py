@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
+import docker  # noqa: E402
 import requests  # noqa: E402
 
 from bench.bench import container_rss_mib, post_text, summary  # noqa: E402
@@ -219,15 +220,25 @@ def builder(run: AgentRun, site: str):
     return None
 
 
+def builder_waits(built) -> bool:
+    """Whether the builder waits lean: its door alone (pipeline.builder_door), or, with an image from before the
+    door, a lone worker that has not imported Nikola. Not while Docker restarts it (its worker just ended)."""
+    try:
+        found = processes(built)
+    except docker.errors.APIError:  # 409: the container is restarting
+        return False
+    return len(found) == 1 and ("pipeline.builder_door" in found[0][1] or container_rss_mib(built) <= 30)
+
+
 def workers_left(run: AgentRun) -> list[str]:
-    """Sites whose build worker still holds Nikola: in the instance (no builder), or a builder with more than its
-    lean waiting worker (the site holder, or a worker that imported Nikola)."""
+    """Sites whose build worker still holds Nikola: in the instance (no builder), or in a builder that does not
+    wait lean yet (the site holder, a worker that imported Nikola, a restart under way)."""
     left = []
     for name, row in instances_by_site(run).items():
         container = run.client.containers.get(row["instance_name"])
         built = builder(run, name)
         if any("build_worker" in args for _, args in processes(container)) or \
-                (built is not None and (len(processes(built)) > 1 or container_rss_mib(built) > 30)):
+                (built is not None and not builder_waits(built)):
             left.append(name)
     return left
 

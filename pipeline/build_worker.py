@@ -175,14 +175,17 @@ def _terminate(_signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """JSON lines on stdin and stdout (a process of the watcher), or with `--listen`: the builder's first process,
-    serving one connection on the unix socket BUILDER_SOCKET names, and ending when it ends (see serve)."""
+    """JSON lines on stdin and stdout (a process of the watcher), or with `--serve`: the builder's first process,
+    serving the one connection its door accepted, and ending when it ends (see serve)."""
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _terminate)
-    if argv == ["--listen"]:
-        return serve(os.environ.get("BUILDER_SOCKET", ""))
+    if argv == ["--listen"]:  # the builder's command of earlier manifests: its door, which waits lean
+        os.execv(sys.executable, [sys.executable, "-m", "pipeline.builder_door"])
+    if len(argv) == 3 and argv[0] == "--serve" and argv[1].isdigit() and argv[2].isdigit():
+        return serve(int(argv[1]), int(argv[2]))
     if argv:
-        print("usage: python -m pipeline.build_worker [--listen]", file=sys.stderr)
+        print("usage: python -m pipeline.build_worker [--listen | --serve LISTENER_FD CONNECTION_FD]",
+              file=sys.stderr)
         return 2
     return loop(sys.stdin, sys.stdout, config.build_worker_idle(os.environ))
 
@@ -228,33 +231,23 @@ def loop(requests: Any, answers: Any, idle_seconds: float, listener: Any = None)
         _stop_holder()
 
 
-def serve(socket_path: str) -> int:
-    """The builder's first process (PID 1 of its PID namespace): listen on `socket_path` (its directory is the
-    builder's; the socket is open to the publisher), lean until a publisher connects, then build for that one
-    connection (loop) and end; a second publisher connecting ends it too (it is answered by the next builder).
-    Whatever the builds started ends with it: the builder's runtime starts a fresh
-    one (the agent's restart policy), in a fresh PID namespace, so nothing of a build outlives it."""
+def serve(listener_fd: int, connection_fd: int) -> int:
+    """The builder's first process (PID 1 of its PID namespace), once its door (pipeline.builder_door) has let the
+    publisher in: build for that one connection (loop) and end; a second publisher connecting to the listener ends
+    it too (it is answered by the next builder). Whatever the builds started ends with it: the builder's runtime
+    starts a fresh door (the agent's restart policy), in a fresh PID namespace, so nothing of a build outlives it."""
     import socket
 
-    if not socket_path.startswith("/"):
-        print("build_worker: BUILDER_SOCKET must name the builder's socket (an absolute path)", file=sys.stderr)
-        return 2
-    path = Path(socket_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
-    os.chmod(socket_path, 0o666)  # the publisher runs as another user
-    listener.listen(1)
-    print(f"build_worker: waiting for the publisher on {socket_path}", file=sys.stderr, flush=True)
-    connection, _ = listener.accept()
+    listener = socket.socket(fileno=listener_fd)
+    connection = socket.socket(fileno=connection_fd)
+    path = listener.getsockname()
     with connection, connection.makefile("r", encoding="utf-8") as requests, \
             connection.makefile("w", encoding="utf-8") as answers:
         code = loop(requests, answers, config.build_worker_idle(os.environ), listener)
     listener.close()
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    if isinstance(path, str) and path.startswith("/"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     return code
 
 

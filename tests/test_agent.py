@@ -58,7 +58,14 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     assert host["Tmpfs"]["/tmp"].startswith("size=64m")
     volume_dir = agent_run.state_dir / "volumes" / "srcco-de-workdir"
     assert f"{volume_dir}:/workdir:rw" in host["Binds"]
-    assert container.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
+    probe = container.attrs["Config"]["Healthcheck"]["Test"]
+    assert probe[0] == "CMD"
+    # Docker's own health state comes from the image's lean probe: it passes on the instance's port, and fails on
+    # a port where nothing answers.
+    assert wait_for("Docker's health state", lambda: container.reload() or
+                    container.attrs["State"]["Health"]["Status"] == "healthy", 40, interval=1)
+    assert container.exec_run(probe[1:]).exit_code == 0
+    assert container.exec_run(probe[1:], environment={"PORT": "9"}).exit_code != 0
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
 

@@ -9,6 +9,8 @@
 #                           [--memory MB] [--vmhz MHZ]  one more site on this host (the blog is the site blog)
 #   ./bootstrap.sh site remove NAME [--purge]           remove a site (--purge: its repository and volumes too)
 #   ./bootstrap.sh site list [--json]                   the sites, their repositories, live commits and states
+#   ./bootstrap.sh site key add SITE NAME [KEYFILE|-]   let NAME's SSH key git push to SITE (git@HOST:SITE)
+#   ./bootstrap.sh site key list [SITE] · site key remove SITE NAME
 #
 # Installs the host packages and the agent, builds the blog image, creates a local git remote seeded with
 # site_template/ (default) and starts pequod-agent under systemd or, without systemd, as a supervised
@@ -40,7 +42,7 @@ acme_ca_bundle=""
 purge=0
 command=setup
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # -- site add|remove|list: container/sites.py, with the installed agent's Python (docs/sites.md) ------------
 if [ "${1:-}" = site ]; then
@@ -57,7 +59,7 @@ if [ "${1:-}" = site ]; then
     cd "$CALLER"
     PYTHONPATH="$SOURCE" exec "$PREFIX/venv/bin/python" -P -m container.sites --yaml "$YAML" --state-dir "$STATE" \
         --repos "$(dirname "$SITE_REPO_DIR")" --template "$SOURCE/site_template" --manifest "$SOURCE/pequod.xml" \
-        --log "$LOG" --pid-file "$PID_FILE" "$@"
+        --log "$LOG" --pid-file "$PID_FILE" --keys "$ETC/push-keys.yaml" "$@"
 fi
 
 while [ $# -gt 0 ]; do
@@ -136,6 +138,7 @@ if [ "$command" = teardown ]; then
     step "removing the unit, configuration and state"
     if [ -f "$UNIT" ]; then rm -f "$UNIT"; has_systemd && systemctl daemon-reload; fi
     # The applications' volumes (their releases) stay unless --purge; never cross into a mounted one.
+    if [ -x "$PREFIX/venv/bin/python" ]; then "$PREFIX/venv/bin/python" -m container.push_keys teardown; fi
     rm -rf --one-file-system "$ETC" "$PID_FILE"
     if [ -d "$STATE" ]; then
         find "$STATE" -mindepth 1 -maxdepth 1 ! -name volumes -exec rm -rf --one-file-system {} +
@@ -251,6 +254,10 @@ mkdir -p "$ETC"
     ${notify_secret:+--notify-secret "$notify_secret"} "${domain_args[@]}" ${email:+--email "$email"} \
     ${acme_directory:+--acme-directory "$acme_directory"} ${acme_ca_bundle:+--acme-ca-bundle "$acme_ca_bundle"} \
     | sed 's/^/    /'
+done_step
+
+step "the user ${PEQUOD_GIT_USER:-git} for pushes over SSH" "userdel it, or set PEQUOD_GIT_USER to another name"
+"$PREFIX/venv/bin/python" -m container.push_keys setup --keys "$ETC/push-keys.yaml" --yaml "$YAML"
 done_step
 
 agent_args=(--bootstrap "$IMAGE" "$YAML" --state-dir "$STATE")

@@ -12,7 +12,7 @@ fail() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
 step "Debian packages the tests drive for real"
 scripts/ensure-packages.sh git python3 python3-venv ca-certificates iproute2 iptables e2fsprogs mount docker.io debootstrap \
-    podman catatonit chromium chromium-driver prometheus lego pebble curl \
+    podman catatonit chromium chromium-driver prometheus lego pebble curl openssh-server openssh-client \
     debian-archive-keyring haproxy tayga
 
 python=${PEQUOD_PYTHON:-python3}

@@ -503,7 +503,7 @@ def bench_builds(repo: SiteRepo, tmp: Path) -> dict:
 # -- idle -------------------------------------------------------------------------------------------
 def container_rss_mib(container) -> float:
     total = 0
-    for process in container.top(ps_args="-eo pid")["Processes"]:
+    for process in container.top(ps_args="-eo pid")["Processes"] or []:  # none while it restarts
         try:
             status = Path(f"/proc/{process[0]}/status").read_text()
         except OSError:

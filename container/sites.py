@@ -5,6 +5,7 @@
         remove NAME [--purge]
         list [--json]
         token NAME
+        key add SITE NAME [KEYFILE|-] | key list [SITE] [--json] | key remove SITE NAME
 
 Each site is an entry of `sites` in the bootstrap YAML; the running agent applies a change to one site
 without touching the others. `add` checks the new entry as the agent will (the YAML rules, the
@@ -13,7 +14,8 @@ manifest's limits), creates the site's repository (REPOS/NAME.git, seeded with s
 site answers through the frontend. `remove` takes the entry out and waits until the agent has removed
 the site's instance (after draining); with --purge it deletes the repository `add` made and the site's
 volumes. `list` shows each site with its repository, the commit it serves and its state (asked of each
-instance with the site's token). `token` prints a site's token, its WEBHOOK_SECRET.
+instance with the site's token). `token` prints a site's token, its WEBHOOK_SECRET. `key` gives a person's
+SSH key push access to one site's repository, and takes it away (container/push_keys.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from container import host_settings, volume
+from container import host_settings, push_keys, volume
 from container.bootstrap import SITE_NAME, parse_bootstrap
 from container.errors import AgentError
 from container.manifest import Manifest, load_manifest
@@ -80,6 +82,7 @@ class Paths:
     manifest: Path = SOURCE / "pequod.xml"
     log: Path = LOG
     pid_file: Path = PID_FILE
+    keys: Path = push_keys.KEYS
 
     def load_manifest(self) -> Manifest | None:
         return load_manifest(str(self.manifest)) if self.manifest.is_file() else None
@@ -194,6 +197,7 @@ def remove(paths: Paths, name: str, purge_data: bool) -> int:
             log = AgentLog(paths.log)
             host_settings.write(paths.yaml, text)
             in_use = repositories(boot)
+            drop_keys(paths, name, boot)
     if configured:
         print(f"    removed from {paths.yaml}; the agent takes it out of the frontend, then removes its instance")
         wait(f"the instance of site {name} to be removed",
@@ -264,6 +268,83 @@ def token(paths: Paths, name: str) -> int:
     return 0
 
 
+def drop_keys(paths: Paths, site: str, boot: Any) -> None:
+    """A removed site's push keys go with it (its repository, kept without --purge, is reached by none)."""
+    keys = push_keys.read_keys(paths.keys)
+    kept = [key for key in keys if key.site != site]
+    if len(kept) < len(keys):
+        push_keys.write_keys(paths.keys, kept)
+        user = push_keys.git_user(create=False)
+        if user is not None:
+            push_keys.install(kept, boot, user)
+        print(f"    removed its {len(keys) - len(kept)} push key(s)")
+
+
+def key_add(paths: Paths, site: str, name: str, source: str) -> int:
+    """Give `name`'s key push and fetch access to the site's repository (over SSH, as the git user)."""
+    if not push_keys.KEY_NAME.fullmatch(name):
+        raise push_keys.KeyError_(f"{name!r} is not a key name: lowercase letters, digits, '.', '_' and '-', at "
+                                  "most 40, starting with a letter or digit (e.g. the person's name)")
+    shown = "standard input" if source == "-" else source
+    text = sys.stdin.read(push_keys.MAX_KEY_BYTES + 1) if source == "-" else \
+        Path(source).read_text(errors="replace")[:push_keys.MAX_KEY_BYTES + 1]
+    if len(text) > push_keys.MAX_KEY_BYTES:
+        raise push_keys.KeyError_(f"{shown}: larger than a public key ({push_keys.MAX_KEY_BYTES} bytes at most)")
+    kind, blob = push_keys.parse_key(text, shown)
+    with host_settings.locked(paths.yaml):
+        boot = parse_bootstrap(paths.yaml.read_text(), str(paths.yaml))
+        repository = push_keys.repository_of(boot, site)
+        keys = push_keys.read_keys(paths.keys)
+        for key in keys:
+            if key.site == site and key.name == name:
+                raise push_keys.KeyError_(f"site {site} has a key {name} already ({key.fingerprint}); "
+                                          f"./bootstrap.sh site key remove {site} {name} first")
+            if key.site == site and key.blob == blob:
+                raise push_keys.KeyError_(f"this key is site {site}'s key {key.name} already")
+        keys.append(push_keys.PushKey(site, name, kind, blob))
+        user = push_keys.git_user(create=True)
+        assert user is not None
+        push_keys.write_keys(paths.keys, keys)
+        push_keys.install(keys, boot, user)
+    added = keys[-1]
+    print(f"""    {name} ({added.fingerprint}) may push to and fetch from {repository} over SSH:
+    git clone {user.pw_name}@HOST:{site} {site}      (HOST: this machine's name or address)
+    git remote set-url origin {user.pw_name}@HOST:{site}      (in an existing clone)""")
+    if not push_keys.ssh_server_answers():
+        print(f"    note: {push_keys.no_server_advice()}")
+    return 0
+
+
+def key_remove(paths: Paths, site: str, name: str) -> int:
+    with host_settings.locked(paths.yaml):
+        boot = parse_bootstrap(paths.yaml.read_text(), str(paths.yaml))
+        keys = push_keys.read_keys(paths.keys)
+        kept = [key for key in keys if not (key.site == site and key.name == name)]
+        if len(kept) == len(keys):
+            raise push_keys.KeyError_(f"site {site} has no key {name!r} (./bootstrap.sh site key list {site} "
+                                      "shows its keys)")
+        push_keys.write_keys(paths.keys, kept)
+        user = push_keys.git_user(create=False)
+        if user is not None:
+            push_keys.install(kept, boot, user)
+    print(f"    removed: {name} can no longer push to or fetch from site {site}")
+    return 0
+
+
+def key_list(paths: Paths, site: str | None, as_json: bool) -> int:
+    from container.tables import table
+
+    found = [row for row in push_keys.as_rows(push_keys.read_keys(paths.keys)) if site in (None, row["site"])]
+    if as_json:
+        print(json.dumps(found, indent=2))
+    elif found:
+        print(table(("SITE", "NAME", "TYPE", "FINGERPRINT"),
+                    [(row["site"], row["name"], row["type"], row["fingerprint"]) for row in found]))
+    else:
+        print(f"no push keys{f' for site {site}' if site else ''} (./bootstrap.sh site key add SITE NAME KEYFILE)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="./bootstrap.sh site", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--manifest", type=Path, default=SOURCE / "pequod.xml", help="the image's manifest")
     top.add_argument("--log", type=Path, default=LOG, help=f"the agent's log ({LOG})")
     top.add_argument("--pid-file", type=Path, default=PID_FILE, help=f"the agent's pid file ({PID_FILE})")
+    top.add_argument("--keys", type=Path, default=push_keys.KEYS, help=f"the push keys ({push_keys.KEYS})")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     new = commands.add_parser("add", help="add a site and wait until it answers")
     new.add_argument("name")
@@ -292,12 +374,26 @@ def parser() -> argparse.ArgumentParser:
     secret = commands.add_parser("token", help="print the site's token (WEBHOOK_SECRET): its deploy data, "
                                                "rollbacks and webhook need it")
     secret.add_argument("name")
+    key = commands.add_parser("key", help="push keys: who may git push to a site over SSH, as the git user")
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="add|list|remove")
+    key_new = key_commands.add_parser("add", help="let a key push to and fetch from the site's repository")
+    key_new.add_argument("site")
+    key_new.add_argument("name", help="whose key (a name for the list)")
+    key_new.add_argument("keyfile", nargs="?", default="-", help="the public key (e.g. id_ed25519.pub); - or "
+                                                                   "nothing: standard input")
+    key_show = key_commands.add_parser("list", help="the keys, per site")
+    key_show.add_argument("site", nargs="?")
+    key_show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    key_gone = key_commands.add_parser("remove", help="take a key's access away")
+    key_gone.add_argument("site")
+    key_gone.add_argument("name")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    paths = Paths(args.yaml, args.state_dir, args.repos, args.template, args.manifest, args.log, args.pid_file)
+    paths = Paths(args.yaml, args.state_dir, args.repos, args.template, args.manifest, args.log, args.pid_file,
+                  args.keys)
     try:
         if args.command == "add":
             return add(paths, args.name, args.domain, args.repo, args.email, args.memory, args.vmhz)
@@ -305,10 +401,17 @@ def main(argv: list[str] | None = None) -> int:
             return remove(paths, args.name, args.purge)
         if args.command == "token":
             return token(paths, args.name)
+        if args.command == "key":
+            if args.key_command == "add":
+                return key_add(paths, args.site, args.name, args.keyfile)
+            if args.key_command == "remove":
+                return key_remove(paths, args.site, args.name)
+            return key_list(paths, args.site, args.json)
         return list_sites(paths, args.json)
     except (AgentError, OSError, yaml.YAMLError) as exc:
         message = " ".join(str(exc).split())  # one line
-        print(f"site {args.command}: {message}", file=sys.stderr)
+        command = f"{args.command} {args.key_command}" if args.command == "key" else args.command
+        print(f"site {command}: {message}", file=sys.stderr)
         return 1
 
 

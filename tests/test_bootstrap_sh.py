@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from container.daemon import running_cmdline
 from tests.acme_server import AcmeServer
 from tests.agent_fixtures import Loop
 from tests.helpers import REPO_ROOT, wait_for, wait_for_agent_rounds
+from tests.ssh_server import SshServer, make_key
 
 pytestmark = pytest.mark.system  # root, Docker, port 80, the host bootstrap
 
@@ -72,6 +74,79 @@ def push_post(repository: Path, work: Path, slug: str, text: str) -> str:
     subprocess.run([*git, "commit", "-q", "-m", text], check=True)
     subprocess.run([*git, "push", "-q"], check=True)
     return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def commit_post(work: Path, slug: str, text: str, env: dict[str, str] | None = None) -> str:
+    """Add a post to the clone `work`, commit and push it (with `env`: over SSH); returns the commit."""
+    (work / "posts" / f"{slug}.md").write_text(
+        f"<!--\n.. title: {text}\n.. slug: {slug}\n.. date: 2026-11-28 10:00:00 UTC\n-->\n\n{text}\n")
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", text], check=True)
+    subprocess.run([*git, "push", "-q"], check=True, env=env)
+    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def push_by_key(tmp_path: Path) -> str:
+    """`site key add|list|remove` with a real sshd and ssh: alice's key pushes to docs as the git user, and the
+    post is live as fast as a local push; it reaches nothing else (blog, a shell, a command, a forward), nor do an
+    unknown key and, once removed, hers."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    alice, bob, carol = (make_key(keys, name) for name in ("alice", "bob", "carol"))
+    added = bootstrap("site", "key", "add", "docs", "alice", f"{alice}.pub")
+    assert f"may push to and fetch from {DOCS_REPO} over SSH" in added.stdout, added.stdout
+    assert "git clone git@HOST:docs docs" in added.stdout
+    subprocess.run(["./bootstrap.sh", "site", "key", "add", "blog", "bob"], input=Path(f"{bob}.pub").read_text(),
+                   cwd=REPO_ROOT, env=host_env(), check=True, capture_output=True, text=True)  # from standard input
+    assert "has a key alice already" in bootstrap_refused("site", "key", "add", "docs", "alice", f"{bob}.pub")
+    assert "this is a private key" in bootstrap_refused("site", "key", "add", "docs", "eve", str(alice))
+    listed = bootstrap("site", "key", "list").stdout.splitlines()
+    assert [line.split()[:3] for line in listed[1:]] == [["blog", "bob", "ssh-ed25519"],
+                                                         ["docs", "alice", "ssh-ed25519"]]
+    with SshServer(tmp_path / "sshd", "git") as sshd:
+        clone = tmp_path / "docs-by-key"
+        cloned = subprocess.run(["git", "clone", "-q", "git@127.0.0.1:docs", str(clone)], env=sshd.git_env(alice),
+                                capture_output=True, text=True, timeout=60)
+        assert cloned.returncode == 0, (cloned.stderr, sshd.process.log[-2000:])
+        started = time.monotonic()
+        commit_post(clone, "by-key", "Pushed by key.", env=sshd.git_env(alice))
+        wait_for("the post pushed by key", lambda: "Pushed by key." in get(DOCS, "posts/by-key/").text, 60,
+                 interval=0.1)
+        by_key = time.monotonic() - started
+        local = tmp_path / "docs-local"  # root's local push keeps the repository the git user's to write
+        subprocess.run(["git", "clone", "-q", str(DOCS_REPO), str(local)], check=True)
+        started = time.monotonic()
+        commit_post(local, "by-root", "Pushed locally.")
+        wait_for("the post pushed locally", lambda: "Pushed locally." in get(DOCS, "posts/by-root/").text, 60,
+                 interval=0.1)
+        by_root = time.monotonic() - started
+        print(f"\nFIGURES push -> live over SSH {by_key:.2f} s, local {by_root:.2f} s")
+        subprocess.run(["git", "-C", str(clone), "pull", "-q", "--rebase"], env=sshd.git_env(alice), check=True)
+        last = commit_post(clone, "by-key-again", "Pushed by key again.", env=sshd.git_env(alice))
+        wait_for("the second post pushed by key", lambda: "again" in get(DOCS, "posts/by-key-again/").text, 60,
+                 interval=0.2)
+
+        def refused(key: Path, *command: str) -> str:
+            done = subprocess.run([*sshd.ssh(key), "git@127.0.0.1", *command], capture_output=True, text=True,
+                                  timeout=30, stdin=subprocess.DEVNULL)
+            assert done.returncode != 0, (command, done.stdout)
+            return done.stderr
+        assert "no access to 'blog'" in refused(alice, "git-upload-pack 'blog'")
+        assert "no access to '/srv/pequod/site.git'" in refused(alice, "git-receive-pack '/srv/pequod/site.git'")
+        assert "no shell" in refused(alice)
+        assert "no shell" in refused(alice, "cat /etc/passwd")
+        forward = subprocess.run([*sshd.ssh(alice), "-W", "127.0.0.1:80", "git@127.0.0.1"], capture_output=True,
+                                 text=True, timeout=30, input="GET / HTTP/1.0\r\n\r\n")
+        assert forward.returncode != 0 and "HTTP/" not in forward.stdout, forward
+        assert "Permission denied" in refused(carol, "git-upload-pack 'docs'")  # a key no site gave
+        assert "no access to 'docs'" in refused(bob, "git-upload-pack 'docs'")
+        assert bootstrap("site", "key", "remove", "docs", "alice").returncode == 0
+        assert "Permission denied" in refused(alice, "git-upload-pack 'docs'")
+        assert "site docs has no key 'alice'" in bootstrap_refused("site", "key", "remove", "docs", "alice")
+        assert "'Eve' is not a key name" in bootstrap_refused("site", "key", "add", "docs", "Eve", f"{carol}.pub")
+        assert "no site 'wiki'" in bootstrap_refused("site", "key", "add", "wiki", "carol", f"{carol}.pub")
+    return last
 
 
 def site_instances(client: docker.DockerClient, site: str) -> list[str]:
@@ -202,6 +277,7 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     wait_for("the docs post on its domain", lambda: "Only on the docs site." in get(DOCS, "posts/docs-only/").text, 60,
              interval=0.5)
     assert get("localhost", "posts/docs-only/").status_code == 404  # not the blog's
+    docs_commit = push_by_key(tmp_path)
     assert get(DOCS, "posts/pushed/").status_code == 404 and get("localhost", "posts/pushed/").status_code == 200
     listed = {row["name"]: row for row in json.loads(bootstrap("site", "list", "--json").stdout)}
     assert listed["docs"]["domains"] == [DOCS] and listed["docs"]["repository"] == f"file://{DOCS_REPO}"
@@ -256,6 +332,7 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     assert our_rules() == []
     assert site_release() is None
     assert (SITE_REPO / "HEAD").exists() and not Path("/etc/pequod").exists()
+    assert subprocess.run(["id", "git"], capture_output=True).returncode != 0  # the git user for pushes is gone
     # The blog's volume (its releases) stays too, unmounted, until --purge.
     volumes = Path("/var/lib/pequod-agent/volumes")
     assert (volumes / "blog-workdir.ext4").is_file() and not volume.mounted(volumes / "blog-workdir")

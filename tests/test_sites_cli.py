@@ -52,7 +52,8 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sites.Path
     """A host as bootstrap.sh leaves it (the blog is the site blog), with stand-ins for the agent and Docker."""
     paths = sites.Paths(yaml=tmp_path / "etc" / "pequod-bootstrap.yaml", state=tmp_path / "state",
                         repos=tmp_path / "srv", template=REPO_ROOT / "site_template",
-                        manifest=REPO_ROOT / "pequod.xml", log=tmp_path / "agent.log", pid_file=tmp_path / "pid")
+                        manifest=REPO_ROOT / "pequod.xml", log=tmp_path / "agent.log", pid_file=tmp_path / "pid",
+                        keys=tmp_path / "etc" / "push-keys.yaml")
     assert host_settings.main([str(paths.yaml), *BLOG_ARGS]) == 0
     docker = Docker()
     monkeypatch.setattr(sites, "agent_ready", lambda boot, pid_file: None)
@@ -64,7 +65,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sites.Path
 def run(paths: sites.Paths, *argv: str) -> int:
     return sites.main(["--yaml", str(paths.yaml), "--state-dir", str(paths.state), "--repos", str(paths.repos),
                        "--template", str(paths.template), "--manifest", str(paths.manifest), "--log", str(paths.log),
-                       "--pid-file", str(paths.pid_file), *argv])
+                       "--pid-file", str(paths.pid_file), "--keys", str(paths.keys), *argv])
 
 
 def refused(paths: sites.Paths, capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -1,0 +1,98 @@
+"""Push keys (container/push_keys.py, container/git_serve.py): the key parsing, the forced command's decisions and
+the authorized_keys lines, pure. A real sshd, ssh and git push through them: tests/test_bootstrap_sh.py."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from container import push_keys
+from container.git_serve import decide, site_of
+from container.push_keys import KeyError_, PushKey, authorized_keys, parse_key
+
+
+def a_key(tmp_path: Path, name: str = "id") -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@laptop", "-f",
+                    str(tmp_path / name)], check=True)
+    return (tmp_path / f"{name}.pub").read_text()
+
+
+def test_a_public_key_is_read_with_its_fingerprint(tmp_path: Path) -> None:
+    text = a_key(tmp_path)
+    kind, blob = parse_key(text, "id.pub")
+    assert kind == "ssh-ed25519"
+    shown = subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "id.pub")], capture_output=True, text=True,
+                           check=True).stdout.split()[1]
+    assert PushKey("docs", "alice", kind, blob).fingerprint == shown  # what ssh-keygen -l says
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("", "expected one public key line"),
+    ("ssh-ed25519 AAAA one\nssh-ed25519 AAAA two\n", "found 2"),
+    ('command="sh" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI x', "options before the key are not accepted"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END OPENSSH PRIVATE KEY-----\n", "this is a private key"),
+    ("ecdsa-sk AAAA x", "not an OpenSSH public key"),
+    ("ssh-ed25519 not*base64", "not base64"),
+    ("ssh-ed25519 " + base64.b64encode(b"\0\0\0\x07ssh-rsa" + b"\0" * 40).decode(), "not a ssh-ed25519 key"),
+])
+def test_what_is_not_one_public_key_is_refused_with_the_reason(text: str, says: str) -> None:
+    with pytest.raises(KeyError_, match=says):
+        parse_key(text, "alice.pub")
+
+
+ALLOWED = {"docs": "/srv/pequod/docs.git", "blog": "/srv/pequod/site.git"}
+
+
+@pytest.mark.parametrize(("original", "command"), [
+    ("git-receive-pack 'docs'", ["receive-pack", "/srv/pequod/docs.git"]),
+    ("git-receive-pack '/docs.git'", ["receive-pack", "/srv/pequod/docs.git"]),
+    ("git-upload-pack '~/blog/'", ["upload-pack", "/srv/pequod/site.git"]),
+])
+def test_git_may_reach_the_keys_sites(original: str, command: list[str]) -> None:
+    assert decide(original, ALLOWED) == (["git", "-c", f"safe.directory={command[1]}", *command], "")
+
+
+@pytest.mark.parametrize(("original", "says"), [
+    ("", "no shell"),
+    ("sh -i", "no shell"),
+    ("git-upload-archive 'docs'", "no other command"),
+    ("git-receive-pack 'docs' ; sh", "no other command"),
+    ("git-receive-pack 'other'", "no access to 'other'"),
+    ("git-receive-pack '../site.git'", "no access"),
+    ("git-receive-pack '/srv/pequod/site.git'", "no access"),  # a path, not a site: only names reach
+    ("git-receive-pack 'docs", "no shell"),  # unbalanced quote
+])
+def test_anything_else_is_refused_saying_what_the_key_reaches(original: str, says: str) -> None:
+    command, why = decide(original, ALLOWED)
+    assert command is None and says in why and "git@HOST:docs" in why
+
+
+def test_a_site_is_named_the_way_git_clients_write_it() -> None:
+    assert {site_of(path) for path in ("docs", "/docs", "~/docs", "docs.git", "docs/", "/docs.git/")} == {"docs"}
+
+
+def test_one_line_per_key_restricted_to_its_sites(tmp_path: Path) -> None:
+    kind, blob = parse_key(a_key(tmp_path, "alice"), "alice.pub")
+    other = parse_key(a_key(tmp_path, "bob"), "bob.pub")
+    keys = [PushKey("docs", "alice", kind, blob), PushKey("blog", "alice", kind, blob),
+            PushKey("blog", "bob", *other), PushKey("gone", "carol", *other)]
+    repositories = {"docs": Path("/srv/pequod/docs.git"), "blog": Path("/srv/pequod/site.git")}
+    lines = authorized_keys(keys, repositories).splitlines()[1:]
+    assert len(lines) == 2  # alice's key once, reaching both its sites; bob's, without the site that is gone
+    assert lines[0].startswith('restrict,command="') and lines[0].endswith(f"{kind} {blob} docs:alice,blog:alice")
+    assert "-I -m container.git_serve blog=/srv/pequod/site.git docs=/srv/pequod/docs.git" in lines[0]
+    assert "gone" not in lines[1] and lines[1].endswith("blog:bob")
+
+
+def test_the_keys_file_round_trips(tmp_path: Path) -> None:
+    kind, blob = parse_key(a_key(tmp_path), "id.pub")
+    keys = [PushKey("docs", "alice", kind, blob)]
+    push_keys.write_keys(tmp_path / "keys.yaml", keys)
+    assert push_keys.read_keys(tmp_path / "keys.yaml") == keys
+    assert (tmp_path / "keys.yaml").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "keys.yaml").write_text("docs: [not, a, mapping]\n")
+    with pytest.raises(KeyError_, match="site 'docs': expected a mapping"):
+        push_keys.read_keys(tmp_path / "keys.yaml")

@@ -138,7 +138,7 @@ if [ "$command" = teardown ]; then
     step "removing the unit, configuration and state"
     if [ -f "$UNIT" ]; then rm -f "$UNIT"; has_systemd && systemctl daemon-reload; fi
     # The applications' volumes (their releases) stay unless --purge; never cross into a mounted one.
-    if [ -x "$PREFIX/venv/bin/python" ]; then "$PREFIX/venv/bin/python" -m container.push_keys teardown; fi
+    if [ -x "$PREFIX/venv/bin/python" ]; then "$PREFIX/venv/bin/python" -m container.push_keys teardown --yaml "$YAML"; fi
     rm -rf --one-file-system "$ETC" "$PID_FILE"
     if [ -d "$STATE" ]; then
         find "$STATE" -mindepth 1 -maxdepth 1 ! -name volumes -exec rm -rf --one-file-system {} +

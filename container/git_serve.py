@@ -42,7 +42,19 @@ def decide(original: str, allowed: dict[str, str]) -> tuple[list[str] | None, st
         return None, f"this key has no access to {words[1]!r}; it reaches {reachable}"
     # The repository is root's (shared with the git group): git refuses another owner's unless told it is safe,
     # which a command-line setting may say (protected configuration, git 2.37 and later).
-    return ["git", "-c", f"safe.directory={allowed[site]}", PROGRAMS[words[0]], allowed[site]], ""
+    # Every object a push brings is checked (a malformed tree or commit is refused before any ref moves).
+    return ["git", "-c", f"safe.directory={allowed[site]}", "-c", "receive.fsckObjects=true", PROGRAMS[words[0]],
+            allowed[site]], ""
+
+
+def environment(given: dict[str, str]) -> dict[str, str]:
+    """What git runs with: nothing the client may have sent (an SSH server that accepts GIT_* variables would let
+    it set hooks through GIT_CONFIG_PARAMETERS) but the protocol version it asks for."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": given.get("HOME", "/"), "LANG": "C.UTF-8"}
+    protocol = given.get("GIT_PROTOCOL", "")
+    if protocol in ("version=1", "version=2"):
+        env["GIT_PROTOCOL"] = protocol
+    return env
 
 
 def main(argv: list[str]) -> int:
@@ -51,7 +63,7 @@ def main(argv: list[str]) -> int:
     if command is None:
         print(f"pequod: {refusal}", file=sys.stderr)
         return 1
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command, environment(dict(os.environ)))
     return 1  # not reached
 
 

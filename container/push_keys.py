@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
+import grp
 import hashlib
 import os
 import pwd
@@ -83,7 +85,7 @@ def parse_key(text: str, source: str) -> tuple[str, str]:
     length = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
     if raw[4:4 + length].decode("ascii", "replace") != kind:
         raise KeyError_(f"{source}: the key's data is not a {kind} key")
-    return kind, blob
+    return kind, base64.b64encode(raw).decode()  # as ssh-keygen writes it: one key, one spelling
 
 
 def read_keys(path: Path) -> list[PushKey]:
@@ -136,20 +138,76 @@ def repository_of(boot: Bootstrap, site_name: str) -> Path:
     return path
 
 
+# Git's own settings and scripts stay root's alone: receive-pack writes objects and refs, never these, so a key
+# holder's group never gets to change what root's own git commands run in the repository.
+ROOTS_ONLY = {"config", "hooks", "info", "description"}
+
+
+def _walk_owned(repository: Path, visit: Any) -> None:
+    """Call visit(fd, st, path) on the repository and every entry in it, each opened by descriptor without
+    following a link (links, sockets and the like are left alone). Every entry must be root's: a repository
+    another user can write could be changed under the walk (a file swapped for a link to a system file)."""
+    root_fd = os.open(repository, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for folder, dirs, files, dir_fd in os.fwalk(dir_fd=root_fd, follow_symlinks=False):
+            if folder == ".":
+                visit(dir_fd, os.fstat(dir_fd), "")
+            for name in [*dirs, *files]:
+                path = os.path.normpath(os.path.join(folder, name))
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
+                except OSError:  # a link (ELOOP), or gone meanwhile (a gc): nothing to change
+                    continue
+                try:
+                    info = os.fstat(fd)
+                    if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
+                        visit(fd, info, path)
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def _check_roots(repository: Path) -> None:
+    def check(_fd: int, info: os.stat_result, path: str) -> None:
+        if info.st_uid != 0:
+            raise KeyError_(f"{repository / path} belongs to uid {info.st_uid}, not root: push keys need a "
+                            f"repository only root writes (chown -R root {repository})")
+    _walk_owned(repository, check)
+
+
 def share_with_group(repository: Path, gid: int) -> None:
     """Make `repository` writable by the group `gid` (the git user's), as `git init --shared=group` would: every
-    entry the group's and group-writable, directories setgid, and git told to keep it so. Links are not
-    followed."""
-    subprocess.run(["git", "--git-dir", str(repository), "config", "core.sharedRepository", "group"], check=True)
-    for folder, dirs, files in os.walk(repository):
-        for name in [*dirs, *files, None]:
-            path = os.path.join(folder, name) if name is not None else folder
-            info = os.lstat(path)
-            if stat.S_ISLNK(info.st_mode):
-                continue
-            os.lchown(path, -1, gid)
-            extra = stat.S_IWGRP | stat.S_IRGRP | (stat.S_ISGID | stat.S_IXGRP if stat.S_ISDIR(info.st_mode) else 0)
-            os.chmod(path, stat.S_IMODE(info.st_mode) | extra)
+    entry the group's, group-writable (but git's settings and hooks: ROOTS_ONLY), directories setgid, and git
+    told to keep it so. Only a repository whose every entry is root's; by descriptor, never through a link."""
+    _check_roots(repository)
+    subprocess.run(["git", "--git-dir", str(repository), "config", "core.sharedRepository", "group"],
+                   check=True, capture_output=True, text=True)
+
+    def share(fd: int, info: os.stat_result, path: str) -> None:
+        mode = stat.S_IMODE(info.st_mode) & 0o777  # no setuid or sticky bit carried over
+        if path.split(os.sep)[0] not in ROOTS_ONLY:
+            mode |= stat.S_IRGRP | stat.S_IWGRP | (stat.S_IXGRP | stat.S_ISGID if stat.S_ISDIR(info.st_mode) else 0)
+        else:
+            mode &= ~stat.S_IWGRP
+        os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)
+    _walk_owned(repository, share)
+
+
+def unshare(repository: Path) -> None:
+    """Undo share_with_group: root's group, writable by root alone (the git user's group may be gone, and its id
+    given to another)."""
+    if not (repository / "HEAD").is_file():
+        return
+    subprocess.run(["git", "--git-dir", str(repository), "config", "--unset", "core.sharedRepository"],
+                   capture_output=True)
+
+    def own(fd: int, info: os.stat_result, _path: str) -> None:
+        if info.st_uid == 0:
+            os.fchown(fd, -1, 0)
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o755)
+    _walk_owned(repository, own)
 
 
 # -- the git user and its authorized_keys ------------------------------------------------------------------------
@@ -163,10 +221,14 @@ def git_user(create: bool) -> pwd.struct_passwd | None:
             return None
         subprocess.run(["useradd", "--system", "--user-group", "--home-dir", str(GIT_HOME), "--create-home",
                         "--shell", "/bin/sh", "--comment", "pequod pushes over SSH", GIT_USER],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, text=True)
         # Not locked ("!"), no password ("*"): an SSH server without PAM refuses a locked account's keys too.
-        subprocess.run(["usermod", "--password", "*", GIT_USER], check=True, capture_output=True)
+        subprocess.run(["usermod", "--password", "*", GIT_USER], check=True, capture_output=True, text=True)
         user = pwd.getpwnam(GIT_USER)
+    members = grp.getgrgid(user.pw_gid).gr_mem
+    if members:
+        raise KeyError_(f"the group of the user {GIT_USER!r} has other members ({', '.join(members)}): they could "
+                        "write the sites' repositories; give the user a group of its own")
     if Path(user.pw_dir) != GIT_HOME:
         raise KeyError_(f"a user {GIT_USER!r} exists with the home {user.pw_dir}, not pequod's {GIT_HOME}: set "
                         "PEQUOD_GIT_USER to another name (pushes then go to NAME@HOST)")
@@ -202,12 +264,24 @@ def install(keys: list[PushKey], boot: Bootstrap, user: pwd.struct_passwd) -> No
             print(f"    {exc}; its keys reach nothing", file=sys.stderr)
     for path in repositories.values():
         share_with_group(path, user.pw_gid)
+    for site in sorted(set(boot_sites(boot)) - set(repositories)):  # a site without keys: root's alone again
+        with contextlib.suppress(KeyError_, OSError):
+            if grp_of(repository_of(boot, site)) == user.pw_gid:
+                unshare(repository_of(boot, site))
     ssh_dir = Path(user.pw_dir) / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(ssh_dir, user.pw_uid, user.pw_gid)
     target = ssh_dir / "authorized_keys"
     replace_file(target, authorized_keys(keys, repositories), mode=0o600)
     os.chown(target, user.pw_uid, user.pw_gid)
+
+
+def boot_sites(boot: Bootstrap) -> list[str]:
+    return [site.name for site in boot.sites]
+
+
+def grp_of(path: Path) -> int:
+    return os.stat(path).st_gid
 
 
 def ssh_server_answers(port: int = 22) -> bool:
@@ -245,11 +319,21 @@ def setup(keys_path: Path, yaml_path: Path) -> int:
     return 0
 
 
-def teardown() -> int:
-    """Remove the git user pequod made (its home is GIT_HOME; another one is left alone)."""
+def teardown(yaml_path: Path) -> int:
+    """Remove the git user pequod made (its home is GIT_HOME; another one is left alone), its group's access to the
+    sites' repositories first (they stay, root's alone)."""
     user = git_user(create=False) if _exists(GIT_USER) else None
     if user is not None:
-        subprocess.run(["userdel", "--remove", GIT_USER], check=True, capture_output=True)
+        with contextlib.suppress(KeyError_, OSError):
+            from container.bootstrap import load_bootstrap
+
+            boot = load_bootstrap(str(yaml_path))
+            for site in boot_sites(boot):
+                with contextlib.suppress(KeyError_, OSError):
+                    path = repository_of(boot, site)
+                    if grp_of(path) == user.pw_gid:
+                        unshare(path)
+        subprocess.run(["userdel", "--remove", GIT_USER], check=True, capture_output=True, text=True)
         print(f"    removed the user {GIT_USER} (pushes over SSH) and {GIT_HOME}")
     return 0
 
@@ -272,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yaml", type=Path, default=Path("/etc/pequod/pequod-bootstrap.yaml"))
     args = parser.parse_args(argv)
     try:
-        return setup(args.keys, args.yaml) if args.command == "setup" else teardown()
+        return setup(args.keys, args.yaml) if args.command == "setup" else teardown(args.yaml)
     except (AgentError, OSError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc
         print(f"push keys: {' '.join(str(detail).split())}", file=sys.stderr)

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import secrets
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -273,10 +274,10 @@ def drop_keys(paths: Paths, site: str, boot: Any) -> None:
     keys = push_keys.read_keys(paths.keys)
     kept = [key for key in keys if key.site != site]
     if len(kept) < len(keys):
-        push_keys.write_keys(paths.keys, kept)
         user = push_keys.git_user(create=False)
         if user is not None:
             push_keys.install(kept, boot, user)
+        push_keys.write_keys(paths.keys, kept)
         print(f"    removed its {len(keys) - len(kept)} push key(s)")
 
 
@@ -304,8 +305,8 @@ def key_add(paths: Paths, site: str, name: str, source: str) -> int:
         keys.append(push_keys.PushKey(site, name, kind, blob))
         user = push_keys.git_user(create=True)
         assert user is not None
+        push_keys.install(keys, boot, user)  # first: the file lists only keys that work
         push_keys.write_keys(paths.keys, keys)
-        push_keys.install(keys, boot, user)
     added = keys[-1]
     print(f"""    {name} ({added.fingerprint}) may push to and fetch from {repository} over SSH:
     git clone {user.pw_name}@HOST:{site} {site}      (HOST: this machine's name or address)
@@ -323,10 +324,10 @@ def key_remove(paths: Paths, site: str, name: str) -> int:
         if len(kept) == len(keys):
             raise push_keys.KeyError_(f"site {site} has no key {name!r} (./bootstrap.sh site key list {site} "
                                       "shows its keys)")
-        push_keys.write_keys(paths.keys, kept)
         user = push_keys.git_user(create=False)
         if user is not None:
             push_keys.install(kept, boot, user)
+        push_keys.write_keys(paths.keys, kept)
     print(f"    removed: {name} can no longer push to or fetch from site {site}")
     return 0
 
@@ -408,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                 return key_remove(paths, args.site, args.name)
             return key_list(paths, args.site, args.json)
         return list_sites(paths, args.json)
-    except (AgentError, OSError, yaml.YAMLError) as exc:
+    except (AgentError, OSError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
+        if isinstance(exc, subprocess.CalledProcessError):  # useradd, git config: what the program said
+            said = (exc.stderr or "").strip().splitlines() if isinstance(exc.stderr, str) else []
+            exc = AgentError(f"{' '.join(map(str, exc.cmd[:3]))}: {said[-1] if said else f'exit {exc.returncode}'}")
         message = " ".join(str(exc).split())  # one line
         command = f"{args.command} {args.key_command}" if args.command == "key" else args.command
         print(f"site {command}: {message}", file=sys.stderr)

@@ -333,6 +333,8 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     assert site_release() is None
     assert (SITE_REPO / "HEAD").exists() and not Path("/etc/pequod").exists()
     assert subprocess.run(["id", "git"], capture_output=True).returncode != 0  # the git user for pushes is gone
+    objects = (SITE_REPO / "objects").stat()  # ... and its group's access to the blog's repository (bob's key)
+    assert objects.st_gid == 0 and not objects.st_mode & 0o020
     # The blog's volume (its releases) stays too, unmounted, until --purge.
     volumes = Path("/var/lib/pequod-agent/volumes")
     assert (volumes / "blog-workdir.ext4").is_file() and not volume.mounted(volumes / "blog-workdir")

@@ -4,13 +4,14 @@ the authorized_keys lines, pure. A real sshd, ssh and git push through them: tes
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from container import push_keys
-from container.git_serve import decide, site_of
+from container.git_serve import decide, environment, site_of
 from container.push_keys import KeyError_, PushKey, authorized_keys, parse_key
 
 
@@ -52,7 +53,8 @@ ALLOWED = {"docs": "/srv/pequod/docs.git", "blog": "/srv/pequod/site.git"}
     ("git-upload-pack '~/blog/'", ["upload-pack", "/srv/pequod/site.git"]),
 ])
 def test_git_may_reach_the_keys_sites(original: str, command: list[str]) -> None:
-    assert decide(original, ALLOWED) == (["git", "-c", f"safe.directory={command[1]}", *command], "")
+    assert decide(original, ALLOWED) == (["git", "-c", f"safe.directory={command[1]}", "-c",
+                                          "receive.fsckObjects=true", *command], "")
 
 
 @pytest.mark.parametrize(("original", "says"), [
@@ -96,3 +98,35 @@ def test_the_keys_file_round_trips(tmp_path: Path) -> None:
     (tmp_path / "keys.yaml").write_text("docs: [not, a, mapping]\n")
     with pytest.raises(KeyError_, match="site 'docs': expected a mapping"):
         push_keys.read_keys(tmp_path / "keys.yaml")
+
+
+def test_git_runs_without_what_the_client_sent() -> None:
+    env = environment({"HOME": "/var/lib/pequod-git", "GIT_CONFIG_PARAMETERS": "'core.hooksPath'='/tmp/x'",
+                       "GIT_PROTOCOL": "version=2", "LD_PRELOAD": "/tmp/x.so"})
+    assert env == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/var/lib/pequod-git", "LANG": "C.UTF-8",
+                   "GIT_PROTOCOL": "version=2"}
+    assert "GIT_PROTOCOL" not in environment({"GIT_PROTOCOL": "version=2:x"})
+
+
+def test_a_key_is_kept_in_one_spelling(tmp_path: Path) -> None:
+    kind, blob = parse_key(a_key(tmp_path), "id.pub")
+    assert parse_key(f"{kind} {blob}== padded", "id.pub") == (kind, blob)  # extra padding: the same key
+
+
+def test_only_a_repository_root_alone_writes_is_shared(tmp_path: Path) -> None:
+    repository = tmp_path / "docs.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repository)], check=True)
+    (repository / "hooks" / "post-update").write_text("#!/bin/sh\n")
+    (repository / "outside").symlink_to("/etc/passwd")
+    before = Path("/etc/passwd").stat()
+    push_keys.share_with_group(repository, 4242)
+    objects, config, hook = repository / "objects", repository / "config", repository / "hooks" / "post-update"
+    assert objects.stat().st_gid == 4242 and objects.stat().st_mode & 0o2070 == 0o2070  # setgid, rwx for the group
+    assert config.stat().st_gid == 4242 and not config.stat().st_mode & 0o020  # git's settings: root writes them
+    assert not hook.stat().st_mode & 0o020
+    assert Path("/etc/passwd").stat() == before  # the link was not followed
+    push_keys.unshare(repository)
+    assert objects.stat().st_gid == 0 and not objects.stat().st_mode & 0o020
+    os.chown(repository / "HEAD", 1000, 1000)  # a file another user owns: that user could swap it for a link
+    with pytest.raises(KeyError_, match="belongs to uid 1000, not root"):
+        push_keys.share_with_group(repository, 4242)

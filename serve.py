@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     cherrypy.engine.signals.subscribe()
     heap.release()  # what importing and starting left in the C heap (the idle instance's memory)
     print(f"serve.py: serving {site} on [{args.host}]:{args.port}", file=sys.stderr, flush=True)
-    cherrypy.engine.block()
+    # The engine's main thread only waits for the end (a signal sets it): it looks once a second, not ten times
+    # (CherryPy's default), which was most of an idle instance's CPU (0.27 % of a core, now 0.07 %).
+    cherrypy.engine.block(interval=1.0)
     return 0
 
 

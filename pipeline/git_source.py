@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import git
+from git.refs.symbolic import SymbolicReference
 
 from pipeline.config import redact_url
 from pipeline.errors import GitError, short
@@ -26,6 +27,9 @@ def _message(exc: git.GitCommandError) -> str:
         if line.startswith(("fatal:", "error:")):
             return short(" ".join(lines[index:index + 3]))
     return short(lines[-1]) if lines else f"git exited with status {exc.status}"
+
+
+_UNREAD = object()  # a local repository whose refs could not be read directly
 
 
 def local_path(url: str) -> str | None:
@@ -56,6 +60,8 @@ class GitSource:
         self.clone_dir = clone_dir
         self.git_dir = git_dir or clone_dir.with_name(clone_dir.name + ".git")
         self.timeout = timeout
+        self._remote_repo: git.Repo | None = None  # a repository on this machine, its refs read directly
+        self._remote_path: Path | None = None
 
     @functools.cached_property
     def _env(self) -> dict[str, str]:
@@ -80,8 +86,15 @@ class GitSource:
     def remote_head(self) -> str | None:
         """The commit the remote branch points at, or None when the branch does not exist.
 
-        This is the cheap check: one `git ls-remote`, no objects transferred.
+        This is the cheap check, made every POLL_INTERVAL: for a repository on this machine, its ref files
+        read by GitPython (loose or packed, no process started); else one `git ls-remote`, no objects
+        transferred.
         """
+        local = local_path(self.url)
+        if local is not None:
+            found = self._local_head(Path(local))
+            if found is not _UNREAD:
+                return found
         cmd = git.Git()
         cmd.update_environment(**self._env)
         try:
@@ -93,6 +106,19 @@ class GitSource:
             if ref == self._ref:
                 return sha
         return None
+
+    def _local_head(self, path: Path) -> str | None | object:
+        """The branch's commit in the local repository `path`, None when it has no such branch, or _UNREAD when
+        its refs cannot be read that way (not a repository: `git ls-remote` then says what is wrong)."""
+        try:
+            if self._remote_repo is None or self._remote_path != path:
+                self._remote_repo, self._remote_path = git.Repo(path), path
+            return SymbolicReference.dereference_recursive(self._remote_repo, self._ref)
+        except ValueError:  # GitPython's "Reference at 'refs/heads/…' does not exist"
+            return None
+        except (git.exc.GitError, OSError):
+            self._remote_repo = None
+            return _UNREAD
 
     def _repo(self) -> git.Repo:
         self.clone_dir.mkdir(parents=True, exist_ok=True)

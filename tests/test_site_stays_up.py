@@ -455,7 +455,7 @@ def test_an_instance_whose_watcher_hangs_is_replaced_and_publishes_again(site: S
         health = f"http://[{first['ipv6']}]:8000/_site/health"
         wait_for("the stale heartbeat to fail the health check",
                  lambda: requests.get(health, timeout=2).json().get("watcher") == "stale", 30, interval=0.5)
-        second = site.run.wait_healthy(timeout=60, not_name=first["instance_name"])
+        second = site.run.wait_healthy(timeout=90, not_name=first["instance_name"])  # 3 failed checks, 10 s apart
         commit = site.repo.add_post("after-the-watcher-hung", "Published after the watcher hung")
         site.wait_live(commit, timeout=60)
         live = time.monotonic() - stopped

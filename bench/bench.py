@@ -513,6 +513,19 @@ def container_rss_mib(container) -> float:
     return round(total / 1024, 1)
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(container) -> dict[str, float]:
+    """CPU seconds so far of each process of the container, by its command line."""
+    found: dict[str, float] = {}
+    for pid, args in (container.top(ps_args="-eo pid,args")["Processes"] or []):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[args[:40]] = found.get(args[:40], 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
 def bench_idle(run: AgentRun, seconds: int) -> dict:
     """An idle site: its instance and its builder (CPU, RSS at the start and at the end)."""
     row = next(r for r in run.instances() if r["application_name"] == "srcco-de")
@@ -524,11 +537,16 @@ def bench_idle(run: AgentRun, seconds: int) -> dict:
         return [c.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9 for c in containers]
 
     builds_before = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
-    cpu_before = cpu()
+    cpu_before, processes_before = cpu(), process_cpu(containers[0])
     rss_start = [container_rss_mib(c) for c in containers]
     time.sleep(seconds)
     # A container's counter starts again when it does (the builder, once its worker ended): then all of it counts.
-    cpu_after = cpu()
+    cpu_after, processes_after = cpu(), process_cpu(containers[0])
+    # The instance's long-lived processes; the rest of its CPU is what started and ended in between (the health
+    # probe Docker starts every 10 s, a git the watcher ran).
+    split = {name: round(used - processes_before[name], 3) for name, used in processes_after.items()
+             if name in processes_before}
+    split["short-lived processes"] = round(max(cpu_after[0] - cpu_before[0] - sum(split.values()), 0.0), 3)
     cpu_seconds = sum(after - before if after >= before else after
                       for before, after in zip(cpu_before, cpu_after, strict=True))
     builds_after = len(requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()["builds"])
@@ -537,7 +555,7 @@ def bench_idle(run: AgentRun, seconds: int) -> dict:
             "cpu_seconds": round(cpu_seconds, 2), "cpu_percent_of_a_core": round(100 * cpu_seconds / seconds, 2),
             "instance_rss_mib_at_start": rss_start[0], "instance_rss_mib": rss_end[0],
             "builder_rss_mib_at_start": sum(rss_start[1:]), "builder_rss_mib": sum(rss_end[1:]),
-            "site_rss_mib": round(sum(rss_end), 1)}
+            "site_rss_mib": round(sum(rss_end), 1), "instance_cpu_seconds_by_process": split}
 
 
 # -- under attack -----------------------------------------------------------------------------------
@@ -613,7 +631,9 @@ def markdown(results: dict) -> str:
               f"the builder {idle.get('builder_rss_mib_at_start', 0)} MiB at the start (build worker still "
               f"loaded), {idle['instance_rss_mib']} + {idle.get('builder_rss_mib', 0)} = "
               f"{idle.get('site_rss_mib', idle['instance_rss_mib'])} MiB at the end (worker ended after "
-              "BUILD_WORKER_IDLE=30 s).", ""]
+              "BUILD_WORKER_IDLE=30 s). The instance's CPU seconds by process: "
+              + ", ".join(f"`{name}` {used}" for name, used in idle.get("instance_cpu_seconds_by_process", {}).items())
+              + ".", ""]
     if "https" in results:
         lines += [f"**HTTPS**, post page (wrk, 2 threads, 32 keep-alive connections, {results['wrk_seconds']} s; "
                   "TLS 1.3, same certificate)", "",

@@ -113,6 +113,9 @@ class GitSource:
         try:
             if self._remote_repo is None or self._remote_path != path:
                 self._remote_repo, self._remote_path = git.Repo(path), path
+            if not (Path(self._remote_repo.git_dir) / "HEAD").is_file():  # moved or removed since
+                self._remote_repo = None
+                return _UNREAD
             return SymbolicReference.dereference_recursive(self._remote_repo, self._ref)
         except ValueError:  # GitPython's "Reference at 'refs/heads/…' does not exist"
             return None

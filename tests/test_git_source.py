@@ -37,3 +37,9 @@ def test_what_is_not_a_repository_is_left_to_git_which_says_what_is_wrong(tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(GitError, match="cannot reach"):
         GitSource(f"file://{tmp_path / 'empty'}", "main", tmp_path / "clone", timeout=30).remote_head()
+    repo = SiteRepo(tmp_path / "remote")
+    source = GitSource(repo.url, "main", tmp_path / "clone", timeout=30)
+    assert source.remote_head() == repo.clone.head.commit.hexsha
+    repo.bare.rename(repo.bare.with_name("moved.git"))  # a repository moved away: unreachable, not "no branch"
+    with pytest.raises(GitError, match="cannot reach"):
+        source.remote_head()

@@ -264,10 +264,7 @@ def install(keys: list[PushKey], boot: Bootstrap, user: pwd.struct_passwd) -> No
             print(f"    {exc}; its keys reach nothing", file=sys.stderr)
     for path in repositories.values():
         share_with_group(path, user.pw_gid)
-    for site in sorted(set(boot_sites(boot)) - set(repositories)):  # a site without keys: root's alone again
-        with contextlib.suppress(KeyError_, OSError):
-            if grp_of(repository_of(boot, site)) == user.pw_gid:
-                unshare(repository_of(boot, site))
+    unshare_sites(boot, set(repositories), user.pw_gid)  # a site without keys: root's alone again
     ssh_dir = Path(user.pw_dir) / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(ssh_dir, user.pw_uid, user.pw_gid)
@@ -276,12 +273,21 @@ def install(keys: list[PushKey], boot: Bootstrap, user: pwd.struct_passwd) -> No
     os.chown(target, user.pw_uid, user.pw_gid)
 
 
-def boot_sites(boot: Bootstrap) -> list[str]:
-    return [site.name for site in boot.sites]
+def unshare_sites(boot: Bootstrap, keep: set[str], gid: int) -> None:
+    """Give the repositories of the sites but `keep` that are shared with the group `gid` back to root alone."""
+    for site in boot.sites:
+        if site.name in keep:
+            continue
+        with contextlib.suppress(KeyError_, OSError):
+            path = repository_of(boot, site.name)
+            if path.stat().st_gid == gid:
+                unshare(path)
 
 
-def grp_of(path: Path) -> int:
-    return os.stat(path).st_gid
+def program_error(exc: subprocess.CalledProcessError) -> str:
+    """What a failed program (useradd, git config) said, on one line."""
+    said = exc.stderr.strip().splitlines() if isinstance(exc.stderr, str) else []
+    return f"{' '.join(map(str, exc.cmd[:3]))}: {said[-1] if said else f'exit status {exc.returncode}'}"
 
 
 def ssh_server_answers(port: int = 22) -> bool:
@@ -322,28 +328,15 @@ def setup(keys_path: Path, yaml_path: Path) -> int:
 def teardown(yaml_path: Path) -> int:
     """Remove the git user pequod made (its home is GIT_HOME; another one is left alone), its group's access to the
     sites' repositories first (they stay, root's alone)."""
-    user = git_user(create=False) if _exists(GIT_USER) else None
+    user = git_user(create=False)
     if user is not None:
-        with contextlib.suppress(KeyError_, OSError):
+        with contextlib.suppress(AgentError, OSError):  # no bootstrap YAML left: no repository to give back
             from container.bootstrap import load_bootstrap
 
-            boot = load_bootstrap(str(yaml_path))
-            for site in boot_sites(boot):
-                with contextlib.suppress(KeyError_, OSError):
-                    path = repository_of(boot, site)
-                    if grp_of(path) == user.pw_gid:
-                        unshare(path)
+            unshare_sites(load_bootstrap(str(yaml_path)), set(), user.pw_gid)
         subprocess.run(["userdel", "--remove", GIT_USER], check=True, capture_output=True, text=True)
         print(f"    removed the user {GIT_USER} (pushes over SSH) and {GIT_HOME}")
     return 0
-
-
-def _exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return setup(args.keys, args.yaml) if args.command == "setup" else teardown(args.yaml)
     except (AgentError, OSError, subprocess.CalledProcessError) as exc:
-        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc
-        print(f"push keys: {' '.join(str(detail).split())}", file=sys.stderr)
+        detail = program_error(exc) if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        print(f"push keys: {' '.join(detail.split())}", file=sys.stderr)
         return 1
 
 

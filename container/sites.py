@@ -287,8 +287,11 @@ def key_add(paths: Paths, site: str, name: str, source: str) -> int:
         raise push_keys.KeyError_(f"{name!r} is not a key name: lowercase letters, digits, '.', '_' and '-', at "
                                   "most 40, starting with a letter or digit (e.g. the person's name)")
     shown = "standard input" if source == "-" else source
-    text = sys.stdin.read(push_keys.MAX_KEY_BYTES + 1) if source == "-" else \
-        Path(source).read_text(errors="replace")[:push_keys.MAX_KEY_BYTES + 1]
+    if source == "-":
+        text = sys.stdin.read(push_keys.MAX_KEY_BYTES + 1)
+    else:
+        with open(source, errors="replace") as handle:  # no more than a key's size read, whatever the file's
+            text = handle.read(push_keys.MAX_KEY_BYTES + 1)
     if len(text) > push_keys.MAX_KEY_BYTES:
         raise push_keys.KeyError_(f"{shown}: larger than a public key ({push_keys.MAX_KEY_BYTES} bytes at most)")
     kind, blob = push_keys.parse_key(text, shown)
@@ -410,10 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             return key_list(paths, args.site, args.json)
         return list_sites(paths, args.json)
     except (AgentError, OSError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
-        if isinstance(exc, subprocess.CalledProcessError):  # useradd, git config: what the program said
-            said = (exc.stderr or "").strip().splitlines() if isinstance(exc.stderr, str) else []
-            exc = AgentError(f"{' '.join(map(str, exc.cmd[:3]))}: {said[-1] if said else f'exit {exc.returncode}'}")
-        message = " ".join(str(exc).split())  # one line
+        said = push_keys.program_error(exc) if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        message = " ".join(said.split())  # one line
         command = f"{args.command} {args.key_command}" if args.command == "key" else args.command
         print(f"site {command}: {message}", file=sys.stderr)
         return 1

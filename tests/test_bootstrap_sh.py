@@ -67,13 +67,7 @@ def get(host: str, path: str = "") -> requests.Response:
 def push_post(repository: Path, work: Path, slug: str, text: str) -> str:
     """Clone, add a post, commit and push; returns the commit pushed."""
     subprocess.run(["git", "clone", "-q", str(repository), str(work)], check=True)
-    (work / "posts" / f"{slug}.md").write_text(
-        f"<!--\n.. title: {text}\n.. slug: {slug}\n.. date: 2026-11-28 10:00:00 UTC\n-->\n\n{text}\n")
-    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", text], check=True)
-    subprocess.run([*git, "push", "-q"], check=True)
-    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    return commit_post(work, slug, text)
 
 
 def commit_post(work: Path, slug: str, text: str, env: dict[str, str] | None = None) -> str:

@@ -21,13 +21,14 @@ import os
 import socket
 import sys
 from collections.abc import Iterable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import cheroot.server
 import cherrypy
 
-from pipeline import heap, heartbeat, layout, metrics, site_rules, static_files
+from pipeline import config, heap, heartbeat, layout, metrics, preview_hosts, site_rules, static_files
 from pipeline.answers import Answer, Memo, StartResponse, accepts_gzip, memo_path, method_not_allowed, send_plain
 from pipeline.site_admin import RESERVED_PREFIX, SiteAdmin
 from pipeline.webhook import MAX_BODY, HookGuard
@@ -40,8 +41,13 @@ class SiteApp:
     the reserved paths under /_site/ (pipeline.site_admin)."""
 
     def __init__(self, site_link: Path, status_file: Path | None, wake_file: Path | None = None,
-                 hook_guard: HookGuard | None = None, heartbeat_file: Path | None = None):
+                 hook_guard: HookGuard | None = None, heartbeat_file: Path | None = None,
+                 previews: dict[str, Any] | None = None, previews_dir: Path | None = None):
         self._roots: dict[str, str] = {}
+        # Previews of the site's other branches (pipeline.config.previews: previews_host, previews_password…).
+        self.previews_host: str | None = (previews or {}).get("previews_host")
+        self.previews_dir = os.path.realpath(previews_dir or site_link.parent / "previews")
+        self.preview_guard = HookGuard((previews or {}).get("previews_password"))
         self.memo = Memo()
         self.site_rules = site_rules.RulesCache()
         self.site_link = str(site_link)
@@ -81,6 +87,10 @@ class SiteApp:
         if environ.get("HTTP_SERVICE_WORKER"):
             # A service worker registered from a pushed page with scope "/" would answer for /_site/ too.
             return send_plain(start_response, "403 Forbidden", "service workers are not served here\n")
+        if self.previews_host is not None:
+            label = preview_hosts.label_of(environ.get("HTTP_HOST") or "", self.previews_host)
+            if label is not None:
+                return self.preview(label, method, path_info, environ, start_response)
         if path_info.startswith(RESERVED_PREFIX):
             return self.admin.answer(environ, start_response)
         if method not in ("GET", "HEAD"):
@@ -90,11 +100,39 @@ class SiteApp:
             return send_plain(
                 start_response, "503 Service Unavailable", "no release is live yet\n", [("Retry-After", "5")]
             )
+        return self.serve_release(root, environ, start_response)
+
+    def preview(self, label: str, method: str, path_info: str, environ: dict[str, Any],
+                start_response: StartResponse) -> Iterable[bytes]:
+        """A branch's preview (pipeline.previews): its password asked first (nothing is told before, not even
+        whether the preview exists), never the deploy data, never indexed, never kept by a shared cache."""
+        start_response = preview_headers(start_response)
+        verdict = self.preview_guard.basic(SiteAdmin.client(environ), environ.get("HTTP_AUTHORIZATION") or "")
+        if not verdict.accepted:
+            extra = [("Retry-After", "1")] if verdict.status == 429 else [("WWW-Authenticate", preview_hosts.REALM)]
+            return send_plain(start_response, f"{verdict.status} {HTTPStatus(verdict.status).phrase}",
+                              f"{verdict.reason}\n", extra)
+        if path_info.startswith(RESERVED_PREFIX):
+            return send_plain(start_response, "404 Not Found", "not found\n")
+        if method not in ("GET", "HEAD"):
+            return method_not_allowed(start_response)
+        root = os.path.realpath(os.path.join(self.previews_dir, label, "current"))
+        if not os.path.isdir(root) or os.path.dirname(os.path.dirname(root)) != os.path.join(self.previews_dir, label):
+            return send_plain(start_response, "404 Not Found", "No preview is served at this address.\n")
+        return self.serve_release(root, environ, start_response, memo=False)
+
+    def serve_release(self, root: str, environ: dict[str, Any], start_response: StartResponse,
+                      memo: bool = True) -> Iterable[bytes]:
+        """The answer from the release at `root` (its rules, then its files); kept in the memo when `memo` (the
+        live release's: a preview's readers never push the live site's answers out)."""
+        path_info = environ.get("PATH_INFO") or "/"
         rules = self.site_rules.for_release(root)
         if not rules.empty:
             start_response, redirected = static_files.apply_rules(root, rules, environ, start_response)
             if redirected is not None:
                 return redirected
+        if not memo:
+            return static_files.serve(root, environ, start_response)
         # Releases never change: a rendered answer is kept per release (a new release starts afresh).
         # A missing path's answer (the 404 page) is not kept: a flood of distinct URLs must not grow the memo.
         key = (memo_path(path_info), accepts_gzip(environ))
@@ -122,6 +160,14 @@ class SiteApp:
                 close()
             return None
         return Answer(captured[0], captured[1], b"".join(body))
+
+
+def preview_headers(start_response: StartResponse) -> StartResponse:
+    """A preview's answers: its own Cache-Control (no shared cache keeps them) and noindex."""
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        kept = [(name, value) for name, value in headers if name.lower() not in ("cache-control", "expires")]
+        return start_response(status, [*kept, *preview_hosts.HEADERS], exc_info)
+    return start
 
 
 def has_body(environ: dict[str, Any]) -> bool:
@@ -196,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     wake_file = Path(args.wake_file) if args.wake_file else None
     guard = HookGuard(os.environ.get("WEBHOOK_SECRET") or None)
     heartbeat_file = Path(args.heartbeat_file) if args.heartbeat_file else None
-    cherrypy.tree.graft(SiteApp(site, status_file, wake_file, guard, heartbeat_file), "")
+    try:
+        previews = config.previews(os.environ) if not args.site_dir else {}
+    except config.ConfigError as exc:
+        print(f"serve.py: {exc}", file=sys.stderr)
+        return 2
+    cherrypy.tree.graft(SiteApp(site, status_file, wake_file, guard, heartbeat_file, previews, data.previews), "")
     # The HTTP server is made here (not by engine.start()) so it is set up before the first request:
     httpserver, cherrypy.server.bind_addr = cherrypy.server.httpserver_from_self()
     httpserver.keep_alive_conn_limit = 1024  # stock cheroot closes keep-alive connections beyond 10

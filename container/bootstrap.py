@@ -38,6 +38,12 @@
         vmhz: 500               # optional: less than the manifest's <resources vmhz>
         environment: {SITE_REPO: file:///srv/pequod/site.git}   # over the top-level environment
         mounts: [{source: /srv/pequod/site.git, target: /srv/pequod/site.git}]   # besides the top-level ones
+        previews: {max: 5}      # optional: over the top-level previews, for this site
+    previews:                   # optional: a preview per branch at BRANCH--SITE.DOMAIN (docs/previews.md)
+      domain: preview.example.org   # wildcard DNS *.preview.example.org points at this host
+      max: 10                   # per site; the least recently pushed retire first
+      password: "…"             # HTTP Basic, user `preview`; default: derived from the site's token
+      public: false             # true: no password
 """
 from __future__ import annotations
 
@@ -67,6 +73,7 @@ from container.settings import (  # noqa: F401 - the records are imported from h
     Mount,
     Nat64,
     Network,
+    Previews,
     Route,
     Site,
     TlsSettings,
@@ -88,11 +95,11 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
     if data is None:
         data = {}
     top = read.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend",
-                                           "mounts", "metrics", "sites"), ())
+                                           "mounts", "metrics", "sites", "previews"), ())
     networks = _networks(read, top.get("networks"))
     frontend = _frontend(read, top.get("frontend"), bool(top.get("sites")))
-    sites = _sites(read, top.get("sites"), frontend)
     environment = _environment(read, top.get("environment"), "environment")
+    sites = _sites(read, top.get("sites"), frontend, top.get("previews"), environment)
     return Bootstrap(source, _services(read, top.get("external_services")), networks[0] if networks else None,
                      environment, _nat64(read, top.get("nat64"), networks), frontend,
                      _mounts(read, top.get("mounts"), "mounts"), _metrics(read, top.get("metrics")), sites)
@@ -186,11 +193,55 @@ def _mounts(read: Reader, value: Any, where: str) -> tuple[Mount, ...]:
     return tuple(mounts)
 
 
-SITE_KEYS = ("name", "domains", "default", "email", "memory_mb", "vmhz", "environment", "mounts")
+SITE_KEYS = ("name", "domains", "default", "email", "memory_mb", "vmhz", "environment", "mounts", "previews")
+PREVIEW_KEYS = ("domain", "max", "password", "public")
 
 
-def _sites(read: Reader, value: Any, frontend: FrontendSettings) -> tuple[Site, ...]:
+def _preview_fields(read: Reader, value: Any, where: str) -> dict[str, Any]:
+    """One `previews` mapping (at the top: for every site; in a site's entry: over the top's), each key checked."""
+    if value is None:
+        return {}
+    fields = dict(read.mapping(value, where, PREVIEW_KEYS, ()))
+    if "domain" in fields:
+        fields["domain"] = read.text(fields["domain"], f"{where}.domain").strip().lower().rstrip(".")
+        if not DOMAIN.fullmatch(fields["domain"]):
+            raise read.fail(f"{where}.domain", f"{fields['domain']!r} is not a host name such as preview.example.org "
+                            "(its wildcard *.preview.example.org points at this host)")
+    if "max" in fields:
+        fields["max"] = read.integer(fields["max"], f"{where}.max", 1, 100, "previews per site")
+    if "password" in fields:
+        password = read.text(fields["password"], f"{where}.password")
+        if not 8 <= len(password) <= 128 or not password.isprintable():
+            raise read.fail(f"{where}.password", "expected 8 to 128 printable characters")
+        fields["password"] = password
+    if "public" in fields and not isinstance(fields["public"], bool):
+        raise read.fail(f"{where}.public", f"expected true or false, got {kind(fields['public'])}")
+    return fields
+
+
+def _site_previews(read: Reader, top: dict[str, Any], value: Any, where: str, name: str,
+                   env: dict[str, str]) -> Previews | None:
+    fields = {**top, **_preview_fields(read, value, f"{where}.previews")}
+    if not fields:
+        return None
+    if "domain" not in fields:
+        raise read.fail(f"{where}.previews", "missing key domain (here or in the top-level previews)")
+    if "--" in name:
+        raise read.fail(f"{where}.name", f"{name!r}: with previews, a site's name has no '--' (it separates a "
+                        "branch's label from the site's name in a preview's address)")
+    public = fields.get("public", False)
+    if not public and not fields.get("password") and not env.get("WEBHOOK_SECRET"):
+        raise read.fail(f"{where}.previews", "previews ask for a password: set previews.password, give the site a "
+                        "WEBHOOK_SECRET (the password is then derived from it), or set previews.public: true")
+    return Previews(fields["domain"], fields.get("max", 10), fields.get("password"), public)
+
+
+def _sites(read: Reader, value: Any, frontend: FrontendSettings, previews: Any = None,
+           environment: tuple[tuple[str, str], ...] = ()) -> tuple[Site, ...]:
     """`sites`: names and domains unique across sites; at most one default; with HTTPS, domains per site."""
+    top_previews = _preview_fields(read, previews, "previews")
+    if previews is not None and not value:
+        raise read.fail("previews", "previews are per site: list the sites under `sites`")
     sites: list[Site] = []
     owner: dict[str, str] = {}
     for index, item in enumerate(read.listing(value, "sites")):
@@ -216,9 +267,18 @@ def _sites(read: Reader, value: Any, frontend: FrontendSettings) -> tuple[Site, 
         limits = {key: read.integer(fields[key], f"{where}.{key}", 1, 1000000, what)
                   for key, what in (("memory_mb", "megabytes"), ("vmhz", "virtual MHz")) if key in fields}
         email = read.text(fields["email"], f"{where}.email", EMAIL, "an email address") if "email" in fields else ""
-        sites.append(Site(name, domains, default, email, environment=_environment(
-            read, fields.get("environment"), f"{where}.environment"),
-            mounts=_mounts(read, fields.get("mounts"), f"{where}.mounts"), **limits))
+        site_env = _environment(read, fields.get("environment"), f"{where}.environment")
+        site_previews = _site_previews(read, top_previews, fields.get("previews"), where, name,
+                                       {**dict(environment), **dict(site_env)})
+        sites.append(Site(name, domains, default, email, environment=site_env,
+                          mounts=_mounts(read, fields.get("mounts"), f"{where}.mounts"), previews=site_previews,
+                          **limits))
+    for site in sites:  # a preview's name is never a site's domain
+        for other in sites:
+            clash = next((d for d in site.domains if other.previews and d.endswith("." + other.previews.domain)), None)
+            if clash is not None:
+                raise read.fail(f"sites[{sites.index(site)}].domains", f"{clash} is under the previews' domain "
+                                f"{other.previews.domain} (site {other.name!r}), whose names are the previews'")
     if sites and frontend.tls is not None and frontend.tls.domains:
         raise read.fail("frontend.tls.domains", "with sites, each site lists its own domains; remove these")
     return tuple(sites)

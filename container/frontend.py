@@ -158,6 +158,12 @@ def site_rules(service: Service) -> list[str]:
     tls = service.tls
     lines = [f"    acl site_{site.name} var(txn.host) -m str {' '.join(site.domains)}"
              for site in service.sites if site.domains]
+    # A site's previews: LABEL--SITE.DOMAIN (the label checked by the instance, after the password), never
+    # redirected (no certificate names them) and never in the cache.
+    previews = sorted((site for site in service.sites if site.previews), key=lambda site: -len(site.previews or ""))
+    for site in previews:
+        lines += [f"    acl preview_{site.name} var(txn.host) -m end -- --{site.previews}",
+                  f"    http-request set-var(txn.preview) bool(true) if preview_{site.name}"]
     if tls is not None:
         lines += ["    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
                   "    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
@@ -165,7 +171,8 @@ def site_rules(service: Service) -> list[str]:
         port = "" if tls.port == 443 else f":{tls.port}"
         local = "".join(f" !{{ dst {address} }}" for address in sorted({str(a) for a, _ in service.local_binds}))
         plain = f"!{{ ssl_fc }} {{ dst_port {service.port} }}{local} !acme_challenge"
-        owned = " ".join(f"!site_{site.name}" for site in service.sites if site.domains)
+        owned = " ".join([*(f"!site_{site.name}" for site in service.sites if site.domains),
+                          *(f"!preview_{site.name}" for site in previews)])
         for site in service.sites:
             if site.pem is None or not site.domains or not service.port:
                 continue
@@ -179,6 +186,7 @@ def site_rules(service: Service) -> list[str]:
                          "if { ssl_fc }")
         if tls.challenge_port is not None:
             lines.append("    use_backend pequod-acme if acme_challenge")
+    lines += [f"    use_backend {site_backend(service, site.name)} if preview_{site.name}" for site in previews]
     lines += [f"    use_backend {site_backend(service, site.name)} if site_{site.name}"
               for site in service.sites if site.domains]
     return lines
@@ -257,7 +265,8 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
                   f"    default_backend {default_backend(service)}", ""]
         if service.sites:
             for site in service.sites:
-                lines += backend(site_backend(service, site.name), service.health_path, site.servers)
+                lines += backend(site_backend(service, site.name), service.health_path, site.servers,
+                                 previews=bool(site.previews))
         else:
             lines += backend(service.name, service.health_path, service.servers)
     if any(service.sites and not any(site.default for site in service.sites) for service in services):
@@ -273,9 +282,10 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
     return "\n".join(lines)
 
 
-def backend(name: str, health_path: str, servers: tuple[Server, ...]) -> list[str]:
+def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: bool = False) -> list[str]:
     """One backend: its instances, checked, behind the cache (whose key is the Host and the URI, so sites
-    sharing a frontend never share entries)."""
+    sharing a frontend never share entries; a preview's answers are never stored nor answered from it)."""
+    unless = " unless { var(txn.preview) -m bool }" if previews else ""
     return [
         f"backend {name}",
         # The frontend asks whether the instance serves (`?serving`): one whose watcher stopped publishing
@@ -283,8 +293,8 @@ def backend(name: str, health_path: str, servers: tuple[Server, ...]) -> list[st
         f"    option httpchk GET {health_path}{'&' if '?' in health_path else '?'}serving",
         "    http-check expect status 200",
         "    default-server check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
-        "    http-request cache-use pages",
-        "    http-response cache-store pages",
+        f"    http-request cache-use pages{unless}",
+        f"    http-response cache-store pages{unless}",
         *(f"    server {s.name} [{s.address}]:{s.port}" for s in servers),
         "",
     ]

@@ -171,7 +171,8 @@ def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings,
             servers = (Server(instance.name, instance.address, provide.local_port),) if instance else ()
             if app.site is not None:
                 routed.setdefault(provide.name, []).append(SiteRoute(
-                    app.name, app.site.domains, servers, app.site.default, (site_pems or {}).get(app.name)))
+                    app.name, app.site.domains, servers, app.site.default, (site_pems or {}).get(app.name),
+                    app.site.previews_host))
                 if len(routed[provide.name]) > 1:
                     continue
             local_ports = sorted({r.local_port for other in apps for r in other.manifest.requires

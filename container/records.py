@@ -103,6 +103,7 @@ class SiteRoute:
     servers: tuple[Server, ...] = ()
     default: bool = False
     pem: Path | None = None
+    previews: str | None = None  # SITE.DOMAIN: its branches' previews answer at LABEL--SITE.DOMAIN
 
 
 @dataclass(frozen=True)

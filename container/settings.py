@@ -3,6 +3,9 @@ module of the agent reads, and nothing else."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -114,6 +117,33 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class Previews:
+    """Previews of a site's other branches at BRANCH--SITE.`domain` (pipeline.previews): at most `most`, behind
+    HTTP Basic (user `preview`, `password`; none set: one derived from the site's token) unless `public`."""
+    domain: str
+    most: int = 10
+    password: str | None = None
+    public: bool = False
+
+
+def preview_password(token: str) -> str:
+    """A site's preview password when none is set: derived from its token (WEBHOOK_SECRET), which it does not
+    reveal; `./bootstrap.sh site list --previews` shows it."""
+    digest = hmac.new(token.encode(), b"pequod preview password", hashlib.sha256).digest()
+    return base64.b32encode(digest).decode().lower()[:24]
+
+
+def previews_env(site: Site, env: dict[str, str]) -> dict[str, str]:
+    """What an instance of `site` is told of its previews (pipeline.config.previews); nothing without them."""
+    previews = site.previews
+    if previews is None:
+        return {}
+    password = previews.password or preview_password(env.get("WEBHOOK_SECRET", ""))
+    return {"PREVIEWS_HOST": f"{site.name}.{previews.domain}", "PREVIEWS_MAX": str(previews.most),
+            **({"PREVIEWS_PUBLIC": "1"} if previews.public else {"PREVIEWS_PASSWORD": password})}
+
+
+@dataclass(frozen=True)
 class Site:
     """One site of a host that serves several: an instance of the image with its own repository
     (environment), domains, certificate, volume and limits (None: the manifest's)."""
@@ -125,6 +155,12 @@ class Site:
     vmhz: int | None = None
     environment: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
+    previews: Previews | None = None
+
+    @property
+    def previews_host(self) -> str | None:
+        """SITE.DOMAIN: a branch's preview answers at LABEL--SITE.DOMAIN."""
+        return f"{self.name}.{self.previews.domain}" if self.previews is not None else None
 
 
 @dataclass(frozen=True)
@@ -145,7 +181,8 @@ class Bootstrap:
 
     def site_env(self, site: Site | None) -> dict[str, str]:
         """What an instance of `site` gets: the top-level environment with the site's own over it."""
-        return {**dict(self.environment), **dict(site.environment if site else ())}
+        env = {**dict(self.environment), **dict(site.environment if site else ())}
+        return {**env, **previews_env(site, env)} if site is not None else env
 
     def site_mounts(self, site: Site | None) -> tuple[Mount, ...]:
         return self.mounts + (site.mounts if site else ())

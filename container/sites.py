@@ -3,7 +3,7 @@
     python -m container.sites [--yaml FILE] [--state-dir DIR] [--repos DIR] ... COMMAND
         add NAME --domain DOMAIN [--domain ...] [--repo URL_OR_PATH] [--email ADDR] [--memory MB] [--vmhz MHZ]
         remove NAME [--purge]
-        list [--json]
+        list [--json] [--previews]
         token NAME
         key add SITE NAME [KEYFILE|-] | key list [SITE] [--json] | key remove SITE NAME
 
@@ -14,7 +14,8 @@ manifest's limits), creates the site's repository (REPOS/NAME.git, seeded with s
 site answers through the frontend. `remove` takes the entry out and waits until the agent has removed
 the site's instance (after draining); with --purge it deletes the repository `add` made and the site's
 volumes. `list` shows each site with its repository, the commit it serves and its state (asked of each
-instance with the site's token). `token` prints a site's token, its WEBHOOK_SECRET. `key` gives a person's
+instance with the site's token); with --previews, each site's previews (branch, address, state) and their
+password. `token` prints a site's token, its WEBHOOK_SECRET. `key` gives a person's
 SSH key push access to one site's repository, and takes it away (container/push_keys.py).
 """
 
@@ -226,6 +227,7 @@ def rows(paths: Paths, client: Any | None) -> list[dict[str, Any]]:
     found = []
     for site in boot.sites:
         state, commit, instance = ("stopped" if client is not None else "unknown"), None, None
+        previews: list[dict[str, Any]] = []
         newest_first = sorted(running.get(site.name, []), reverse=True,
                               key=lambda c: float((c.labels or {}).get("org.pequod.agent.started") or 0))
         for container in newest_first:
@@ -234,24 +236,48 @@ def rows(paths: Paths, client: Any | None) -> list[dict[str, Any]]:
             current = body.get("current") if status == 200 and isinstance(body, dict) else None
             if isinstance(current, dict):
                 state, commit, instance = "serving", current.get("commit"), container.name
+                previews = preview_rows(body.get("previews"))
                 break
             state, instance = "starting", container.name
         found.append({"name": site.name, "domains": list(site.domains), "default": site.default,
                       "repository": boot.site_env(site).get("SITE_REPO", ""), "live_commit": commit,
-                      "state": state, "instance": instance})
+                      "state": state, "instance": instance, "previews": previews,
+                      "preview_address": f"http://BRANCH--{site.previews_host}/" if site.previews else None,
+                      "preview_password": (boot.site_env(site).get("PREVIEWS_PASSWORD") if site.previews else None)})
     return found
 
 
-def list_sites(paths: Paths, as_json: bool) -> int:
+def preview_rows(previews: Any) -> list[dict[str, Any]]:
+    """A site's previews as its status tells them (branch, address, state, commit, error), by branch."""
+    rows = [{"branch": item.get("branch"), "address": item.get("address"), "state": item.get("state"),
+             "commit": item.get("commit"), "error": item.get("error")}
+            for item in (previews or {}).values() if isinstance(item, dict)]
+    return sorted(rows, key=lambda row: str(row["branch"]))
+
+
+def list_sites(paths: Paths, as_json: bool, previews: bool = False) -> int:
     from container.tables import table
 
     found = rows(paths, docker_client())
     if as_json:
         print(json.dumps(found, indent=2))
         return 0
-    print(table(("NAME", "DOMAINS", "REPOSITORY", "LIVE COMMIT", "STATE"), [
+    if previews:
+        print(table(("SITE", "BRANCH", "ADDRESS", "STATE", "COMMIT"), [
+            (row["name"], str(item["branch"]), str(item["address"]), str(item["state"]), str(item["commit"])[:12])
+            for row in found for item in row["previews"]]))
+        for row in found:
+            if row["preview_address"] is None:
+                print(f"{row['name']}: no previews (previews.domain in the bootstrap YAML turns them on)")
+            else:
+                access = (f"user preview, password {row['preview_password']}" if row["preview_password"]
+                          else "public (no password)")
+                print(f"{row['name']}: previews at {row['preview_address']}: {access}")
+        return 0
+    print(table(("NAME", "DOMAINS", "REPOSITORY", "LIVE COMMIT", "STATE", "PREVIEWS"), [
         (row["name"], " ".join(row["domains"] + (["(default)"] if row["default"] else [])) or "-",
-         row["repository"] or "-", (row["live_commit"] or "-")[:12], row["state"]) for row in found]))
+         row["repository"] or "-", (row["live_commit"] or "-")[:12], row["state"],
+         str(len(row["previews"])) if row["preview_address"] else "-") for row in found]))
     return 0
 
 
@@ -375,6 +401,7 @@ def parser() -> argparse.ArgumentParser:
     gone.add_argument("--purge", action="store_true", help="delete its repository (made by add) and its volumes")
     show = commands.add_parser("list", help="the sites, their repositories, live commits and states")
     show.add_argument("--json", action="store_true", help="JSON instead of a table")
+    show.add_argument("--previews", action="store_true", help="each site's previews, their addresses and password")
     secret = commands.add_parser("token", help="print the site's token (WEBHOOK_SECRET): its deploy data, "
                                                "rollbacks and webhook need it")
     secret.add_argument("name")
@@ -411,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.key_command == "remove":
                 return key_remove(paths, args.site, args.name)
             return key_list(paths, args.site, args.json)
-        return list_sites(paths, args.json)
+        return list_sites(paths, args.json, args.previews)
     except (AgentError, OSError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
         said = push_keys.program_error(exc) if isinstance(exc, subprocess.CalledProcessError) else str(exc)
         message = " ".join(said.split())  # one line

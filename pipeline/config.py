@@ -35,6 +35,11 @@ class Settings:
     build_worker_idle: float = 900.0  # seconds the warm build worker waits for the next build (pipeline.build_worker)
     landlock_abi_max: int | None = None  # the highest Landlock ABI the sandbox uses (None: the kernel's)
     builder_socket: Path | None = None  # the builder's worker (a container of its own); None: a process of ours
+    # Previews of the other branches (pipeline.previews), at LABEL--PREVIEWS_HOST; None: branches are ignored.
+    previews_host: str | None = None
+    previews_max: int = 10
+    previews_password: str | None = None  # HTTP Basic (user `preview`); None with previews_public only
+    previews_public: bool = False
 
     @property
     def layout(self) -> Layout:
@@ -158,4 +163,28 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
         build_worker_idle=build_worker_idle(env),
         landlock_abi_max=landlock_abi_max(env),
         builder_socket=check_builder_socket(env.get("BUILDER_SOCKET", "")),
+        **previews(env),
     )
+
+
+# SITE.DOMAIN: the site's name (no `--`, which separates a branch's label from it) and a host name.
+_PREVIEWS_HOST = re.compile(r"(?=.{1,253}\Z)[a-z](?:-?[a-z0-9])*(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
+
+
+def previews(env: Mapping[str, str]) -> dict[str, object]:
+    """PREVIEWS_HOST (SITE.DOMAIN; unset: no previews), PREVIEWS_MAX, PREVIEWS_PASSWORD, PREVIEWS_PUBLIC."""
+    host = env.get("PREVIEWS_HOST", "").strip().lower()
+    if not host:
+        return {}
+    if not _PREVIEWS_HOST.fullmatch(host) or len(host.split(".", 1)[0]) > 40:
+        raise ConfigError(f"PREVIEWS_HOST={host!r}: expected SITE.DOMAIN (the site's name, without '--', and the "
+                          "previews' domain), e.g. blog.preview.example.org")
+    most = int(_number(env, "PREVIEWS_MAX", 10, minimum=1, integer=True))
+    if most > 100:
+        raise ConfigError(f"PREVIEWS_MAX={most}: at most 100 previews per site")
+    public = _flag(env, "PREVIEWS_PUBLIC", False)
+    password = env.get("PREVIEWS_PASSWORD") or None
+    if password is None and not public:
+        raise ConfigError("PREVIEWS_PASSWORD is not set: previews ask for a password unless PREVIEWS_PUBLIC=1")
+    return {"previews_host": host, "previews_max": most, "previews_password": None if public else password,
+            "previews_public": public}

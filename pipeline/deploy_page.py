@@ -138,7 +138,8 @@ def _owned(status: dict[str, Any], current: dict[str, Any], builds: list[dict[st
     return [*_problems(status),
             f"<p>Remote {_e(status.get('remote'))}, branch {_e(status.get('branch'))}; last checked "
             f"{_e(status.get('last_check'))}.</p>",
-            _scheduled(status.get("scheduled")), _links(status.get("links")), _history(builds),
+            _scheduled(status.get("scheduled")), _previews(status.get("previews")), _links(status.get("links")),
+            _history(builds),
             _kept_releases(status.get("releases") or [], current, rollback_enabled)]
 
 
@@ -208,6 +209,29 @@ def _scheduled(scheduled: Any) -> str:
                    f"(<code>{_e(item.get('source'))}</code>)</td></tr>" for item in items)
     return ("<h2>Scheduled</h2><p>Posts dated in the future: published by themselves when due.</p>"
             f"<table><tr><th>due (UTC)</th><th>post</th></tr>{rows}</table>")
+
+
+def _previews(previews: Any) -> str:
+    """Each branch's preview (pipeline.previews): branch, commit, address, state and last error (nothing when
+    the site has none)."""
+    items = sorted(((label, item) for label, item in (previews or {}).items() if isinstance(item, dict)),
+                   key=lambda pair: str(pair[1].get("branch")))
+    if not items:
+        return ""
+    rows = []
+    for _label, item in items:
+        state = str(item.get("state") or "")
+        error = (f"<details><summary>{_e(item.get('error'))}</summary><pre>{_e(item.get('log_tail'))}</pre>"
+                 "</details>" if item.get("error") else "")
+        address = str(item.get("address") or "")
+        link = f"<a href='{_e(address)}'>{_e(address)}</a>" if address.startswith(("http://", "https://")) else ""
+        kind = {"live": "ok", "failed": "failed"}.get(state, "building")
+        rows.append(f"<tr><td><code>{_e(item.get('branch'))}</code></td><td>{_commit(item)}</td><td>{link}</td>"
+                    f"<td class={kind}>{_e(state)}</td><td>{_e(item.get('finished_at'))}{error}</td></tr>")
+    return ("<h2>Previews</h2><p>Every other branch, built as the site is and served at its own address "
+            "(user <code>preview</code>, the previews' password): never the live site.</p>"
+            "<table><tr><th>branch</th><th>commit</th><th>address</th><th>state</th><th>built</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def _history(builds: list[dict[str, Any]]) -> str:

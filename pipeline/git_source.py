@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -29,6 +30,7 @@ def _message(exc: git.GitCommandError) -> str:
     return short(lines[-1]) if lines else f"git exited with status {exc.status}"
 
 
+MAX_BRANCHES = 1000  # of a remote, the branches looked at (by name)
 _UNREAD = object()  # a local repository whose refs could not be read directly
 
 
@@ -122,6 +124,49 @@ class GitSource:
         except (git.exc.GitError, OSError):
             self._remote_repo = None
             return _UNREAD
+
+    def remote_branches(self, limit: int = MAX_BRANCHES) -> dict[str, str]:
+        """Every branch of the remote and its commit (at most `limit`, by name): for a repository on this machine
+        its ref files read by GitPython, else one `git ls-remote --heads`."""
+        local = local_path(self.url)
+        if local is not None:
+            found = self._local_branches(Path(local), limit)
+            if found is not None:
+                return found
+        cmd = git.Git()
+        cmd.update_environment(**self._env)
+        try:
+            out = cmd.ls_remote("--heads", self.url, kill_after_timeout=self.timeout)
+        except git.GitCommandError as exc:
+            raise GitError(f"cannot reach {redact_url(self.url)}: {_message(exc)}") from None
+        branches = {}
+        for line in out.splitlines():
+            sha, _, ref = line.partition("\t")
+            if ref.startswith("refs/heads/"):
+                branches[ref.removeprefix("refs/heads/")] = sha
+        return dict(sorted(branches.items())[:limit])
+
+    def _local_branches(self, path: Path, limit: int) -> dict[str, str] | None:
+        try:
+            if self._remote_repo is None or self._remote_path != path:
+                self._remote_repo, self._remote_path = git.Repo(path), path
+            repo = self._remote_repo
+            if not (Path(repo.git_dir) / "HEAD").is_file():
+                self._remote_repo = None
+                return None
+            names = sorted(head.path for head in git.Head.iter_items(repo))[:limit]
+            return {name.removeprefix("refs/heads/"): SymbolicReference.dereference_recursive(repo, name)
+                    for name in names}
+        except ValueError:  # a branch removed while it was read: the next check sees the rest
+            return None
+        except (git.exc.GitError, OSError):
+            self._remote_repo = None
+            return None
+
+    def forget_branch(self) -> None:
+        """Drop the fetched branch's remote-tracking ref (a preview removed): its objects may go."""
+        with contextlib.suppress(git.GitCommandError):
+            self._repo().git.update_ref("-d", f"refs/remotes/origin/{self.branch}", kill_after_timeout=self.timeout)
 
     def _repo(self) -> git.Repo:
         self.clone_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,10 @@ DATA_DIR):
           source/                  the work tree: the commit's files copied from export/, Nikola's state
           tmp/                     the build's HOME and TMPDIR, emptied before every build
           last-build.log           the last build's whole log (the publisher reads its end only)
+          preview/source/          the previews' work tree (pipeline.previews: every preview is built in it)
+          preview-build.log        the last preview build's whole log
+        preview-build-state.json   what the previews' work tree was last built from
+      previews/<label>/            a branch's preview (pipeline.previews): current -> releases/<id>
       status.json                  deploy status and history
       logs/last-build.log          the end of the last build's log
       wake                         touched by a valid webhook: the watcher checks the remote at once
@@ -87,6 +91,22 @@ class Layout:
     def build_state(self) -> Path:
         return self.build_root / "build-state.json"
 
+    @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
+    @property
+    def preview_source(self) -> Path:
+        return self.builder / "preview" / "source"
+
+    @property
+    def preview_build_log(self) -> Path:
+        return self.builder / "preview-build.log"
+
+    @property
+    def preview_build_state(self) -> Path:
+        return self.build_root / "preview-build-state.json"
+
     # Where earlier versions kept the work tree and the build's HOME: on the releases' volume, then on the build's.
     LEGACY = ("source", "build-tmp", "build-state.json", "build/source", "build/tmp")
 
@@ -96,7 +116,8 @@ class Layout:
         searchable by their owner, the releases readable by all. Returns what was repaired."""
         repaired = []
         wanted = [(self.root, 0o755), (self.releases, 0o755), (self.build_root, 0o755), (self.export, 0o755),
-                  (self.logs, 0o755), (self.git_dir, 0o755), (self.status, 0o644), (self.watcher_lock, 0o644),
+                  (self.logs, 0o755), (self.git_dir, 0o755), (self.previews, 0o755), (self.status, 0o644),
+                  (self.watcher_lock, 0o644),
                   (self.build_state, 0o644)]
 
         def fix(path: Path, mode: int) -> None:

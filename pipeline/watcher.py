@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pipeline import heap, heartbeat, metrics, releases, tree, triggers
+from pipeline import heap, heartbeat, metrics, previews, releases, tree, triggers
 from pipeline.config import Settings, redact_url
 from pipeline.deployer import Deployer
 from pipeline.errors import GitError, PipelineError
@@ -52,6 +52,9 @@ class Watcher:
         self._transient_failures = 0
         self._fetch_failures: tuple[str, int] = ("", 0)  # (head, attempts in a row)
         self.heartbeat = heartbeat.for_watcher(settings)  # serve.py's health check reads it
+        self.previews = (previews.Previews(settings, self.deployer.builder, self.store, self.deployer.notifier,
+                                          self.stop)
+                         if settings.previews_host else None)
 
     def _record_error(self, message: str, *, transient: bool) -> None:
         log.error("%s", message)
@@ -145,6 +148,8 @@ class Watcher:
             self.heartbeat.expect_cycle()
             self.deployer.repair()
             self._remove_legacy()
+            if self.previews is None:
+                previews.remove_all(self.settings, self.store)
             self._loop()
 
     def _remove_legacy(self) -> None:
@@ -186,12 +191,27 @@ class Watcher:
                 delay = self._guarded(self.check_once)
                 if delay is None:
                     delay = backoff_delay(self.settings.poll_interval, self._transient_failures)
+                if self.previews is not None and not self.stop.is_set():
+                    # After the live branch, never before it: one preview per round, so a push to the live
+                    # branch waits for one preview build at most.
+                    self.heartbeat.expect_cycle()
+                    if self._previews_step():
+                        delay = 0
                 if delay > 0:
                     self.heartbeat.expect(delay)
                     self.wake.wait(delay)
         finally:
             if observer is not None:
                 observer.stop()
+
+    def _previews_step(self) -> bool:
+        """One step of the previews; whatever goes wrong is theirs (logged), never the live site's."""
+        assert self.previews is not None
+        try:
+            return self.previews.check()
+        except Exception:  # noqa: BLE001 - a preview never ends the watcher nor shows on the site
+            log.exception("previews: a step failed (the site and its previews stay as they are)")
+            return False
 
     def _guarded(self, step: Callable[[], T]) -> T | None:
         """Run one step; its errors are recorded, never fatal (a full disk must not end the watcher)."""

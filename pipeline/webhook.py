@@ -18,6 +18,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from pipeline.preview_hosts import basic_password
+
 MAX_BODY = 48 * 1024  # GitHub's push payloads are far smaller; the frontend buffers up to this size whole
 REPLAY_MEMORY = 4096  # deliveries remembered
 CLIENT_MEMORY = 4096  # clients whose refused requests are counted
@@ -101,7 +103,20 @@ class HookGuard:
         if self.secret is None:
             return Verdict(404, "this site has no token: set WEBHOOK_SECRET (the deploy data is shown only to "
                                 "requests from inside its instance)")
-        verdict = self.check_bearer(authorization)
+        return self._charged(client, self.check_bearer(authorization))
+
+    def basic(self, client: str, authorization: str) -> Verdict:
+        """Whether a request may read a preview: HTTP Basic with the user `preview` and this guard's secret (the
+        previews' password), a wrong one counted against the client's budget as for owner(); none is asking."""
+        if self.secret is None:
+            return Verdict(202, "previews are public")
+        if not authorization:
+            return Verdict(401, "this preview asks for its password (user: preview)")
+        password = basic_password(authorization)
+        accepted = password is not None and hmac.compare_digest(password.encode(), self.secret)
+        return self._charged(client, Verdict(202, "password") if accepted else Verdict(401, "wrong password"))
+
+    def _charged(self, client: str, verdict: Verdict) -> Verdict:
         with self._lock:  # checked and charged at once: concurrent guesses cannot overdraw the budget
             bucket = self._bucket(client)
             if bucket.tokens < 1:

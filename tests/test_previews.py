@@ -1,0 +1,202 @@
+"""Previews of a site's other branches: names, order and password (pure), and the whole path through run.sh
+(real git, real Nikola builds, real CherryPy): two branches, two previews at their addresses behind the
+password and never indexed, the live site unchanged byte for byte, a push to a branch updates only its
+preview, a failing branch leaves the site and the other previews alone, a deleted branch's address answers
+404, the least recently pushed preview retires first. Through the real agent and frontend: test_sites.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline import config, preview_hosts
+from pipeline.errors import ConfigError
+from tests.helpers import SiteRepo, wait_for
+
+HOST = "blog.preview.example.test"
+PASSWORD = "correct horse battery"
+AUTH = ("preview", PASSWORD)
+
+
+# ---- names, order, password (pure) ----
+
+def test_branch_names_become_dns_labels_as_cloudflare_makes_them() -> None:
+    named = preview_hosts.labels(["feature/New_Theme", "fix--typo", "-odd-", "UPPER.case", "ü"], "blog")
+    assert named["feature/New_Theme"] == "feature-new-theme"
+    assert named["fix--typo"] == "fix-typo"  # `--` only ever separates the label from the site
+    assert named["-odd-"] == "odd"
+    assert named["UPPER.case"] == "upper-case"
+    assert named["ü"] == hashlib.sha256("ü".encode()).hexdigest()[:6]  # empty: a short hash
+    long = preview_hosts.labels(["x" * 100], "blog")["x" * 100]
+    assert len(f"{long}--blog") == 63
+    for label in named.values():
+        assert preview_hosts.LABEL.fullmatch(label) and "--" not in label
+
+
+def test_colliding_branch_names_get_a_short_hash_each() -> None:
+    named = preview_hosts.labels(["New-Theme", "new_theme", "new/theme", "other"], "blog")
+    assert named["other"] == "other"
+    assert len(set(named.values())) == 4
+    for branch in ("New-Theme", "new_theme", "new/theme"):
+        assert named[branch] == "new-theme-" + hashlib.sha256(branch.encode()).hexdigest()[:6]
+
+
+def test_a_host_names_a_preview_only_with_the_sites_suffix_and_a_clean_label() -> None:
+    assert preview_hosts.label_of(f"new-theme--{HOST}", HOST) == "new-theme"
+    for host in (HOST, f"--{HOST}", f"a--b--{HOST}", f"-a--{HOST}", f"a-{HOST}",
+                 "new-theme--docs.preview.example.test",
+                 f"{'x' * 62}--{HOST}", f"a_b--{HOST}"):
+        assert preview_hosts.label_of(host, HOST) is None, host
+
+
+def test_the_most_recently_pushed_branches_get_previews_the_live_one_never() -> None:
+    seen = {"old": {"commit": "a", "pushed": 100.0}, "mid": {"commit": "b", "pushed": 200.0},
+            "moved": {"commit": "c", "pushed": 50.0}}
+    known, wanted = preview_hosts.choose({"main": "m", "old": "a", "mid": "b", "moved": "d", "new": "e"}, seen,
+                                         "main", 3, now=300.0)
+    assert "main" not in known
+    assert known["old"]["pushed"] == 100.0 and known["moved"]["pushed"] == 300.0  # a new commit: pushed now
+    assert wanted == ["moved", "new", "mid"]  # the newest first; `old` retires
+
+
+def test_only_the_preview_user_with_a_basic_password_is_read() -> None:
+    def basic(text: str) -> str:
+        return "Basic " + base64.b64encode(text.encode()).decode()
+
+    assert preview_hosts.basic_password(basic(f"preview:{PASSWORD}")) == PASSWORD
+    assert preview_hosts.basic_password(basic("preview:a:b")) == "a:b"
+    for bad in (basic(f"admin:{PASSWORD}"), basic("preview"), "Bearer x", "Basic !!!", "Basic " + "A" * 2000):
+        assert preview_hosts.basic_password(bad) is None, bad
+
+
+def test_preview_settings_are_checked_in_one_line() -> None:
+    base = {"SITE_REPO": "/srv/site.git"}
+    assert config.settings_from_env({**base, "PREVIEWS_HOST": HOST, "PREVIEWS_PUBLIC": "1"}).previews_max == 10
+    for env, said in (({"PREVIEWS_HOST": HOST}, "PREVIEWS_PASSWORD is not set"),
+                      ({"PREVIEWS_HOST": "a--b.example.test", "PREVIEWS_PUBLIC": "1"}, "PREVIEWS_HOST="),
+                      ({"PREVIEWS_HOST": HOST, "PREVIEWS_PUBLIC": "1", "PREVIEWS_MAX": "0"}, "PREVIEWS_MAX=")):
+        with pytest.raises(ConfigError, match=said):
+            config.settings_from_env({**base, **env})
+
+
+# ---- through run.sh ----
+
+def preview_get(site, label: str, path: str = "/", auth: tuple[str, str] | None = AUTH) -> requests.Response:
+    return site.get(path, headers={"Host": f"{label}--{HOST}"}, auth=auth, allow_redirects=False)
+
+
+def push_branch(repo: SiteRepo, branch: str, slug: str, title: str) -> str:
+    """A commit with one post more on `branch` (made from the live branch's head)."""
+    repo.clone.git.checkout("-q", "-B", branch, f"origin/{repo.branch}")
+    repo.write(f"posts/{slug}.rst", f".. title: {title}\n.. slug: {slug}\n.. date: 2024-01-01 12:00:00 UTC\n\n"
+                                    f"{title} text.\n")
+    repo.clone.git.add("-A")
+    repo.clone.git.commit("-q", "-m", f"{title} on {branch}")
+    repo.clone.git.push("-q", "--force", "origin", f"HEAD:refs/heads/{branch}")
+    repo.clone.git.checkout("-q", repo.branch)
+    return repo.clone.git.rev_parse(branch)
+
+
+def preview_of(site, branch: str) -> dict | None:
+    return next((item for item in (site.status().get("previews") or {}).values() if item.get("branch") == branch),
+                None)
+
+
+def wait_preview(site, branch: str, commit: str, state: str = "live", timeout: float = 90) -> dict:
+    return wait_for(f"the preview of {branch} at {commit[:12]} to be {state}",
+                    lambda: (lambda item: item if item and item.get("commit") == commit and item.get("state") == state
+                             else None)(preview_of(site, branch)), timeout)
+
+
+def live_bytes(site) -> dict[str, bytes]:
+    return {path: site.get(path).content for path in ("/", "/posts/welcome/", "/rss.xml", "/archive.html")}
+
+
+@pytest.mark.system
+def test_previews_of_two_branches_behind_their_password_and_the_live_site_untouched(site_repo: SiteRepo,
+                                                                                    start_site) -> None:
+    site = start_site(site_repo.url, PREVIEWS_HOST=HOST, PREVIEWS_PASSWORD=PASSWORD, PREVIEWS_MAX=2)
+    live_commit = site_repo.clone.head.commit.hexsha
+    site.wait_live(live_commit)
+    before = live_bytes(site)
+
+    theme = push_branch(site_repo, "new-theme", "theme-post", "Theme branch post")
+    typo = push_branch(site_repo, "Fix/Typo", "typo-post", "Typo branch post")
+    wait_preview(site, "new-theme", theme)
+    typo_item = wait_preview(site, "Fix/Typo", typo)
+    assert typo_item["address"] == f"http://fix-typo--{HOST}/"
+
+    # The password first, for every path and for a preview that does not exist: nothing is told before.
+    for label, path in (("new-theme", "/"), ("new-theme", "/posts/theme-post/"), ("no-such", "/")):
+        for auth in (None, ("preview", "wrong"), ("admin", PASSWORD)):
+            answer = preview_get(site, label, path, auth)
+            assert answer.status_code == 401, (label, path, auth, answer.status_code)
+            assert answer.headers["WWW-Authenticate"].startswith('Basic realm="preview"')
+            assert "Theme branch post" not in answer.text
+    page = preview_get(site, "new-theme", "/posts/theme-post/")
+    assert page.status_code == 200 and "Theme branch post" in page.text
+    assert page.headers["X-Robots-Tag"].startswith("noindex")
+    assert page.headers["Cache-Control"] == "private, no-store"
+    assert "Typo branch post" not in preview_get(site, "new-theme").text  # each branch its own
+    assert "Typo branch post" in preview_get(site, "fix-typo").text
+    assert preview_get(site, "new-theme", "/_site/status").status_code == 404  # never the deploy data
+    assert preview_get(site, "no-such").status_code == 404
+
+    # The live site: byte for byte as before, its history without a preview's build.
+    assert live_bytes(site) == before
+    assert site.get("/posts/theme-post/").status_code == 404
+    status = site.status()
+    assert [build["commit"] for build in status["builds"]] == [live_commit]
+    assert status["current"]["commit"] == live_commit
+
+    # A push to one branch updates its preview only.
+    fixed = push_branch(site_repo, "Fix/Typo", "typo-post-2", "Second typo post")
+    wait_preview(site, "Fix/Typo", fixed)
+    assert "Second typo post" in preview_get(site, "fix-typo").text
+    assert preview_of(site, "new-theme")["commit"] == theme
+    assert "Second typo post" not in preview_get(site, "new-theme").text
+
+    # A failing branch: its preview says why; the site and the other preview stay as they were.
+    site_repo.clone.git.checkout("-q", "-B", "broken", f"origin/{site_repo.branch}")
+    site_repo.write("conf.py", (site_repo.work / "conf.py").read_text() + "\nraise SystemExit('broken conf')\n")
+    site_repo.clone.git.commit("-qam", "break it")
+    site_repo.clone.git.push("-q", "origin", "HEAD:refs/heads/broken")
+    site_repo.clone.git.checkout("-q", site_repo.branch)
+    broken = wait_preview(site, "broken", site_repo.clone.git.rev_parse("broken"), state="failed")
+    assert broken["error"]
+    assert live_bytes(site) == before and site.status()["last_error"] is None
+    assert preview_get(site, "broken").status_code == 404
+
+    # PREVIEWS_MAX=2: three branches, the least recently pushed (new-theme) retired, its address a 404.
+    wait_for("new-theme's preview to retire", lambda: preview_of(site, "new-theme") is None, 30)
+    assert preview_get(site, "new-theme").status_code == 404
+    assert not (site.data_dir / "previews" / "new-theme").exists()
+
+    # A deleted branch: its preview goes, its address answers 404.
+    site_repo.clone.git.push("-q", "origin", "--delete", "Fix/Typo")
+    started = time.monotonic()
+    wait_for("fix-typo's preview to go", lambda: preview_get(site, "fix-typo").status_code == 404, 60)
+    assert time.monotonic() - started < 60
+    wait_preview(site, "new-theme", theme)  # a place was freed: it comes back
+    assert "Theme branch post" in preview_get(site, "new-theme").text
+    assert live_bytes(site) == before
+
+
+def test_a_site_without_previews_serves_no_preview_and_keeps_none(tmp_path: Path) -> None:
+    from pipeline import previews
+    from pipeline.status import StatusStore
+
+    settings = config.settings_from_env({"SITE_REPO": "/srv/site.git", "DATA_DIR": str(tmp_path)})
+    (tmp_path / "previews" / "old" / "releases" / "r1").mkdir(parents=True)
+    (tmp_path / "previews" / "old" / "current").symlink_to("releases/r1")
+    store = StatusStore(tmp_path / "status.json")
+    with store.edit() as status:
+        status["previews"] = {"old": {"branch": "old"}}
+    previews.remove_all(settings, store)
+    assert not (tmp_path / "previews" / "old").exists()
+    assert "previews" not in store.read()

@@ -161,8 +161,11 @@ class Agent:
             pem_domains: tuple[str, ...] = ()
             if pem is not None and tls is not None and not tls.domains:  # redirect to the certificate's names
                 pem_domains = certificates.redirect_domains(pem)
+            preview_pems = {site.name: found for site in self.bootstrap.sites if site.previews
+                            and (found := self.keepers.pem_of(site.previews.certificate_key)) is not None}
             self.frontend.apply(plan.frontend_services(self.apps, self.bootstrap.frontend, self.network(), serving,
-                                                       pem, pem_domains, site_pems), self.bootstrap.metrics.haproxy)
+                                                       pem, pem_domains, site_pems, preview_pems),
+                                self.bootstrap.metrics.haproxy)
 
     def healthy(self, app: plan.Application, instance: Instance) -> bool:
         return all(checks.answers_health(str(instance.address), p.local_port, p.health_check_path)
@@ -171,7 +174,9 @@ class Agent:
     # -- HTTPS certificates (tls_keeper.py) -----------------------------------------------------
     def configure_certificates(self) -> None:
         self.keepers.configure(self.bootstrap.frontend.tls,
-                               {site.name: (site.domains, site.email) for site in self.bootstrap.sites})
+                               {site.name: (site.domains, site.email) for site in self.bootstrap.sites},
+                               {site.previews.certificate_key: (site.previews.domain, site.previews.certificate)
+                                for site in self.bootstrap.sites if site.previews and site.previews.certificate})
 
     def tend_certificates(self) -> None:
         """Obtain or renew certificates when due; serve a new one (the first one of a site: with a reload

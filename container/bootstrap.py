@@ -44,10 +44,15 @@
       max: 10                   # per site; the least recently pushed retire first
       password: "…"             # HTTP Basic, user `preview`; default: derived from the site's token
       public: false             # true: no password
+      certificate:              # optional: HTTPS by a wildcard certificate for *.preview.example.org (DNS-01)
+        dns: cloudflare         # one of lego's DNS providers (lego dnshelp)
+        environment: {CF_DNS_API_TOKEN: "…"}   # the provider's settings
+        resolvers: ["1.1.1.1:53"]              # optional: where lego checks the TXT record
 """
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,6 +71,7 @@ from container.settings import (  # noqa: F401 - the records are imported from h
     MAX_BYTES,
     SITE_NAME,
     Bootstrap,
+    DnsChallenge,
     ExternalService,
     FrontendSettings,
     Listen,
@@ -194,7 +200,18 @@ def _mounts(read: Reader, value: Any, where: str) -> tuple[Mount, ...]:
 
 
 SITE_KEYS = ("name", "domains", "default", "email", "memory_mb", "vmhz", "environment", "mounts", "previews")
-PREVIEW_KEYS = ("domain", "max", "password", "public")
+PREVIEW_KEYS = ("domain", "max", "password", "public", "certificate")
+DNS_PROVIDER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+RESOLVER = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
+
+
+def _dns_challenge(read: Reader, value: Any, where: str) -> DnsChallenge:
+    fields = read.mapping(value, where, ("dns", "environment", "resolvers"), ("dns",))
+    provider = read.text(fields["dns"], f"{where}.dns", DNS_PROVIDER, "a DNS provider of lego's (lego dnshelp "
+                         "lists them), e.g. cloudflare")
+    resolvers = tuple(read.text(item, f"{where}.resolvers[{index}]", RESOLVER, "host:port, e.g. 1.1.1.1:53")
+                      for index, item in enumerate(read.listing(fields.get("resolvers"), f"{where}.resolvers")))
+    return DnsChallenge(provider, _environment(read, fields.get("environment"), f"{where}.environment"), resolvers)
 
 
 def _preview_fields(read: Reader, value: Any, where: str) -> dict[str, Any]:
@@ -216,6 +233,8 @@ def _preview_fields(read: Reader, value: Any, where: str) -> dict[str, Any]:
         fields["password"] = password
     if "public" in fields and not isinstance(fields["public"], bool):
         raise read.fail(f"{where}.public", f"expected true or false, got {kind(fields['public'])}")
+    if "certificate" in fields:
+        fields["certificate"] = _dns_challenge(read, fields["certificate"], f"{where}.certificate")
     return fields
 
 
@@ -233,7 +252,7 @@ def _site_previews(read: Reader, top: dict[str, Any], value: Any, where: str, na
     if not public and not fields.get("password") and not env.get("WEBHOOK_SECRET"):
         raise read.fail(f"{where}.previews", "previews ask for a password: set previews.password, give the site a "
                         "WEBHOOK_SECRET (the password is then derived from it), or set previews.public: true")
-    return Previews(fields["domain"], fields.get("max", 10), fields.get("password"), public)
+    return Previews(fields["domain"], fields.get("max", 10), fields.get("password"), public, fields.get("certificate"))
 
 
 def _sites(read: Reader, value: Any, frontend: FrontendSettings, previews: Any = None,
@@ -273,6 +292,17 @@ def _sites(read: Reader, value: Any, frontend: FrontendSettings, previews: Any =
         sites.append(Site(name, domains, default, email, environment=site_env,
                           mounts=_mounts(read, fields.get("mounts"), f"{where}.mounts"), previews=site_previews,
                           **limits))
+    certificates: dict[str, DnsChallenge] = {}
+    for index, site in enumerate(sites):  # one wildcard certificate per previews' domain, by ACME
+        if site.previews is None or site.previews.certificate is None:
+            continue
+        if frontend.tls is None or not frontend.tls.acme:
+            raise read.fail(f"sites[{index}].previews.certificate", "a certificate for the previews comes from "
+                            "the ACME CA of frontend.tls (with its email): configure frontend.tls")
+        other = certificates.setdefault(site.previews.domain, site.previews.certificate)
+        if other != site.previews.certificate:
+            raise read.fail(f"sites[{index}].previews.certificate", f"the previews at {site.previews.domain} share "
+                            "one wildcard certificate: give them one certificate setting")
     for site in sites:  # a preview's name is never a site's domain
         for other in sites:
             clash = next((d for d in site.domains if other.previews and d.endswith("." + other.previews.domain)), None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -173,7 +174,7 @@ class Store:
         except (CertificateError, IndexError):
             first = ""
         if first:
-            for path in (self.lego / "certificates").glob(f"{first}.*"):
+            for path in (self.lego / "certificates").glob(f"{glob.escape(lego_name(first))}.*"):
                 path.unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -205,6 +206,8 @@ class Store:
             raise CertificateError(f"{self.settings_file}: no HTTPS settings here: the agent using this state dir "
                                    "runs without frontend.tls (or has never run)") from None
         data["domains"] = tuple(data.get("domains") or ())
+        data["dns_resolvers"] = tuple(data.get("dns_resolvers") or ())
+        data["dns_environment"] = tuple(tuple(pair) for pair in data.get("dns_environment") or ())
         return TlsSettings(**data)
 
     def install(self, pem: bytes) -> None:
@@ -229,9 +232,22 @@ def _lego_error(output: str) -> str:
     return (lines[-1] if lines else "lego failed without output")[:500]
 
 
+def lego_name(domain: str) -> str:
+    """The name lego gives a certificate's files (a wildcard's `*` is `_`)."""
+    return domain.replace("*", "_")
+
+
 def lego_command(settings: TlsSettings, store: Store, renew: bool) -> list[str]:
     command = ["lego", "--accept-tos", "--email", settings.email, "--server", settings.acme_directory,
-               "--path", str(store.lego), "--http", "--http.port", f"127.0.0.1:{settings.challenge_port}"]
+               "--path", str(store.lego)]
+    if settings.dns_provider:  # DNS-01 (a wildcard): the provider sets the TXT record; lego checks it
+        command += ["--dns", settings.dns_provider]
+        for resolver in settings.dns_resolvers:
+            command += ["--dns.resolvers", resolver]
+        if settings.dns_resolvers:  # those resolvers are the ones that count (a split horizon, a test's DNS)
+            command += ["--dns.disable-cp"]
+    else:
+        command += ["--http", "--http.port", f"127.0.0.1:{settings.challenge_port}"]
     for domain in settings.domains:
         command += ["--domains", domain]
     # renew: lego renews when fewer than --days are left; we decided already, so any number above the
@@ -250,11 +266,12 @@ def obtain(settings: TlsSettings, store: Store, force: bool = False, now: float 
             return None
         status = store.status()
         status["last_attempt"] = now
-        lego_cert = store.lego / "certificates" / f"{settings.domains[0]}.crt"
+        lego_cert = store.lego / "certificates" / f"{lego_name(settings.domains[0])}.crt"
         # lego's renew asks for the names the old certificate had too: only for exactly the same names.
         renew = lego_cert.exists() and set(settings.domains) == set(
             read_certificate(lego_cert.read_bytes(), str(lego_cert)).domains)
-        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(store.dir)}
+        environment = {**dict(settings.dns_environment), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                       "HOME": str(store.dir)}
         if settings.acme_ca_bundle:
             environment["LEGO_CA_CERTIFICATES"] = settings.acme_ca_bundle
         log.info("certificate for %s: %s; asking %s", ", ".join(settings.domains), reason, settings.acme_directory)
@@ -266,7 +283,7 @@ def obtain(settings: TlsSettings, store: Store, force: bool = False, now: float 
             if result.returncode != 0:
                 raise CertificateError(f"the ACME CA at {settings.acme_directory} refused or failed: "
                                        f"{_lego_error(result.stdout + result.stderr)}")
-            base = store.lego / "certificates" / settings.domains[0]
+            base = store.lego / "certificates" / lego_name(settings.domains[0])
             pem = served_pem(Path(f"{base}.crt").read_bytes(), Path(f"{base}.key").read_bytes(), str(base))
         except (CertificateError, OSError) as exc:
             message = str(exc) if isinstance(exc, CertificateError) else f"lego's certificate: {exc}"

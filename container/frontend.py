@@ -173,6 +173,10 @@ def site_rules(service: Service) -> list[str]:
         plain = f"!{{ ssl_fc }} {{ dst_port {service.port} }}{local} !acme_challenge"
         owned = " ".join([*(f"!site_{site.name}" for site in service.sites if site.domains),
                           *(f"!preview_{site.name}" for site in previews)])
+        for site in previews:
+            if site.preview_pem is not None and service.port:
+                lines.append(f"    http-request redirect location https://%[var(txn.host)]{port}%[capture.req.uri] "
+                             f"code 301 if {plain} preview_{site.name}")
         for site in service.sites:
             if site.pem is None or not site.domains or not service.port:
                 continue
@@ -181,7 +185,7 @@ def site_rules(service: Service) -> list[str]:
             if site.default:
                 lines.append(f"    http-request redirect location https://{site.domains[0]}{port}"
                              f"%[capture.req.uri] code 301 if {plain} {owned}".rstrip())
-        if any(site.pem for site in service.sites):
+        if any(site.pem or site.preview_pem for site in service.sites):
             lines.append(f'    http-after-response set-header Strict-Transport-Security "max-age={HSTS_MAX_AGE}" '
                          "if { ssl_fc }")
         if tls.challenge_port is not None:
@@ -256,6 +260,7 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
             _bind(address, port) for address, port in service.local_binds]
         pems = [str(service.tls.pem)] if service.tls is not None and service.tls.pem is not None else []
         pems += [str(site.pem) for site in service.sites if site.pem is not None]
+        pems += [str(site.preview_pem) for site in service.sites if site.preview_pem is not None]
         if service.tls is not None and pems:  # by SNI; the first is for clients that name no host
             crts = " ".join(f"crt {pem}" for pem in dict.fromkeys(pems))
             binds.append(f"{_bind(service.bind, service.tls.port)} ssl {crts} alpn h2,http/1.1")

@@ -157,12 +157,14 @@ def resolv_conf(net: Network) -> str:
 def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings, net: Network,
                       serving: dict[str, Serving], pem: Path | None = None,
                       pem_domains: tuple[str, ...] = (),
-                      site_pems: dict[str, Path] | None = None) -> tuple[Service, ...]:
+                      site_pems: dict[str, Path] | None = None,
+                      preview_pems: dict[str, Path] | None = None) -> tuple[Service, ...]:
     """The HAProxy frontends: each provided service on its public port and, for the instances that require
     it, on the gateway; served by the app's instance in `serving` (application name → instance). With
     `frontend.tls`, the service on the default port also speaks HTTPS once `pem` (its certificate) exists;
     `pem_domains` are the names the certificate is for (`certificates.redirect_domains`). Sites share one
-    frontend per service, routed by Host, each with its certificate in `site_pems` (site → PEM)."""
+    frontend per service, routed by Host, each with its certificate in `site_pems` (site → PEM) and its
+    previews' wildcard certificate in `preview_pems` (site → PEM)."""
     services = []
     routed: dict[str, list[SiteRoute]] = {}
     for app in apps:
@@ -172,7 +174,7 @@ def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings,
             if app.site is not None:
                 routed.setdefault(provide.name, []).append(SiteRoute(
                     app.name, app.site.domains, servers, app.site.default, (site_pems or {}).get(app.name),
-                    app.site.previews_host))
+                    app.site.previews_host, (preview_pems or {}).get(app.name)))
                 if len(routed[provide.name]) > 1:
                     continue
             local_ports = sorted({r.local_port for other in apps for r in other.manifest.requires

@@ -104,6 +104,7 @@ class SiteRoute:
     default: bool = False
     pem: Path | None = None
     previews: str | None = None  # SITE.DOMAIN: its branches' previews answer at LABEL--SITE.DOMAIN
+    preview_pem: Path | None = None  # their wildcard certificate (*.DOMAIN): HTTPS, plain HTTP redirected
 
 
 @dataclass(frozen=True)

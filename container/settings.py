@@ -79,6 +79,11 @@ class TlsSettings:
     key: str | None = None
     challenge_port: int = 8402  # loopback port the ACME client answers HTTP-01 challenges on
     renew_days: int = 30  # renew when fewer days than this are left
+    # DNS-01 instead of HTTP-01 (the previews' wildcard certificate): lego's DNS provider, its settings (its
+    # credentials: kept in STATE_DIR/tls, 0600) and the resolvers lego checks the record with.
+    dns_provider: str | None = None
+    dns_environment: tuple[tuple[str, str], ...] = ()
+    dns_resolvers: tuple[str, ...] = ()
 
     @property
     def acme(self) -> bool:
@@ -117,13 +122,29 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class DnsChallenge:
+    """How the ACME CA's DNS-01 challenge is answered: one of lego's DNS providers (`lego dnshelp`), with its
+    settings (API tokens) and, optionally, the resolvers lego checks the TXT record with (host:port)."""
+    provider: str
+    environment: tuple[tuple[str, str], ...] = ()
+    resolvers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Previews:
     """Previews of a site's other branches at BRANCH--SITE.`domain` (pipeline.previews): at most `most`, behind
-    HTTP Basic (user `preview`, `password`; none set: one derived from the site's token) unless `public`."""
+    HTTP Basic (user `preview`, `password`; none set: one derived from the site's token) unless `public`;
+    over HTTPS with a wildcard certificate for *.`domain` when `certificate` says how to answer DNS-01."""
     domain: str
     most: int = 10
     password: str | None = None
     public: bool = False
+    certificate: DnsChallenge | None = None
+
+    @property
+    def certificate_key(self) -> str:
+        """The wildcard certificate's name among the host's (a site's name never has a dot)."""
+        return f"previews.{self.domain}"
 
 
 def preview_password(token: str) -> str:
@@ -140,7 +161,8 @@ def previews_env(site: Site, env: dict[str, str]) -> dict[str, str]:
         return {}
     password = previews.password or preview_password(env.get("WEBHOOK_SECRET", ""))
     return {"PREVIEWS_HOST": f"{site.name}.{previews.domain}", "PREVIEWS_MAX": str(previews.most),
-            **({"PREVIEWS_PUBLIC": "1"} if previews.public else {"PREVIEWS_PASSWORD": password})}
+            **({"PREVIEWS_PUBLIC": "1"} if previews.public else {"PREVIEWS_PASSWORD": password}),
+            **({"PREVIEWS_HTTPS": "1"} if previews.certificate is not None else {})}
 
 
 @dataclass(frozen=True)

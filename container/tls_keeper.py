@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from container import certificates
-from container.bootstrap import TlsSettings
+from container.bootstrap import DnsChallenge, TlsSettings
 from container.errors import AgentError
 
 log = logging.getLogger("container")
@@ -80,7 +80,7 @@ class Keeper:
 
     def _obtain(self, tls: TlsSettings, http_port: int) -> None:
         try:
-            if http_port and not certificates.challenge_route_ready(http_port):
+            if http_port and not tls.dns_provider and not certificates.challenge_route_ready(http_port):
                 log.warning("the frontend does not route ACME challenges on port %d yet; asking the CA anyway",
                             http_port)
             certificates.obtain(tls, self.store)
@@ -97,9 +97,11 @@ class Keepers:
         self.state_dir = state_dir
         self.by_site: dict[str, Keeper] = {}
 
-    def configure(self, tls: TlsSettings | None, sites: dict[str, tuple[tuple[str, ...], str]]) -> None:
-        """`sites`: site → (domains, email); empty without sites. Keepers of sites gone are dropped
-        (their store removed), new ones made, changed ones updated."""
+    def configure(self, tls: TlsSettings | None, sites: dict[str, tuple[tuple[str, ...], str]],
+                  previews: dict[str, tuple[str, DnsChallenge]] | None = None) -> None:
+        """`sites`: site → (domains, email); empty without sites. `previews`: the previews' wildcard certificates
+        (name → domain, how DNS-01 is answered). Keepers of sites gone are dropped (their store removed), new
+        ones made, changed ones updated."""
         wanted: dict[str, TlsSettings] = {}
         if tls is not None:
             if not sites or not tls.acme:
@@ -107,6 +109,10 @@ class Keepers:
             else:
                 wanted = {site: dataclasses.replace(tls, domains=domains, email=email or tls.email)
                           for site, (domains, email) in sites.items() if domains}
+            if tls.acme:
+                wanted.update({name: dataclasses.replace(
+                    tls, domains=(f"*.{domain}",), dns_provider=dns.provider, dns_environment=dns.environment,
+                    dns_resolvers=dns.resolvers) for name, (domain, dns) in (previews or {}).items()})
         for site in list(self.by_site):
             if site not in wanted:
                 keeper = self.by_site.pop(site)
@@ -129,6 +135,11 @@ class Keepers:
         if pem is not None:  # the administrator's certificate serves every site
             return None, {site: pem for site in sites}
         return None, {site: k.store.pem for site, k in self.by_site.items() if site and k.store.pem.exists()}
+
+    def pem_of(self, name: str) -> Path | None:
+        """The PEM of one certificate (a previews' one), None until it exists."""
+        keeper = self.by_site.get(name)
+        return keeper.store.pem if keeper is not None and keeper.store.pem.exists() else None
 
     def tend(self, http_port: int) -> list[Keeper]:
         """One round: each keeper tended; those whose PEM changed are returned (to be served)."""

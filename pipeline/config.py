@@ -40,6 +40,7 @@ class Settings:
     previews_max: int = 10
     previews_password: str | None = None  # HTTP Basic (user `preview`); None with previews_public only
     previews_public: bool = False
+    previews_https: bool = False  # their addresses are https:// (the agent keeps a wildcard certificate)
 
     @property
     def layout(self) -> Layout:
@@ -172,7 +173,8 @@ _PREVIEWS_HOST = re.compile(r"(?=.{1,253}\Z)[a-z](?:-?[a-z0-9])*(\.[a-z0-9](?:[a
 
 
 def previews(env: Mapping[str, str]) -> dict[str, object]:
-    """PREVIEWS_HOST (SITE.DOMAIN; unset: no previews), PREVIEWS_MAX, PREVIEWS_PASSWORD, PREVIEWS_PUBLIC."""
+    """PREVIEWS_HOST (SITE.DOMAIN; unset: no previews), PREVIEWS_MAX, PREVIEWS_PASSWORD, PREVIEWS_PUBLIC,
+    PREVIEWS_HTTPS."""
     host = env.get("PREVIEWS_HOST", "").strip().lower()
     if not host:
         return {}
@@ -187,4 +189,4 @@ def previews(env: Mapping[str, str]) -> dict[str, object]:
     if password is None and not public:
         raise ConfigError("PREVIEWS_PASSWORD is not set: previews ask for a password unless PREVIEWS_PUBLIC=1")
     return {"previews_host": host, "previews_max": most, "previews_password": None if public else password,
-            "previews_public": public}
+            "previews_public": public, "previews_https": _flag(env, "PREVIEWS_HTTPS", False)}

@@ -108,8 +108,9 @@ class Previews:
         """Fetch, build and publish `branch` as the preview `label`; its end recorded in status.json."""
         started = time.monotonic()
         source = self._source(branch)
+        scheme = "https" if self.settings.previews_https else "http"
         record: dict[str, Any] = {"branch": branch, "commit": commit, "label": label,
-                                  "address": preview_hosts.address(label, self.host, "http"), "state": "building",
+                                  "address": preview_hosts.address(label, self.host, scheme), "state": "building",
                                   "started_at": utc_now(), "error": None, "log_tail": ""}
         self._record(label, record)
         log.info("previews: building %s (%s) for %s", branch, commit[:12], record["address"])

@@ -66,6 +66,7 @@ class AcmeServer:
         make_certificate(directory, "pebble", ["localhost", "127.0.0.1", "::1"], ca)
         self.ca_pem = directory / "test-ca.pem"
         self.port, self.management_port, dns_port = free_port(), free_port(), free_port()
+        self.dns_management = free_port()  # pebble-challtestsrv's API: /set-txt, /clear-txt (DNS-01)
         self.directory_url = f"https://127.0.0.1:{self.port}/dir"
         config = {"pebble": {
             "listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.management_port}",
@@ -75,7 +76,7 @@ class AcmeServer:
         (directory / "pebble.json").write_text(json.dumps(config))
         self.dns = Process(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
                             "-dns01", f"127.0.0.1:{dns_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                            "-management", f"127.0.0.1:{free_port()}"], python_env(), directory / "dns.log")
+                            "-management", f"127.0.0.1:{self.dns_management}"], python_env(), directory / "dns.log")
         self.log_path = directory / "pebble.log"
         self.pebble: Process | None = None
         self._dns_port = dns_port
@@ -91,6 +92,26 @@ class AcmeServer:
         self.root_pem = self.dir / "pebble-root.pem"
         self.root_pem.write_text(requests.get(f"https://127.0.0.1:{self.management_port}/roots/0",
                                               verify=str(self.ca_pem), timeout=5).text)
+
+    @property
+    def dns_resolver(self) -> str:
+        """The DNS server Pebble asks (pebble-challtestsrv), as host:port."""
+        return f"127.0.0.1:{self._dns_port}"
+
+    def dns_hook(self, path: Path) -> Path:
+        """A program for lego's `exec` DNS provider (EXEC_PATH): `present FQDN VALUE` sets the TXT record in
+        Pebble's DNS, `cleanup FQDN VALUE` clears it."""
+        path.write_text(f"""#!/bin/sh
+set -e
+case "$1" in
+  present) what=set-txt; body="{{\\"host\\": \\"$2\\", \\"value\\": \\"$3\\"}}" ;;
+  cleanup) what=clear-txt; body="{{\\"host\\": \\"$2\\"}}" ;;
+  *) exit 0 ;;
+esac
+exec curl -sf -X POST -d "$body" http://127.0.0.1:{self.dns_management}/$what
+""")
+        path.chmod(0o755)
+        return path
 
     def stop_ca(self) -> None:
         if self.pebble is not None:

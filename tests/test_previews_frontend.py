@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import time
 
 import pytest
 import requests
+from cryptography import x509
 
 from container.settings import preview_password
-from tests.agent_fixtures import AgentRun
-from tests.helpers import REPO_ROOT, SiteRepo, python_env, wait_for
+from tests.acme_server import AcmeServer
+from tests.agent_fixtures import AgentRun, agent_cmd
+from tests.helpers import REPO_ROOT, SiteRepo, free_port, python_env, wait_for
 from tests.host_attacks import http1, http2
 from tests.test_previews import push_branch
 
@@ -40,7 +44,10 @@ def preview(run: AgentRun, label: str, path: str = "/", password: str | None = P
 
 
 def owner_status(run: AgentRun) -> dict:
-    return get(run, BLOG, "/_site/status", token=SECRET).json()
+    """The blog's status with its token, from its instance (the frontend may redirect plain HTTP to HTTPS)."""
+    address = next(row["ipv6"] for row in run.instances() if row.get("site") == "blog")
+    return requests.get(f"http://[{address}]:8000/_site/status", headers={"Authorization": f"Bearer {SECRET}"},
+                        timeout=10).json()
 
 
 def preview_item(run: AgentRun, branch: str) -> dict | None:
@@ -139,3 +146,73 @@ sites:
     wait_for("the deleted branch's preview gone", lambda: preview(run, "new-theme").status_code == 404, 60, 0.5)
     print(f"branch deleted → preview 404: {time.monotonic() - deleted:.2f} s")
     assert preview_item(run, "New_Theme") is None
+
+
+def test_previews_get_https_by_a_wildcard_certificate_over_dns01(agent_run: AgentRun) -> None:
+    """HTTPS from an ACME CA (Pebble): the site's certificate by HTTP-01, the previews' one wildcard for
+    *.DOMAIN by DNS-01 (lego's `exec` provider setting the TXT record in Pebble's DNS); a preview is served
+    with it by SNI, plain HTTP to a preview is redirected to HTTPS, its address says https."""
+    run = agent_run
+    repo: SiteRepo = run.repo
+    acme = AcmeServer(run.tmp / "acme", run.frontend_port)
+    https_port = free_port()
+    hook = acme.dns_hook(run.tmp / "dns-hook.sh")
+    try:
+        run.write_yaml(extra_frontend=(
+            f"\n  tls:\n    email: admin@pequod.test\n    acme_directory: {acme.directory_url}\n"
+            f"    acme_ca_bundle: {acme.ca_pem}\n    port: {https_port}\n    challenge_port: {free_port()}"))
+        run.yaml.write_text(run.yaml.read_text().rstrip("\n") + f"""
+previews:
+  domain: {DOMAIN}
+  certificate:
+    dns: exec
+    environment: {{EXEC_PATH: "{hook}", EXEC_PROPAGATION_TIMEOUT: "30", EXEC_POLLING_INTERVAL: "1"}}
+    resolvers: ["{acme.dns_resolver}"]
+sites:
+  - name: blog
+    domains: [{BLOG}]
+    default: true
+    environment: {{WEBHOOK_SECRET: {SECRET}}}
+""")
+        run.start()
+
+        def certificates() -> dict[str, dict]:
+            out = subprocess.run(agent_cmd("-i", "certificates", "--json", "--state-dir", str(run.state_dir)),
+                                 capture_output=True, text=True, timeout=60, env=python_env())
+            return {row["site"]: row for row in json.loads(out.stdout) if row.get("served")}
+
+        served = wait_for("the site's and the previews' certificates, served",
+                          lambda: len(certificates()) == 2 and certificates(), 240, 1)
+        assert served[f"previews.{DOMAIN}"]["domains"] == [f"*.{DOMAIN}"]
+        assert served["blog"]["domains"] == [BLOG]
+
+        theme = push_branch(repo, "new-theme", "theme-post", "Theme branch post")
+        item = wait_state(run, "new-theme", theme, "live")
+        host = f"new-theme--blog.{DOMAIN}"
+        assert item["address"] == f"https://{host}/"
+        context = ssl.create_default_context(cafile=str(acme.root_pem))
+
+        def https(path: str, password: str | None) -> tuple[int, str, list[str]]:
+            auth = ("Authorization: Basic " + base64.b64encode(f"preview:{password}".encode()).decode() + "\r\n"
+                    if password else "")
+            with socket.create_connection(("127.0.0.1", https_port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+                cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            return int(data.split(b" ", 2)[1]), data.decode(errors="replace"), names.get_values_for_type(x509.DNSName)
+
+        status, body, names = wait_for("the preview over HTTPS", lambda: (
+            lambda answer: answer if answer[0] == 200 else None)(https("/posts/theme-post/", PASSWORD)), 60, 0.5)
+        assert "Theme branch post" in body and names == [f"*.{DOMAIN}"]
+        assert "strict-transport-security" in body.lower()
+        assert https("/posts/theme-post/", None)[0] == 401
+        plain = preview(run, "new-theme", "/posts/theme-post/?x=1")
+        assert plain.status_code == 301
+        assert plain.headers["Location"] == f"https://{host}:{https_port}/posts/theme-post/?x=1"
+        assert get(run, BLOG).status_code == 301  # the site's own redirect, as before
+    finally:
+        acme.cleanup()

@@ -200,3 +200,114 @@ def test_a_site_without_previews_serves_no_preview_and_keeps_none(tmp_path: Path
     previews.remove_all(settings, store)
     assert not (tmp_path / "previews" / "old").exists()
     assert "previews" not in store.read()
+
+
+# ---- the agent's side (pure, and haproxy -c) ----
+
+PREVIEWS_YAML = """
+frontend:
+  tls: {email: admin@example.test, acme_directory: "https://ca.example.test/dir"}
+previews: {domain: preview.example.test, max: 4}
+sites:
+  - {name: blog, default: true, environment: {WEBHOOK_SECRET: token-of-blog}}
+  - name: docs
+    domains: [docs.example.test]
+    previews:
+      public: true
+      certificate: {dns: exec, environment: {EXEC_PATH: /usr/local/bin/dns-hook}, resolvers: ["127.0.0.1:5353"]}
+"""
+
+
+def test_the_bootstrap_yaml_gives_each_site_its_previews_settings() -> None:
+    from container.bootstrap import parse_bootstrap
+    from container.settings import preview_password
+
+    boot = parse_bootstrap(PREVIEWS_YAML, "pequod-bootstrap.yaml")
+    blog, docs = boot.sites
+    env = boot.site_env(blog)
+    assert env["PREVIEWS_HOST"] == "blog.preview.example.test" and env["PREVIEWS_MAX"] == "4"
+    assert env["PREVIEWS_PASSWORD"] == preview_password("token-of-blog") != preview_password("token-of-docs")
+    assert len(env["PREVIEWS_PASSWORD"]) == 24 and "token-of-blog" not in env["PREVIEWS_PASSWORD"]
+    assert "PREVIEWS_HTTPS" not in env
+    docs_env = boot.site_env(docs)
+    assert docs_env["PREVIEWS_PUBLIC"] == "1" and "PREVIEWS_PASSWORD" not in docs_env
+    assert docs_env["PREVIEWS_HTTPS"] == "1" and docs.previews.certificate.provider == "exec"
+    assert config.settings_from_env({"SITE_REPO": "/srv/x.git", **env}).previews_password == env["PREVIEWS_PASSWORD"]
+
+
+@pytest.mark.parametrize(("yaml", "said"), [
+    ("previews: {domain: p.example.test}\n", "previews: previews are per site"),
+    ("previews: {domain: p.example.test}\nsites: [{name: blog, default: true}]\n",
+     "sites[0].previews: previews ask for a password"),
+    ("sites: [{name: blog, default: true, previews: {public: true}}]\n", "sites[0].previews: missing key domain"),
+    ("previews: {domain: '*.p.example.test', public: true}\nsites: [{name: blog, default: true}]\n",
+     "previews.domain: '*.p.example.test' is not a host name"),
+    ("previews: {domain: p.example.test, public: true, max: 101}\nsites: [{name: blog, default: true}]\n",
+     "previews.max: 101 is out of range"),
+    ("previews: {domain: p.example.test, password: short}\nsites: [{name: blog, default: true}]\n",
+     "previews.password: expected 8 to 128"),
+    ("previews: {domain: p.example.test, public: true}\nsites: [{name: my--blog, default: true}]\n",
+     "sites[0].name: 'my--blog': with previews, a site's name has no '--'"),
+    ("previews: {domain: p.example.test, public: true}\n"
+     "sites: [{name: blog, default: true}, {name: docs, domains: [x--blog.p.example.test]}]\n",
+     "sites[1].domains: x--blog.p.example.test is under the previews' domain"),
+    ("previews: {domain: p.example.test, public: true, certificate: {dns: exec}}\n"
+     "sites: [{name: blog, default: true}]\n", "sites[0].previews.certificate: a certificate for the previews"),
+    ("previews: {domain: p.example.test, public: true, certificate: {dns: 'no such provider'}}\n"
+     "sites: [{name: blog, default: true}]\n", "previews.certificate.dns: 'no such provider' is not a DNS provider"),
+    ("previews: {domain: p.example.test, public: true, colour: blue}\nsites: [{name: blog, default: true}]\n",
+     "previews.colour: unknown key"),
+])
+def test_bad_previews_settings_are_refused_in_one_line_naming_the_key(yaml: str, said: str) -> None:
+    from container.bootstrap import parse_bootstrap
+    from container.errors import BootstrapError
+
+    with pytest.raises(BootstrapError) as refused:
+        parse_bootstrap(yaml, "pequod-bootstrap.yaml")
+    assert str(refused.value).startswith("pequod-bootstrap.yaml: ") and said in str(refused.value), refused.value
+    assert "\n" not in str(refused.value)
+
+
+def test_the_frontend_routes_previews_to_their_site_uncached_and_haproxy_takes_it(tmp_path: Path) -> None:
+    import ipaddress
+
+    from container.frontend import check_config, render_haproxy_conf
+    from container.records import Server, Service, SiteRoute, Tls
+
+    servers = (Server("blog-1", ipaddress.IPv6Address("fd00::2"), 8000),)
+    pem, blog_pem = tmp_path / "previews.pem", tmp_path / "blog.pem"
+    sites = (SiteRoute("blog", ("blog.example.test",), servers, True, blog_pem, "blog.preview.example.test", pem),
+             SiteRoute("docs", ("docs.example.test",), servers, False, None, None))
+    text = render_haproxy_conf((Service("web", ipaddress.IPv6Address("::"), 8080, "/_site/health", sites=sites,
+                                        tls=Tls(8443, None, 8402)),), tmp_path)
+    lines = text.splitlines()
+    assert "    acl preview_blog var(txn.host) -m end -- --blog.preview.example.test" in lines
+    assert lines.index("    use_backend web.blog if preview_blog") < lines.index(
+        "    use_backend web.blog if site_blog")
+    backend = text.split("\nbackend web.blog\n")[1].split("\nbackend ")[0]
+    assert "cache-use pages unless { var(txn.preview) -m bool }" in backend
+    assert "cache-store pages unless { var(txn.preview) -m bool }" in backend
+    assert "unless" not in text.split("\nbackend web.docs\n")[1].split("\nbackend ")[0]  # the others as before
+    assert f"crt {pem}" in text and any("preview_blog" in line and "redirect" in line for line in lines)
+    default_redirect = next(line for line in lines if "redirect location https://blog.example.test" in line)
+    assert "!preview_blog" in default_redirect  # a preview's host is never sent to the default site
+    check_config(text.replace(f"ssl crt {blog_pem} crt {pem}", ""))
+
+
+def test_lego_answers_dns01_with_the_provider_for_the_wildcard(tmp_path: Path) -> None:
+    from container.bootstrap import parse_bootstrap
+    from container.certificates import Store, lego_command
+    from container.tls_keeper import Keepers
+
+    boot = parse_bootstrap(PREVIEWS_YAML.replace("tls: {", "tls: {challenge_port: 8402, "), "x.yaml")
+    keepers = Keepers(tmp_path)
+    keepers.configure(boot.frontend.tls, {site.name: (site.domains, site.email) for site in boot.sites},
+                      {site.previews.certificate_key: (site.previews.domain, site.previews.certificate)
+                       for site in boot.sites if site.previews and site.previews.certificate})
+    wildcard = keepers.by_site["previews.preview.example.test"]
+    assert wildcard.settings.domains == ("*.preview.example.test",)
+    command = lego_command(wildcard.settings, wildcard.store, renew=False)
+    assert command[command.index("--dns") + 1] == "exec" and "--http" not in command
+    assert command[command.index("--dns.resolvers") + 1] == "127.0.0.1:5353"
+    assert "--http" in lego_command(keepers.by_site["docs"].settings, keepers.by_site["docs"].store, renew=False)
+    assert Store(tmp_path, "previews.preview.example.test").settings() == wildcard.settings  # read back whole

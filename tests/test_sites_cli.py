@@ -278,7 +278,8 @@ def test_list_shows_each_site_with_repository_live_commit_and_state(host: sites.
     assert run(host, "list", "--json") == 0
     found = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert found["blog"] == {"name": "blog", "domains": [], "default": True, "repository": "file:///srv/pequod/site.git",
-                             "live_commit": "0123456789abcdef0123", "state": "serving", "instance": "blog-1"}
+                             "live_commit": "0123456789abcdef0123", "state": "serving", "instance": "blog-1",
+                             "previews": [], "preview_address": None, "preview_password": None}
     assert (found["docs"]["state"], found["docs"]["live_commit"]) == ("starting", None)  # nothing answers there
     assert (found["wiki"]["state"], found["wiki"]["instance"]) == ("stopped", None)
     blog_token = dict(load_bootstrap(str(host.yaml)).sites[0].environment)["WEBHOOK_SECRET"]
@@ -286,9 +287,12 @@ def test_list_shows_each_site_with_repository_live_commit_and_state(host: sites.
     assert found["docs"]["repository"] == f"file://{host.repos / 'docs.git'}"
     assert run(host, "list") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "DOMAINS", "REPOSITORY", "LIVE", "COMMIT", "STATE"]
-    assert lines[1].split() == ["blog", "(default)", "file:///srv/pequod/site.git", "0123456789ab", "serving"]
-    assert lines[2].split()[0:2] == ["docs", "docs.example.org"] and lines[2].split()[-2:] == ["-", "starting"]
+    assert lines[0].split() == ["NAME", "DOMAINS", "REPOSITORY", "LIVE", "COMMIT", "STATE", "PREVIEWS"]
+    assert lines[1].split() == ["blog", "(default)", "file:///srv/pequod/site.git", "0123456789ab", "serving", "-"]
+    assert lines[2].split()[0:2] == ["docs", "docs.example.org"] and lines[2].split()[-3:] == ["-", "starting", "-"]
+    assert run(host, "list", "--previews") == 0
+    said = capsys.readouterr().out
+    assert "blog: no previews (previews.domain in the bootstrap YAML turns them on)" in said, said
     live.server.shutdown()
 
 

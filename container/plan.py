@@ -267,7 +267,7 @@ def changes(old: Plan, new: Plan) -> Changes:
     replace = readdress or old.environment != new.environment or old.mounts != new.mounts
     before, after = {site.name: site for site in old.sites}, {site.name: site for site in new.sites}
     kept = [name for name in after if name in before]
-    own = ("environment", "mounts", "memory_mb", "vmhz")
+    own = ("environment", "mounts", "memory_mb", "vmhz", "previews")  # previews: the instance's environment
     replaced = tuple(name for name in kept if any(getattr(before[name], key) != getattr(after[name], key)
                                                   for key in own))
     return Changes(

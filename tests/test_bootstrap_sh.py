@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,11 +19,13 @@ from pathlib import Path
 import docker
 import pytest
 import requests
+import yaml
 from pyroute2 import IPRoute
 
 from container import runtime, volume
 from container.bootstrap import load_bootstrap
 from container.daemon import running_cmdline
+from pipeline.files import replace_file
 from tests.acme_server import AcmeServer
 from tests.agent_fixtures import Loop
 from tests.helpers import REPO_ROOT, wait_for, wait_for_agent_rounds
@@ -33,6 +36,7 @@ pytestmark = pytest.mark.system  # root, Docker, port 80, the host bootstrap
 SITE_REPO = Path("/srv/pequod/site.git")
 DOCS_REPO = Path("/srv/pequod/docs.git")  # made by `./bootstrap.sh site add docs`
 DOCS = "docs.example.test"
+PREVIEWS = "preview.example.test"  # docs' previews: BRANCH--docs.preview.example.test
 PID_FILE = Path("/run/pequod-agent.pid")
 LOG = Path("/var/log/pequod-agent.log")
 URL = "http://localhost/"
@@ -120,6 +124,7 @@ def push_by_key(tmp_path: Path) -> str:
         last = commit_post(clone, "by-key-again", "Pushed by key again.", env=sshd.git_env(alice))
         wait_for("the second post pushed by key", lambda: "again" in get(DOCS, "posts/by-key-again/").text, 60,
                  interval=0.2)
+        preview_by_key(clone, sshd.git_env(alice), by_key)
 
         def refused(key: Path, *command: str) -> str:
             done = subprocess.run([*sshd.ssh(key), "git@127.0.0.1", *command], capture_output=True, text=True,
@@ -141,6 +146,47 @@ def push_by_key(tmp_path: Path) -> str:
         assert "'Eve' is not a key name" in bootstrap_refused("site", "key", "add", "docs", "Eve", f"{carol}.pub")
         assert "no site 'wiki'" in bootstrap_refused("site", "key", "add", "wiki", "carol", f"{carol}.pub")
     return last
+
+
+def preview_by_key(clone: Path, env: dict[str, str], site_seconds: float) -> None:
+    """The administrator gives docs previews in the bootstrap YAML; a branch alice pushes over SSH is a preview
+    behind the password `site list --previews` shows, the site unchanged; deleting the branch removes it."""
+    yaml_path = Path("/etc/pequod/pequod-bootstrap.yaml")
+    data = yaml.safe_load(yaml_path.read_text())
+    next(site for site in data["sites"] if site["name"] == "docs")["previews"] = {"domain": PREVIEWS}
+    replace_file(yaml_path, yaml.safe_dump(data, sort_keys=False), mode=0o600)
+    password = wait_for("site list --previews to give docs' password", lambda: re.search(
+        r"docs: previews at http://BRANCH--docs\.preview\.example\.test/: user preview, password (\S+)",
+        bootstrap("site", "list", "--previews").stdout), 60, 1).group(1)
+    host = f"new-look--docs.{PREVIEWS}"
+
+    def preview(path: str = "", auth: tuple[str, str] | None = ("preview", password)) -> requests.Response:
+        return requests.get(URL + path, headers={"Host": host}, auth=auth, timeout=5, allow_redirects=False)
+
+    wait_for("docs' instance with previews", lambda: preview().status_code == 404, 120, 0.5)  # none yet
+    site_page = get(DOCS, "posts/by-key/").content
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    branch = subprocess.run([*git, "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    subprocess.run([*git, "checkout", "-q", "-b", "New-Look"], check=True)
+    (clone / "posts" / "new-look.md").write_text(
+        "<!--\n.. title: A new look\n.. slug: new-look\n.. date: 2026-11-28 10:00:00 UTC\n-->\n\nA new look.\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "A new look"], check=True)
+    started = time.monotonic()
+    subprocess.run([*git, "push", "-q", "origin", "New-Look"], check=True, env=env)
+    wait_for("the branch's preview", lambda: "A new look." in preview("posts/new-look/").text, 120, 0.1)
+    seconds = time.monotonic() - started
+    print(f"\nFIGURES push -> preview live over SSH {seconds:.2f} s (push -> site live {site_seconds:.2f} s)")
+    assert preview("posts/new-look/", None).status_code == 401
+    assert preview("posts/new-look/").headers["X-Robots-Tag"].startswith("noindex")
+    assert get(DOCS, "posts/new-look/").status_code == 404 and get(DOCS, "posts/by-key/").content == site_page
+    listed = bootstrap("site", "list", "--previews").stdout
+    assert "New-Look" in listed and f"http://{host}/" in listed and "live" in listed, listed
+    subprocess.run([*git, "push", "-q", "origin", "--delete", "New-Look"], check=True, env=env)
+    wait_for("the deleted branch's preview gone", lambda: preview().status_code == 404
+             and "A new look." not in preview("posts/new-look/").text, 60, 0.5)
+    subprocess.run([*git, "checkout", "-q", branch], check=True)
 
 
 def site_instances(client: docker.DockerClient, site: str) -> list[str]:
@@ -278,7 +324,7 @@ def test_bootstrap_publish_rerun_restart_teardown(clean_host: None, docker_clien
     assert (listed["docs"]["state"], listed["docs"]["live_commit"]) == ("serving", docs_commit)
     assert listed["blog"]["default"] and listed["blog"]["state"] == "serving"
     table = bootstrap("site", "list").stdout.splitlines()
-    assert table[0].split() == ["NAME", "DOMAINS", "REPOSITORY", "LIVE", "COMMIT", "STATE"]
+    assert table[0].split() == ["NAME", "DOMAINS", "REPOSITORY", "LIVE", "COMMIT", "STATE", "PREVIEWS"]
     assert [line.split()[0] for line in table[1:]] == ["blog", "docs"] and docs_commit[:12] in table[2]
     # Refused with one line, nothing changed: a bad name, a domain another site owns.
     assert "'Bad_Name' is not a site name" in bootstrap_refused("site", "add", "Bad_Name", "--domain", "b.example.test")

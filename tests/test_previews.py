@@ -311,3 +311,24 @@ def test_lego_answers_dns01_with_the_provider_for_the_wildcard(tmp_path: Path) -
     assert command[command.index("--dns.resolvers") + 1] == "127.0.0.1:5353"
     assert "--http" in lego_command(keepers.by_site["docs"].settings, keepers.by_site["docs"].store, renew=False)
     assert Store(tmp_path, "previews.preview.example.test").settings() == wildcard.settings  # read back whole
+
+
+@pytest.mark.system
+def test_the_eleventh_branch_retires_the_least_recently_pushed_preview(site_repo: SiteRepo, start_site) -> None:
+    site = start_site(site_repo.url, PREVIEWS_HOST=HOST, PREVIEWS_PASSWORD=PASSWORD)  # PREVIEWS_MAX: 10
+    site.wait_live(site_repo.clone.head.commit.hexsha)
+    commits = {}
+    for number in range(11):
+        commits[f"b{number}"] = push_branch(site_repo, f"b{number}", f"post-{number}", f"Branch post {number}")
+        if number < 10:
+            wait_preview(site, f"b{number}", commits[f"b{number}"])  # pushed one after the other
+    wait_preview(site, "b10", commits["b10"])
+    wait_for("b0's preview to retire", lambda: preview_of(site, "b0") is None, 30)
+    assert sorted(item["branch"] for item in site.status()["previews"].values()) == sorted(
+        f"b{number}" for number in range(1, 11))
+    assert preview_get(site, "b0").status_code == 404 and not (site.data_dir / "previews" / "b0").exists()
+    assert "Branch post 1" in preview_get(site, "b1", "/posts/post-1/").text
+    # b0 pushed again is the newest: it comes back, and the least recently pushed of the others (b1) goes.
+    commits["b0"] = push_branch(site_repo, "b0", "post-0-again", "Branch post 0 again")
+    wait_preview(site, "b0", commits["b0"])
+    wait_for("b1's preview to retire", lambda: preview_of(site, "b1") is None, 30)

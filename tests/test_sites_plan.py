@@ -79,6 +79,9 @@ def test_a_change_touches_only_the_sites_it_changes() -> None:
     domains = SITES.replace("[docs.example.org]", "[docs.example.org, api.example.org]")
     change = plan.changes(old, plan.make_plan(parse_bootstrap(domains, "b.yaml"), net))
     assert (change.sites_replaced, change.sites_routed) == ((), ("docs",))
+    previews = SITES.replace("WEBHOOK_SECRET: one}}", "WEBHOOK_SECRET: one}, previews: {domain: p.example.org}}")
+    change = plan.changes(old, plan.make_plan(parse_bootstrap(previews, "b.yaml"), net))
+    assert (change.sites_replaced, change.sites_routed) == (("blog",), ())  # its instance learns of them
     shared = SITES.replace("POLL_INTERVAL: 5", "POLL_INTERVAL: 6")  # shared by all: every site is replaced
     assert plan.changes(old, plan.make_plan(parse_bootstrap(shared, "b.yaml"), net)).replace_instances
 

@@ -103,12 +103,30 @@ def idle_memory(run: AgentRun) -> dict:
         steady(instance)
         instance.reload()
         built.reload()
-        samples.append((cgroup_figures(instance.attrs["State"]["Pid"]).get("memory_current_mib", 0.0),
-                        cgroup_figures(built.attrs["State"]["Pid"]).get("memory_current_mib", 0.0)))
+        samples.append((cgroup_figures(instance.attrs["State"]["Pid"]), cgroup_figures(built.attrs["State"]["Pid"])))
         time.sleep(1)
-    own = statistics.median(sample[0] for sample in samples)
-    builder_mib = statistics.median(sample[1] for sample in samples)
-    return {"instance_mib": own, "builder_mib": builder_mib, "total_mib": round(own + builder_mib, 1)}
+
+    def median(index: int, key: str) -> float:
+        return round(statistics.median(sample[index].get(key, 0.0) for sample in samples), 1)
+
+    own, builder_mib = median(0, "memory_current_mib"), median(1, "memory_current_mib")
+    processes = {args.split()[min(2, len(args.split()) - 1)][:40]: rss for args, rss in rss_by_process(instance)}
+    return {"instance_mib": own, "builder_mib": builder_mib, "total_mib": round(own + builder_mib, 1),
+            "instance_anon_mib": median(0, "anon_mib"), "instance_file_mib": median(0, "file_mib"),
+            "instance_kernel_mib": median(0, "kernel_mib"), "rss_mib_by_process": processes}
+
+
+def rss_by_process(container) -> list[tuple[str, float]]:
+    """(command line, RSS MiB) of each process of the container, from the host's /proc."""
+    found = []
+    for row in container.top(ps_args="-eo pid,args")["Processes"] or []:
+        try:
+            status = Path(f"/proc/{row[0]}/status").read_text()
+        except OSError:
+            continue
+        rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        found.append((row[1] if len(row) > 1 else "", round(rss / 1024, 1)))
+    return found
 
 
 def spread(values: list[float]) -> dict:
@@ -182,7 +200,12 @@ sites:
         f"| no previews | {without['instance_mib']} MiB | {without['builder_mib']} MiB | {without['total_mib']} MiB |",
         f"| {args.previews} previews | {with_previews['instance_mib']} MiB | {with_previews['builder_mib']} MiB | "
         f"{with_previews['total_mib']} MiB |",
-        f"| per preview | | | {results['memory_per_preview_mib']} MiB |", ""])
+        f"| per preview | | | {results['memory_per_preview_mib']} MiB |", "",
+        f"The instance's anonymous / page cache / kernel memory: {without['instance_anon_mib']} / "
+        f"{without['instance_file_mib']} / {without['instance_kernel_mib']} MiB without previews, "
+        f"{with_previews['instance_anon_mib']} / {with_previews['instance_file_mib']} / "
+        f"{with_previews['instance_kernel_mib']} MiB with them; RSS by process without "
+        f"{without['rss_mib_by_process']}, with {with_previews['rss_mib_by_process']}.", ""])
     stem.with_suffix(".md").write_text(text)
     print(text)
     return 0

@@ -52,6 +52,12 @@ def cpu_quantity(vmhz: int, mhz_per_cpu: int) -> str:
     return f"{max(1, round(vmhz * 1000 / mhz_per_cpu))}m"
 
 
+def exported_env(bootstrap: Bootstrap, app: Application) -> dict[str, str]:
+    """The instance's environment in the cluster: previews are left out (an Ingress routes host names, not the
+    `BRANCH--SITE.DOMAIN` names of a site's previews, so nothing would reach them)."""
+    return {k: v for k, v in bootstrap.site_env(app.site).items() if not k.startswith("PREVIEWS_")}
+
+
 def is_secret(key: str, value: str) -> bool:
     """Variables that go into the Secret, whole: secret-looking names, and values with user-info in a URL
     anywhere in them (a token alone counts as much as user:password)."""
@@ -86,7 +92,7 @@ def _probe(path: str, port: int, period: int, failures: int) -> dict:
 def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, uid: int, options: Options,
              secret_name: str | None) -> dict:
     manifest, resources = app.manifest, app.manifest.resources
-    env = {k: v for k, v in bootstrap.site_env(app.site).items() if not is_secret(k, v)}
+    env = {k: v for k, v in exported_env(bootstrap, app).items() if not is_secret(k, v)}
     container: dict = {
         "name": app.name,
         "image": app.image,
@@ -243,7 +249,7 @@ def _claim(fs: PersistentFilesystem, storage_class: str) -> dict:
 
 def secrets_of(app: Application, bootstrap: Bootstrap) -> dict[str, str]:
     """The variables of the app's environment (its site's, with sites) that go into its Secret."""
-    return {k: v for k, v in sorted(bootstrap.site_env(app.site).items()) if is_secret(k, v)}
+    return {k: v for k, v in sorted(exported_env(bootstrap, app).items()) if is_secret(k, v)}
 
 
 def service_name(app: Application, index: int) -> str:
@@ -344,6 +350,9 @@ def not_expressed(apps: tuple[Application, ...], bootstrap: Bootstrap, options: 
         if secret_keys:
             notes.append(f"The Secret <application>-env holds {', '.join(secret_keys)} whole (secret-looking names "
                          "and values with credentials in a URL): seal or encrypt it before it goes into git.")
+    if any(site.previews for site in bootstrap.sites):
+        notes.append("previews are left out: an Ingress routes host names, not the BRANCH--SITE.DOMAIN names of a "
+                     "site's previews; the sites' instances get no PREVIEWS_* settings.")
     if bootstrap.mounts or any(site.mounts for site in bootstrap.sites):
         notes.append("mounts (host paths) do not span nodes and are left out.")
     if options.dns64:

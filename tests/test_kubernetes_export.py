@@ -264,6 +264,16 @@ def test_a_sites_secret_holds_its_own_secrets_only() -> None:
     assert any("TLS Secret <site>-tls" in note for note in notes)
 
 
+def test_previews_are_left_out_of_the_cluster_and_said_so() -> None:
+    text = SITES_YAML.replace("frontend:", "previews: {domain: preview.example.org}\nfrontend:")
+    docs = exported_sites(text=text)
+    dumped = yaml.safe_dump(docs)
+    assert "PREVIEWS_" not in dumped and "preview.example.org" not in dumped
+    boot = parse_bootstrap(text, "b.yaml")
+    assert "previews are left out" in " ".join(kubernetes.not_expressed(site_applications((BLOG,), boot), boot,
+                                                                        kubernetes.Options()))
+
+
 def test_ingress_hosts_are_the_sites_domains_with_tls_per_site() -> None:
     docs = exported_sites()
     blog, docs_ingress = (of_site(docs, site, "Ingress")[0]["spec"] for site in ("blog", "docs"))

@@ -3,7 +3,7 @@ and for a recovery (a success after failures), signed with HMAC-SHA256 of NOTIFY
 
     POST NOTIFY_URL
     Content-Type: application/json
-    X-Pequod-Event: deploy.succeeded | deploy.failed | deploy.recovered
+    X-Pequod-Event: deploy.succeeded | deploy.failed | deploy.recovered | preview.succeeded | preview.failed
     X-Pequod-Delivery: <uuid>
     X-Pequod-Signature-256: sha256=<hex HMAC-SHA256 of the body with NOTIFY_SECRET>
 

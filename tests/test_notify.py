@@ -92,3 +92,18 @@ def test_events_are_signed_and_a_dead_receiver_delays_nothing(site_repo: SiteRep
                     lambda: (site.status().get("notifications") or {}).get("last_error"), 60, interval=0.5)
     assert "deploy.succeeded" in note["message"] and "not delivered" in note["message"]
     assert "Notification not delivered" in site.get("/_site/").text
+
+
+def test_a_previews_build_is_notified_with_its_address(site_repo: SiteRepo, start_site, receiver: Receiver) -> None:
+    from tests.test_previews import HOST, PASSWORD, push_branch
+
+    site = start_site(site_repo.url, NOTIFY_URL=receiver.url, NOTIFY_SECRET=SECRET, PREVIEWS_HOST=HOST,
+                      PREVIEWS_PASSWORD=PASSWORD)
+    receiver.wait("deploy.succeeded", site_repo.clone.head.commit.hexsha)
+    commit = push_branch(site_repo, "New_Theme", "theme-post", "Theme branch post")
+    headers, body = receiver.wait("preview.succeeded", commit)
+    assert headers["X-Pequod-Event"] == "preview.succeeded"
+    assert (body["branch"], body["preview"]) == ("New_Theme", f"http://new-theme--{HOST}/")
+    assert body["subject"] == "Theme branch post on New_Theme" and body["error"] is None
+    assert PASSWORD not in body["_raw"]
+    assert site.status()["builds"][0]["commit"] != commit  # the site's history has no preview

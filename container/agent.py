@@ -37,6 +37,7 @@ from container import (
     preflight,
     runtime,
     supervision,
+    swaps,
 )
 from container import reload as reloading
 from container.bootstrap import Bootstrap, Network
@@ -94,6 +95,7 @@ class Agent:
         self.rules: dict[str, str] = {}
         self.firewall_checked = time.monotonic()
         self.keepers = Keepers(state_dir)
+        self.swap_watch = swaps.SwapWatch(self.frontend.forget)  # the cache forgets at a swap (swaps.py)
         self.unexpected: dict[str, tuple[int, str]] = {}  # step → (rounds in a row, error) of unexpected failures
         self.loaded_stamp: tuple[int, int, int] | None = None  # the bootstrap YAML as loaded (preflight.py)
         self.rounds = 0  # rounds of the loop finished (a metric: tests wait for rounds, not for seconds)
@@ -198,12 +200,17 @@ class Agent:
         self.refresh_destinations()
         instances.remove_orphans(self)
         self._guarded(self.tend_certificates)
+        self._guarded(self.watch_swaps)
         if time.monotonic() - self.firewall_checked > FIREWALL_CHECK_INTERVAL:
             self.firewall_checked = time.monotonic()
             if not firewall.intact():
                 log.warning("our firewall rules were removed from outside: applying them again")
                 self.rules = {}
         self.apply_firewall()
+
+    def watch_swaps(self) -> None:
+        """The release links of the instances watched on the host: a swap empties their cache at once."""
+        self.swap_watch.sync(swaps.links(self.apps, self.state.path))
 
     # -- configuration changes (reload.py) -----------------------------------------------------
     def reload_config(self) -> None:
@@ -258,6 +265,7 @@ class Agent:
         finally:
             observer.stop()
             observer.join(5)
+            self.swap_watch.stop()
         log.info("agent stopped; instances, NAT64 and the frontend keep running and are re-adopted on the next start")
 
     def metrics_snapshot(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -271,9 +272,10 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
         if service.sites:
             for site in service.sites:
                 lines += backend(site_backend(service, site.name), service.health_path, site.servers,
-                                 previews=bool(site.previews))
+                                 previews=bool(site.previews), swaps=run_dir / SWAPS if site.swaps else None)
         else:
-            lines += backend(service.name, service.health_path, service.servers)
+            lines += backend(service.name, service.health_path, service.servers,
+                             swaps=run_dir / SWAPS if service.swaps else None)
     if any(service.sites and not any(site.default for site in service.sites) for service in services):
         lines += [f"backend {NO_SITE}", '    http-request return status 404 content-type text/plain '
                   'string "No site is served at this address.\\n"', ""]
@@ -287,10 +289,31 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
     return "\n".join(lines)
 
 
-def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: bool = False) -> list[str]:
+SWAPS = "swaps.map"  # backend → when its instance last swapped a release (ms since the epoch): container/swaps.py
+SWAP_WINDOW_MS = 1500  # after a swap the cache answers nothing for this long: what it held (max-age 1 s) is gone
+
+
+def swaps_with(backends: list[str], known: dict[str, int]) -> dict[str, int]:
+    """The swaps map's content for these backends (0: no swap seen)."""
+    return {name: known.get(name, 0) for name in backends}
+
+
+def backend_names(services: tuple[Service, ...]) -> list[str]:
+    """The backends whose cache forgets at a swap (the keys of the swaps map)."""
+    return [site_backend(service, site.name) for service in services for site in service.sites if site.swaps] + [
+        service.name for service in services if not service.sites and service.swaps]
+
+
+def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: bool = False,
+            swaps: Path | None = None) -> list[str]:
     """One backend: its instances, checked, behind the cache (whose key is the Host and the URI, so sites
-    sharing a frontend never share entries; a preview's answers are never stored nor answered from it)."""
-    unless = " unless { var(txn.preview) -m bool }" if previews else ""
+    sharing a frontend never share entries; a preview's answers are never stored nor answered from it). With
+    `swaps` (the swaps map), the cache answers nothing for SWAP_WINDOW_MS after the instance swapped a release,
+    so no reader gets a page of the release before (container/swaps.py)."""
+    conditions = ([f"{{ date(0,ms),sub(txn.swapped) lt {SWAP_WINDOW_MS} }}"] if swaps else []) + (
+        ["{ var(txn.preview) -m bool }"] if previews else [])
+    unless = f" unless {' || '.join(conditions)}" if conditions else ""
+    store_unless = " unless { var(txn.preview) -m bool }" if previews else ""
     return [
         f"backend {name}",
         # The frontend asks whether the instance serves (`?serving`): one whose watcher stopped publishing
@@ -298,8 +321,9 @@ def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: 
         f"    option httpchk GET {health_path}{'&' if '?' in health_path else '?'}serving",
         "    http-check expect status 200",
         "    default-server check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
+        *([f"    http-request set-var(txn.swapped) str({name}),map_str_int({swaps},0)"] if swaps else []),
         f"    http-request cache-use pages{unless}",
-        f"    http-response cache-store pages{unless}",
+        f"    http-response cache-store pages{store_unless}",
         *(f"    server {s.name} [{s.address}]:{s.port}" for s in servers),
         "",
     ]
@@ -346,12 +370,48 @@ class Frontend:
         self.conf = self.dir / "haproxy.cfg"
         self.daemon = Daemon("haproxy", ["haproxy", "-W", "-f", str(self.conf), "-S", str(self.dir / "master.sock")],
                              self.dir / "haproxy.pid", self.dir / "haproxy.log", str(self.conf))
+        self.swaps: dict[str, int] = {}  # backend → its instance's last swap (ms): the swaps map's content
+        self._swaps_lock = threading.Lock()
+        self._swaps_written: str | None = None
 
     def render(self, services: tuple[Service, ...], exporter=None) -> str:
+        """The configuration for these services; the swaps map it names exists (haproxy -c opens it)."""
+        if backend_names(services) and not (self.dir / SWAPS).exists():
+            with self._swaps_lock:
+                self._write_swaps()
         return render_haproxy_conf(services, self.dir, haproxy_user(), exporter)
+
+    def _write_swaps(self) -> None:
+        text = "".join(f"{name} {when}\n" for name, when in sorted(self.swaps.items()))
+        path = self.dir / SWAPS
+        if text != self._swaps_written or not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            replace_file(path, text)
+            self._swaps_written = text
+
+    def forget(self, name: str) -> None:
+        """The instance behind backend `name` swapped a release: its cached answers are not used from now on
+        (HAProxy's runtime API sets the swaps map; the file keeps it for the next reload)."""
+        when = int(time.time() * 1000)
+        with self._swaps_lock:
+            self.swaps[name] = when
+            self._write_swaps()
+            try:
+                answer = cli(self.dir / "admin.sock", f"set map {self.dir / SWAPS} {name} {when}\n", timeout=2)
+                if answer.strip():  # not in the running map yet (a backend the next reload adds)
+                    answer = cli(self.dir / "admin.sock", f"add map {self.dir / SWAPS} {name} {when}\n", timeout=2)
+            except OSError as exc:
+                log.warning("could not tell the frontend that %s swapped a release (%s): its cache keeps the old "
+                            "pages for up to 1 s", name, exc)
+                return
+        if answer.strip():
+            log.warning("the frontend refused the swap of %s: %s", name, answer.strip())
 
     def apply(self, services: tuple[Service, ...], exporter=None) -> bool:
         """Make HAProxy run with this configuration; True when something changed (started or reloaded)."""
+        with self._swaps_lock:
+            self.swaps = swaps_with(backend_names(services), self.swaps)
+            self._write_swaps()  # before the check: the configuration names it
         text = self.render(services, exporter)
         current = self.conf.read_text() if self.conf.exists() else None
         running = self.daemon.pid() is not None

@@ -72,6 +72,10 @@ class ProvidedService:
     local_port: int
     health_check_path: str
     health_check_timeout: int
+    # A symlink in a persistent volume the instance swaps (rename(2)) when it publishes: the frontend forgets
+    # the service's cached answers at once when it changes (container/swaps.py). None: within the cache's 1 s.
+    release_link: str | None = None
+    release_volume: str | None = None  # the <persistent> mountpoint that holds it
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,7 @@ def parse_manifest(data: bytes, source: str = "pequod.xml") -> Manifest:
     assert res_el is not None
     resources = _resources(source, res_el)
     filesystems, volumes = _filesystems(source, _one(source, sections, "filesystems", "manifest", required=False))
-    provides, requires = _services(source, _one(source, sections, "services", "manifest", required=False))
+    provides, requires = _services(source, _one(source, sections, "services", "manifest", required=False), volumes)
     builder_el = _one(source, sections, "builder", "manifest", required=False)
     builder = None if builder_el is None else _builder(source, builder_el, resources, volumes)
     return Manifest(source, resources, filesystems, provides, requires, volumes, builder)
@@ -322,7 +326,19 @@ def _filesystems(source: str, fs_el: etree._Element | None,
     return tuple(filesystems), tuple(volumes)
 
 
-def _services(source: str, svc_el: etree._Element | None,
+def _release_link(check: _Checker, link: str | None, volumes: tuple[PersistentFilesystem, ...],
+                  ) -> tuple[str | None, str | None]:
+    """`release-link`: a normalised path below a <persistent> mountpoint; (the path, that mountpoint)."""
+    if link is None:
+        return None, None
+    holders = sorted((fs.mountpoint for fs in volumes if link.startswith(fs.mountpoint.rstrip("/") + "/")), key=len)
+    if not re.fullmatch(r"/[A-Za-z0-9._/-]*", link) or posixpath.normpath(link) != link or not holders:
+        check.fail("release-link", link, "expected a normalised path inside a <persistent> filesystem (the link the "
+                   "instance swaps when it publishes)")
+    return link, holders[-1]
+
+
+def _services(source: str, svc_el: etree._Element | None, volumes: tuple[PersistentFilesystem, ...] = (),
               ) -> tuple[tuple[ProvidedService, ...], tuple[RequiredService, ...]]:
     provides: list[ProvidedService] = []
     requires: list[RequiredService] = []
@@ -330,8 +346,9 @@ def _services(source: str, svc_el: etree._Element | None,
         if _local(el.tag) == "provide":
             check = _Checker(source, el, (
                 "service-name", "service-version", "local-port", "health-check-http-path",
-                "health-check-timeout-seconds",
+                "health-check-timeout-seconds", "release-link",
             ))
+            link, holder = _release_link(check, el.get("release-link"), volumes)
             provides.append(ProvidedService(
                 name=check.text("service-name", NAME, "a service name (lowercase letters, digits, '-')"),
                 version=check.text("service-version", _VERSION, "a version (letters, digits, '.', '_', '-')"),
@@ -342,6 +359,7 @@ def _services(source: str, svc_el: etree._Element | None,
                 health_check_timeout=check.integer(
                     "health-check-timeout-seconds", 1, 3600, "seconds", default=120
                 ),
+                release_link=link, release_volume=holder,
             ))
         else:
             check = _Checker(source, el, ("service-name", "service-version", "local-hostname", "local-port"))

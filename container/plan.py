@@ -174,7 +174,7 @@ def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings,
             if app.site is not None:
                 routed.setdefault(provide.name, []).append(SiteRoute(
                     app.name, app.site.domains, servers, app.site.default, (site_pems or {}).get(app.name),
-                    app.site.previews_host, (preview_pems or {}).get(app.name)))
+                    app.site.previews_host, (preview_pems or {}).get(app.name), provide.release_link is not None))
                 if len(routed[provide.name]) > 1:
                     continue
             local_ports = sorted({r.local_port for other in apps for r in other.manifest.requires
@@ -184,7 +184,8 @@ def frontend_services(apps: tuple[Application, ...], settings: FrontendSettings,
                 provide.name, settings.bind, public, provide.health_check_path, servers if app.site is None else (),
                 tuple((net.gateway, port) for port in local_ports),
                 settings.max_connections_per_client, settings.max_requests_per_client,
-                frontend_tls(settings, pem, pem_domains) if public == settings.port else None))
+                frontend_tls(settings, pem, pem_domains) if public == settings.port else None,
+                swaps=provide.release_link is not None))
     return tuple(dataclasses.replace(service, sites=tuple(routed[service.name])) if service.name in routed
                  else service for service in services)
 

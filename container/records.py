@@ -105,6 +105,7 @@ class SiteRoute:
     pem: Path | None = None
     previews: str | None = None  # SITE.DOMAIN: its branches' previews answer at LABEL--SITE.DOMAIN
     preview_pem: Path | None = None  # their wildcard certificate (*.DOMAIN): HTTPS, plain HTTP redirected
+    swaps: bool = False  # the cache forgets its answers at the instance's swap (container/swaps.py)
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,4 @@ class Service:
     max_requests_per_client: int = 0  # in any 10 s; 0: no limit
     tls: Tls | None = None
     sites: tuple[SiteRoute, ...] = ()  # routed by Host to each site's backend (then `servers` is unused)
+    swaps: bool = False  # the cache forgets its answers at the instance's swap (container/swaps.py)

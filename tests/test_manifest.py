@@ -35,7 +35,7 @@ def test_the_blogs_manifest_parses_into_typed_objects() -> None:
         source=str(REPO_ROOT / "pequod.xml"),
         resources=Resources(memory_mb=640, cpu_vmhz=2000, processes=256, open_files=4096),
         filesystems=(TemporaryFilesystem("/tmp", 64),),
-        provides=(ProvidedService("srcco-de", "1", 8000, "/_site/health", 120),),
+        provides=(ProvidedService("srcco-de", "1", 8000, "/_site/health", 120, "/workdir/current", "/workdir"),),
         requires=(RequiredService("github-https", "1", "github.com", 443),),
         volumes=(PersistentFilesystem("/workdir", 1024), PersistentFilesystem("/workdir/build", 256),
                  PersistentFilesystem("/builder", 512)),
@@ -150,6 +150,14 @@ MALFORMED = [
                                'local-port="443"/></services>'), "expected a host name"),
     ("text content", doc(RES + '<services><provide service-name="a" service-version="1" local-port="80">x</provide>'
                                "</services>"), "unexpected text content"),
+    ("release link outside a volume", doc(RES + '<filesystems><persistent mountpoint="/w" default-mb="64"/>'
+                                                '</filesystems><services><provide service-name="a" service-version="1"'
+                                                ' local-port="80" release-link="/etc/current"/></services>'),
+     '<provide release-link="/etc/current">: expected a normalised path inside a <persistent> filesystem'),
+    ("release link not normalised", doc(RES + '<filesystems><persistent mountpoint="/w" default-mb="64"/>'
+                                              '</filesystems><services><provide service-name="a" service-version="1"'
+                                              ' local-port="80" release-link="/w/../etc/x"/></services>'),
+     "expected a normalised path inside a <persistent> filesystem"),
     ("entity expansion bomb", BOMB, "DOCTYPE declarations are not allowed"),
     ("external entity", EXTERNAL, "DOCTYPE declarations are not allowed"),
     ("huge file", doc(RES + "<!--" + "x" * 70000 + "-->"), "a manifest may be at most 65536 bytes"),

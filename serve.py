@@ -50,6 +50,7 @@ class SiteApp:
         self.preview_guard = HookGuard((previews or {}).get("previews_password"))
         self.memo = Memo()
         self.site_rules = site_rules.RulesCache()
+        self.preview_rules = site_rules.RulesCache()  # its own: previews never push the live site's rules out
         self.site_link = str(site_link)
         self.requests = metrics.Requests()
         self.admin = SiteAdmin(self.live_root, status_file, wake_file, hook_guard or HookGuard(None), heartbeat_file,
@@ -126,7 +127,7 @@ class SiteApp:
         """The answer from the release at `root` (its rules, then its files); kept in the memo when `memo` (the
         live release's: a preview's readers never push the live site's answers out)."""
         path_info = environ.get("PATH_INFO") or "/"
-        rules = self.site_rules.for_release(root)
+        rules = (self.site_rules if memo else self.preview_rules).for_release(root)
         if not rules.empty:
             start_response, redirected = static_files.apply_rules(root, rules, environ, start_response)
             if redirected is not None:

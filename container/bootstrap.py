@@ -175,6 +175,15 @@ def _route(read: Reader, value: Any, where: str) -> Route:
 
 
 def _environment(read: Reader, value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    found = _environment_items(read, value, where)
+    for key, _ in found:
+        if key.startswith("PREVIEWS_"):
+            raise read.fail(f"{where}.{key}", "previews are set in the `previews` section (docs/previews.md), not "
+                            "in the environment")
+    return found
+
+
+def _environment_items(read: Reader, value: Any, where: str) -> tuple[tuple[str, str], ...]:
     environment = read.mapping(value or {}, where, None, ())
     items = []
     for key, item in environment.items():
@@ -211,7 +220,8 @@ def _dns_challenge(read: Reader, value: Any, where: str) -> DnsChallenge:
                          "lists them), e.g. cloudflare")
     resolvers = tuple(read.text(item, f"{where}.resolvers[{index}]", RESOLVER, "host:port, e.g. 1.1.1.1:53")
                       for index, item in enumerate(read.listing(fields.get("resolvers"), f"{where}.resolvers")))
-    return DnsChallenge(provider, _environment(read, fields.get("environment"), f"{where}.environment"), resolvers)
+    return DnsChallenge(provider, _environment_items(read, fields.get("environment"), f"{where}.environment"),
+                        resolvers)
 
 
 def _preview_fields(read: Reader, value: Any, where: str) -> dict[str, Any]:
@@ -240,6 +250,8 @@ def _preview_fields(read: Reader, value: Any, where: str) -> dict[str, Any]:
 
 def _site_previews(read: Reader, top: dict[str, Any], value: Any, where: str, name: str,
                    env: dict[str, str]) -> Previews | None:
+    if value is False:  # this site has none, whatever the top-level previews say
+        return None
     fields = {**top, **_preview_fields(read, value, f"{where}.previews")}
     if not fields:
         return None
@@ -248,6 +260,8 @@ def _site_previews(read: Reader, top: dict[str, Any], value: Any, where: str, na
     if "--" in name:
         raise read.fail(f"{where}.name", f"{name!r}: with previews, a site's name has no '--' (it separates a "
                         "branch's label from the site's name in a preview's address)")
+    if len(f"{name}.{fields['domain']}") > 253:
+        raise read.fail(f"{where}.previews", f"{name}.{fields['domain']} is longer than a host name may be (253)")
     public = fields.get("public", False)
     if not public and not fields.get("password") and not env.get("WEBHOOK_SECRET"):
         raise read.fail(f"{where}.previews", "previews ask for a password: set previews.password, give the site a "

@@ -55,7 +55,8 @@ class Nat64:
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 # A DNS host name (no IP address, no wildcard: HTTP-01 cannot prove those), at least two labels.
-DOMAIN = re.compile(r"(?=.{1,253}\Z)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.[a-z][a-z0-9-]{0,62}")
+DOMAIN = re.compile(r"(?=.{1,253}\Z)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*"
+                    r"\.[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 # An address lego can use as a file name too (it names the account's directory after it): no '/' or space.
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?=.{1,253}\Z)[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
 SITE_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?")
@@ -161,8 +162,9 @@ def previews_env(site: Site, env: dict[str, str]) -> dict[str, str]:
         return {}
     password = previews.password or preview_password(env.get("WEBHOOK_SECRET", ""))
     return {"PREVIEWS_HOST": f"{site.name}.{previews.domain}", "PREVIEWS_MAX": str(previews.most),
-            **({"PREVIEWS_PUBLIC": "1"} if previews.public else {"PREVIEWS_PASSWORD": password}),
-            **({"PREVIEWS_HTTPS": "1"} if previews.certificate is not None else {})}
+            "PREVIEWS_PUBLIC": "1" if previews.public else "0",
+            "PREVIEWS_PASSWORD": "" if previews.public else password,
+            "PREVIEWS_HTTPS": "1" if previews.certificate is not None else "0"}
 
 
 @dataclass(frozen=True)

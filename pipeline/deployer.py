@@ -23,6 +23,21 @@ from pipeline.status import StatusStore, utc_iso, utc_now
 log = logging.getLogger(__name__)
 
 MAX_TREE_DEPTH = 32  # directories a pushed file may be nested in (Nikola's own walks recurse)
+MAX_PATH_BYTES = 1024  # a pushed file's path: far from PATH_MAX (4096) wherever the tree is checked out
+
+
+def refused(facts: TreeFacts, max_file_mb: int) -> str | None:
+    """Why a fetched tree is not built (a file too large, nested too deep, a path too long), or None."""
+    if facts.size > max_file_mb << 20:
+        return (f"{tree.shown(facts.largest)} is {facts.size / (1 << 20):.1f} MB, larger than "
+                f"MAX_FILE_MB={max_file_mb}; remove it from the branch (or raise MAX_FILE_MB)")
+    if facts.depth > MAX_TREE_DEPTH:
+        return (f"{tree.shown(facts.deepest)} is nested {facts.depth} directories deep, more than "
+                f"the {MAX_TREE_DEPTH} a site may use; flatten it")
+    if facts.length > MAX_PATH_BYTES:
+        return (f"{tree.shown(facts.longest[:200])}… has a path of {facts.length} bytes, more than the "
+                f"{MAX_PATH_BYTES} a site may use; shorten it")
+    return None
 
 
 class Deployer:
@@ -120,15 +135,7 @@ class Deployer:
         self.links.after_swap(release_dir)  # after the swap: the report never delays push → live
 
     def _refused(self, facts: TreeFacts) -> str | None:
-        """Why a fetched tree is not built (a file too large, nested too deep), or None."""
-        settings = self.settings
-        if facts.size > settings.max_file_mb << 20:
-            return (f"{tree.shown(facts.largest)} is {facts.size / (1 << 20):.1f} MB, larger than "
-                    f"MAX_FILE_MB={settings.max_file_mb}; remove it from the branch (or raise MAX_FILE_MB)")
-        if facts.depth > MAX_TREE_DEPTH:
-            return (f"{tree.shown(facts.deepest)} is nested {facts.depth} directories deep, more than "
-                    f"the {MAX_TREE_DEPTH} a site may use; flatten it")
-        return None
+        return refused(facts, self.settings.max_file_mb)
 
     def _publish_kept(self, commit: str, tree_id: str, kept: Path) -> None:
         """Publish `commit` from the kept release `kept` of the same tree: its files as they are (hard links), a

@@ -12,6 +12,7 @@ from pathlib import Path
 import git
 from git.refs.symbolic import SymbolicReference
 
+from pipeline import tree
 from pipeline.config import redact_url
 from pipeline.errors import GitError, short
 
@@ -46,6 +47,8 @@ class TreeFacts:
     deepest: str = ""
     depth: int = 0  # directories above the deepest file
     files: int = 0
+    longest: str = ""
+    length: int = 0  # bytes of the longest path
 
 
 class GitSource:
@@ -246,6 +249,8 @@ class GitSource:
             if len(fields) != 4:
                 continue
             facts.files += 1
+            if len(path.encode()) > facts.length:
+                facts.longest, facts.length = path, len(path.encode())
             depth = path.count("/")
             if depth > facts.depth:
                 facts.depth, facts.deepest = depth, path
@@ -273,6 +278,9 @@ class GitSource:
             repo.git.checkout("--force", "--detach", commit, kill_after_timeout=self.timeout)
             repo.git.clean("-ffdx", kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
+            # What a failed checkout left (paths git itself can no longer clean) never stops the next one.
+            with contextlib.suppress(OSError):
+                tree.empty_dir(self.clone_dir)
             raise GitError(f"cannot check out {commit[:12]}: {_message(exc)}") from None
 
     def changes(self, old: str, new: str) -> list[tuple[str, str]] | None:

@@ -18,7 +18,9 @@ DATA_DIR):
           preview/source/          the previews' work tree (pipeline.previews: every preview is built in it)
           preview-build.log        the last preview build's whole log
         preview-build-state.json   what the previews' work tree was last built from
+        preview-export/            a preview's commit, checked out from preview-source.git (beside the live one)
       previews/<label>/            a branch's preview (pipeline.previews): current -> releases/<id>
+      preview-source.git/          the previews' repository (the live one's never holds a preview's branch)
       status.json                  deploy status and history
       logs/last-build.log          the end of the last build's log
       wake                         touched by a valid webhook: the watcher checks the remote at once
@@ -94,6 +96,15 @@ class Layout:
     @property
     def previews(self) -> Path:
         return self.root / "previews"
+
+    @property
+    def preview_git_dir(self) -> Path:
+        """The previews' own repository and checkout: a branch's tree never touches the live site's."""
+        return self.root / "preview-source.git"
+
+    @property
+    def preview_export(self) -> Path:
+        return self.build_root / "preview-export"
 
     @property
     def preview_source(self) -> Path:

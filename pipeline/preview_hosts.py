@@ -35,21 +35,42 @@ def plain_label(branch: str, space: int) -> str:
     return label[:space].rstrip("-")
 
 
-def _hashed(branch: str, space: int, digits: int) -> str:
-    digest = hashlib.sha256(branch.encode()).hexdigest()[:digits]
+def _named(branch: str, space: int, level: int) -> str:
+    """The label of `branch` at `level`: 0 its plain label, 1 and 2 that with a hash of 6 or 16 digits, 3 the
+    hash alone (as long as fits)."""
+    if level == 0:
+        return plain_label(branch, space)
+    digest = hashlib.sha256(branch.encode()).hexdigest()
+    if level == 3:
+        return digest[:space]
+    digits = 6 if level == 1 else 16
     base = plain_label(branch, space - digits - 1)
-    return f"{base}-{digest}" if base else digest
+    return f"{base}-{digest[:digits]}" if base else digest[:digits]
 
 
 def labels(branches: Iterable[str], site: str) -> dict[str, str]:
-    """Each branch's label (branch → label), unique among `branches`."""
+    """Each branch's label (branch → label), unique among `branches` and a function of them alone: a branch
+    whose label another one shares (or which is empty) gets a hash, longer until it is unique."""
     space = room(site)
-    plain = {branch: plain_label(branch, space) for branch in branches}
-    counts = Counter(plain.values())
-    named = {branch: label if label and counts[label] == 1 else _hashed(branch, space, 6)
-             for branch, label in plain.items()}
-    counts = Counter(named.values())  # a hashed label equal to another branch's plain one: a longer hash
-    return {branch: label if counts[label] == 1 else _hashed(branch, space, 16) for branch, label in named.items()}
+    names = sorted(set(branches))
+    level = dict.fromkeys(names, 0)
+    for _ in range(8):
+        named = {branch: _named(branch, space, level[branch]) for branch in names}
+        counts = Counter(named.values())
+        clashing = [branch for branch in names if not named[branch] or counts[named[branch]] > 1]
+        if not clashing:
+            return named
+        for branch in clashing:
+            level[branch] = min(level[branch] + 1, 3)
+    # Only a hash prefix shared by two names is left (2^-84 at least): the later name gets its position.
+    taken: set[str] = set()
+    for branch in names:
+        label = named[branch]
+        while label in taken:
+            label = f"{label[:space - 4]}-{len(taken):03d}"
+        named[branch] = label
+        taken.add(label)
+    return named
 
 
 def label_of(host: str, previews_host: str) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline import preview_hosts, releases, tree
 from pipeline.config import Settings, redact_url
+from pipeline.deployer import refused
 from pipeline.errors import BuildError, GitError, short
 from pipeline.git_source import GitSource
 from pipeline.nikola_build import NikolaBuilder, clean_build_reason
@@ -33,6 +34,8 @@ from pipeline.status import StatusStore, utc_now
 log = logging.getLogger(__name__)
 
 KEEP = 2  # releases kept per preview: the live one and the one before
+BUILD_TIMEOUT = 300.0  # at most, for a preview (BUILD_TIMEOUT when less): the live branch waits for one
+ATTEMPTS = 3  # a preview that cannot be fetched or checked out is tried this often before it counts as failed
 
 
 class Previews:
@@ -49,15 +52,17 @@ class Previews:
         self.layout = layout
         self.store = store
         self.notifier = notifier
-        self.lister = GitSource(settings.site_repo, settings.site_branch, layout.export, settings.git_timeout,
-                                layout.git_dir)
-        self.builder = NikolaBuilder(layout.preview_source, settings.build_timeout, live_builder.limits,
-                                     layout.build_tmp, layout.preview_build_state, layout.export)
+        self.lister = self._source(settings.site_branch)
+        self.builder = NikolaBuilder(layout.preview_source, min(settings.build_timeout, BUILD_TIMEOUT),
+                                     live_builder.limits, layout.build_tmp, layout.preview_build_state,
+                                     layout.preview_export)
         self.builder.worker = live_builder.worker  # one connection to the builder: a second would end its worker
 
     def _source(self, branch: str) -> GitSource:
-        return GitSource(self.settings.site_repo, branch, self.layout.export, self.settings.git_timeout,
-                         self.layout.git_dir)
+        """A branch in the previews' own repository and checkout: nothing of a branch ever reaches the live
+        site's (a tree that git cannot check out or clean again stops previews, never the site)."""
+        return GitSource(self.settings.site_repo, branch, self.layout.preview_export, self.settings.git_timeout,
+                         self.layout.preview_git_dir)
 
     def check(self) -> bool:
         """Bring the previews in line with the branches: remove the previews of deleted or retired branches,
@@ -80,14 +85,18 @@ class Previews:
                 status["preview_branches"] = known
                 for label in gone:
                     (status.get("previews") or {}).pop(label, None)
+        for label in gone:  # also when another branch takes the label: never the previous branch's release
+            remove(self.layout.previews / label)
         self._remove_unlisted(set(labels.values()))
         for branch in gone.values():
             if isinstance(branch, str) and branch not in known:
                 self._source(branch).forget_branch()  # deleted: its objects may go
-        pending = [branch for branch in wanted if not self._done(previews.get(labels[branch]), known[branch]["commit"])]
+        pending = sorted((branch for branch in wanted
+                          if not self._done(previews.get(labels[branch]), known[branch]["commit"])),
+                         key=lambda branch: (known[branch]["pushed"], branch))  # the longest waiting first
         if not pending:
             return False
-        self.build(pending[0], labels[pending[0]], known[pending[0]]["commit"])
+        self.build(pending[0], labels[pending[0]], known[pending[0]]["commit"], previews.get(labels[pending[0]]))
         return len(pending) > 1
 
     @staticmethod
@@ -104,24 +113,26 @@ class Previews:
                 log.info("previews: removing %s (its branch was deleted or retired)", name)
                 remove(folder / name)
 
-    def build(self, branch: str, label: str, commit: str) -> None:
-        """Fetch, build and publish `branch` as the preview `label`; its end recorded in status.json."""
+    def build(self, branch: str, label: str, commit: str, before: Any = None) -> None:
+        """Fetch, build and publish `branch` as the preview `label`; its end recorded in status.json. `before`:
+        the preview's record until now (its attempts at this commit)."""
         started = time.monotonic()
         source = self._source(branch)
         scheme = "https" if self.settings.previews_https else "http"
+        attempts = int(before.get("attempts", 0)) if isinstance(before, dict) and before.get("commit") == commit \
+            else 0
         record: dict[str, Any] = {"branch": branch, "commit": commit, "label": label,
                                   "address": preview_hosts.address(label, self.host, scheme), "state": "building",
-                                  "started_at": utc_now(), "error": None, "log_tail": ""}
+                                  "started_at": utc_now(), "error": None, "log_tail": "", "attempts": attempts + 1}
         self._record(label, record)
         log.info("previews: building %s (%s) for %s", branch, commit[:12], record["address"])
         try:
             fetched = source.fetch()
             record["commit"] = fetched
             record["subject"], record["author"] = source.commit_info(fetched)
-            facts = source.tree_facts(fetched)
-            if facts.size > self.settings.max_file_mb << 20:
-                raise BuildError(f"{tree.shown(facts.largest)} is {facts.size / (1 << 20):.1f} MB, larger than "
-                                 f"MAX_FILE_MB={self.settings.max_file_mb}", "")
+            reason = refused(source.tree_facts(fetched), self.settings.max_file_mb)
+            if reason is not None:
+                raise BuildError(reason, "")
             previous = self.builder.previous_state()
             changes = source.changes(previous.commit, fetched) if previous else None
             reason = clean_build_reason(previous, changes)
@@ -149,7 +160,10 @@ class Previews:
                 log.info("previews: the build of %s was interrupted by shutdown; it is built at the next start", branch)
                 return
             record.update(state="failed", error=short(str(exc)), log_tail=exc.log_tail)
-        except (GitError, tree.TreeError, OSError) as exc:
+        except GitError as exc:  # the network, the remote: tried again a few times, as for the site
+            record.update(state="failed" if record["attempts"] >= ATTEMPTS else "waiting",
+                          error=short(f"the preview could not be fetched: {exc}"))
+        except (tree.TreeError, OSError) as exc:
             self.builder.forget()
             record.update(state="failed", error=short(f"the preview could not be built: {exc}"))
         except Exception as exc:  # noqa: BLE001 - whatever a branch does is that preview's failure only
@@ -164,7 +178,7 @@ class Previews:
             log.info("previews: %s is live at %s (%.2f s)", branch, record["address"], record["build_seconds"])
         else:
             log.error("previews: %s failed (the site and the other previews stay): %s", branch, record["error"])
-        if self.notifier is not None:
+        if self.notifier is not None and record["state"] != "waiting":
             self.notifier.send({
                 "event": "preview.succeeded" if record["state"] == "live" else "preview.failed",
                 "site": redact_url(self.settings.site_repo), "branch": branch, "commit": record["commit"],

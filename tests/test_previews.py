@@ -46,6 +46,16 @@ def test_colliding_branch_names_get_a_short_hash_each() -> None:
         assert named[branch] == "new-theme-" + hashlib.sha256(branch.encode()).hexdigest()[:6]
 
 
+def test_branch_names_made_to_take_another_branchs_hashed_label_cannot() -> None:
+    digest = hashlib.sha256(b"foo").hexdigest()
+    crafted = ["foo", "FOO", f"foo-{digest[:6]}", f"foo-{digest[:16]}", digest[:40], f"foo-{digest[:6]}-x"]
+    named = preview_hosts.labels(crafted, "blog")
+    assert len(set(named.values())) == len(crafted), named
+    assert named == preview_hosts.labels(list(reversed(crafted)), "blog")  # a function of the names alone
+    for label in named.values():
+        assert preview_hosts.LABEL.fullmatch(label) and len(label) <= preview_hosts.room("blog")
+
+
 def test_a_host_names_a_preview_only_with_the_sites_suffix_and_a_clean_label() -> None:
     assert preview_hosts.label_of(f"new-theme--{HOST}", HOST) == "new-theme"
     for host in (HOST, f"--{HOST}", f"a--b--{HOST}", f"-a--{HOST}", f"a-{HOST}",
@@ -186,6 +196,28 @@ def test_previews_of_two_branches_behind_their_password_and_the_live_site_untouc
     assert "Theme branch post" in preview_get(site, "new-theme").text
     assert live_bytes(site) == before
 
+    # Another branch with the deleted one's label (fix_typo: fix-typo) that does not build: the address never
+    # shows the deleted branch's pages again.
+    site_repo.clone.git.checkout("-q", "-B", "fix_typo", "broken")
+    site_repo.clone.git.push("-q", "origin", "HEAD:refs/heads/fix_typo")
+    site_repo.clone.git.checkout("-q", site_repo.branch)
+    wait_preview(site, "fix_typo", site_repo.clone.git.rev_parse("fix_typo"), state="failed")
+    assert preview_of(site, "fix_typo")["address"] == f"http://fix-typo--{HOST}/"
+    assert preview_get(site, "fix-typo").status_code == 404
+
+    # A tree git could not check out or clean again (paths beyond 1,024 bytes) is refused before its checkout;
+    # the site publishes on.
+    site_repo.clone.git.checkout("-q", "-B", "long-paths", f"origin/{site_repo.branch}")
+    site_repo.write("/".join(["d" * 220] * 5) + "/page.txt", "deep\n")
+    site_repo.clone.git.add("-A")
+    site_repo.clone.git.commit("-qm", "Long paths")
+    site_repo.clone.git.push("-q", "origin", "HEAD:refs/heads/long-paths")
+    site_repo.clone.git.checkout("-q", site_repo.branch)
+    long_paths = wait_preview(site, "long-paths", site_repo.clone.git.rev_parse("long-paths"), state="failed")
+    assert "has a path of 1113 bytes, more than the 1024 a site may use" in long_paths["error"], long_paths
+    news = site_repo.add_post("after-branches", "Published after all the branches")
+    site.wait_live(news)
+
 
 def test_a_site_without_previews_serves_no_preview_and_keeps_none(tmp_path: Path) -> None:
     from pipeline import previews
@@ -228,9 +260,9 @@ def test_the_bootstrap_yaml_gives_each_site_its_previews_settings() -> None:
     assert env["PREVIEWS_HOST"] == "blog.preview.example.test" and env["PREVIEWS_MAX"] == "4"
     assert env["PREVIEWS_PASSWORD"] == preview_password("token-of-blog") != preview_password("token-of-docs")
     assert len(env["PREVIEWS_PASSWORD"]) == 24 and "token-of-blog" not in env["PREVIEWS_PASSWORD"]
-    assert "PREVIEWS_HTTPS" not in env
+    assert (env["PREVIEWS_HTTPS"], env["PREVIEWS_PUBLIC"]) == ("0", "0")  # every key said, none left to guess
     docs_env = boot.site_env(docs)
-    assert docs_env["PREVIEWS_PUBLIC"] == "1" and "PREVIEWS_PASSWORD" not in docs_env
+    assert docs_env["PREVIEWS_PUBLIC"] == "1" and docs_env["PREVIEWS_PASSWORD"] == ""
     assert docs_env["PREVIEWS_HTTPS"] == "1" and docs.previews.certificate.provider == "exec"
     assert config.settings_from_env({"SITE_REPO": "/srv/x.git", **env}).previews_password == env["PREVIEWS_PASSWORD"]
 
@@ -257,6 +289,14 @@ def test_the_bootstrap_yaml_gives_each_site_its_previews_settings() -> None:
      "sites: [{name: blog, default: true}]\n", "previews.certificate.dns: 'no such provider' is not a DNS provider"),
     ("previews: {domain: p.example.test, public: true, colour: blue}\nsites: [{name: blog, default: true}]\n",
      "previews.colour: unknown key"),
+    ("sites: [{name: blog, default: true, environment: {PREVIEWS_PUBLIC: '1'}}]\n",
+     "sites[0].environment.PREVIEWS_PUBLIC: previews are set in the `previews` section"),
+    ("environment: {PREVIEWS_HOST: blog.p.example.test}\nsites: [{name: blog, default: true}]\n",
+     "environment.PREVIEWS_HOST: previews are set in the `previews` section"),
+    ("previews: {domain: p.example.or-, public: true}\nsites: [{name: blog, default: true}]\n",
+     "previews.domain: 'p.example.or-' is not a host name"),
+    (f"previews: {{domain: {'a' * 60}.{'b' * 60}.{'c' * 60}.{'d' * 60}.org, public: true}}\n"
+     "sites: [{name: blogblogblogblog, default: true}]\n", "is longer than a host name may be (253)"),
 ])
 def test_bad_previews_settings_are_refused_in_one_line_naming_the_key(yaml: str, said: str) -> None:
     from container.bootstrap import parse_bootstrap
@@ -292,6 +332,15 @@ def test_the_frontend_routes_previews_to_their_site_uncached_and_haproxy_takes_i
     default_redirect = next(line for line in lines if "redirect location https://blog.example.test" in line)
     assert "!preview_blog" in default_redirect  # a preview's host is never sent to the default site
     check_config(text.replace(f"ssl crt {blog_pem} crt {pem}", ""))
+
+
+def test_a_site_may_turn_the_top_level_previews_off() -> None:
+    from container.bootstrap import parse_bootstrap
+
+    boot = parse_bootstrap("previews: {domain: p.example.test, public: true}\nsites:\n  - {name: blog, default: true}\n"
+                           "  - {name: docs, domains: [d.example.test], previews: false}\n", "x.yaml")
+    assert boot.sites[0].previews is not None and boot.sites[1].previews is None
+    assert not any(key.startswith("PREVIEWS_") for key in boot.site_env(boot.sites[1]))
 
 
 def test_lego_answers_dns01_with_the_provider_for_the_wildcard(tmp_path: Path) -> None:

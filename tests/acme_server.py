@@ -13,6 +13,8 @@ import ipaddress
 import json
 import re
 import shutil
+import socket
+import ssl
 from pathlib import Path
 
 import requests
@@ -54,6 +56,21 @@ def make_certificate(directory: Path, stem: str, names: list[str], issuer: tuple
                                                               serialization.PrivateFormat.PKCS8,
                                                               serialization.NoEncryption()))
     return certificate, key
+
+
+def https_get(port: int, host: str, path: str, root_pem: Path, extra: str = "") -> tuple[int, str, list[str]]:
+    """GET `path` over TLS on 127.0.0.1:`port` with SNI and Host `host` (`extra`: more header lines): the
+    status, the whole answer, and the DNS names of the certificate served (checked against `root_pem`)."""
+    context = ssl.create_default_context(cafile=str(root_pem))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return int(data.split(b" ", 2)[1]), data.decode(errors="replace"), names.get_values_for_type(x509.DNSName)
 
 
 class AcmeServer:

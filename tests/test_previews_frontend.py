@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import ssl
 import subprocess
 import sys
 import time
 
 import pytest
 import requests
-from cryptography import x509
 
 from container.settings import preview_password
-from tests.acme_server import AcmeServer
+from tests.acme_server import AcmeServer, https_get
 from tests.agent_fixtures import AgentRun, agent_cmd
 from tests.helpers import REPO_ROOT, SiteRepo, free_port, python_env, wait_for
 from tests.host_attacks import http1, http2
@@ -71,17 +68,22 @@ def site_list(run: AgentRun, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, env=python_env(), cwd=REPO_ROOT)
 
 
-def test_branches_become_password_protected_previews_and_the_site_stays(agent_run: AgentRun) -> None:
-    run = agent_run
-    repo: SiteRepo = run.repo
+def with_previews(run: AgentRun, previews: str) -> None:
+    """The run's bootstrap YAML with the blog as its one site and `previews` (the section's YAML)."""
     run.yaml.write_text(run.yaml.read_text().rstrip("\n") + f"""
-previews: {{domain: {DOMAIN}, max: 3}}
+previews:{previews}
 sites:
   - name: blog
     domains: [{BLOG}]
     default: true
     environment: {{WEBHOOK_SECRET: {SECRET}}}
 """)
+
+
+def test_branches_become_password_protected_previews_and_the_site_stays(agent_run: AgentRun) -> None:
+    run = agent_run
+    repo: SiteRepo = run.repo
+    with_previews(run, f" {{domain: {DOMAIN}, max: 3}}")
     run.start()
     wait_for("the blog through the frontend", lambda: "A Pequod Blog" in get(run, BLOG).text, 180, 0.5)
     live_commit = repo.clone.head.commit.hexsha
@@ -161,19 +163,12 @@ def test_previews_get_https_by_a_wildcard_certificate_over_dns01(agent_run: Agen
         run.write_yaml(extra_frontend=(
             f"\n  tls:\n    email: admin@pequod.test\n    acme_directory: {acme.directory_url}\n"
             f"    acme_ca_bundle: {acme.ca_pem}\n    port: {https_port}\n    challenge_port: {free_port()}"))
-        run.yaml.write_text(run.yaml.read_text().rstrip("\n") + f"""
-previews:
+        with_previews(run, f"""
   domain: {DOMAIN}
   certificate:
     dns: exec
     environment: {{EXEC_PATH: "{hook}", EXEC_PROPAGATION_TIMEOUT: "30", EXEC_POLLING_INTERVAL: "1"}}
-    resolvers: ["{acme.dns_resolver}"]
-sites:
-  - name: blog
-    domains: [{BLOG}]
-    default: true
-    environment: {{WEBHOOK_SECRET: {SECRET}}}
-""")
+    resolvers: ["{acme.dns_resolver}"]""")
         run.start()
 
         def certificates() -> dict[str, dict]:
@@ -190,20 +185,11 @@ sites:
         item = wait_state(run, "new-theme", theme, "live")
         host = f"new-theme--blog.{DOMAIN}"
         assert item["address"] == f"https://{host}/"
-        context = ssl.create_default_context(cafile=str(acme.root_pem))
 
         def https(path: str, password: str | None) -> tuple[int, str, list[str]]:
             auth = ("Authorization: Basic " + base64.b64encode(f"preview:{password}".encode()).decode() + "\r\n"
                     if password else "")
-            with socket.create_connection(("127.0.0.1", https_port), timeout=10) as raw, \
-                    context.wrap_socket(raw, server_hostname=host) as tls:
-                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n".encode())
-                data = b""
-                while chunk := tls.recv(65536):
-                    data += chunk
-                cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            return int(data.split(b" ", 2)[1]), data.decode(errors="replace"), names.get_values_for_type(x509.DNSName)
+            return https_get(https_port, host, path, acme.root_pem, auth)
 
         status, body, names = wait_for("the preview over HTTPS", lambda: (
             lambda answer: answer if answer[0] == 200 else None)(https("/posts/theme-post/", PASSWORD)), 60, 0.5)

@@ -5,17 +5,15 @@ domains, isolated from each other inside the instances, and refused when the hos
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import subprocess
 
 import docker
 import pytest
 import requests
-from cryptography import x509
 
 from container.capacity import host_capacity
-from tests.acme_server import AcmeServer
+from tests.acme_server import AcmeServer, https_get
 from tests.agent_fixtures import AgentRun, agent_cmd
 from tests.attacks import Readers
 from tests.helpers import SiteRepo, free_port, python_env, wait_for
@@ -235,16 +233,7 @@ def test_each_site_gets_its_own_certificate_and_unknown_hosts_a_404(agent_run: A
         assert served["blog"]["serial"] != served["docs"]["serial"]
 
         def https(host: str) -> tuple[int, str, list[str]]:
-            context = ssl.create_default_context(cafile=str(acme.root_pem))
-            with socket.create_connection(("127.0.0.1", https_port), timeout=10) as raw, \
-                    context.wrap_socket(raw, server_hostname=host) as tls:
-                tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-                data = b""
-                while chunk := tls.recv(65536):
-                    data += chunk
-                cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            return int(data.split(b" ", 2)[1]), data.decode(errors="replace"), names.get_values_for_type(x509.DNSName)
+            return https_get(https_port, host, "/", acme.root_pem)
 
         wait_for("both sites over HTTPS", lambda: https("docs.pequod.test")[0] == 200
                  and https("blog.pequod.test")[0] == 200, 120, 0.5)

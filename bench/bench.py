@@ -519,7 +519,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def process_cpu(container) -> dict[str, float]:
     """CPU seconds so far of each process of the container, by its command line."""
     found: dict[str, float] = {}
-    for pid, args in (container.top(ps_args="-eo pid,args")["Processes"] or []):
+    for pid, args in (container.top(ps_args="-ww -eo pid,args")["Processes"] or []):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             found[args[:40]] = found.get(args[:40], 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS

@@ -119,7 +119,7 @@ def idle_memory(run: AgentRun) -> dict:
 def rss_by_process(container) -> list[tuple[str, float]]:
     """(command line, RSS MiB) of each process of the container, from the host's /proc."""
     found = []
-    for row in container.top(ps_args="-eo pid,args")["Processes"] or []:
+    for row in container.top(ps_args="-ww -eo pid,args")["Processes"] or []:
         try:
             status = Path(f"/proc/{row[0]}/status").read_text()
         except OSError:

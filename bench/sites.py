@@ -209,7 +209,7 @@ def first_publish(run: AgentRun, started: float, results: dict, timeout: float =
 
 # -- density ----------------------------------------------------------------------------------------------
 def processes(container) -> list[tuple[int, str]]:
-    rows = container.top(ps_args="-eo pid,args")["Processes"] or []
+    rows = container.top(ps_args="-ww -eo pid,args")["Processes"] or []
     return [(int(row[0]), row[1] if len(row) > 1 else "") for row in rows]
 
 

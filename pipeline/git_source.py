@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -249,8 +250,9 @@ class GitSource:
             if len(fields) != 4:
                 continue
             facts.files += 1
-            if len(path.encode()) > facts.length:
-                facts.longest, facts.length = path, len(path.encode())
+            length = len(os.fsencode(path))  # git's bytes, also those no encoding reads (surrogate escapes)
+            if length > facts.length:
+                facts.longest, facts.length = path, length
             depth = path.count("/")
             if depth > facts.depth:
                 facts.depth, facts.deepest = depth, path

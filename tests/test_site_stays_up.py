@@ -170,7 +170,8 @@ def raw_request(port: int, data: bytes, source: str = "127.0.0.2", timeout: floa
 
 
 def processes(container) -> list[str]:
-    return [" ".join(row[7:]) for row in container.top(ps_args="-eo user,pid,ppid,c,stime,tty,time,args")
+    # -ww: whole command lines (ps cuts them to the width of a terminal, and 5-digit PIDs leave less of it)
+    return [" ".join(row[7:]) for row in container.top(ps_args="-ww -eo user,pid,ppid,c,stime,tty,time,args")
             ["Processes"]]
 
 
@@ -424,7 +425,7 @@ def test_a_hung_instance_is_replaced_within_30_s(site: Site) -> None:
 
 def watcher_pid(container) -> int:
     """The host PID of the instance's pipeline watcher."""
-    return next(int(row[0]) for row in container.top(ps_args="-eo pid,args")["Processes"]
+    return next(int(row[0]) for row in container.top(ps_args="-ww -eo pid,args")["Processes"]
                 if "-m pipeline watch" in row[1])
 
 
@@ -497,7 +498,7 @@ def test_a_killed_build_is_recorded_and_the_site_stays(site: Site) -> None:
     container = site.builder()  # builds run there
 
     def build_process() -> int | None:
-        rows = container.top(ps_args="-eo pid,ppid,args")["Processes"]
+        rows = container.top(ps_args="-ww -eo pid,ppid,args")["Processes"]
         workers = {row[0] for row in rows if "pipeline.build_worker" in row[2]}
         children = [int(row[0]) for row in rows if row[1] in workers and "pipeline.build_worker" in row[2]]
         return children[0] if children else None

@@ -290,7 +290,6 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
 
 
 SWAPS = "swaps.map"  # backend → when its instance last swapped a release (ms since the epoch): container/swaps.py
-SWAP_WINDOW_MS = 1500  # after a swap the cache answers nothing for this long: what it held (max-age 1 s) is gone
 
 
 def swaps_with(backends: list[str], known: dict[str, int]) -> dict[str, int]:
@@ -308,12 +307,11 @@ def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: 
             swaps: Path | None = None) -> list[str]:
     """One backend: its instances, checked, behind the cache (whose key is the Host and the URI, so sites
     sharing a frontend never share entries; a preview's answers are never stored nor answered from it). With
-    `swaps` (the swaps map), the cache answers nothing for SWAP_WINDOW_MS after the instance swapped a release,
-    so no reader gets a page of the release before (container/swaps.py)."""
-    conditions = ([f"{{ date(0,ms),sub(txn.swapped) lt {SWAP_WINDOW_MS} }}"] if swaps else []) + (
-        ["{ var(txn.preview) -m bool }"] if previews else [])
-    unless = f" unless {' || '.join(conditions)}" if conditions else ""
-    store_unless = " unless { var(txn.preview) -m bool }" if previews else ""
+    `swaps` (the swaps map), the key also holds the time of the instance's last swap of a release: from the
+    swap on, the cache looks only for what it stored since, so no reader gets a page of the release before,
+    and hot pages come from the cache again at once (container/swaps.py). The key is made with the Host the
+    cache-use rule sees; the instance gets the canonical Host back."""
+    unless = " unless { var(txn.preview) -m bool }" if previews else ""
     return [
         f"backend {name}",
         # The frontend asks whether the instance serves (`?serving`): one whose watcher stopped publishing
@@ -321,9 +319,11 @@ def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: 
         f"    option httpchk GET {health_path}{'&' if '?' in health_path else '?'}serving",
         "    http-check expect status 200",
         "    default-server check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
-        *([f"    http-request set-var(txn.swapped) str({name}),map_str_int({swaps},0)"] if swaps else []),
+        *([f"    http-request set-var(txn.swapped) str({name}),map_str_int({swaps},0)",
+           "    http-request set-header host %[var(txn.host)].swap%[var(txn.swapped)]"] if swaps else []),
         f"    http-request cache-use pages{unless}",
-        f"    http-response cache-store pages{store_unless}",
+        *(["    http-request set-header host %[var(txn.host)]"] if swaps else []),
+        f"    http-response cache-store pages{unless}",
         *(f"    server {s.name} [{s.address}]:{s.port}" for s in servers),
         "",
     ]

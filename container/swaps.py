@@ -4,8 +4,9 @@ A provided service may name its release link in the manifest (`<provide release-
 a symlink in a persistent volume that the instance replaces with rename(2) when it publishes (a push, a
 rollback, a scheduled post coming due). The volume is mounted on the host (container/volume.py), so the
 agent watches the link's folder there with inotify; when the link is replaced, it tells HAProxy at once
-through its runtime API (Frontend.forget: the swaps map), and the backend's cache answers nothing for the
-next 1.5 s, by which time everything it stored before the swap has expired (max-age 1 s). No reload.
+through its runtime API (Frontend.forget: the swaps map). The backend's cache key holds that time, so from
+then on the cache looks only for answers stored after the swap (what it held before expires within 1 s,
+unread), and hot pages come from the cache again at once. No reload.
 """
 
 from __future__ import annotations

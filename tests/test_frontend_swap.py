@@ -1,6 +1,6 @@
 """The frontend forgets a site's pages at its swap (container/swaps.py), through the real agent, instance and
 HAProxy: a reader hammering the cached front page sees the new post within 100 ms of the swap, never the
-old page after it; between swaps the cache answers again."""
+old page after it; right after the swap the cache answers again (from what it stored since)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from container.frontend import SWAP_WINDOW_MS, cli
+from container.frontend import cli
 from tests.agent_fixtures import AgentRun
 from tests.helpers import wait_for
 
@@ -66,7 +66,7 @@ def test_a_swapped_page_is_never_served_from_the_cache_after_the_swap(agent_run:
             wait_for("the swap", lambda before=before: os.lstat(link).st_mtime != before, 120, 0.005)
             swapped = os.lstat(link).st_mtime  # the new link was made just before its rename(2)
             wait_for("the new post on the front page", lambda: any(fresh for _, fresh in hammer.seen), 30, 0.01)
-            time.sleep(SWAP_WINDOW_MS / 1000 + 0.5)  # past the window: answered from the cache again
+            time.sleep(1.5)  # past the life of what the cache held before the swap
         first = next(at for at, fresh in hammer.seen if fresh)
         stale_after = [at - swapped for at, fresh in hammer.seen if not fresh and at > first]
         assert stale_after == [], f"old front page served {stale_after} s after the swap"
@@ -74,4 +74,4 @@ def test_a_swapped_page_is_never_served_from_the_cache_after_the_swap(agent_run:
         assert len(hammer.seen) > 100, len(hammer.seen)
     print(f"swap -> new front page through the frontend: {', '.join(f'{d * 1000:.0f} ms' for d in delays)}")
     assert max(delays) <= 0.1, delays
-    assert cache_entries(run) > 0  # between swaps the cache answers again
+    assert cache_entries(run) > 0  # the cache answers again

@@ -423,6 +423,15 @@ def test_a_hung_instance_is_replaced_within_30_s(site: Site) -> None:
 
 
 
+def instance_logs(site: Site) -> dict[str, str]:
+    """The end of each instance's log and of the agent's (what a failed test needs to say why)."""
+    found = {container.name: container.logs(tail=80, timestamps=True).decode(errors="replace")
+             for container in site.run.client.containers.list(all=True) if container.name.startswith("bootstrap-")}
+    found["agent"] = "".join((site.run.tmp / "agent-0.log").read_text(errors="replace").splitlines(True)[-30:])
+    (site.run.tmp / "instance-logs.txt").write_text("\n\n".join(f"== {name}\n{text}" for name, text in found.items()))
+    return found
+
+
 def watcher_pid(container) -> int:
     """The host PID of the instance's pipeline watcher."""
     return next(int(row[0]) for row in container.top(ps_args="-ww -eo pid,args")["Processes"]
@@ -465,7 +474,7 @@ def test_an_instance_whose_watcher_hangs_is_replaced_and_publishes_again(site: S
           f"requests failed; a push after it was live {live:.1f} s after the watcher stopped")
     assert second["replacements"]["unhealthy"] >= 1
     # The frontend asks about serving only: the instance keeps its readers until the replacement is healthy.
-    assert len(readers.failed) <= len(readers.latencies) // 100, readers.failed[:5]
+    assert len(readers.failed) <= len(readers.latencies) // 100, (readers.failed[:5], instance_logs(site))
     wait_for("the hung instance to be removed",
              lambda: first["instance_name"] not in [r["instance_name"] for r in site.run.instances()], 60)
 

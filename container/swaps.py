@@ -57,7 +57,10 @@ class _Swapped(FileSystemEventHandler):
             return
         target = str(getattr(event, "dest_path", "") or event.src_path)
         if os.path.basename(target) == self.link.name:
-            self.swapped(self.name)
+            try:
+                self.swapped(self.name)
+            except Exception:  # noqa: BLE001 - the watch goes on; the cache's max-age (1 s) still bounds this one
+                log.exception("telling the frontend of %s's swap failed", self.name)
 
 
 class SwapWatch:

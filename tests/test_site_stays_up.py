@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,7 @@ def running_site(tmp_path_factory, docker_client: docker.DockerClient, app_image
     hooks = Ipv4Host(tmp, "hk")  # an IPv4-only receiver of deploy notifications, reached over NAT64
     hooks.start("receiver", sys.executable, str(REPO_ROOT / "tests" / "notify_receiver.py"), "8080",
                 str(tmp / "notifications.jsonl"))
+    logs = ContainerLogs(docker_client, tmp / "container-logs")
     try:
         run.write_yaml(
             extra_env=f"\n  WEBHOOK_SECRET: {SECRET}\n  BUILD_TIMEOUT: {BUILD_TIMEOUT}\n  MAX_FILE_MB: {MAX_FILE_MB}"
@@ -147,8 +149,37 @@ def running_site(tmp_path_factory, docker_client: docker.DockerClient, app_image
         site.notifications = tmp / "notifications.jsonl"
         yield site
     finally:
+        logs.close()
         run.cleanup()
         hooks.remove()
+
+
+class ContainerLogs:
+    """The whole log of every container the agent starts, kept in `folder` also after the agent removed the
+    container: a replaced instance's last lines say why a test failed."""
+
+    def __init__(self, client: docker.DockerClient, folder: Path):
+        self.client, self.folder = client, folder
+        folder.mkdir()
+        self.events = client.events(decode=True, filters={"type": "container", "event": "start"})
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        with contextlib.suppress(Exception):  # the stream ends when closed
+            for event in self.events:
+                name = event.get("Actor", {}).get("Attributes", {}).get("name", "")
+                if name.startswith("bootstrap-"):
+                    threading.Thread(target=self._follow, args=(event["id"], name), daemon=True).start()
+
+    def _follow(self, container_id: str, name: str) -> None:
+        with contextlib.suppress(Exception), open(self.folder / f"{name}.log", "ab") as out:
+            for chunk in self.client.api.logs(container_id, stream=True, follow=True, timestamps=True):
+                out.write(chunk)
+                out.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.events.close()
 
 
 @pytest.fixture
@@ -424,9 +455,10 @@ def test_a_hung_instance_is_replaced_within_30_s(site: Site) -> None:
 
 
 def instance_logs(site: Site) -> dict[str, str]:
-    """The end of each instance's log and of the agent's (what a failed test needs to say why)."""
-    found = {container.name: container.logs(tail=80, timestamps=True).decode(errors="replace")
-             for container in site.run.client.containers.list(all=True) if container.name.startswith("bootstrap-")}
+    """The end of each instance's log, also of those replaced and removed, and of the agent's (what a failed
+    test needs to say why)."""
+    found = {path.stem: "".join(path.read_text(errors="replace").splitlines(True)[-60:])
+             for path in sorted((site.run.tmp / "container-logs").glob("*.log"), key=lambda p: p.stat().st_mtime)}
     found["agent"] = "".join((site.run.tmp / "agent-0.log").read_text(errors="replace").splitlines(True)[-30:])
     (site.run.tmp / "instance-logs.txt").write_text("\n\n".join(f"== {name}\n{text}" for name, text in found.items()))
     return found

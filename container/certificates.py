@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from container import frontend, proc
-from container.bootstrap import TlsSettings, is_domain
 from container.errors import CertificateError
+from container.settings import TlsSettings, is_domain
 from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import yaml
 
 from container import builders, nat64
-from container.bootstrap import Bootstrap
 from container.errors import AgentError
 from container.manifest import PersistentFilesystem
-from container.plan import Application, egress_manifest, external_services, local_requires, provider
+from container.plan import egress_manifest, external_services, local_requires, provider
+from container.records import Application
+from container.settings import Bootstrap
 
 MANAGED_BY = "pequod"
 SECRET_KEYS = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_KEY\Z)", re.IGNORECASE)

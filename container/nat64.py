@@ -17,10 +17,10 @@ import socket
 from pathlib import Path
 
 from container import network
-from container.bootstrap import ExternalService, Nat64
 from container.daemon import Daemon
 from container.manifest import Manifest
 from container.records import TUN, Destination
+from container.settings import ExternalService, Nat64
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network, Site
 from container.errors import AgentError
 from container.firewall_rules import render_rules
 from container.manifest import Manifest, RequiredService
 from container.records import Application, Destination, Grant, HostListener, Server, Service, SiteRoute, Tls
+from container.settings import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network, Site
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from container.bootstrap import Bootstrap
+from container.settings import Bootstrap
 from container.site_config import SiteError
 
 SITE_LABEL = "org.pequod.agent.site"  # runtime.LABEL + ".site": the label of a site's instances

@@ -135,7 +135,8 @@ def due(current: Certificate | None, settings: TlsSettings, now: float, force: b
 
 
 def retry_delay(failures: int) -> float:
-    return min(MAX_RETRY, FIRST_RETRY * 2 ** max(0, failures - 1))
+    delay: float = min(MAX_RETRY, FIRST_RETRY * 2 ** max(0, failures - 1))
+    return delay
 
 
 class Store:
@@ -187,7 +188,8 @@ class Store:
 
     def status(self) -> dict[str, Any]:
         try:
-            return json.loads(self.status_file.read_text())
+            status: dict[str, Any] = json.loads(self.status_file.read_text())
+            return status
         except (OSError, ValueError):
             return {}
 

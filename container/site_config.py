@@ -32,7 +32,7 @@ class SiteError(AgentError):
 
 # -- the YAML data: pure -------------------------------------------------------------------------------
 def sites_of(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
-    sites = data.get("sites")
+    sites: list[dict[str, Any]] | None = data.get("sites")
     if not sites:
         raise SiteError(f"{path} has no sites yet: run ./bootstrap.sh once (it makes the blog the site "
                         f"{host_settings.BLOG!r}), then add more")

@@ -301,7 +301,7 @@ def start_or_retry(agent: Host, sup: Supervised, back_off: bool = True) -> None:
         start_pending(agent, sup)
     except AgentError as exc:
         sup.quick_failures += 1
-        sup.restart_at = time.monotonic() + supervision.restart_delay(sup.quick_failures) if back_off else 0.0
+        sup.restart_at = (time.monotonic() + supervision.restart_delay(sup.quick_failures)) if back_off else 0.0
         log.error("%s; retrying", exc)
 
 

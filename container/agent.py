@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -40,12 +41,13 @@ from container import (
     swaps,
 )
 from container import reload as reloading
-from container.bootstrap import Bootstrap, Network
 from container.capacity import Capacity
 from container.errors import AgentError
-from container.nat64 import Destination, Tayga
+from container.instances import Orphans, Supervised
+from container.nat64 import Tayga
+from container.records import Application, Destination, Instance
+from container.settings import Bootstrap, Network
 from container.state import StateDir
-from container.supervision import Instance, Supervised
 from container.tls_keeper import Keepers
 
 log = logging.getLogger("container")
@@ -68,7 +70,10 @@ class _ConfigChanged(FileSystemEventHandler):
 
 
 class Agent:
-    def __init__(self, images: list[str], bootstrap_path: Path, state_dir: Path, client: Any):
+    """The agent's state and its loop. Only the agent writes its fields; the modules it delegates to read
+    them through a protocol (`instances.Host`, `reload.Reloading`) or return what it keeps."""
+
+    def __init__(self, images: list[str], bootstrap_path: Path, state_dir: Path, client: docker.DockerClient):
         self.images = images
         names = [runtime.app_from_image(image)[0] for image in images]
         for name in names:
@@ -79,12 +84,10 @@ class Agent:
         self.state = StateDir(state_dir)
         self.stop = threading.Event()
         self.config_changed = threading.Event()
-        self.images_apps: tuple[plan.Application, ...] = ()  # the images given, one application each
-        self.apps: tuple[plan.Application, ...] = ()  # what runs: the images, or with sites each site
+        self.images_apps: tuple[Application, ...] = ()  # the images given, one application each
+        self.apps: tuple[Application, ...] = ()  # what runs: the images, or with sites each site
         self.supervised: list[Supervised] = []
-        self.orphans: list[Instance] = []  # instances of applications this agent ran before and runs no more
-        self.orphans_due = 0.0
-        self.gone: list[str] = []  # applications (sites) removed whose volumes are still mounted
+        self.orphans = Orphans()  # instances of applications this agent ran before and runs no more
         self.bootstrap: Bootstrap
         self.plan: plan.Plan
         self.capacity: Capacity
@@ -102,13 +105,11 @@ class Agent:
 
     # -- checks, before any side effect ------------------------------------------------------
     def load(self) -> None:
-        preflight.load(self)
-
-    def check_frontend(self, bootstrap: Bootstrap, net: Network, apps: tuple[plan.Application, ...] = ()) -> None:
-        preflight.check_frontend(self, bootstrap, net, apps)
-
-    def resources_in_use(self, exclude: set[str]) -> list[Any]:
-        return preflight.resources_in_use(self, exclude)
+        loaded = preflight.load(self.bootstrap_path, self.images, self.client, self.state, self.frontend,
+                                self.keepers)
+        self.loaded_stamp, self.bootstrap = loaded.stamp, loaded.bootstrap
+        self.images_apps, self.apps, self.supervised = loaded.images_apps, loaded.apps, loaded.supervised
+        self.capacity, self.tayga = loaded.capacity, loaded.tayga
 
     def generated_network(self) -> Network:
         """A stable ULA /64 when the YAML has no network: its seed is kept in the state dir."""
@@ -141,7 +142,7 @@ class Agent:
         self.apply_firewall()
         for sup in self.supervised:
             for instance in sup.live():
-                self.state.write_etc_file(instance.name, "hosts", self._hosts(sup.app, instance.address))
+                self.state.write_etc_file(instance.name, "hosts", self.etc_hosts(sup.app, instance.address))
 
     def apply_firewall(self) -> None:
         """Rules for the current instance addresses; applied only when they changed."""
@@ -151,7 +152,7 @@ class Agent:
             firewall.apply(rules)
             self.rules = rules
 
-    def _hosts(self, app: plan.Application, address: ipaddress.IPv6Address) -> str:
+    def etc_hosts(self, app: Application, address: ipaddress.IPv6Address) -> str:
         return plan.instance_hosts(self.apps, app, address, self.network(), self.destinations.get(app.name, ()))
 
     def publish(self) -> None:
@@ -169,7 +170,7 @@ class Agent:
                                                        pem, pem_domains, site_pems, preview_pems),
                                 self.bootstrap.metrics.haproxy)
 
-    def healthy(self, app: plan.Application, instance: Instance) -> bool:
+    def healthy(self, app: Application, instance: Instance) -> bool:
         return all(checks.answers_health(str(instance.address), p.local_port, p.health_check_path)
                    for p in app.manifest.provides)
 
@@ -214,7 +215,47 @@ class Agent:
 
     # -- configuration changes (reload.py) -----------------------------------------------------
     def reload_config(self) -> None:
-        reloading.reload(self)
+        """A changed bootstrap YAML, checked whole first (reload.py); then the agent takes it and applies only
+        what changed: NAT64, the sites, the certificates and the frontend, then the running instances."""
+        new = reloading.check(self)
+        if new is None:
+            return
+        old_plan = self.plan
+        self.bootstrap, self.plan = new.bootstrap, new.plan
+        change = plan.changes(old_plan, new.plan)
+        if not change.any:
+            return
+        if change.nat64:
+            reloading.stop_nat64(self.tayga, new.bootstrap.nat64)
+            self.tayga = Tayga(new.bootstrap.nat64, self.state.path)
+            self.tayga.ensure()
+        fresh = self.apply_sites(new.apps, change)
+        if change.frontend:
+            log.info("bootstrap YAML changed: frontend settings")
+        self.configure_certificates()
+        self.publish()  # only a changed frontend configuration reloads HAProxy
+        if change.replace_instances:
+            reloading.replace_all(self, change, fresh)
+            return
+        self.refresh_destinations(force=True)
+        reloading.update_instances(self, old_plan, new.plan, change)
+
+    def apply_sites(self, apps: tuple[Application, ...], change: plan.Changes) -> set[str]:
+        """Sites (or applications) no longer configured retire, new ones are supervised, changed ones get
+        their new settings; then `reload.start_sites` starts what must start."""
+        self.apps = apps
+        by_name = {app.name: app for app in apps}
+        for sup in [sup for sup in self.supervised if sup.app.name not in by_name]:
+            log.info("bootstrap YAML changed: %s %s removed", "site" if sup.app.site else "application", sup.app.name)
+            self.supervised.remove(sup)  # the next publish takes it out of the frontend
+            instances.retire(self, sup)
+        for sup in self.supervised:
+            sup.configure(by_name[sup.app.name])
+        running = {sup.app.name for sup in self.supervised}
+        added = [Supervised(app, runtime.image_info(self.client, app.image).id) for app in apps
+                 if app.name not in running]
+        self.supervised += added
+        return reloading.start_sites(self, added, change)
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -237,9 +278,7 @@ class Agent:
                 log.info("the image %s changed since %s started: starting a replacement", sup.app.image,
                          adopted.name)
                 self.state.save(supervision.count_replacement(self.state.load(), sup.app.name, "image"))
-                if sup.pending is not None:  # still starting: nothing is served by it yet
-                    runtime.remove(self.client, sup.pending.instance.name)
-                    sup.pending = None
+                instances.remove_pending(self, sup)  # still starting: nothing is served by it yet
                 instances.start_pending(self, sup)
         if self.bootstrap.metrics.agent:
             metrics.serve(*self.bootstrap.metrics.agent,

@@ -313,16 +313,19 @@ def _sites(read: Reader, value: Any, frontend: FrontendSettings, previews: Any =
         if frontend.tls is None or not frontend.tls.acme:
             raise read.fail(f"sites[{index}].previews.certificate", "a certificate for the previews comes from "
                             "the ACME CA of frontend.tls (with its email): configure frontend.tls")
-        other = certificates.setdefault(site.previews.domain, site.previews.certificate)
-        if other != site.previews.certificate:
+        shared = certificates.setdefault(site.previews.domain, site.previews.certificate)
+        if shared != site.previews.certificate:
             raise read.fail(f"sites[{index}].previews.certificate", f"the previews at {site.previews.domain} share "
                             "one wildcard certificate: give them one certificate setting")
     for site in sites:  # a preview's name is never a site's domain
         for other in sites:
-            clash = next((d for d in site.domains if other.previews and d.endswith("." + other.previews.domain)), None)
+            previews = other.previews
+            if previews is None:
+                continue
+            clash = next((d for d in site.domains if d.endswith("." + previews.domain)), None)
             if clash is not None:
                 raise read.fail(f"sites[{sites.index(site)}].domains", f"{clash} is under the previews' domain "
-                                f"{other.previews.domain} (site {other.name!r}), whose names are the previews'")
+                                f"{previews.domain} (site {other.name!r}), whose names are the previews'")
     if sites and frontend.tls is not None and frontend.tls.domains:
         raise read.fail("frontend.tls.domains", "with sites, each site lists its own domains; remove these")
     return tuple(sites)
@@ -370,7 +373,7 @@ def _metrics(read: Reader, value: Any) -> MetricsSettings:
     """`metrics: {agent: "127.0.0.1:9464", haproxy: "127.0.0.1:9465"}`; `off` turns one off. Loopback only:
     neither may be reachable from outside the host or from an instance."""
     fields = read.mapping(value if value is not None else {}, "metrics", ("agent", "haproxy"), ())
-    found = {}
+    found: dict[str, Listen | None] = {}
     for key in ("agent", "haproxy"):
         if key not in fields:
             continue

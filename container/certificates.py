@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from container import frontend, proc
-from container.bootstrap import TlsSettings, is_domain
 from container.errors import CertificateError
+from container.settings import TlsSettings, is_domain
 from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ def due(current: Certificate | None, settings: TlsSettings, now: float, force: b
 
 
 def retry_delay(failures: int) -> float:
-    return min(MAX_RETRY, FIRST_RETRY * 2 ** max(0, failures - 1))
+    delay: float = min(MAX_RETRY, FIRST_RETRY * 2 ** max(0, failures - 1))
+    return delay
 
 
 class Store:
@@ -187,7 +188,8 @@ class Store:
 
     def status(self) -> dict[str, Any]:
         try:
-            return json.loads(self.status_file.read_text())
+            status: dict[str, Any] = json.loads(self.status_file.read_text())
+            return status
         except (OSError, ValueError):
             return {}
 

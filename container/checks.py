@@ -8,9 +8,9 @@ import shutil
 import socket
 from pathlib import Path
 
-from container.bootstrap import Bootstrap
 from container.errors import AgentError
 from container.manifest import Manifest
+from container.settings import Bootstrap
 
 HOST_PROGRAMS = {"tayga": "tayga", "haproxy": "haproxy", "iptables-restore": "iptables",
                  "ip6tables-restore": "iptables"}

@@ -15,10 +15,14 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from container.errors import AgentError, ManifestError
 from container.manifest import load_manifest
 from container.state import StateDir
+
+if TYPE_CHECKING:  # imported where used: each command loads only what it needs
+    from container.certificates import Store
 
 DEFAULT_IMAGE = "srcco-de:1"
 
@@ -216,7 +220,7 @@ def renew(state_dir: Path, force: bool) -> int:
     return 0
 
 
-def _renew(store, state_dir: Path, force: bool) -> None:
+def _renew(store: Store, state_dir: Path, force: bool) -> None:
     from container import certificates
 
     settings = store.settings()
@@ -226,12 +230,12 @@ def _renew(store, state_dir: Path, force: bool) -> None:
                          "the agent serves the new one within 10 s")
     reason = certificates.obtain(settings, store, force)
     current = store.current()
-    assert current is not None or reason is None
     if reason is None:
         print(site + (f"nothing due: the certificate for {', '.join(settings.domains)} is valid for "
               f"{current.days_left(time.time()):.0f} more days (renewed {settings.renew_days} days before "
               "expiry; --force renews now)" if current else "nothing due"))
         return
+    assert current is not None  # just obtained
     served = certificates.sync_frontend(store, state_dir / "haproxy" / "admin.sock")
     print(f"{site}renewed ({reason}): serial {current.serial}, valid until "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(current.not_after))}; "

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from container.bootstrap import Nat64, Network
 from container.records import BRIDGE, TUN, Grant, HostListener
+from container.settings import Nat64, Network
 
 FORWARD, INPUT, POSTROUTING, PREROUTING = "PEQUOD-FORWARD", "PEQUOD-INPUT", "PEQUOD-POSTROUTING", "PEQUOD-PREROUTING"
 

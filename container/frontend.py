@@ -26,6 +26,7 @@ from container.errors import FrontendError
 from container.records import Server as Server
 from container.records import Service
 from container.records import Tls as Tls
+from container.settings import Listen
 from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ class Frontend:
         self._swaps_lock = threading.Lock()
         self._swaps_written: str | None = None
 
-    def render(self, services: tuple[Service, ...], exporter=None) -> str:
+    def render(self, services: tuple[Service, ...], exporter: Listen | None = None) -> str:
         """The configuration for these services; the swaps map it names exists (haproxy -c opens it)."""
         if backend_names(services) and not (self.dir / SWAPS).exists():
             with self._swaps_lock:
@@ -407,7 +408,7 @@ class Frontend:
         if answer.strip():
             log.warning("the frontend refused the swap of %s: %s", name, answer.strip())
 
-    def apply(self, services: tuple[Service, ...], exporter=None) -> bool:
+    def apply(self, services: tuple[Service, ...], exporter: Listen | None = None) -> bool:
         """Make HAProxy run with this configuration; True when something changed (started or reloaded)."""
         with self._swaps_lock:
             self.swaps = swaps_with(backend_names(services), self.swaps)

@@ -63,8 +63,7 @@ def main(argv: list[str]) -> int:
     if command is None:
         print(f"pequod: {refusal}", file=sys.stderr)
         return 1
-    os.execvpe(command[0], command, environment(dict(os.environ)))
-    return 1  # not reached
+    os.execvpe(command[0], command, environment(dict(os.environ)))  # does not return
 
 
 if __name__ == "__main__":

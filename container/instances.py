@@ -4,23 +4,93 @@ decides when; these functions do it through the gateways."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
+
+import docker
 
 from container import builders, network, plan, runtime, supervision, volume
+from container.capacity import Capacity
 from container.errors import AgentError
-from container.supervision import Instance, Pending, Retiring, Supervised
+from container.manifest import Builder
+from container.records import Application, Instance
+from container.settings import Bootstrap, Network
+from container.state import StateDir
+from container.supervision import Pending, Retiring
 
 log = logging.getLogger("container")
 
 ZONE = "bootstrap"
-Agent = Any  # container.agent.Agent, which imports this module (named here, not imported: no cycle)
 
 
-def adopt(agent: Agent, sup: Supervised) -> None:
+@dataclass
+class Supervised:
+    """The agent's live state of one application: its instances and its back-off. Written here only."""
+    app: Application
+    image_id: str = ""
+    serving: Instance | None = None  # the instance in the frontend
+    pending: Pending | None = None
+    retiring: tuple[Retiring, ...] = ()
+    starting: ipaddress.IPv6Address | None = None  # the address of an instance being created
+    quick_failures: int = 0
+    restart_at: float = 0.0
+    unhealthy_since: float | None = None
+    checked_at: float = 0.0
+
+    def configure(self, app: Application) -> None:
+        """The application's new settings (a changed bootstrap YAML); its instances stay until replaced."""
+        self.app = app
+
+    def live(self) -> list[Instance]:
+        return [i for i in (self.serving, self.pending.instance if self.pending else None) if i is not None]
+
+    def addresses(self) -> tuple[ipaddress.IPv6Address, ...]:
+        return tuple([i.address for i in self.live()] + ([self.starting] if self.starting else []))
+
+
+@dataclass
+class Orphans:
+    """Instances of applications (sites) the agent runs no more, removed once the frontend no longer sends
+    them requests (at `due`, monotonic), and the applications whose volumes are still mounted (`gone`)."""
+    instances: list[Instance] = field(default_factory=list)
+    due: float = 0.0
+    gone: list[str] = field(default_factory=list)
+
+
+class Host(Protocol):
+    """What these functions need of the agent (`agent.Agent` is one). A protocol, because the agent imports
+    this module; its fields read-only, because only the agent writes them."""
+
+    @property
+    def client(self) -> docker.DockerClient: ...
+    @property
+    def state(self) -> StateDir: ...
+    @property
+    def bootstrap(self) -> Bootstrap: ...
+    @property
+    def capacity(self) -> Capacity: ...
+    @property
+    def images_apps(self) -> tuple[Application, ...]: ...
+    @property
+    def apps(self) -> tuple[Application, ...]: ...
+    @property
+    def supervised(self) -> Sequence[Supervised]: ...
+    @property
+    def orphans(self) -> Orphans: ...
+    def network(self) -> Network: ...
+    def etc_hosts(self, app: Application, address: ipaddress.IPv6Address) -> str: ...
+    def healthy(self, app: Application, instance: Instance) -> bool: ...
+    def apply_firewall(self) -> None: ...
+    def publish(self) -> None: ...
+
+
+def adopt(agent: Host, sup: Supervised) -> None:
     """Take over a running instance left by an earlier agent (the newest healthy one); remove the rest.
 
     The earlier agent may have been killed while it wired the instance (its network is finished here) or
@@ -44,7 +114,7 @@ def adopt(agent: Agent, sup: Supervised) -> None:
     missing = network.ensure_wired(kept.pid, kept.name, agent.network(), kept.address)
     if missing:
         log.info("re-wired the network of %s: it lacked %s", kept.name, ", ".join(missing))
-    agent.state.write_etc_file(kept.name, "hosts", agent._hosts(sup.app, kept.address))
+    agent.state.write_etc_file(kept.name, "hosts", agent.etc_hosts(sup.app, kept.address))
     start_left = supervision.start_period_left(kept, sup.app.health_timeout, time.time())
     if start_left > 0 and not agent.healthy(sup.app, kept):
         sup.pending = Pending(kept, time.monotonic() + start_left)
@@ -54,7 +124,7 @@ def adopt(agent: Agent, sup: Supervised) -> None:
         sup.serving = kept
         log.info("re-adopted running instance %s (%s)", kept.name, kept.address)
 
-def start_instance(agent: Agent, sup: Supervised) -> Instance:
+def start_instance(agent: Host, sup: Supervised) -> Instance:
     app, net = sup.app, agent.network()
     instance_id = runtime.InstanceId(ZONE, "", app.name, app.version, f"{network.random16():04x}")
     address = network.instance_address(net.subnet, network.host_ipv4(), network.random16())
@@ -64,7 +134,7 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
         name = instance_id.name
         etc = {
             "/etc/resolv.conf": str(agent.state.write_etc_file(name, "resolv.conf", plan.resolv_conf(net))),
-            "/etc/hosts": str(agent.state.write_etc_file(name, "hosts", agent._hosts(app, address))),
+            "/etc/hosts": str(agent.state.write_etc_file(name, "hosts", agent.etc_hosts(app, address))),
         }
         image = runtime.image_info(agent.client, app.image)
         sup.image_id = image.id
@@ -77,7 +147,7 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
         environment = {**({"USER": "site", "LOGNAME": "site"} if app.site else {}),  # a user without a passwd line
                        **agent.bootstrap.site_env(app.site)}
         if builder is not None:
-            start_builder(agent, app, image.id, volumes, uid)
+            start_builder(agent, app, builder, image.id, volumes, uid)
             environment["BUILDER_SOCKET"] = builder.socket
         args = runtime.container_args(
             image=app.image, instance=instance_id, manifest=app.manifest,
@@ -100,10 +170,10 @@ def start_instance(agent: Agent, sup: Supervised) -> Instance:
     log.info("started %s at %s", name, address)
     return instance
 
-def start_builder(agent: Agent, app: Any, image_id: str, volumes: dict[str, str], uid: int | None) -> None:
+def start_builder(agent: Host, app: Application, builder: Builder, image_id: str, volumes: dict[str, str],
+                  uid: int | None) -> None:
     """The application's builder (container/builders.py) running with this image, before its instance starts:
     its volume its user's, the folder it reads present (the instance's user's)."""
-    builder = app.manifest.builder
     builders.own_volume(Path(volumes[builder.volume]), builders.uid(uid))
     if builder.reads and builder.reads_volume:  # the folder it reads, the instance's (bind-mounted, so it must exist)
         folder = Path(volumes[builder.reads_volume]) / builder.reads_subpath
@@ -118,7 +188,7 @@ def start_builder(agent: Agent, app: Any, image_id: str, volumes: dict[str, str]
 SITE_UIDS = 20000  # the first site's user; each further site the next number, kept in state.json
 
 
-def site_user(agent: Agent, site: str) -> str:
+def site_user(agent: Host, site: str) -> str:
     """Each site's instances run as a user of their own ("uid:gid", none of them root or another site's),
     allocated once and kept: per-user kernel limits (the build sandbox's RLIMIT_NPROC counts every
     process of a user on the host) and file ownership then stay per site, and one site's processes
@@ -131,28 +201,29 @@ def site_user(agent: Agent, site: str) -> str:
     return f"{uids[site]}:{uids[site]}"
 
 
-def start_pending(agent: Agent, sup: Supervised) -> None:
+def start_pending(agent: Host, sup: Supervised) -> None:
     sup.pending = Pending(start_instance(agent, sup), time.monotonic() + sup.app.health_timeout)
 
-def remove_orphans(agent: Agent, force: bool = False) -> None:
-    if agent.orphans and (force or time.monotonic() >= agent.orphans_due):
-        for instance in agent.orphans:
+def remove_orphans(agent: Host, force: bool = False) -> None:
+    orphans = agent.orphans
+    if orphans.instances and (force or time.monotonic() >= orphans.due):
+        for instance in orphans.instances:
             log.info("removing %s: its application (site) is no longer configured", instance.name)
             runtime.remove(agent.client, instance.name)
-        agent.orphans = []
+        orphans.instances = []
         release_volumes(agent)
 
-def release_volumes(agent: Agent) -> None:
+def release_volumes(agent: Host) -> None:
     """Unmount the volumes of the applications (sites) gone; their data stays in its image file."""
     running = {app.name for app in agent.apps}
-    for name in sorted(set(agent.gone) - running):
+    for name in sorted(set(agent.orphans.gone) - running):
         if builders.remove(agent.client, ZONE, name):
             log.info("removed the builder of %s", name)
         for fs in agent.images_apps[0].manifest.volumes if agent.images_apps else ():
             volume.release(agent.state.path, name, fs)
-    agent.gone = []
+    agent.orphans.gone = []
 
-def remember_applications(agent: Agent) -> None:
+def remember_applications(agent: Host) -> None:
     """The applications this agent runs, so a later start knows which instances of ours are orphans."""
     state = agent.state.load()
     names = sorted(app.name for app in agent.apps)
@@ -161,46 +232,47 @@ def remember_applications(agent: Agent) -> None:
         agent.state.save(state)
 
 
-def previous_applications(agent: Agent, found: list[Instance]) -> set[str]:
+def previous_applications(state_dir: StateDir, images_apps: tuple[Application, ...],
+                          found: list[Instance]) -> set[str]:
     """What this agent ran before; a state dir from before sites does not say: then every application of
     ours (our zone, one of our images) counts, e.g. the one blog that became the site `blog`."""
-    state = agent.state.load()
+    state = state_dir.load()
     if "applications" in state:
         return set(state["applications"])
-    images = {app.image for app in agent.images_apps}
+    images = {app.image for app in images_apps}
     return {instance.application for instance in found if instance.image in images}
 
 
-def find_orphans(agent: Agent) -> None:
+def find_orphans(agent: Host) -> None:
     """Instances of applications (sites) this agent ran before and runs no more: removed once the
     frontend no longer sends them requests."""
     found = runtime.instances(agent.client, ZONE)
-    previous = previous_applications(agent, found) - {app.name for app in agent.apps}
-    agent.orphans = [i for i in found if i.application in previous]
-    agent.gone = sorted(previous)
+    previous = previous_applications(agent.state, agent.images_apps, found) - {app.name for app in agent.apps}
+    agent.orphans.instances = [i for i in found if i.application in previous]
+    agent.orphans.gone = sorted(previous)
 
 
-def retire(agent: Agent, sup: Supervised) -> None:
-    """A site (or application) no longer configured: no longer supervised, so the next publish takes it
-    out of the frontend; its instances are removed after they had time to finish, its volumes unmounted
-    (their data stays)."""
-    agent.supervised.remove(sup)
-    agent.orphans += [*sup.live(), *(item.instance for item in sup.retiring)]
-    agent.orphans_due = time.monotonic() + supervision.DRAIN_SECONDS
-    agent.gone.append(sup.app.name)
+def retire(agent: Host, sup: Supervised) -> None:
+    """A site (or application) no longer configured, and no longer supervised (the agent took it out of its
+    list), so the next publish takes it out of the frontend: its instances are removed after they had time
+    to finish, its volumes unmounted (their data stays)."""
+    agent.orphans.instances += [*sup.live(), *(item.instance for item in sup.retiring)]
+    agent.orphans.due = time.monotonic() + supervision.DRAIN_SECONDS
+    agent.orphans.gone.append(sup.app.name)
 
 
-def bridge_from_before_sites(agent: Agent) -> None:
+def bridge_from_before_sites(agent: Host) -> None:
     """A host that ran the blog before it had sites ran it as the image's own application. That instance
     keeps serving the default site until the site's own instance is healthy, then retires like any
     replaced instance: turning a host into one with sites drops no reader."""
     images = {app.name for app in agent.images_apps}
     site = next((sup for sup in agent.supervised if sup.app.site is not None and sup.app.site.default
                  and sup.serving is None and sup.pending is None), None)
-    before = next((i for i in agent.orphans if i.running and i.application in images and not i.site), None)
+    before = next((i for i in agent.orphans.instances if i.running and i.application in images and not i.site),
+                  None)
     if site is None or before is None:
         return
-    agent.orphans.remove(before)
+    agent.orphans.instances.remove(before)
     site.serving = before
     log.info("%s (from before sites) serves the default site %s until its own instance is healthy", before.name,
              site.app.name)
@@ -208,7 +280,32 @@ def bridge_from_before_sites(agent: Agent) -> None:
     start_pending(agent, site)
 
 
-def failed(agent: Agent, sup: Supervised, instance: Instance, status: str, why: str = "") -> None:
+def remove_pending(agent: Host, sup: Supervised) -> None:
+    """The instance still starting (nothing is served by it yet) removed."""
+    if sup.pending is not None:
+        runtime.remove(agent.client, sup.pending.instance.name)
+        sup.pending = None
+
+
+def remove_serving(agent: Host, sup: Supervised) -> None:
+    """The instance in the frontend removed at once, without draining (it is unreachable)."""
+    if sup.serving is not None:
+        runtime.remove(agent.client, sup.serving.name)
+        sup.serving = None
+
+
+def start_or_retry(agent: Host, sup: Supervised, back_off: bool = True) -> None:
+    """A new pending instance; when it cannot start, the loop tries again: after the back-off, or (a
+    configuration just changed) in its next round."""
+    try:
+        start_pending(agent, sup)
+    except AgentError as exc:
+        sup.quick_failures += 1
+        sup.restart_at = (time.monotonic() + supervision.restart_delay(sup.quick_failures)) if back_off else 0.0
+        log.error("%s; retrying", exc)
+
+
+def failed(agent: Host, sup: Supervised, instance: Instance, status: str, why: str = "") -> None:
     """Remove a dead or unhealthy instance and schedule its replacement (back-off for crash loops)."""
     _, code = runtime.state(agent.client, instance.name)
     lived = time.time() - instance.started
@@ -219,7 +316,7 @@ def failed(agent: Agent, sup: Supervised, instance: Instance, status: str, why: 
     sup.restart_at = time.monotonic() + delay
     agent.state.save(supervision.count_replacement(agent.state.load(), sup.app.name, "crash"))
 
-def check_liveness(agent: Agent, sup: Supervised, now: float) -> None:
+def check_liveness(agent: Host, sup: Supervised, now: float) -> None:
     """Replace the instance in the frontend when it stopped answering its health check; it keeps its
     place until the replacement is healthy (HAProxy stops sending it requests meanwhile)."""
     assert sup.serving is not None
@@ -236,7 +333,7 @@ def check_liveness(agent: Agent, sup: Supervised, now: float) -> None:
     except AgentError as exc:
         log.error("%s; retrying", exc)
 
-def supervise(agent: Agent, sup: Supervised) -> None:
+def supervise(agent: Host, sup: Supervised) -> None:
     now = time.monotonic()
     if sup.serving is not None:
         status, _ = runtime.state(agent.client, sup.serving.name)
@@ -263,12 +360,7 @@ def supervise(agent: Agent, sup: Supervised) -> None:
             sup.pending = None
             failed(agent, sup, candidate, status, f"not healthy within {sup.app.health_timeout} s")
     if sup.serving is None and sup.pending is None and now >= sup.restart_at:
-        try:
-            start_pending(agent, sup)
-        except AgentError as exc:
-            sup.quick_failures += 1
-            sup.restart_at = time.monotonic() + supervision.restart_delay(sup.quick_failures)
-            log.error("%s; retrying", exc)
+        start_or_retry(agent, sup)
     remove, sup.retiring = supervision.due(sup.retiring, now)
     for item in remove:
         log.info("removing replaced instance %s", item.instance.name)

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
 from container import builders, nat64
-from container.bootstrap import Bootstrap
 from container.errors import AgentError
 from container.manifest import PersistentFilesystem
-from container.plan import Application, egress_manifest, external_services, local_requires, provider
+from container.plan import egress_manifest, external_services, local_requires, provider
+from container.records import Application, Destination
+from container.settings import Bootstrap
 
+Doc = dict[str, Any]  # a Kubernetes object, or a part of one, as the plain data rendered to YAML
 MANAGED_BY = "pequod"
 SECRET_KEYS = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_KEY\Z)", re.IGNORECASE)
 # User-info of a URL of any scheme (`https://TOKEN@host/`, `https://user:password@host/`, encoded or not), or
@@ -76,7 +79,7 @@ def _labels(app: Application) -> dict[str, str]:
             "app.kubernetes.io/managed-by": MANAGED_BY}
 
 
-def _meta(app: Application, options: Options, name: str | None = None) -> dict:
+def _meta(app: Application, options: Options, name: str | None = None) -> Doc:
     return {"name": name or app.name, "namespace": options.namespace, "labels": _labels(app)}
 
 
@@ -84,16 +87,16 @@ def _volume_name(mountpoint: str) -> str:
     return "vol" + re.sub(r"[^a-z0-9]+", "-", mountpoint.lower()).rstrip("-")
 
 
-def _probe(path: str, port: int, period: int, failures: int) -> dict:
+def _probe(path: str, port: int, period: int, failures: int) -> Doc:
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 1,
             "failureThreshold": failures}
 
 
 def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, uid: int, options: Options,
-             secret_name: str | None) -> dict:
+             secret_name: str | None) -> Doc:
     manifest, resources = app.manifest, app.manifest.resources
     env = {k: v for k, v in exported_env(bootstrap, app).items() if not is_secret(k, v)}
-    container: dict = {
+    container: Doc = {
         "name": app.name,
         "image": app.image,
         "imagePullPolicy": "IfNotPresent",
@@ -112,7 +115,7 @@ def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": _volume_name(fs.mountpoint), "mountPath": fs.mountpoint}
-                         for fs in (*manifest.filesystems, *manifest.volumes)],
+                         for fs in manifest.filesystems + manifest.volumes],
     }
     if secret_name:
         container["envFrom"] = [{"secretRef": {"name": secret_name}}]
@@ -134,7 +137,7 @@ def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
     if not options.storage_class:
         volumes += [{"name": _volume_name(fs.mountpoint), "emptyDir": {"sizeLimit": f"{fs.size_mb}Mi"}}
                     for fs in manifest.volumes]
-    spec: dict = {
+    spec: Doc = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
@@ -151,7 +154,7 @@ def pod_spec(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
     return spec
 
 
-def builder_container(app: Application, uid: int, options: Options) -> dict:
+def builder_container(app: Application, uid: int, options: Options) -> Doc:
     """The application's builder (container/builders.py) as a second container of the pod: its own user and PID
     namespace (the pod does not share one), its limits, no secret, its own volume and, read-only, the one it
     reads. The pod's containers share one network namespace: the NetworkPolicy's egress rules hold for it too."""
@@ -160,7 +163,7 @@ def builder_container(app: Application, uid: int, options: Options) -> dict:
     limits = builders.resources(builder, app.manifest.resources)
     user = builders.uid(uid)
     cpu = cpu_quantity(limits.cpu_vmhz, options.mhz_per_cpu)
-    mounts = [{"name": _volume_name(builder.volume), "mountPath": builder.volume},
+    mounts: list[Doc] = [{"name": _volume_name(builder.volume), "mountPath": builder.volume},
               {"name": "builder-tmp", "mountPath": "/tmp"}]
     if builder.reads and builder.reads_volume:
         mounts.insert(0, {"name": _volume_name(builder.reads_volume), "mountPath": builder.reads, "readOnly": True,
@@ -182,11 +185,12 @@ def builder_container(app: Application, uid: int, options: Options) -> dict:
     }
 
 
-def _destinations(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap):
+def _destinations(app: Application, apps: tuple[Application, ...],
+                  bootstrap: Bootstrap) -> tuple[Destination, ...]:
     return nat64.destinations(egress_manifest(app, bootstrap), external_services(apps, app, bootstrap), bootstrap.nat64)
 
 
-def host_aliases(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> list:
+def host_aliases(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> list[Doc]:
     """The required external services' local host names → their NAT64 addresses (unless the cluster does
     DNS64 itself)."""
     if options.dns64:
@@ -198,10 +202,10 @@ def host_aliases(app: Application, apps: tuple[Application, ...], bootstrap: Boo
     return [{"ip": ip, "hostnames": sorted(names)} for ip, names in sorted(by_address.items())]
 
 
-def network_policy(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> dict:
+def network_policy(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, options: Options) -> Doc:
     """Ingress only to the provided ports; egress only to the declared external services, the DNS servers
     and the services of other applications it requires."""
-    egress: list[dict] = []
+    egress: list[Doc] = []
     for found in _destinations(app, apps, bootstrap):
         blocks = [{"ipBlock": {"cidr": f"{address}/128"}} for address in found.ipv6] or [
             {"ipBlock": {"cidr": str(bootstrap.nat64.prefix)}}]
@@ -224,7 +228,7 @@ def network_policy(app: Application, apps: tuple[Application, ...], bootstrap: B
 
 
 def workload(app: Application, apps: tuple[Application, ...], bootstrap: Bootstrap, uid: int, options: Options,
-             secret_name: str | None) -> dict:
+             secret_name: str | None) -> Doc:
     selector = {"matchLabels": {"app.kubernetes.io/name": app.name}}
     template = {"metadata": {"labels": _labels(app)},
                 "spec": pod_spec(app, apps, bootstrap, uid, options, secret_name)}
@@ -241,7 +245,7 @@ def workload(app: Application, apps: tuple[Application, ...], bootstrap: Bootstr
                      "template": template, "volumeClaimTemplates": claims}}
 
 
-def _claim(fs: PersistentFilesystem, storage_class: str) -> dict:
+def _claim(fs: PersistentFilesystem, storage_class: str) -> Doc:
     return {"metadata": {"name": _volume_name(fs.mountpoint)},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
                      "resources": {"requests": {"storage": f"{fs.size_mb}Mi"}}}}
@@ -264,7 +268,7 @@ def service_name(app: Application, index: int) -> str:
     return name
 
 
-def export(apps: tuple[Application, ...], bootstrap: Bootstrap, uids: dict[str, int], options: Options) -> list[dict]:
+def export(apps: tuple[Application, ...], bootstrap: Bootstrap, uids: dict[str, int], options: Options) -> list[Doc]:
     """The Kubernetes objects for the applications, in a stable order."""
     for site in bootstrap.sites:
         check_repo(bootstrap.site_env(site), f"site {site.name}: ")
@@ -272,7 +276,7 @@ def export(apps: tuple[Application, ...], bootstrap: Bootstrap, uids: dict[str, 
         check_repo(bootstrap.env)
     if options.replicas < 1 or options.mhz_per_cpu < 1:
         raise ExportError("--replicas and --mhz-per-cpu must be at least 1")
-    docs: list[dict] = []
+    docs: list[Doc] = []
     for app in apps:
         secrets = secrets_of(app, bootstrap)
         secret_name = f"{app.name}-env" if secrets else None
@@ -300,26 +304,26 @@ def export(apps: tuple[Application, ...], bootstrap: Bootstrap, uids: dict[str, 
     return docs
 
 
-def ingress(app: Application, service: str, port: int, options: Options) -> dict:
+def ingress(app: Application, service: str, port: int, options: Options) -> Doc:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": _meta(app, options, service),
             "spec": {"ingressClassName": options.ingress_class,
                      "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
                          "service": {"name": service, "port": {"number": port}}}}]}}]}}
 
 
-def site_ingress(app: Application, service: str, port: int, bootstrap: Bootstrap, options: Options) -> dict:
+def site_ingress(app: Application, service: str, port: int, bootstrap: Bootstrap, options: Options) -> Doc:
     """A site's Ingress: a rule per domain (and a host-less one for the default site, which serves the hosts no
     site names); with `frontend.tls`, HTTPS for its domains with the certificate in the Secret `<site>-tls`.
     Written with or without --ingress-class (without it, the cluster's default IngressClass serves it)."""
     assert app.site is not None
-    def http() -> dict:  # a new dict per rule: no YAML anchors and aliases in the output
+    def http() -> Doc:  # a new dict per rule: no YAML anchors and aliases in the output
         return {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
             "service": {"name": service, "port": {"number": port}}}}]}
 
     rules = [{"host": domain, "http": http()} for domain in app.site.domains]
     if app.site.default:
         rules.append({"http": http()})
-    spec: dict = {"ingressClassName": options.ingress_class} if options.ingress_class else {}
+    spec: Doc = {"ingressClassName": options.ingress_class} if options.ingress_class else {}
     if bootstrap.frontend.tls is not None and app.site.domains:
         spec["tls"] = [{"hosts": list(app.site.domains), "secretName": f"{app.name}-tls"}]
     spec["rules"] = rules
@@ -386,7 +390,7 @@ def site_notes(apps: tuple[Application, ...], bootstrap: Bootstrap) -> list[str]
     return notes
 
 
-def render(docs: list[dict], notes: list[str]) -> str:
+def render(docs: list[Doc], notes: list[str]) -> str:
     header = "# Generated by pequod-agent --export kubernetes. Not expressed by these objects:\n"
     header += "".join(f"# - {note}\n" for note in notes)
     return header + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, explicit_start=True)

@@ -322,7 +322,8 @@ def _filesystems(source: str, fs_el: etree._Element | None,
         else:
             size = check.integer("default-mb", 16, 1024 * 1024, "a size in MB")
             volumes.append(PersistentFilesystem(mountpoint, size))
-    _unique(source, [*filesystems, *volumes], lambda fs: fs.mountpoint, "mountpoint")
+    mounted: list[TemporaryFilesystem | PersistentFilesystem] = [*filesystems, *volumes]
+    _unique(source, mounted, lambda fs: fs.mountpoint, "mountpoint")
     return tuple(filesystems), tuple(volumes)
 
 

@@ -142,6 +142,6 @@ class AgentCollector:
 def serve(address: Any, port: int, collector: AgentCollector) -> None:
     """The metrics endpoint in a thread of the agent: http://ADDRESS:PORT/metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     start_http_server(port, addr=str(address), registry=registry)
     log.info("metrics at http://%s/metrics", f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}")

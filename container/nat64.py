@@ -14,13 +14,14 @@ import logging
 import os
 import pwd
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from container import network
-from container.bootstrap import ExternalService, Nat64
 from container.daemon import Daemon
 from container.manifest import Manifest
 from container.records import TUN, Destination
+from container.settings import ExternalService, Nat64
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def resolve_ipv4(host: str) -> tuple[ipaddress.IPv4Address, ...]:
 
 
 def destinations(manifest: Manifest, services: tuple[ExternalService, ...], nat64: Nat64,
-                 resolve=resolve_ipv4) -> tuple[Destination, ...]:
+                 resolve: Callable[[str], tuple[ipaddress.IPv4Address, ...]] = resolve_ipv4) -> tuple[Destination, ...]:
     """The manifest's requires that `services` defines, resolved (others are provided on this host)."""
     defined = {service.name: service for service in services}
     found = []

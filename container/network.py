@@ -17,9 +17,9 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from container.bootstrap import Network, Route
 from container.errors import NetworkError
 from container.records import BRIDGE
+from container.settings import Network, Route
 
 log = logging.getLogger(__name__)
 

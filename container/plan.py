@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from container.bootstrap import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network, Site
 from container.errors import AgentError
 from container.firewall_rules import render_rules
 from container.manifest import Manifest, RequiredService
 from container.records import Application, Destination, Grant, HostListener, Server, Service, SiteRoute, Tls
+from container.settings import Bootstrap, ExternalService, FrontendSettings, Mount, Nat64, Network, Site
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ def egress_manifest(app: Application, bootstrap: Bootstrap) -> Manifest:
     return dataclasses.replace(app.manifest, requires=(*app.manifest.requires, notify))
 
 
-def external_services(apps: tuple[Application, ...], app: Application, bootstrap: Bootstrap):
+def external_services(apps: tuple[Application, ...], app: Application,
+                      bootstrap: Bootstrap) -> tuple[ExternalService, ...]:
     """The bootstrap's external services that the app reaches through NAT64 (not those provided here), with
     the notification target (a `notify` entry of the YAML, else NOTIFY_URL's own host and port)."""
     local = {r.name for r in local_requires(apps, app)}
@@ -219,8 +220,8 @@ def firewall_rules(apps: tuple[Application, ...], net: Network, nat64_settings: 
         grants += [Grant(sources, d) for d in destinations.get(app.name, ())]
         listeners += [HostListener(sources, r.local_port, f"{app.name} -> {r.name}")
                       for r in local_requires(apps, app)]
-    sources = tuple((app.name, addresses[app.name]) for app in apps if addresses.get(app.name))
-    return render_rules(net, nat64_settings, tuple(grants), tuple(listeners), sources)
+    named = tuple((app.name, addresses[app.name]) for app in apps if addresses.get(app.name))
+    return render_rules(net, nat64_settings, tuple(grants), tuple(listeners), named)
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class Plan:
     frontend: FrontendSettings
     environment: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
-    external: tuple = field(default_factory=tuple)
+    external: tuple[ExternalService, ...] = field(default_factory=tuple)
     sites: tuple[Site, ...] = ()
 
 

@@ -9,8 +9,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from container.bootstrap import Site
 from container.manifest import Manifest
+from container.settings import Site
 
 BRIDGE = "pequod0"  # the instances' bridge (network.py)
 TUN = "pequod64"  # Tayga's tun device (nat64.py)

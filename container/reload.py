@@ -2,26 +2,54 @@
 is ignored with a one-line error and the running configuration stays), then the difference of the two
 plans (`plan.changes`, pure and unit-tested) is applied, touching only what changed: NAT64, the
 frontend, the network of the running instances, or with sites only the sites that were added, removed
-or changed."""
+or changed. The agent takes the new configuration and its applications itself (`Agent.reload_config`);
+the steps that only act on them are here."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from container import checks, instances, nat64, network, plan, runtime, supervision, volume
+from container import checks, frontend, instances, network, plan, preflight, supervision, volume
 from container.bootstrap import load_bootstrap
 from container.capacity import check_fits
 from container.errors import AgentError
+from container.instances import Supervised
 from container.nat64 import Tayga
-from container.supervision import Supervised
-
-Agent = Any  # container.agent.Agent, which imports this module (named here, not imported: no cycle)
+from container.plan import Changes, Plan
+from container.records import TUN, Application
+from container.settings import Bootstrap, Nat64, Network
+from container.tls_keeper import Keepers
 
 log = logging.getLogger("container")
 
 
-def reload(agent: Agent) -> None:
+class Reloading(instances.Host, Protocol):
+    """What a reload needs of the agent besides what the instance functions need: read-only too, the agent
+    takes the new configuration itself (`Agent.reload_config`)."""
+
+    @property
+    def bootstrap_path(self) -> Path: ...
+    @property
+    def frontend(self) -> frontend.Frontend: ...
+    @property
+    def keepers(self) -> Keepers: ...
+    def generated_network(self) -> Network: ...
+    def refresh_destinations(self, force: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """A changed bootstrap YAML that passed every check, with its applications and its plan."""
+    bootstrap: Bootstrap
+    apps: tuple[Application, ...]
+    plan: Plan
+
+
+def check(agent: Reloading) -> Reloaded | None:
+    """The changed file checked whole; None (and one line of error) when the running configuration stays."""
     try:
         new = load_bootstrap(str(agent.bootstrap_path))
         apps = plan.site_applications(agent.images_apps, new)
@@ -30,30 +58,22 @@ def reload(agent: Agent) -> None:
         new_plan = plan.make_plan(new, new.network or agent.generated_network())
         check_capacity(agent, apps)
         if new.frontend != agent.bootstrap.frontend or new.sites != agent.bootstrap.sites:
-            agent.check_frontend(new, new_plan.network, apps)
+            preflight.check_frontend(agent.frontend, agent.keepers, new, new_plan.network, apps or agent.apps)
     except AgentError as exc:
         log.error("ignoring the changed bootstrap YAML: %s; the running configuration stays", exc)
-        return
-    old_plan = agent.plan
-    agent.bootstrap, agent.plan = new, new_plan
-    change = plan.changes(old_plan, new_plan)
-    if not change.any:
-        return
-    if change.nat64:
-        log.info("bootstrap YAML changed: NAT64 %s, pool %s", new.nat64.prefix, new.nat64.ipv4_pool)
-        agent.tayga.stop()
-        network.remove_link(nat64.TUN)
-        agent.tayga = Tayga(new.nat64, agent.state.path)
-        agent.tayga.ensure()
-    fresh = apply_sites(agent, apps, change)
-    if change.frontend:
-        log.info("bootstrap YAML changed: frontend settings")
-    agent.configure_certificates()
-    agent.publish()  # only a changed frontend configuration reloads HAProxy
-    if change.replace_instances:
-        replace_all(agent, change, fresh)
-        return
-    agent.refresh_destinations(force=True)
+        return None
+    return Reloaded(new, apps, new_plan)
+
+
+def stop_nat64(tayga: Tayga, nat64: Nat64) -> None:
+    """The running Tayga and its device gone, for one on the new prefix and pool."""
+    log.info("bootstrap YAML changed: NAT64 %s, pool %s", nat64.prefix, nat64.ipv4_pool)
+    tayga.stop()
+    network.remove_link(TUN)
+
+
+def update_instances(agent: Reloading, old_plan: Plan, new_plan: Plan, change: Changes) -> None:
+    """Routes and resolv.conf changed in the running instances, which stay."""
     for instance in [i for sup in agent.supervised for i in sup.live()]:
         if change.routes:
             network.update_routes(instance.pid, old_plan.network.routes, new_plan.network.routes)
@@ -63,7 +83,7 @@ def reload(agent: Agent) -> None:
             log.info("bootstrap YAML changed: resolv.conf updated in %s", instance.name)
 
 
-def check_capacity(agent: Agent, apps: tuple[plan.Application, ...]) -> None:
+def check_capacity(agent: Reloading, apps: tuple[Application, ...]) -> None:
     """Sites added or given other limits must fit beside everything else (no overbooking), and every
     site's volumes on the disk."""
     volume.check_disk(agent.state.path, [(app.name, fs) for app in apps for fs in app.manifest.volumes])
@@ -72,7 +92,8 @@ def check_capacity(agent: Agent, apps: tuple[plan.Application, ...]) -> None:
     if not grown:
         return
     names = {app.name for app in apps}
-    in_use = agent.resources_in_use(exclude=names | set(current))
+    in_use = preflight.resources_in_use(agent.client, agent.state, agent.images_apps, agent.apps,
+                                        exclude=names | set(current))
     in_use += [app.manifest.resources for app in apps if app not in grown]
     for app in grown:
         check_fits(f"site {app.name}" if app.site else app.name, app.manifest.resources, in_use, agent.capacity,
@@ -80,20 +101,11 @@ def check_capacity(agent: Agent, apps: tuple[plan.Application, ...]) -> None:
         in_use.append(app.manifest.resources)
 
 
-def apply_sites(agent: Agent, apps: tuple[plan.Application, ...], change: plan.Changes) -> set[str]:
-    """Sites (or applications) no longer configured retire, new ones start, changed ones get their new
-    settings: a new instance (beside the old one until it is healthy) when their environment, mounts or
-    limits changed. The one blog of a host without sites serves the default site until it is healthy."""
-    agent.apps = apps
-    by_name = {app.name: app for app in apps}
-    for sup in [sup for sup in agent.supervised if sup.app.name not in by_name]:
-        log.info("bootstrap YAML changed: %s %s removed", "site" if sup.app.site else "application", sup.app.name)
-        instances.retire(agent, sup)
-    for sup in agent.supervised:
-        sup.app = by_name[sup.app.name]
-    running = {sup.app.name for sup in agent.supervised}
-    added = [Supervised(app, runtime.image_info(agent.client, app.image).id) for app in apps if app.name not in running]
-    agent.supervised += added
+def start_sites(agent: Reloading, added: list[Supervised], change: Changes) -> set[str]:
+    """After the agent took the new applications (`Agent.apply_sites`): new ones start, changed ones get a new
+    instance (beside the old one until it is healthy) when their environment, mounts or limits changed. The
+    one blog of a host without sites serves the default site until it is healthy. Returns the applications
+    that started with the new settings."""
     instances.bridge_from_before_sites(agent)
     for sup in added:
         log.info("bootstrap YAML changed: %s %s added", "site" if sup.app.site else "application", sup.app.name)
@@ -103,25 +115,18 @@ def apply_sites(agent: Agent, apps: tuple[plan.Application, ...], change: plan.C
         sup = next(s for s in agent.supervised if s.app.name == name)
         log.info("bootstrap YAML changed: site %s (environment, mounts or limits): replacing its instance", name)
         agent.state.save(supervision.count_replacement(agent.state.load(), name, "config"))
-        if sup.pending is not None:
-            runtime.remove(agent.client, sup.pending.instance.name)
-            sup.pending = None
+        instances.remove_pending(agent, sup)
         start(agent, sup)
     instances.remember_applications(agent)
     return {sup.app.name for sup in added} | set(change.sites_replaced)
 
 
-def start(agent: Agent, sup: Supervised) -> None:
+def start(agent: Reloading, sup: Supervised) -> None:
     agent.refresh_destinations(force=True)
-    try:
-        instances.start_pending(agent, sup)
-    except AgentError as exc:  # the loop tries again with back-off
-        sup.quick_failures += 1
-        sup.restart_at = 0.0
-        log.error("%s; retrying", exc)
+    instances.start_or_retry(agent, sup, back_off=False)  # the loop tries again with back-off
 
 
-def replace_all(agent: Agent, change: plan.Changes, fresh: set[str]) -> None:
+def replace_all(agent: Reloading, change: Changes, fresh: set[str]) -> None:
     """The environment, mounts or addressing of every instance changed: new instances for all (but those
     just started with the new settings, unless their address is gone)."""
     log.info("bootstrap YAML changed (environment, mounts or addressing): replacing the instances")
@@ -129,12 +134,9 @@ def replace_all(agent: Agent, change: plan.Changes, fresh: set[str]) -> None:
         network.ensure_bridge(agent.network())
     renew = [sup for sup in agent.supervised if change.readdress or sup.app.name not in fresh]
     for sup in renew:
-        if change.readdress and sup.serving is not None:  # unreachable now: no point in draining
-            runtime.remove(agent.client, sup.serving.name)
-            sup.serving = None
-        if sup.pending is not None:
-            runtime.remove(agent.client, sup.pending.instance.name)
-            sup.pending = None
+        if change.readdress:  # unreachable now: no point in draining
+            instances.remove_serving(agent, sup)
+        instances.remove_pending(agent, sup)
     agent.refresh_destinations(force=True)
     for sup in renew:
         agent.state.save(supervision.count_replacement(agent.state.load(), sup.app.name, "config"))

@@ -12,6 +12,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 from docker.types import Ulimit
 
 from container.capacity import Capacity, nano_cpus
@@ -96,7 +97,7 @@ def container_args(
     }
 
 
-def our_containers(client: docker.DockerClient) -> list[Any]:
+def our_containers(client: docker.DockerClient) -> list[Container]:
     try:
         # A container removed between the listing and its inspection is left out, not an error.
         return client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
@@ -104,13 +105,13 @@ def our_containers(client: docker.DockerClient) -> list[Any]:
         raise DockerError(f"cannot list containers: {exc.explanation or exc}") from None
 
 
-def label(container: Any, key: str) -> str:
+def label(container: Container, key: str) -> str:
     return (container.labels or {}).get(f"{LABEL}.{key}", "")
 
 
-def _instance(container: Any) -> Instance:
+def _instance(container: Container) -> Instance:
     return Instance(
-        name=container.name, application=label(container, "application"), version=label(container, "version"),
+        name=container.name or "", application=label(container, "application"), version=label(container, "version"),
         zone=label(container, "zone"), repo=label(container, "repo"),
         address=ipaddress.IPv6Address(label(container, "ipv6") or "::"),
         started=float(label(container, "started") or 0), image=label(container, "image"),
@@ -139,7 +140,7 @@ def image_info(client: docker.DockerClient, image: str) -> ImageInfo:
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot inspect image {image}: {exc.explanation or exc}") from None
     config = found.attrs.get("Config") or {}
-    return ImageInfo(found.id, config.get("User") or "", (config.get("Healthcheck") or {}).get("Test"))
+    return ImageInfo(found.id or "", config.get("User") or "", (config.get("Healthcheck") or {}).get("Test"))
 
 
 def state(client: docker.DockerClient, name: str) -> tuple[str, int | None]:
@@ -178,7 +179,7 @@ def remove(client: docker.DockerClient, name: str, timeout: int = 10) -> None:
         log.warning("removing %s: %s", name, exc.explanation or exc)
 
 
-def _remove(container: Any, timeout: int = 10) -> None:
+def _remove(container: Container, timeout: int = 10) -> None:
     try:
         if container.status == "running":
             container.stop(timeout=timeout)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from container import host_settings, plan
-from container.bootstrap import SITE_NAME, Bootstrap, is_domain, parse_bootstrap
+from container.bootstrap import parse_bootstrap
 from container.errors import AgentError
 from container.manifest import Manifest
 from container.records import Application
+from container.settings import SITE_NAME, Bootstrap, is_domain
 
 IMAGE = "srcco-de:1"
 MARK = "pequod.site"  # git config of a repository `site add` created: the site's name (--purge deletes only those)
@@ -31,7 +32,7 @@ class SiteError(AgentError):
 
 # -- the YAML data: pure -------------------------------------------------------------------------------
 def sites_of(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
-    sites = data.get("sites")
+    sites: list[dict[str, Any]] | None = data.get("sites")
     if not sites:
         raise SiteError(f"{path} has no sites yet: run ./bootstrap.sh once (it makes the blog the site "
                         f"{host_settings.BLOG!r}), then add more")

@@ -13,10 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from container.bootstrap import Bootstrap
+from container.settings import Bootstrap
 from container.site_config import SiteError
+
+if TYPE_CHECKING:  # the site commands run without the Docker SDK imported; the probes are given a client
+    import docker
+    from docker.models.containers import Container
 
 SITE_LABEL = "org.pequod.agent.site"  # runtime.LABEL + ".site": the label of a site's instances
 WAIT_SECONDS = 600
@@ -69,7 +73,7 @@ def docker_client() -> Any:
     return client
 
 
-def site_containers(client: Any, name: str | None = None) -> list[Any]:
+def site_containers(client: docker.DockerClient, name: str | None = None) -> list[Container]:
     """The running instances of one site (or of every site)."""
     label = f"{SITE_LABEL}={name}" if name else SITE_LABEL
     return client.containers.list(filters={"label": label}, ignore_removed=True)

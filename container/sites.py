@@ -36,9 +36,10 @@ from typing import Any
 import yaml
 
 from container import host_settings, push_keys, volume
-from container.bootstrap import SITE_NAME, parse_bootstrap
+from container.bootstrap import parse_bootstrap
 from container.errors import AgentError
 from container.manifest import Manifest, load_manifest
+from container.settings import SITE_NAME
 from container.site_config import (
     SiteError,
     check_name,

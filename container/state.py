@@ -22,7 +22,8 @@ class StateDir:
 
     def load(self) -> dict[str, Any]:
         try:
-            return json.loads(self.file.read_text())
+            state: dict[str, Any] = json.loads(self.file.read_text())
+            return state
         except (OSError, ValueError):
             return {}
 

@@ -1,13 +1,13 @@
 """Supervision decisions as pure functions of state and time: when to replace an instance, how long to
-back off, which running instance to adopt, when a replaced one is removed. `agent.py` acts on them."""
+back off, which running instance to adopt, when a replaced one is removed. `instances.py` acts on them (its `Supervised`
+holds one application's live state)."""
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from container.records import Application, Instance
+from container.records import Instance
 
 MAX_BACKOFF = 60.0
 STABLE_AFTER = 30.0  # an instance that ran this long resets the crash-loop back-off
@@ -76,24 +76,3 @@ def count_replacement(state: dict[str, Any], application: str, reason: str) -> d
     per_app = state.setdefault("replacements", {}).setdefault(application, {})
     per_app[reason] = int(per_app.get(reason, 0)) + 1
     return state
-
-
-@dataclass
-class Supervised:
-    """The agent's live state of one application: its instances and its back-off."""
-    app: Application
-    image_id: str = ""
-    serving: Instance | None = None  # the instance in the frontend
-    pending: Pending | None = None
-    retiring: tuple[Retiring, ...] = ()
-    starting: ipaddress.IPv6Address | None = None  # the address of an instance being created
-    quick_failures: int = 0
-    restart_at: float = 0.0
-    unhealthy_since: float | None = None
-    checked_at: float = 0.0
-
-    def live(self) -> list[Instance]:
-        return [i for i in (self.serving, self.pending.instance if self.pending else None) if i is not None]
-
-    def addresses(self) -> tuple[ipaddress.IPv6Address, ...]:
-        return tuple([i.address for i in self.live()] + ([self.starting] if self.starting else []))

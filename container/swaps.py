@@ -19,6 +19,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 from container import volume
 from container.records import Application
@@ -70,15 +71,15 @@ class SwapWatch:
         self.swapped = swapped
         self.observer = Observer()
         self.observer.daemon = True
-        self.watches: dict[str, tuple[Link, int, object]] = {}  # backend → (link, the folder's device, watch)
+        self.watches: dict[str, tuple[Link, int, ObservedWatch]] = {}  # backend → (link, the folder's device, watch)
         self.started = False
 
     def sync(self, wanted: dict[str, Link]) -> None:
         """Watch exactly these links. A folder whose filesystem changed (the volume mounted after the watch was
         placed, or mounted again) is watched anew; a folder that is not there yet is tried again next time."""
         for name in list(self.watches):
-            link, device, watch = self.watches[name]
-            if wanted.get(name) != link or _device(link.folder) != device:
+            watched, watched_device, watch = self.watches[name]
+            if wanted.get(name) != watched or _device(watched.folder) != watched_device:
                 self.observer.unschedule(watch)
                 del self.watches[name]
         for name, link in wanted.items():

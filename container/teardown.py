@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-from container import builders, firewall, frontend, nat64, network, runtime, volume
-from container.bootstrap import Nat64
+import docker
+
+from container import builders, firewall, frontend, network, runtime, volume
 from container.nat64 import Tayga
+from container.records import BRIDGE, TUN
+from container.settings import Nat64
 from container.state import StateDir
 
 
-def teardown(client: Any, state_dir: Path, purge: bool = False) -> list[str]:
+def teardown(client: docker.DockerClient, state_dir: Path, purge: bool = False) -> list[str]:
     """Returns what was removed. Persistent volumes are unmounted, and deleted only with `purge`."""
     removed = []
     if frontend.Frontend(state_dir).stop():
@@ -24,12 +26,12 @@ def teardown(client: Any, state_dir: Path, purge: bool = False) -> list[str]:
     removed += volume.unmount_all(state_dir, purge)
     if Tayga(Nat64(), state_dir).stop():
         removed.append("tayga (NAT64)")
-    if network.remove_link(nat64.TUN):
-        removed.append(f"link {nat64.TUN}")
+    if network.remove_link(TUN):
+        removed.append(f"link {TUN}")
     removed += firewall.remove()
     removed += [f"link {name}" for name in network.remove_veths()]
-    if network.remove_link(network.BRIDGE):
-        removed.append(f"link {network.BRIDGE}")
+    if network.remove_link(BRIDGE):
+        removed.append(f"link {BRIDGE}")
     state = StateDir(state_dir)
     if state.file.exists():
         state.file.unlink()

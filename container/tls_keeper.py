@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from container import certificates
-from container.bootstrap import DnsChallenge, TlsSettings
 from container.errors import AgentError
+from container.settings import DnsChallenge, TlsSettings
 
 log = logging.getLogger("container")
 

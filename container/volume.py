@@ -104,7 +104,7 @@ def check_disk(state_dir: Path, volumes: list[tuple[str, PersistentFilesystem]])
 def unmount_all(state_dir: Path, purge: bool = False) -> list[str]:
     """Unmount every volume (the data stays in its image unless `purge`); returns what was done."""
     base = state_dir / DIRECTORY
-    done = []
+    done: list[str] = []
     if not base.is_dir():
         return done
     for directory in sorted(p for p in base.iterdir() if p.is_dir()):

@@ -20,7 +20,8 @@ class Reader:
         text = f"{self.source}: {where}: {message}"
         return BootstrapError("".join(c if c.isprintable() else ascii(c)[1:-1] for c in text))
 
-    def mapping(self, value: Any, where: str, allowed: tuple[str, ...] | None, required: tuple[str, ...]) -> dict:
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...] | None,
+                required: tuple[str, ...]) -> dict[Any, Any]:
         """A mapping with only `allowed` keys (any keys where allowed is None) and every `required` one."""
         if not isinstance(value, dict):
             raise self.fail(where, f"expected a mapping, got {kind(value)}")
@@ -32,7 +33,7 @@ class Reader:
                 raise self.fail(where, f"missing key {key}")
         return value
 
-    def listing(self, value: Any, where: str) -> list:
+    def listing(self, value: Any, where: str) -> list[Any]:
         if value is None:
             return []
         if not isinstance(value, list):

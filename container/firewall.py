@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 
 from container import proc
 from container.errors import FirewallError
@@ -37,7 +36,7 @@ JUMPS = (
 )
 
 
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> proc.CompletedProcess[str]:
     return proc.run(argv, stdin=stdin, check=check, error=FirewallError, package="iptables")
 
 

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -439,9 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 return key_remove(paths, args.site, args.name)
             return key_list(paths, args.site, args.json)
         return list_sites(paths, args.json, args.previews)
-    except (AgentError, OSError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
-        said = push_keys.program_error(exc) if isinstance(exc, subprocess.CalledProcessError) else str(exc)
-        message = " ".join(said.split())  # one line
+    except (AgentError, OSError, yaml.YAMLError) as exc:
+        message = " ".join(str(exc).split())  # one line
         command = f"{args.command} {args.key_command}" if args.command == "key" else args.command
         print(f"site {command}: {message}", file=sys.stderr)
         return 1

@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from container import frontend, proc
 from container.bootstrap import TlsSettings, is_domain
 from container.errors import CertificateError
-from pipeline.files import replace_file
+from container.files import replace_file
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ import yaml
 
 from container import proc
 from container.errors import AgentError
+from container.files import replace_file
 from container.settings import Bootstrap
-from pipeline.files import replace_file
 
 GIT_USER = os.environ.get("PEQUOD_GIT_USER", "git")
 GIT_HOME = Path(os.environ.get("PEQUOD_GIT_HOME", "/var/lib/pequod-git"))

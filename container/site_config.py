@@ -14,13 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from container import host_settings, plan, proc
+from container import host_settings, plan, proc, runtime
 from container.bootstrap import SITE_NAME, Bootstrap, is_domain, parse_bootstrap
 from container.errors import AgentError
 from container.manifest import Manifest
 from container.records import Application
 
-IMAGE = "srcco-de:1"
 GIT_SECONDS = 120  # a git command on a local repository: rev-parse, config, or seeding the small site_template/
 MARK = "pequod.site"  # git config of a repository `site add` created: the site's name (--purge deletes only those)
 
@@ -82,14 +81,15 @@ def without_site(data: dict[str, Any], path: Path, name: str) -> dict[str, Any]:
     return {**data, "sites": [site for site in sites if site.get("name") != name]}
 
 
-def checked(data: dict[str, Any], path: Path, manifest: Manifest | None) -> tuple[str, Bootstrap]:
-    """The file's text for `data`, checked as the agent checks it: the YAML rules and, given the manifest,
-    the sites' limits and the services the image requires."""
+def checked(data: dict[str, Any], path: Path, manifest: Manifest | None, image: str) -> tuple[str, Bootstrap]:
+    """The file's text for `data`, checked as the agent checks it: the YAML rules and, given the manifest of
+    `image` (the agent's image, whose tag names its application), the sites' limits and the services the
+    image requires."""
     text = host_settings.render(data, path)
     boot = parse_bootstrap(text, str(path))
     if manifest is not None:
-        image = Application(IMAGE, "srcco-de", "1", manifest)
-        apps = plan.site_applications((image,), boot)
+        app = Application(image, *runtime.app_from_image(image), manifest)
+        apps = plan.site_applications((app,), boot)
         plan.check_services(apps, boot)
     return text, boot
 

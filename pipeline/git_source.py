@@ -267,11 +267,6 @@ class GitSource:
         except git.GitCommandError:
             return ""
 
-    def largest_file(self, commit: str) -> tuple[str, int]:
-        """(path, size in bytes) of the largest file in `commit`, without checking it out."""
-        facts = self.tree_facts(commit)
-        return facts.largest, facts.size
-
     def checkout(self, commit: str) -> None:
         """Make the work tree (the publisher's export: no build writes it) exactly `commit`; files git does not
         change keep their modification times."""

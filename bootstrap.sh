@@ -59,7 +59,7 @@ if [ "${1:-}" = site ]; then
     cd "$CALLER"
     PYTHONPATH="$SOURCE" exec "$PREFIX/venv/bin/python" -P -m container.sites --yaml "$YAML" --state-dir "$STATE" \
         --repos "$(dirname "$SITE_REPO_DIR")" --template "$SOURCE/site_template" --manifest "$SOURCE/pequod.xml" \
-        --log "$LOG" --pid-file "$PID_FILE" --keys "$ETC/push-keys.yaml" "$@"
+        --image "$IMAGE" --log "$LOG" --pid-file "$PID_FILE" --keys "$ETC/push-keys.yaml" "$@"
 fi
 
 while [ $# -gt 0 ]; do

@@ -35,8 +35,8 @@ from cryptography.x509.oid import NameOID
 
 from container import frontend, proc
 from container.errors import CertificateError
+from container.files import replace_file
 from container.settings import TlsSettings, is_domain
-from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
 

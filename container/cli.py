@@ -161,10 +161,10 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
     """Run the agent as a child and start it again whenever it exits (back-off for crash loops).
 
     For hosts without systemd: the pid file names this supervisor; SIGTERM stops the agent, then it."""
-    import subprocess
     import threading
     import time
 
+    from container import proc
     from container.daemon import running_cmdline
     from container.supervision import STABLE_AFTER, restart_delay
 
@@ -181,7 +181,7 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
     except OSError as exc:
         raise AgentError(f"--pid-file {pid_file}: cannot write it: {exc.strerror or exc}") from None
     stopping = threading.Event()
-    child: subprocess.Popen[bytes] | None = None
+    child: proc.Popen[bytes] | None = None
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
@@ -194,7 +194,7 @@ def supervise(agent_args: list[str], pid_file: Path) -> int:
     try:
         while not stopping.is_set():
             started = time.monotonic()
-            child = subprocess.Popen([sys.executable, "-m", "container", *agent_args], stdin=subprocess.DEVNULL)
+            child = proc.start([sys.executable, "-m", "container", *agent_args], new_session=False)
             log.info("supervisor: agent started (pid %d)", child.pid)
             code = child.wait()
             if stopping.is_set():

@@ -8,10 +8,10 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
+from container import proc
 from container.errors import DaemonError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Daemon:
 
     def __init__(self, name: str, argv: list[str], pid_file: Path, log_file: Path, marker: str):
         self.name, self.argv, self.pid_file, self.log_file, self.marker = name, argv, pid_file, log_file, marker
-        self._child: subprocess.Popen[bytes] | None = None
+        self._child: proc.Popen[bytes] | None = None
 
     def pid(self) -> int | None:
         """The running daemon's PID, from our child or the pid file; None when it is not running."""
@@ -66,11 +66,7 @@ class Daemon:
         with open(self.log_file, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(self.argv)}\n".encode())
             out.flush()
-            try:
-                self._child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                               start_new_session=True)
-            except OSError as exc:
-                raise DaemonError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
+            self._child = proc.start(self.argv, output=out, name=f"{self.name} ({self.argv[0]})", error=DaemonError)
         self.pid_file.write_text(f"{self._child.pid}\n")
         time.sleep(0.2)
         if self._child.poll() is not None:

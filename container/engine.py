@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from container import proc
 from container.errors import DockerError
 
 DOCKERD_LOG = Path("/var/log/pequod-dockerd.log")
@@ -42,18 +42,15 @@ def ensure_engine(progress: Callable[[str], None] = print, wait_seconds: float =
         )
     progress(f"starting dockerd (log: {DOCKERD_LOG})")
     with open(DOCKERD_LOG, "ab") as log:
-        proc = subprocess.Popen(
-            [dockerd, *DOCKERD_ARGS], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    DOCKERD_PIDFILE.write_text(f"{proc.pid}\n")
+        child = proc.start([dockerd, *DOCKERD_ARGS], output=log, error=DockerError)
+    DOCKERD_PIDFILE.write_text(f"{child.pid}\n")
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DockerError(f"dockerd exited with status {proc.returncode}; see {DOCKERD_LOG}")
+        if child.poll() is not None:
+            raise DockerError(f"dockerd exited with status {child.returncode}; see {DOCKERD_LOG}")
         client = connect()
         if client is not None:
-            progress(f"dockerd (pid {proc.pid}) answers")
+            progress(f"dockerd (pid {child.pid}) answers")
             return client
         time.sleep(0.5)
     raise DockerError(f"dockerd did not answer within {wait_seconds:g} s; see {DOCKERD_LOG}")

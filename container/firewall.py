@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 
 from container import proc
 from container.errors import FirewallError
@@ -37,7 +36,7 @@ JUMPS = (
 )
 
 
-def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> proc.CompletedProcess[str]:
     return proc.run(argv, stdin=stdin, check=check, error=FirewallError, package="iptables")
 
 
@@ -74,7 +73,8 @@ def remove() -> list[str]:
     return removed
 
 
-_COUNTED = re.compile(r'^\[(\d+):(\d+)\] -A (PEQUOD-\S+) .*--comment "pequod: ([^"]+)" -j (REJECT|DROP)')
+# A line of `iptables-save -c`: the counters of one of our commented REJECT or DROP rules (tests read it too).
+COUNTED = re.compile(r'^\[(\d+):(\d+)\] -A (PEQUOD-\S+) .*--comment "pequod: ([^"]+)" -j (REJECT|DROP)')
 
 
 def rejected_by_application() -> dict[str, tuple[int, int]]:
@@ -82,22 +82,9 @@ def rejected_by_application() -> dict[str, tuple[int, int]]:
     found: dict[str, tuple[int, int]] = {}
     result = _run(["ip6tables-save", "-c", "-t", "filter"], check=False)
     for line in result.stdout.splitlines():
-        match = _COUNTED.match(line)
+        match = COUNTED.match(line)
         if match and match.group(4).startswith("egress not declared: "):
             application = match.group(4).removeprefix("egress not declared: ")
             packets, size = found.get(application, (0, 0))
             found[application] = (packets + int(match.group(1)), size + int(match.group(2)))
     return found
-
-
-def rejected_counts() -> dict[str, int]:
-    """Packets rejected or dropped so far, by chain and reason (e.g. 'ip6tables PEQUOD-FORWARD egress not declared')."""
-    counts: dict[str, int] = {}
-    for command in ("ip6tables", "iptables"):
-        result = _run([f"{command}-save", "-c", "-t", "filter"], check=False)
-        for line in result.stdout.splitlines():
-            match = _COUNTED.match(line)
-            if match:
-                counts[f"{command} {match.group(3)} {match.group(4)}"] = int(match.group(1))
-    return counts
-

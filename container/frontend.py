@@ -23,11 +23,11 @@ from pathlib import Path
 from container import proc
 from container.daemon import Daemon
 from container.errors import FrontendError
+from container.files import replace_file
 from container.records import Server as Server
 from container.records import Service
 from container.records import Tls as Tls
 from container.settings import Listen
-from pipeline.files import replace_file
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import yaml
 
 from container.bootstrap import parse_bootstrap
 from container.errors import AgentError
-from pipeline.files import replace_file
+from container.files import replace_file
 
 HEADER = "# Written by bootstrap.sh, which keeps what you add; the agent applies changes while it runs.\n"
 GITHUB = {"service_name": "github-https", "service_version": "1", "external_host": "github.com",

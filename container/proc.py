@@ -1,4 +1,9 @@
-"""Running the host programs the agent drives: one place for time limits and one-line errors."""
+"""Running the host programs the agent drives: one place for time limits and one-line errors.
+
+Every program the agent (and `./bootstrap.sh site`) starts goes through here (tests/test_imports.py checks that
+no other module imports subprocess): `run` for a program that finishes (with a time limit), `stream` for one
+whose progress is shown as it runs, `start` for a daemon or a child that runs until it is stopped (no limit:
+it is meant to outlive the call)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
+from subprocess import CompletedProcess as CompletedProcess  # what run returns, for the callers' annotations
+from subprocess import Popen as Popen  # what start returns
+from typing import BinaryIO
 
 from container.errors import AgentError
 
@@ -17,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def run(argv: list[str], *, timeout: float = 60, stdin: str | None = None, check: bool = True,
         error: type[AgentError] = AgentError, package: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env: dict[str, str] | None = None) -> CompletedProcess[str]:
     """Run `argv` to completion (with `env` as its whole environment when given); a missing program, a
     timeout or (with `check`) a failure raises `error` with the command line and what the program said."""
     cmdline = shlex.join(argv)
@@ -68,3 +76,18 @@ def stream(argv: list[str], *, timeout: float, on_line: Callable[[str], None],
     if child.returncode != 0:
         tail = " | ".join(lines[-5:])
         raise error(f"{cmdline} failed (exit status {child.returncode}): {tail or 'no output'}")
+
+
+def start(argv: list[str], *, output: BinaryIO | None = None, new_session: bool = True, name: str | None = None,
+          error: type[AgentError] = AgentError) -> Popen[bytes]:
+    """Start `argv` and return at once: a daemon (in a session of its own, so that it outlives the agent and a
+    signal to the agent's group does not reach it) or a supervised child (`new_session=False`). Its stdin is
+    /dev/null; its stdout and stderr go to `output` (a log file), else where the agent's go. No time limit:
+    the caller watches it. A program that cannot be started raises `error` naming it (`name`, else argv[0])."""
+    log.debug("starting %s", shlex.join(argv))
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
+                                stderr=subprocess.STDOUT if output is not None else None,
+                                start_new_session=new_session)
+    except OSError as exc:
+        raise error(f"cannot start {name or argv[0]}: {exc.strerror or exc}") from None

@@ -23,16 +23,16 @@ import pwd
 import re
 import socket
 import stat
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from container import proc
 from container.errors import AgentError
+from container.files import replace_file
 from container.settings import Bootstrap
-from pipeline.files import replace_file
 
 GIT_USER = os.environ.get("PEQUOD_GIT_USER", "git")
 GIT_HOME = Path(os.environ.get("PEQUOD_GIT_HOME", "/var/lib/pequod-git"))
@@ -40,6 +40,7 @@ KEYS = Path("/etc/pequod/push-keys.yaml")
 KEY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+PROGRAM_SECONDS = 60  # git config, useradd, usermod, userdel (with the git user's small home)
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]+")  # what may stand in a forced command's arguments unquoted
 MAX_KEY_BYTES = 16384
 
@@ -181,8 +182,8 @@ def share_with_group(repository: Path, gid: int) -> None:
     entry the group's, group-writable (but git's settings and hooks: ROOTS_ONLY), directories setgid, and git
     told to keep it so. Only a repository whose every entry is root's; by descriptor, never through a link."""
     _check_roots(repository)
-    subprocess.run(["git", "--git-dir", str(repository), "config", "core.sharedRepository", "group"],
-                   check=True, capture_output=True, text=True)
+    proc.run(["git", "--git-dir", str(repository), "config", "core.sharedRepository", "group"],
+             timeout=PROGRAM_SECONDS, error=KeyError_)
 
     def share(fd: int, info: os.stat_result, path: str) -> None:
         mode = stat.S_IMODE(info.st_mode) & 0o777  # no setuid or sticky bit carried over
@@ -200,8 +201,8 @@ def unshare(repository: Path) -> None:
     given to another)."""
     if not (repository / "HEAD").is_file():
         return
-    subprocess.run(["git", "--git-dir", str(repository), "config", "--unset", "core.sharedRepository"],
-                   capture_output=True)
+    proc.run(["git", "--git-dir", str(repository), "config", "--unset", "core.sharedRepository"],
+             timeout=PROGRAM_SECONDS, check=False, error=KeyError_)
 
     def own(fd: int, info: os.stat_result, _path: str) -> None:
         if info.st_uid == 0:
@@ -219,11 +220,12 @@ def git_user(create: bool) -> pwd.struct_passwd | None:
     except KeyError:
         if not create:
             return None
-        subprocess.run(["useradd", "--system", "--user-group", "--home-dir", str(GIT_HOME), "--create-home",
-                        "--shell", "/bin/sh", "--comment", "pequod pushes over SSH", GIT_USER],
-                       check=True, capture_output=True, text=True)
+        proc.run(["useradd", "--system", "--user-group", "--home-dir", str(GIT_HOME), "--create-home",
+                  "--shell", "/bin/sh", "--comment", "pequod pushes over SSH", GIT_USER],
+                 timeout=PROGRAM_SECONDS, error=KeyError_, package="passwd")
         # Not locked ("!"), no password ("*"): an SSH server without PAM refuses a locked account's keys too.
-        subprocess.run(["usermod", "--password", "*", GIT_USER], check=True, capture_output=True, text=True)
+        proc.run(["usermod", "--password", "*", GIT_USER], timeout=PROGRAM_SECONDS, error=KeyError_,
+                 package="passwd")
         user = pwd.getpwnam(GIT_USER)
     members = grp.getgrgid(user.pw_gid).gr_mem
     if members:
@@ -284,12 +286,6 @@ def unshare_sites(boot: Bootstrap, keep: set[str], gid: int) -> None:
                 unshare(path)
 
 
-def program_error(exc: subprocess.CalledProcessError) -> str:
-    """What a failed program (useradd, git config) said, on one line."""
-    said = exc.stderr.strip().splitlines() if isinstance(exc.stderr, str) else []
-    return f"{' '.join(map(str, exc.cmd[:3]))}: {said[-1] if said else f'exit status {exc.returncode}'}"
-
-
 def ssh_server_answers(port: int = 22) -> bool:
     for family, address in ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")):
         with socket.socket(family) as probe:
@@ -334,7 +330,7 @@ def teardown(yaml_path: Path) -> int:
             from container.bootstrap import load_bootstrap
 
             unshare_sites(load_bootstrap(str(yaml_path)), set(), user.pw_gid)
-        subprocess.run(["userdel", "--remove", GIT_USER], check=True, capture_output=True, text=True)
+        proc.run(["userdel", "--remove", GIT_USER], timeout=PROGRAM_SECONDS, error=KeyError_, package="passwd")
         print(f"    removed the user {GIT_USER} (pushes over SSH) and {GIT_HOME}")
     return 0
 
@@ -350,9 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return setup(args.keys, args.yaml) if args.command == "setup" else teardown(args.yaml)
-    except (AgentError, OSError, subprocess.CalledProcessError) as exc:
-        detail = program_error(exc) if isinstance(exc, subprocess.CalledProcessError) else str(exc)
-        print(f"push keys: {' '.join(detail.split())}", file=sys.stderr)
+    except (AgentError, OSError) as exc:
+        print(f"push keys: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
 
 

@@ -210,8 +210,3 @@ class Bootstrap:
 
     def site_mounts(self, site: Site | None) -> tuple[Mount, ...]:
         return self.mounts + (site.mounts if site else ())
-
-    @property
-    def mount_map(self) -> dict[str, str]:
-        """target inside the instance → source on the host"""
-        return {mount.target: mount.source for mount in self.mounts}

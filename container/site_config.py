@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from container import host_settings, plan
+from container import host_settings, plan, proc, runtime
 from container.bootstrap import parse_bootstrap
 from container.errors import AgentError
 from container.manifest import Manifest
 from container.records import Application
 from container.settings import SITE_NAME, Bootstrap, is_domain
 
-IMAGE = "srcco-de:1"
+GIT_SECONDS = 120  # a git command on a local repository: rev-parse, config, or seeding the small site_template/
 MARK = "pequod.site"  # git config of a repository `site add` created: the site's name (--purge deletes only those)
 
 
@@ -83,14 +82,15 @@ def without_site(data: dict[str, Any], path: Path, name: str) -> dict[str, Any]:
     return {**data, "sites": [site for site in sites if site.get("name") != name]}
 
 
-def checked(data: dict[str, Any], path: Path, manifest: Manifest | None) -> tuple[str, Bootstrap]:
-    """The file's text for `data`, checked as the agent checks it: the YAML rules and, given the manifest,
-    the sites' limits and the services the image requires."""
+def checked(data: dict[str, Any], path: Path, manifest: Manifest | None, image: str) -> tuple[str, Bootstrap]:
+    """The file's text for `data`, checked as the agent checks it: the YAML rules and, given the manifest of
+    `image` (the agent's image, whose tag names its application), the sites' limits and the services the
+    image requires."""
     text = host_settings.render(data, path)
     boot = parse_bootstrap(text, str(path))
     if manifest is not None:
-        image = Application(IMAGE, "srcco-de", "1", manifest)
-        apps = plan.site_applications((image,), boot)
+        app = Application(image, *runtime.app_from_image(image), manifest)
+        apps = plan.site_applications((app,), boot)
         plan.check_services(apps, boot)
     return text, boot
 
@@ -117,9 +117,10 @@ def repository_url(repo: str) -> tuple[str, str | None]:
         path = os.path.realpath(repo)
         # A bare repository itself, or the top of a work tree: not any directory inside one (that would mount
         # e.g. another tree's .git/objects or a part of this host's files into the instance).
-        bare = subprocess.run(["git", "--git-dir", path, "rev-parse", "--is-bare-repository"], capture_output=True,
-                              text=True)
-        top = subprocess.run(["git", "-C", path, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        bare = proc.run(["git", "--git-dir", path, "rev-parse", "--is-bare-repository"], timeout=GIT_SECONDS,
+                        check=False, error=SiteError)
+        top = proc.run(["git", "-C", path, "rev-parse", "--show-toplevel"], timeout=GIT_SECONDS, check=False,
+                       error=SiteError)
         if bare.returncode == 0 and bare.stdout.strip() == "true":
             return f"file://{path}", path
         if top.returncode == 0 and os.path.realpath(top.stdout.strip()) == path:
@@ -143,7 +144,7 @@ def repositories(boot: Bootstrap) -> set[str]:
 
 # -- repositories ------------------------------------------------------------------------------------------
 def git(*args: str) -> None:
-    done = subprocess.run(["git", *args], capture_output=True, text=True)
+    done = proc.run(["git", *args], timeout=GIT_SECONDS, check=False, error=SiteError)
     if done.returncode:
         lines = (done.stderr or done.stdout).strip().splitlines()
         raise SiteError(f"git {' '.join(args)}: {lines[-1] if lines else f'exit status {done.returncode}'}")
@@ -168,12 +169,13 @@ def create_repository(path: Path, template: Path, name: str) -> None:
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
-    subprocess.run(["chmod", "-R", "a+rX", str(path)], check=True)
+    proc.run(["chmod", "-R", "a+rX", str(path)], timeout=GIT_SECONDS, error=SiteError)
 
 
 def made_for(path: Path) -> str:
     """The site a repository was made for by `site add` ("" for any other)."""
-    done = subprocess.run(["git", "--git-dir", str(path), "config", "--get", MARK], capture_output=True, text=True)
+    done = proc.run(["git", "--git-dir", str(path), "config", "--get", MARK], timeout=GIT_SECONDS, check=False,
+                    error=SiteError)
     return done.stdout.strip() if done.returncode == 0 else ""
 
 

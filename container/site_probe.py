@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from container import proc
 from container.settings import Bootstrap
 from container.site_config import SiteError
 
@@ -32,7 +32,8 @@ ROUNDS = "pequod_agent_loop_rounds_total "  # the agent's metric: rounds of its 
 def agent_running(pid_file: Path) -> bool:
     """The agent runs under systemd, or as bootstrap.sh's supervised daemon."""
     if (shutil.which("systemctl") and Path("/run/systemd/system").is_dir()
-            and subprocess.run(["systemctl", "is-active", "-q", "pequod-agent.service"]).returncode == 0):
+            and proc.run(["systemctl", "is-active", "-q", "pequod-agent.service"], timeout=30, check=False,
+                         error=SiteError).returncode == 0):
         return True
     try:
         pid = int(pid_file.read_text().strip())
@@ -131,8 +132,8 @@ class AgentLog:
             self.offset += len(data)
             fresh = data.decode(errors="replace").splitlines()
         elif shutil.which("journalctl"):
-            done = subprocess.run(["journalctl", "-q", "-u", "pequod-agent.service", "-o", "cat", "--since",
-                                   f"@{int(self.since)}"], capture_output=True, text=True)
+            done = proc.run(["journalctl", "-q", "-u", "pequod-agent.service", "-o", "cat", "--since",
+                             f"@{int(self.since)}"], timeout=30, check=False, error=SiteError)
             fresh = done.stdout.splitlines()[len(self.lines):]
         else:
             fresh = []

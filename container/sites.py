@@ -26,7 +26,6 @@ import dataclasses
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ import yaml
 
 from container import host_settings, push_keys, volume
 from container.bootstrap import parse_bootstrap
+from container.cli import DEFAULT_IMAGE
 from container.errors import AgentError
 from container.manifest import Manifest, load_manifest
 from container.settings import SITE_NAME
@@ -86,6 +86,7 @@ class Paths:
     log: Path = LOG
     pid_file: Path = PID_FILE
     keys: Path = push_keys.KEYS
+    image: str = DEFAULT_IMAGE  # the agent's image: its tag names the application a site may not be named after
 
     def load_manifest(self) -> Manifest | None:
         return load_manifest(str(self.manifest)) if self.manifest.is_file() else None
@@ -108,8 +109,8 @@ def add(paths: Paths, name: str, domains: list[str], repo: str | None, email: st
         new = with_site(data, paths.yaml, entry)
         if not repo:
             unclaimed(data, repository, name)
-        text, boot = checked(new, paths.yaml, manifest)
-        agent_ready(checked(data, paths.yaml, None)[1], paths.pid_file)
+        text, boot = checked(new, paths.yaml, manifest, paths.image)
+        agent_ready(checked(data, paths.yaml, None, paths.image)[1], paths.pid_file)
         created = provide_repository(repository, paths.template, name, repo_url if repo else None)
         log = AgentLog(paths.log)
         host_settings.write(paths.yaml, text)
@@ -194,9 +195,9 @@ def remove(paths: Paths, name: str, purge_data: bool) -> int:
             print(f"    site {name} is not configured (removed before without --purge): deleting what it left")
             in_use = repositories(parse_bootstrap(host_settings.render(data, paths.yaml), str(paths.yaml)))
         else:
-            text, boot = checked(without_site(data, paths.yaml, name), paths.yaml, manifest)
+            text, boot = checked(without_site(data, paths.yaml, name), paths.yaml, manifest, paths.image)
             client = docker_client()
-            agent_ready(checked(data, paths.yaml, None)[1], paths.pid_file)
+            agent_ready(checked(data, paths.yaml, None, paths.image)[1], paths.pid_file)
             log = AgentLog(paths.log)
             host_settings.write(paths.yaml, text)
             in_use = repositories(boot)
@@ -384,6 +385,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--repos", type=Path, default=REPOS, help=f"where site repositories are made ({REPOS})")
     top.add_argument("--template", type=Path, default=SOURCE / "site_template", help="what a new site starts with")
     top.add_argument("--manifest", type=Path, default=SOURCE / "pequod.xml", help="the image's manifest")
+    top.add_argument("--image", default=DEFAULT_IMAGE, help=f"the image the agent runs ({DEFAULT_IMAGE})")
     top.add_argument("--log", type=Path, default=LOG, help=f"the agent's log ({LOG})")
     top.add_argument("--pid-file", type=Path, default=PID_FILE, help=f"the agent's pid file ({PID_FILE})")
     top.add_argument("--keys", type=Path, default=push_keys.KEYS, help=f"the push keys ({push_keys.KEYS})")
@@ -425,7 +427,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     paths = Paths(args.yaml, args.state_dir, args.repos, args.template, args.manifest, args.log, args.pid_file,
-                  args.keys)
+                  args.keys, args.image)
     try:
         if args.command == "add":
             return add(paths, args.name, args.domain, args.repo, args.email, args.memory, args.vmhz)
@@ -440,9 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                 return key_remove(paths, args.site, args.name)
             return key_list(paths, args.site, args.json)
         return list_sites(paths, args.json, args.previews)
-    except (AgentError, OSError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
-        said = push_keys.program_error(exc) if isinstance(exc, subprocess.CalledProcessError) else str(exc)
-        message = " ".join(said.split())  # one line
+    except (AgentError, OSError, yaml.YAMLError) as exc:
+        message = " ".join(str(exc).split())  # one line
         command = f"{args.command} {args.key_command}" if args.command == "key" else args.command
         print(f"site {command}: {message}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.files import replace_file
+from container.files import replace_file
 
 
 class StateDir:

@@ -24,7 +24,6 @@ import os
 import select
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline import build_protocol, config, sandbox, work_tree
+from pipeline import build_protocol, config, proc, sandbox, work_tree
 from pipeline.build_protocol import BuildAnswer, BuildRequest
 from pipeline.errors import BuildError, short
 
@@ -271,7 +270,7 @@ class BuildWorker:
     def __init__(self, env: Mapping[str, str] | None = None, socket_path: Path | None = None) -> None:
         self.env = dict(env) if env is not None else None
         self.socket_path = socket_path
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: proc.Popen[str] | None = None
         self.sock: Any = None
         self._in: Any = None  # requests go here
         self._out: Any = None  # answers come from here
@@ -286,10 +285,7 @@ class BuildWorker:
         if self.socket_path is not None:
             ready = self._connect(self.socket_path)
         else:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.build_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                text=True, start_new_session=True, env=self.env,
-            )
+            self.proc = proc.start([sys.executable, "-m", "pipeline.build_worker"], env=self.env)
             running_groups.add(self.proc.pid)
             self._in, self._out = self.proc.stdin, self.proc.stdout
             ready = self._read(60)
@@ -388,10 +384,7 @@ class BuildWorker:
                     handle.close()
             self.sock = None
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+            proc.end(self.proc, 10)
             running_groups.discard(self.proc.pid)
             self.proc = None
         self._in = self._out = None

@@ -1,8 +1,6 @@
-"""What the host agent (container/) and the blog (pipeline/, serve.py) both need: the standard library only.
+"""Writing the blog's files: replaced whole, never seen half-written (the standard library only).
 
-It lives in pipeline/ because both deployables ship that package (the image has pipeline/ and serve.py, the
-agent's install the whole distribution); a module of its own keeps the agent from importing the blog's
-modules for it (tests/test_imports.py checks that the agent imports nothing else of pipeline/)."""
+The agent has its own copy (container/files.py): it imports nothing of the blog's package."""
 
 from __future__ import annotations
 

@@ -113,16 +113,27 @@ class GitSource:
                 return sha
         return None
 
-    def _local_head(self, path: Path) -> str | None | object:
-        """The branch's commit in the local repository `path`, None when it has no such branch, or _UNREAD when
-        its refs cannot be read that way (not a repository: `git ls-remote` then says what is wrong)."""
+    def _local_repo(self, path: Path) -> git.Repo | None:
+        """The repository on this machine at `path`, opened once and kept between checks; None when it is not
+        one (or no longer: moved or removed since)."""
         try:
             if self._remote_repo is None or self._remote_path != path:
                 self._remote_repo, self._remote_path = git.Repo(path), path
-            if not (Path(self._remote_repo.git_dir) / "HEAD").is_file():  # moved or removed since
-                self._remote_repo = None
-                return _UNREAD
-            return SymbolicReference.dereference_recursive(self._remote_repo, self._ref)
+        except (git.exc.GitError, OSError):
+            self._remote_repo = None
+            return None
+        if not (Path(self._remote_repo.git_dir) / "HEAD").is_file():
+            self._remote_repo = None
+        return self._remote_repo
+
+    def _local_head(self, path: Path) -> str | None | object:
+        """The branch's commit in the local repository `path`, None when it has no such branch, or _UNREAD when
+        its refs cannot be read that way (not a repository: `git ls-remote` then says what is wrong)."""
+        repo = self._local_repo(path)
+        if repo is None:
+            return _UNREAD
+        try:
+            return SymbolicReference.dereference_recursive(repo, self._ref)
         except ValueError:  # GitPython's "Reference at 'refs/heads/…' does not exist"
             return None
         except (git.exc.GitError, OSError):
@@ -151,13 +162,12 @@ class GitSource:
         return dict(sorted(branches.items())[:limit])
 
     def _local_branches(self, path: Path, limit: int) -> dict[str, str] | None:
+        """Every branch of the local repository `path` and its commit (at most `limit`, by name); None when its
+        refs cannot be read that way (`git ls-remote` then)."""
+        repo = self._local_repo(path)
+        if repo is None:
+            return None
         try:
-            if self._remote_repo is None or self._remote_path != path:
-                self._remote_repo, self._remote_path = git.Repo(path), path
-            repo = self._remote_repo
-            if not (Path(repo.git_dir) / "HEAD").is_file():
-                self._remote_repo = None
-                return None
             names = sorted(head.path for head in git.Head.iter_items(repo))[:limit]
             return {name.removeprefix("refs/heads/"): SymbolicReference.dereference_recursive(repo, name)
                     for name in names}
@@ -266,11 +276,6 @@ class GitSource:
             return self._repo().git.rev_parse("--verify", f"{commit}^{{tree}}", kill_after_timeout=self.timeout)
         except git.GitCommandError:
             return ""
-
-    def largest_file(self, commit: str) -> tuple[str, int]:
-        """(path, size in bytes) of the largest file in `commit`, without checking it out."""
-        facts = self.tree_facts(commit)
-        return facts.largest, facts.size
 
     def checkout(self, commit: str) -> None:
         """Make the work tree (the publisher's export: no build writes it) exactly `commit`; files git does not

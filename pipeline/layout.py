@@ -118,9 +118,6 @@ class Layout:
     def preview_build_state(self) -> Path:
         return self.build_root / "preview-build-state.json"
 
-    # Where earlier versions kept the work tree and the build's HOME: on the releases' volume, then on the build's.
-    LEGACY = ("source", "build-tmp", "build-state.json", "build/source", "build/tmp")
-
     def repair(self) -> list[str]:
         """Give the publisher back what it owns, whatever changed it (a build cannot, but a crash, an
         administrator or an older version might have): the data directory and its parts readable, writable and

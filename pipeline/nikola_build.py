@@ -134,10 +134,6 @@ class NikolaBuilder:
         self.last_output = "output"  # the output folder the last build's configuration named
         self.last_scheduled: list[tuple[float, str, str]] = []  # posts held back until due: (UNIX time, source, title)
 
-    @property
-    def output_dir(self) -> Path:
-        return self.site_dir / "output"
-
     def previous_state(self) -> BuildState | None:
         try:
             data = json.loads(self._state_file.read_text())

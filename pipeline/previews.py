@@ -87,7 +87,7 @@ class Previews:
                     (status.get("previews") or {}).pop(label, None)
         for label in gone:  # also when another branch takes the label: never the previous branch's release
             remove(self.layout.previews / label)
-        self._remove_unlisted(set(labels.values()))
+        remove_previews(self.layout.previews, set(labels.values()), "its branch was deleted or retired")
         for branch in gone.values():
             if isinstance(branch, str) and branch not in known:
                 self._source(branch).forget_branch()  # deleted: its objects may go
@@ -103,15 +103,6 @@ class Previews:
     def _done(item: Any, commit: str) -> bool:
         """Whether a preview is built for `commit`, or failed on it (tried again when the branch moves)."""
         return isinstance(item, dict) and item.get("commit") == commit and item.get("state") in ("live", "failed")
-
-    def _remove_unlisted(self, kept: set[str]) -> None:
-        """Every preview folder but the kept labels' is removed: its `current` link first (the server answers
-        404 from then on), then its releases."""
-        folder = self.layout.previews
-        for name in [path.name for path in folder.iterdir()] if folder.is_dir() else []:
-            if name not in kept:
-                log.info("previews: removing %s (its branch was deleted or retired)", name)
-                remove(folder / name)
 
     def build(self, branch: str, label: str, commit: str, before: Any = None) -> None:
         """Fetch, build and publish `branch` as the preview `label`; its end recorded in status.json. `before`:
@@ -200,12 +191,17 @@ def remove(folder: Path) -> None:
         tree.remove_tree(folder)
 
 
+def remove_previews(folder: Path, kept: set[str], why: str) -> None:
+    """Every preview in `folder` but the `kept` labels' (see remove), each logged with `why`."""
+    for name in [path.name for path in folder.iterdir()] if folder.is_dir() else []:
+        if name not in kept:
+            log.info("previews: removing %s (%s)", name, why)
+            remove(folder / name)
+
+
 def remove_all(settings: Settings, store: StatusStore) -> None:
     """Without PREVIEWS_HOST: no preview of an earlier configuration stays served or listed."""
-    folder = settings.layout.previews
-    names = [path.name for path in folder.iterdir()] if folder.is_dir() else []
-    for name in names:
-        remove(folder / name)
+    remove_previews(settings.layout.previews, set(), "previews are off")
     status = store.read()
     if "previews" in status or "preview_branches" in status:
         with store.edit() as status:

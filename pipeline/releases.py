@@ -56,15 +56,6 @@ FILE_MODE, DIR_MODE = 0o644, 0o755  # what a release's files and directories get
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def precompress(path: Path) -> bool:
-    """Write `path`.gz beside a text file (see _precompress_at)."""
-    fd = tree.open_dir(str(path.parent))
-    try:
-        return _precompress_at(fd, path.name)
-    finally:
-        os.close(fd)
-
-
 def _precompress_at(dir_fd: int, name: str) -> bool:
     """Write `name`.gz beside a text file in `dir_fd` when that saves at least 10 %; deterministic (no name,
     no time in the header) and given the file's mtime, so an unchanged file's .gz is shared like the file."""

@@ -293,7 +293,3 @@ def restrict_syscalls() -> str | None:
 def python_paths() -> list[str]:
     """This interpreter's installation (a venv may live outside SYSTEM_READ)."""
     return sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))})
-
-
-def is_enospc(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pipeline import heap, heartbeat, metrics, previews, releases, tree, triggers
+from pipeline import heap, heartbeat, metrics, previews, releases, triggers
 from pipeline.config import Settings, redact_url
 from pipeline.deployer import Deployer
 from pipeline.errors import GitError, PipelineError
@@ -147,19 +147,9 @@ class Watcher:
                 return
             self.heartbeat.expect_cycle()
             self.deployer.repair()
-            self._remove_legacy()
             if self.previews is None:
                 previews.remove_all(self.settings, self.store)
             self._loop()
-
-    def _remove_legacy(self) -> None:
-        """The work tree and build files of earlier versions, on the releases' volume: rebuilt under build/."""
-        for name in self.settings.layout.LEGACY:
-            path = self.settings.data_dir / name
-            if path.exists() or path.is_symlink():
-                log.info("removing %s (the work tree now lives in %s)", path, self.settings.layout.build_root)
-                with contextlib.suppress(OSError):
-                    tree.remove_tree(path)
 
     @contextlib.contextmanager
     def _only_watcher(self) -> Iterator[None]:

@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 from container import runtime, volume
 from container.bootstrap import load_bootstrap
 from container.daemon import running_cmdline
-from pipeline.files import replace_file
+from container.files import replace_file
 from tests.acme_server import AcmeServer
 from tests.agent_fixtures import Loop
 from tests.helpers import REPO_ROOT, wait_for, wait_for_agent_rounds

@@ -25,6 +25,11 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
+def output_of(builder: NikolaBuilder) -> Path:
+    """Where the test site's conf.py has Nikola write: output/ in the work tree."""
+    return builder.site_dir / "output"
+
+
 def build(source: GitSource, builder: NikolaBuilder, log: Path) -> str | None:
     previous = builder.previous_state()
     commit = source.fetch()
@@ -47,7 +52,7 @@ def clean_tree(site_repo: SiteRepo, tmp_path: Path, timeout: float = 300) -> dic
     builder = builder_for(source, timeout)
     try:
         build(source, builder, tmp_path / "clean.log")
-        return tree(builder.output_dir)
+        return tree(output_of(builder))
     finally:
         builder.worker.stop()
 
@@ -57,7 +62,7 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     builder = builder_for(source, 300)
     assert build(source, builder, tmp_path / "1.log") == "no previous build"
     assert not builder.last_warm  # the worker started with this build
-    assert (builder.output_dir / "categories" / "limits" / "index.html").exists()
+    assert (output_of(builder) / "categories" / "limits" / "index.html").exists()
 
     # One commit that adds a post, edits another, drops a tag from the site entirely and
     # deletes a post: the kinds of change that leave stale pages behind if handled naively.
@@ -73,7 +78,7 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     assert builder.last_site == "warm"  # ... with the site kept loaded (and its unchanged posts reused)
     worker_pid = builder.worker.proc.pid
 
-    incremental, clean = tree(builder.output_dir), clean_tree(site_repo, tmp_path)
+    incremental, clean = tree(output_of(builder)), clean_tree(site_repo, tmp_path)
     assert sorted(incremental) == sorted(clean)
     assert incremental == clean
     assert "categories/limits/index.html" not in incremental and "posts/atomic-deploys/index.html" not in incremental
@@ -90,7 +95,7 @@ def test_configuration_changes_get_a_clean_build(site_repo: SiteRepo, tmp_path: 
     site_repo.write("conf.py", (site_repo.work / "conf.py").read_text().replace("A Pequod Blog", "Renamed Blog"))
     site_repo.commit("Rename the blog")
     assert build(source, builder, tmp_path / "2.log") == "conf.py changed"
-    assert b"Renamed Blog" in (builder.output_dir / "index.html").read_bytes()
+    assert b"Renamed Blog" in (output_of(builder) / "index.html").read_bytes()
 
 
 def generated_post(number: int, tags: str, day: int, text: str = "") -> str:
@@ -112,7 +117,7 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     source = GitSource(site_repo.url, "main", tmp_path / "incremental", timeout=60)
     builder = builder_for(source, 600)
     build(source, builder, tmp_path / "1.log")
-    assert (builder.output_dir / "categories" / "only-here" / "index.html").exists()
+    assert (output_of(builder) / "categories" / "only-here" / "index.html").exists()
 
     # One post's text edited, one moved to another month (indexes and archives shift), one deleted, the
     # only post of a tag retagged (the tag's pages and feed must go), one added.
@@ -128,7 +133,7 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     left_out = int(re.search(r"pequod: (\d+) unchanged post\(s\) left out", log).group(1))
     assert 250 < left_out < 300  # the changed, moved, added and deleted posts and their neighbours are built
 
-    incremental, clean = tree(builder.output_dir), clean_tree(site_repo, tmp_path, timeout=600)
+    incremental, clean = tree(output_of(builder)), clean_tree(site_repo, tmp_path, timeout=600)
     assert sorted(incremental) == sorted(clean)
     assert incremental == clean
     assert "categories/only-here/index.html" not in incremental and "categories/only-here.xml" not in incremental
@@ -159,12 +164,12 @@ def test_output_edited_by_content_code_is_made_again_once_the_code_is_gone(site_
     site_repo.write("posts/tampering.rst", TAMPERING_POST)
     site_repo.commit("A post whose code edits another post's page")
     assert build(source, builder, tmp_path / "2.log") is None
-    welcome = builder.output_dir / "posts" / "welcome" / "index.html"
+    welcome = output_of(builder) / "posts" / "welcome" / "index.html"
     assert welcome.read_text().endswith("<!-- TAMPERED -->")  # the attack works
     (site_repo.work / "posts" / "tampering.rst").unlink()
     site_repo.add_post("later", "A later post")  # not a revert: a tree no release had
     assert build(source, builder, tmp_path / "3.log") is None  # incremental
     assert "TAMPERED" not in welcome.read_text()
-    incremental, clean = tree(builder.output_dir), clean_tree(site_repo, tmp_path)
+    incremental, clean = tree(output_of(builder)), clean_tree(site_repo, tmp_path)
     assert incremental == clean
     builder.worker.stop()

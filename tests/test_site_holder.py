@@ -17,7 +17,7 @@ import pytest
 from pipeline.git_source import GitSource
 from pipeline.site_holder import Unfingerprintable, configuration, fingerprint
 from tests.helpers import REPO_ROOT, SiteRepo, python_env
-from tests.test_incremental import build, builder_for, clean_tree, tree
+from tests.test_incremental import build, builder_for, clean_tree, output_of, tree
 
 
 # -- the configuration's fingerprint -----------------------------------------------------------------
@@ -135,7 +135,7 @@ def test_a_change_outside_the_post_folders_loads_the_site_afresh(held, site_repo
     log = again()
     assert builder.last_site == "fresh"
     assert "loaded afresh: files/notes.txt changed (outside the post folders)" in log
-    assert tree(builder.output_dir) == clean_tree(site_repo, tmp_path)
+    assert tree(output_of(builder)) == clean_tree(site_repo, tmp_path)
 
 
 def test_a_configuration_that_reads_the_commit_is_loaded_for_every_build(held, site_repo: SiteRepo,
@@ -150,7 +150,7 @@ def test_a_configuration_that_reads_the_commit_is_loaded_for_every_build(held, s
     log = again()
     assert builder.last_site == "fresh" and "conf.py gives another configuration now" in log, log
     # An unchanged post's page names the new commit: nothing was kept from the build before.
-    assert f"built-from:{commit}" in (builder.output_dir / "posts" / "p15" / "index.html").read_text()
+    assert f"built-from:{commit}" in (output_of(builder) / "posts" / "p15" / "index.html").read_text()
 
 
 def test_a_scheduled_post_appears_once_its_time_has_come(held, site_repo: SiteRepo, tmp_path: Path) -> None:
@@ -161,8 +161,8 @@ def test_a_scheduled_post_appears_once_its_time_has_come(held, site_repo: SiteRe
     site_repo.write("posts/later.rst", _post("later", 1, "Scheduled.", due.strftime("%Y-%m-%d %H:%M:%S UTC")))
     site_repo.commit("A post for later")
     again()
-    index = builder.output_dir / "index.html"
-    feed = builder.output_dir / "rss.xml"
+    index = output_of(builder) / "index.html"
+    feed = output_of(builder) / "rss.xml"
     assert "posts/later/" not in index.read_text() and "posts/later/" not in feed.read_text()
     time.sleep(max(0.0, (due - datetime.datetime.now(datetime.UTC)).total_seconds()) + 1)
     site_repo.write("posts/p08.rst", _post("p08", 8, "Edited."))
@@ -170,7 +170,7 @@ def test_a_scheduled_post_appears_once_its_time_has_come(held, site_repo: SiteRe
     log = again()
     assert builder.last_site == "warm", log
     assert "posts/later/" in index.read_text() and "posts/later/" in feed.read_text()
-    assert tree(builder.output_dir) == clean_tree(site_repo, tmp_path)
+    assert tree(output_of(builder)) == clean_tree(site_repo, tmp_path)
 
 
 def test_what_a_configuration_starts_is_ended_and_the_holder_stays_confined(held, site_repo: SiteRepo) -> None:
@@ -188,7 +188,7 @@ def test_what_a_configuration_starts_is_ended_and_the_holder_stays_confined(held
     site_repo.commit("conf.py starts a process and tries to write outside the site")
     again()
     assert not os.path.exists("/etc/hostname-pequod-test")
-    assert "confined" in (builder.output_dir / "index.html").read_text()
+    assert "confined" in (output_of(builder) / "index.html").read_text()
     sleepers = [int(pid) for pid in (builder.site_dir / "cache" / "sleepers.txt").read_text().split()]
     site_repo.write("posts/p09.rst", _post("p09", 9, "Edited."))
     site_repo.commit("Edit a post")
@@ -241,7 +241,7 @@ def test_a_build_changes_no_mode_or_time_and_signals_nothing_outside(held, site_
         "BLOG_TITLE = 'RESULTS ' + ' '.join(_results)\n"))
     site_repo.commit("conf.py changes modes and signals its parent")
     again()
-    title = (builder.output_dir / "index.html").read_text()
+    title = (output_of(builder) / "index.html").read_text()
     # chmod, utime and chown "succeed" and change nothing; the signal and the limit are refused.
     assert "RESULTS done done done PermissionError PermissionError" in title
     after = victim.stat()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import releases
+from pipeline import config, releases
 from pipeline.answers import BadPath, memo_path, split_request_path
 from pipeline.config import redact_url, settings_from_env
 from pipeline.errors import ConfigError, ReleaseError, short
@@ -49,6 +49,37 @@ def test_settings_defaults() -> None:
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("?", r"\?")):
         settings_from_env(env)
+
+
+def test_every_settings_field_comes_from_the_table() -> None:
+    from dataclasses import fields
+
+    from pipeline.config import SETTINGS, Settings
+    assert sorted(field.name for field in fields(Settings)) == sorted(s.field for s in SETTINGS if s.field)
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+
+
+def test_the_previews_settings_wait_for_previews_host() -> None:
+    # Unchecked without PREVIEWS_HOST, as the agent gives them only with previews.
+    settings = settings_from_env({"SITE_REPO": "/r", "PREVIEWS_MAX": "many", "PREVIEWS_PASSWORD": "secret"})
+    assert settings.previews_max == 10 and settings.previews_password is None
+    assert config.previews({"PREVIEWS_MAX": "many"}) == {}
+    public = config.previews({"PREVIEWS_HOST": "Blog.Example.org", "PREVIEWS_PUBLIC": "yes",
+                              "PREVIEWS_PASSWORD": "secret"})
+    assert public == {"previews_host": "blog.example.org", "previews_max": 10, "previews_password": None,
+                      "previews_public": True, "previews_https": False}
+    with pytest.raises(ConfigError, match="PREVIEWS_MAX=101: at most 100 previews per site"):
+        config.previews({"PREVIEWS_HOST": "blog.example.org", "PREVIEWS_PUBLIC": "1", "PREVIEWS_MAX": "101"})
+
+
+def test_run_sh_gets_its_values_from_the_table() -> None:
+    assert config.shell({"SITE_REPO": "/r"}, ["DATA_DIR", "PORT"]) == "DATA_DIR=/workdir\nPORT=8000\n"
+    assert config.shell({"DATA_DIR": " /srv/my data "}, ["DATA_DIR"]) == "DATA_DIR='/srv/my data'\n"
+    with pytest.raises(ConfigError, match="PORT='x': expected a whole number"):
+        config.shell({"PORT": "x"}, ["PORT"])
+    with pytest.raises(ConfigError, match="NOPE: not a setting"):
+        config.shell({}, ["NOPE"])
+    assert config.build_worker_idle({}) == 900 and config.landlock_abi_max({"LANDLOCK_ABI_MAX": " 2 "}) == 2
 
 
 def test_secrets_in_urls_are_redacted() -> None:

@@ -278,16 +278,16 @@ def landlock_abi_max(env: Mapping[str, str]) -> int | None:
     return value(env, "LANDLOCK_ABI_MAX")
 
 
-_PREVIEWS = ("PREVIEWS_HOST", "PREVIEWS_MAX", "PREVIEWS_PASSWORD", "PREVIEWS_PUBLIC", "PREVIEWS_HTTPS")
+_PREVIEWS = tuple(setting for setting in SETTINGS if setting.name.startswith("PREVIEWS_"))
 
 
 def previews(env: Mapping[str, str]) -> dict[str, object]:
     """The previews' settings (serve.py's share): Settings fields → values; nothing without PREVIEWS_HOST."""
-    values = _read_all(env, [SETTING[name] for name in _PREVIEWS])
+    values = _read_all(env, _PREVIEWS)
     if values["PREVIEWS_HOST"] is None:
         return {}
     _check_previews(values)
-    return {SETTING[name].field: values[name] for name in _PREVIEWS}
+    return {setting.field: values[setting.name] for setting in _PREVIEWS if setting.field}
 
 
 # ---- what others are given: run.sh's values, the reference in docs/configuration.md ----

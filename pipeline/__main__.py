@@ -15,7 +15,7 @@ from pipeline import build_worker, config, releases
 from pipeline.config import Settings, settings_from_env
 from pipeline.errors import ConfigError, ReleaseError
 from pipeline.releases import rollback
-from pipeline.status import read_status
+from pipeline.status import Status
 from pipeline.watcher import Watcher, live_release
 
 
@@ -59,7 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, need_repo=False)
-    status = read_status(settings.layout.status)
+    status = Status.load(settings.layout.status).to_json()
     live = live_release(settings)
     status["current"] = asdict(live) if live else None
     status["releases"] = releases.list_releases(settings.layout.releases)

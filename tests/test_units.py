@@ -16,7 +16,7 @@ from pipeline.answers import BadPath, memo_path, split_request_path
 from pipeline.config import redact_url, settings_from_env
 from pipeline.errors import ConfigError, ReleaseError, short
 from pipeline.nikola_build import BuildState, clean_build_reason, log_tail, read_log_tail
-from pipeline.status import StatusStore
+from pipeline.status import Status, StatusStore
 from pipeline.watcher import MAX_BACKOFF, backoff_delay
 from tests.helpers import wait_for
 
@@ -225,13 +225,58 @@ def test_release_ids_sort_by_time() -> None:
     assert releases.release_id("0" * 40, now=100.25) > releases.release_id("f" * 40, now=100.2)
 
 
+def _build(commit: str, result: str) -> dict:
+    return {"commit": commit, "result": result, "finished_at": "2026-01-01T00:00:00Z", "build_seconds": 1.5}
+
+
 def test_status_store_keeps_bounded_history(tmp_path: Path) -> None:
     store = StatusStore(tmp_path / "status.json")
     for number in range(30):
         with store.edit() as status:
-            status["builds"].insert(0, {"commit": str(number)})
-    builds = store.read()["builds"]
+            status.finish_build(_build(str(number), "success"), None, [], 0.0)
+    builds = store.read().builds
     assert len(builds) == 20 and builds[0]["commit"] == "29"
+
+
+def test_status_counts_failures_in_a_row_and_a_success_ends_them(tmp_path: Path) -> None:
+    store = StatusStore(tmp_path / "status.json")
+    with store.edit() as status:
+        status.start_build("a")
+        status.record_failure("the remote is unreachable", remote=True)
+        assert not status.finish_build(_build("a", "failed"), "nikola build failed", None, 100.0)
+    status = store.read()
+    assert status.consecutive_failures == 2 and status.last_error == {"at": "2026-01-01T00:00:00Z",
+                                                                      "message": "nikola build failed"}
+    assert status.building is None and status.last_attempted_commit == "a"
+    assert status.counters is not None and status.counters["remote_check_failures"] == 1
+    with store.edit() as status:
+        assert status.finish_build(_build("b", "success"), None, [{"due": 200.0}], 100.0)  # a recovery
+    status = store.read()
+    assert (status.consecutive_failures, status.last_error, status.scheduled) == (0, None, [{"due": 200.0}])
+
+
+def test_status_file_keeps_its_keys_and_types(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    Status().save(path)
+    assert json.loads(path.read_text()) == {
+        "remote": None, "branch": None, "last_check": None, "last_error": None, "consecutive_failures": 0,
+        "last_attempted_commit": None, "builds": [], "scheduled": []}
+    older = {"remote": "file:///srv/site.git", "consecutive_failures": 3, "retired_key": {"x": 1},
+             "builds": [{"commit": "a"}, "damaged"], "rollbacks": [{"at": "t", "to": {}}], "last_check": 5}
+    path.write_text(json.dumps(older))
+    status = Status.load(path)
+    assert status.consecutive_failures == 3 and status.builds == [{"commit": "a"}] and status.last_check is None
+    status.save(path)
+    written = json.loads(path.read_text())
+    assert written["retired_key"] == {"x": 1} and written["rollbacks"] == older["rollbacks"]
+    assert "building" not in written and "counters" not in written
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "5", "null", ""])
+def test_a_damaged_status_file_reads_as_an_empty_status(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "status.json"
+    path.write_text(text)
+    assert Status.load(path) == Status() == Status.load(tmp_path / "missing.json")
 
 
 @pytest.mark.parametrize("path", ["/../x", "/a/./b", "/a%2Fb", "/a%5cb", "/a\\b", "/a\x00b", "/a/../../x"])

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Container entrypoint: serve the live release and run the publishing pipeline beside it.
-# Configured by environment: SITE_REPO (required), SITE_BRANCH (main), POLL_INTERVAL (10),
-# DATA_DIR (/workdir), PORT (8000), BUILD_TIMEOUT (600). Exits non-zero when either part dies
-# (the other gets SIGTERM, and SIGKILL 10 s later), so whoever runs it (the agent, Docker) replaces
-# the instance.
+# Configured by environment: SITE_REPO (required), SITE_BRANCH, POLL_INTERVAL, DATA_DIR, PORT, … (their
+# defaults and checks: pipeline/config.py's SETTINGS; the reference: docs/configuration.md). Exits non-zero
+# when either part dies (the other gets SIGTERM, and SIGKILL 10 s later), so whoever runs it (the agent,
+# Docker) replaces the instance.
 set -u
 here=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
 python=${PEQUOD_PYTHON:-python3}
 grace=10
 
-"$python" -m pipeline check-config || exit 2
-data_dir=${DATA_DIR:-/workdir}
+# Every setting is checked before anything starts (a bad one: one line, exit status 2); the two run.sh uses
+# itself come back with their defaults applied, as shell assignments (DATA_DIR=… PORT=…).
+values=$("$python" -m pipeline check-config --shell DATA_DIR PORT) || exit 2
+eval "$values"
+data_dir=$DATA_DIR
 mkdir -p "$data_dir" || exit 2
 # The data directory is the publisher's: whatever took its owner's rights away (a build cannot), they are
 # given back before anything reads it; the watcher repairs its parts (pipeline/layout.py repair()).
@@ -27,7 +30,7 @@ export DATA_DIR=$data_dir  # serve.py and the watcher find everything in it (pip
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/pequod-run.XXXXXX") || exit 2
 trap 'rm -rf "$run_dir"' EXIT
 export WATCHER_HEARTBEAT=$run_dir/watcher-heartbeat
-"$python" "$here/serve.py" --port "${PORT:-8000}" &
+"$python" "$here/serve.py" --port "$PORT" &
 serve_pid=$!
 "$python" -m pipeline watch &
 watch_pid=$!

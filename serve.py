@@ -182,7 +182,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("site_dir", nargs="?", help="directory (or symlink to one) to serve (default: DATA_DIR's "
                         "live release, with its status and wake files)")
     parser.add_argument("--host", default="::", help="address to listen on (default: ::)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    port = config.SETTING["PORT"].default
+    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
     parser.add_argument("--status-file", help="deploy status JSON (default: status.json beside SITE_DIR)")
     parser.add_argument("--threads", type=int, default=32, help="worker threads (default: 32)")
     parser.add_argument("--heartbeat-file", default=os.environ.get(heartbeat.ENV) or None,
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "server.max_request_body_size": MAX_BODY,
     })
     wake_file = Path(args.wake_file) if args.wake_file else None
-    guard = HookGuard(os.environ.get("WEBHOOK_SECRET") or None)
+    guard = HookGuard(config.value(os.environ, "WEBHOOK_SECRET"))
     heartbeat_file = Path(args.heartbeat_file) if args.heartbeat_file else None
     try:
         previews = config.previews(os.environ) if not args.site_dir else {}

@@ -11,21 +11,25 @@ import sys
 from dataclasses import asdict
 from types import FrameType
 
-from pipeline import build_worker, releases
+from pipeline import build_worker, config, releases
 from pipeline.config import Settings, settings_from_env
 from pipeline.errors import ConfigError, ReleaseError
 from pipeline.releases import rollback
-from pipeline.status import read_status
+from pipeline.status import Status
 from pipeline.watcher import Watcher, live_release
 
 
-def _settings(args: argparse.Namespace, *, need_repo: bool) -> Settings:
+def _env(args: argparse.Namespace, *, need_repo: bool) -> dict[str, str]:
     env = dict(os.environ)
     if args.data_dir:
         env["DATA_DIR"] = args.data_dir
     if not need_repo:
         env.setdefault("SITE_REPO", "/")  # not used by these commands
-    return settings_from_env(env)
+    return env
+
+
+def _settings(args: argparse.Namespace, *, need_repo: bool) -> Settings:
+    return settings_from_env(_env(args, need_repo=need_repo))
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -46,13 +50,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    _settings(args, need_repo=True)
+    env = _env(args, need_repo=True)
+    settings_from_env(env)
+    if args.shell:  # run.sh's: the values it needs itself, so that it repeats no default
+        sys.stdout.write(config.shell(env, args.shell))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, need_repo=False)
-    status = read_status(settings.layout.status)
+    status = Status.load(settings.layout.status).to_json()
     live = live_release(settings)
     status["current"] = asdict(live) if live else None
     status["releases"] = releases.list_releases(settings.layout.releases)
@@ -77,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log command lines too")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("watch", help="poll the remote, build and publish (the default)")
-    sub.add_parser("check-config", help="check the environment settings and exit")
+    check = sub.add_parser("check-config", help="check the environment settings and exit")
+    check.add_argument("--shell", nargs="+", metavar="NAME",
+                       help="then print NAME=value lines (quoted for sh) of these settings, defaults applied")
     sub.add_parser("status", help="print the deploy status as JSON")
     roll = sub.add_parser("rollback", help="make an earlier release live until the next push")
     roll.add_argument("release", nargs="?", help="release id (default: the one before the live one)")

@@ -1,13 +1,24 @@
-"""Pipeline settings: read once from the environment into a frozen dataclass."""
+"""Pipeline settings: one table of the blog image's environment variables, read once into a frozen dataclass.
+
+`SETTINGS` is the only place a setting's default, check and description are written: `settings_from_env`
+parses with it, run.sh asks it for the values it needs (`python -m pipeline check-config --shell`), and the
+reference in docs/configuration.md is printed from it (`python -m pipeline.config --reference`; a test
+compares the two). (systemd's mkosi keeps its settings the same way.)
+"""
 
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Mapping
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from pipeline import layout
 from pipeline.errors import ConfigError
 from pipeline.layout import Layout
 
@@ -19,28 +30,29 @@ _BAD_BRANCH = re.compile(r"(^[-/.])|(\.\.)|([\s~^:?*\[\\])|(@\{)|(/\Z)|(\.lock\Z
 
 @dataclass(frozen=True)
 class Settings:
+    """The checked settings; made only by settings_from_env, from SETTINGS (where the defaults are)."""
+
     site_repo: str
-    site_branch: str = "main"
-    poll_interval: float = 10.0
-    data_dir: Path = Path("/workdir")
-    build_timeout: float = 600.0
-    git_timeout: float = 60.0
-    keep_releases: int = 5
-    build_memory_mb: int = 2048
-    max_file_mb: int = 100
-    notify_url: str | None = None
-    notify_secret: str | None = None
-    heartbeat_file: Path | None = None  # the watcher's (pipeline.heartbeat); run.sh sets WATCHER_HEARTBEAT
-    links_broken_fail: bool = False  # broken internal links fail the build (pipeline.links)
-    build_worker_idle: float = 900.0  # seconds the warm build worker waits for the next build (pipeline.build_worker)
-    landlock_abi_max: int | None = None  # the highest Landlock ABI the sandbox uses (None: the kernel's)
-    builder_socket: Path | None = None  # the builder's worker (a container of its own); None: a process of ours
-    # Previews of the other branches (pipeline.previews), at LABEL--PREVIEWS_HOST; None: branches are ignored.
-    previews_host: str | None = None
-    previews_max: int = 10
-    previews_password: str | None = None  # HTTP Basic (user `preview`); None with previews_public only
-    previews_public: bool = False
-    previews_https: bool = False  # their addresses are https:// (the agent keeps a wildcard certificate)
+    site_branch: str
+    poll_interval: float
+    data_dir: Path
+    build_timeout: float
+    git_timeout: float
+    keep_releases: int
+    build_memory_mb: int
+    max_file_mb: int
+    build_worker_idle: float
+    builder_socket: Path | None  # None: builds run in a process of ours
+    landlock_abi_max: int | None  # None: the kernel's
+    notify_url: str | None
+    notify_secret: str | None
+    previews_host: str | None  # None: other branches are ignored
+    previews_max: int
+    previews_password: str | None  # None with previews_public only
+    previews_public: bool
+    previews_https: bool
+    links_broken_fail: bool
+    heartbeat_file: Path | None
 
     @property
     def layout(self) -> Layout:
@@ -56,137 +68,274 @@ def redact_url(url: str) -> str:
     return url
 
 
-def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float, integer: bool) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "a whole number" if integer else "a number"
-        raise ConfigError(f"{key}={raw!r}: expected {kind}") from None
-    if value < minimum or value != value:  # NaN compares unequal to itself
-        raise ConfigError(f"{key}={raw!r}: must be at least {minimum:g}")
-    return value
+# ---- how a value is read: (variable name, its value without surrounding blanks) -> the setting's value ----
+
+Parse = Callable[[str, str], Any]
 
 
-def check_repo_url(url: str) -> str:
-    url = url.strip()
-    if not url:
-        raise ConfigError("SITE_REPO is not set: give the git URL of the site repository")
-    scheme = urlsplit(url).scheme
-    if scheme in _URL_SCHEMES or _SCP_LIKE.fullmatch(url) or url.startswith("/"):
-        return url
-    raise ConfigError(
-        f"SITE_REPO={redact_url(url)!r}: expected a git URL (file://, https://, ssh://, git://, "
-        "user@host:path) or an absolute path"
-    )
-
-
-def check_branch(branch: str) -> str:
-    if not branch or _BAD_BRANCH.search(branch):
-        raise ConfigError(f"SITE_BRANCH={branch!r}: not a valid git branch name")
-    return branch
-
-
-def check_notify_url(url: str) -> str | None:
-    url = url.strip()
-    if not url:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"NOTIFY_URL={redact_url(url)!r}: expected an http:// or https:// URL")
-    return url
+def number(minimum: float, *, integer: bool = False, maximum: float | None = None, above: str = "") -> Parse:
+    """A number of at least `minimum`; above `maximum` the error says `above`."""
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise ConfigError(f"{name}={raw!r}: expected {kind}") from None
+        if value < minimum or value != value:  # NaN compares unequal to itself
+            raise ConfigError(f"{name}={raw!r}: must be at least {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name}={value}: {above}")
+        return value
+    return parse
 
 
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
+def flag(name: str, raw: str) -> bool:
     try:
         return _FLAGS[raw.lower()]
     except KeyError:
-        raise ConfigError(f"{key}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)") from None
+        raise ConfigError(f"{name}={raw!r}: expected 1 or 0 (true/false, yes/no, on/off)") from None
 
 
-def build_worker_idle(env: Mapping[str, str]) -> float:
-    """BUILD_WORKER_IDLE: checked with the rest at start; the worker (which inherits it) reads it here too."""
-    return _number(env, "BUILD_WORKER_IDLE", 900.0, minimum=1, integer=False)
+def text(_name: str, raw: str) -> str:
+    return raw
 
 
-def landlock_abi_max(env: Mapping[str, str]) -> int | None:
-    """LANDLOCK_ABI_MAX: checked with the rest at start; the build worker (which inherits it) reads it here too."""
-    if not env.get("LANDLOCK_ABI_MAX", "").strip():
-        return None
-    return int(_number(env, "LANDLOCK_ABI_MAX", 0, minimum=0, integer=True))
+def absolute_path(what: str = "") -> Parse:
+    """An absolute path; `what` it is, said in the error."""
+    def parse(name: str, raw: str) -> Path:
+        if not raw.startswith("/"):
+            raise ConfigError(f"{name}={raw!r}: expected an absolute path{f' ({what})' if what else ''}")
+        return Path(raw)
+    return parse
 
 
-def check_builder_socket(path: str) -> Path | None:
-    path = path.strip()
-    if path and not path.startswith("/"):
-        raise ConfigError(f"BUILDER_SOCKET={path!r}: expected an absolute path (the builder's unix socket)")
-    return Path(path) if path else None
-
-
-def check_heartbeat_file(path: str) -> Path | None:
-    path = path.strip()
-    if path and not path.startswith("/"):
-        raise ConfigError(f"WATCHER_HEARTBEAT={path!r}: expected an absolute path")
-    return Path(path) if path else None
-
-
-def settings_from_env(env: Mapping[str, str]) -> Settings:
-    """Check every setting before anything is started; raise ConfigError naming the first bad one."""
-    # PORT is serve.py's (run.sh passes it on); checked here with the rest.
-    port = int(_number(env, "PORT", 8000, minimum=1, integer=True))
-    if port > 65535:
-        raise ConfigError(f"PORT={port}: expected a port number 1-65535")
-    data_dir = env.get("DATA_DIR", "").strip() or "/workdir"
-    if not data_dir.startswith("/"):
-        raise ConfigError(f"DATA_DIR={data_dir!r}: expected an absolute path")
-    return Settings(
-        site_repo=check_repo_url(env.get("SITE_REPO", "")),
-        site_branch=check_branch(env.get("SITE_BRANCH", "").strip() or "main"),
-        poll_interval=_number(env, "POLL_INTERVAL", 10.0, minimum=0.1, integer=False),
-        data_dir=Path(data_dir),
-        build_timeout=_number(env, "BUILD_TIMEOUT", 600.0, minimum=1, integer=False),
-        git_timeout=_number(env, "GIT_TIMEOUT", 60.0, minimum=1, integer=False),
-        keep_releases=int(_number(env, "KEEP_RELEASES", 5, minimum=2, integer=True)),
-        build_memory_mb=int(_number(env, "BUILD_MEMORY_MB", 2048, minimum=256, integer=True)),
-        max_file_mb=int(_number(env, "MAX_FILE_MB", 100, minimum=1, integer=True)),
-        notify_url=check_notify_url(env.get("NOTIFY_URL", "")),
-        notify_secret=env.get("NOTIFY_SECRET") or None,
-        heartbeat_file=check_heartbeat_file(env.get("WATCHER_HEARTBEAT", "")),
-        links_broken_fail=_flag(env, "LINKS_BROKEN_FAIL", False),
-        build_worker_idle=build_worker_idle(env),
-        landlock_abi_max=landlock_abi_max(env),
-        builder_socket=check_builder_socket(env.get("BUILDER_SOCKET", "")),
-        **previews(env),
+def repo_url(name: str, url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme in _URL_SCHEMES or _SCP_LIKE.fullmatch(url) or url.startswith("/"):
+        return url
+    raise ConfigError(
+        f"{name}={redact_url(url)!r}: expected a git URL (file://, https://, ssh://, git://, "
+        "user@host:path) or an absolute path"
     )
+
+
+def branch(name: str, raw: str) -> str:
+    if _BAD_BRANCH.search(raw):
+        raise ConfigError(f"{name}={raw!r}: not a valid git branch name")
+    return raw
+
+
+def http_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={redact_url(url)!r}: expected an http:// or https:// URL")
+    return url
 
 
 # SITE.DOMAIN: the site's name (no `--`, which separates a branch's label from it) and a host name.
 _PREVIEWS_HOST = re.compile(r"(?=.{1,253}\Z)[a-z](?:-?[a-z0-9])*(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
 
 
-def previews(env: Mapping[str, str]) -> dict[str, object]:
-    """PREVIEWS_HOST (SITE.DOMAIN; unset: no previews), PREVIEWS_MAX, PREVIEWS_PASSWORD, PREVIEWS_PUBLIC,
-    PREVIEWS_HTTPS."""
-    host = env.get("PREVIEWS_HOST", "").strip().lower()
-    if not host:
-        return {}
+def previews_host(name: str, raw: str) -> str:
+    host = raw.lower()
     if not _PREVIEWS_HOST.fullmatch(host) or len(host.split(".", 1)[0]) > 40:
-        raise ConfigError(f"PREVIEWS_HOST={host!r}: expected SITE.DOMAIN (the site's name, without '--', and the "
+        raise ConfigError(f"{name}={host!r}: expected SITE.DOMAIN (the site's name, without '--', and the "
                           "previews' domain), e.g. blog.preview.example.org")
-    most = int(_number(env, "PREVIEWS_MAX", 10, minimum=1, integer=True))
-    if most > 100:
-        raise ConfigError(f"PREVIEWS_MAX={most}: at most 100 previews per site")
-    public = _flag(env, "PREVIEWS_PUBLIC", False)
-    password = env.get("PREVIEWS_PASSWORD") or None
-    if password is None and not public:
+    return host
+
+
+# ---- the table ----
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: how it is read, its value when unset or empty, and its line in the reference."""
+
+    name: str
+    parse: Parse
+    default: Any
+    help: str
+    field: str | None = None  # the Settings field it fills; None: another part reads it (serve.py: PORT…)
+    shown: str | None = None  # the reference's default where the value says too little (None, a condition)
+    required: str | None = None  # unset is an error, with this hint
+    strip: bool = True  # False: taken as given, blanks and all (secrets)
+    needs: str | None = None  # read only when this other setting is given; else the default
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        raw = env.get(self.name, "")
+        value = raw.strip() if self.strip else raw
+        if value:
+            return self.parse(self.name, value)
+        if self.required is not None:
+            raise ConfigError(f"{self.name} is not set: {self.required}")
+        return self.default
+
+
+_PORT = "expected a port number 1-65535"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SITE_REPO", repo_url, None, "git URL of the site: `file://`, `https://`, `ssh://`, `git://`, "
+            "`user@host:path` or an absolute path", "site_repo", shown="(required)",
+            required="give the git URL of the site repository"),
+    Setting("SITE_BRANCH", branch, "main", "branch to publish", "site_branch"),
+    Setting("POLL_INTERVAL", number(0.1), 10.0, "seconds between checks of the remote head (a webhook or a push "
+            "to a local remote is seen at once; `./bootstrap.sh` sets 5)", "poll_interval"),
+    Setting("DATA_DIR", absolute_path(), layout.DEFAULT, "where releases, the work tree and the status live",
+            "data_dir"),
+    # serve.py's (run.sh passes it on as --port); checked here with the rest.
+    Setting("PORT", number(1, integer=True, maximum=65535, above=_PORT), 8000, "port of `serve.py` (on `::`)"),
+    Setting("BUILD_TIMEOUT", number(1), 600.0, "seconds a build may take", "build_timeout"),
+    Setting("GIT_TIMEOUT", number(1), 60.0, "seconds a git command may take", "git_timeout"),
+    Setting("KEEP_RELEASES", number(2, integer=True), 5, "releases kept (at least 2); the live one is never "
+            "deleted", "keep_releases"),
+    Setting("BUILD_MEMORY_MB", number(256, integer=True), 2048, "address-space limit of a build (at least 256)",
+            "build_memory_mb"),
+    Setting("MAX_FILE_MB", number(1, integer=True), 100, "the largest file a commit may hold (checked after the "
+            "fetch, before anything is checked out), and the largest file a build may write", "max_file_mb"),
+    # The build worker inherits it and reads it too (build_worker_idle below).
+    Setting("BUILD_WORKER_IDLE", number(1), 900.0, "seconds the warm build worker (and the site it keeps loaded) "
+            "waits for the next build before it ends, freeing its memory; the next push then loads the site "
+            "afresh", "build_worker_idle"),
+    Setting("BUILDER_SOCKET", absolute_path("the builder's unix socket"), None, "the unix socket of the builder's "
+            "worker; the agent sets it (from `<builder volume>`) for both containers, so builds run in the "
+            "builder", "builder_socket", shown="(none: builds run in a process of the instance)"),
+    # The build worker inherits it and reads it too (landlock_abi_max below).
+    Setting("LANDLOCK_ABI_MAX", number(0, integer=True), None, "the highest Landlock ABI the build sandbox uses: "
+            "`2` gives the sandbox of Debian 12's kernel (6.1) on a newer one, to reproduce or test it; `0` turns "
+            "Landlock off ([build-sandbox.md](build-sandbox.md))", "landlock_abi_max", shown="(the kernel's)"),
+    # serve.py's (pipeline.webhook).
+    Setting("WEBHOOK_SECRET", text, None, "enables `POST /_site/hook` (the HMAC key of signed webhooks, or the "
+            "token of plain requests), rollbacks and clean builds from the deploy page", shown="(none)",
+            strip=False),
+    Setting("NOTIFY_URL", http_url, None, "where deploy notifications are POSTed (`http://` or `https://`)",
+            "notify_url", shown="(none)"),
+    Setting("NOTIFY_SECRET", text, None, "their HMAC-SHA256 key (`X-Pequod-Signature-256`)", "notify_secret",
+            shown="(none)", strip=False),
+    Setting("PREVIEWS_HOST", previews_host, None, "`SITE.DOMAIN`: every other branch is built as a preview served "
+            "at `BRANCH--SITE.DOMAIN` ([previews.md](previews.md)); the agent sets it and the four below from "
+            "the bootstrap YAML's `previews`", "previews_host", shown="(none: other branches are ignored)"),
+    Setting("PREVIEWS_MAX", number(1, integer=True, maximum=100, above="at most 100 previews per site"), 10,
+            "previews at most (1-100); the least recently pushed branches retire", "previews_max",
+            needs="PREVIEWS_HOST"),
+    Setting("PREVIEWS_PASSWORD", text, None, "the previews' HTTP Basic password (user `preview`)",
+            "previews_password", shown="(required unless public)", strip=False, needs="PREVIEWS_HOST"),
+    Setting("PREVIEWS_PUBLIC", flag, False, "`1`: previews ask no password", "previews_public",
+            needs="PREVIEWS_HOST"),
+    Setting("PREVIEWS_HTTPS", flag, False, "`1`: preview addresses say `https://` (the agent keeps their wildcard "
+            "certificate)", "previews_https", needs="PREVIEWS_HOST"),
+    Setting("LINKS_BROKEN_FAIL", flag, False, "`1`: broken internal links or anchors fail the build (checked "
+            "before the swap); `0`: they are only reported, after the swap "
+            "([publishing.md](publishing.md#failing-the-build-instead-links_broken_fail))", "links_broken_fail"),
+    # pipeline.heartbeat's ENV.
+    Setting("WATCHER_HEARTBEAT", absolute_path(), None, "the watcher's heartbeat file, which the health check of "
+            "`serve.py` reads; `run.sh` sets it (a file of the instance's own, outside `DATA_DIR`)",
+            "heartbeat_file", shown="(set by `run.sh`)"),
+)
+SETTING = {setting.name: setting for setting in SETTINGS}
+
+
+def value(env: Mapping[str, str], name: str) -> Any:
+    """One setting's value (checked; its default when unset), for a part that reads it on its own."""
+    return SETTING[name].read(env)
+
+
+def _read_all(env: Mapping[str, str], settings: Iterable[Setting]) -> dict[str, Any]:
+    """name → value in the table's order, the first bad one raising; a setting whose `needs` is unset keeps
+    its default, unchecked."""
+    values: dict[str, Any] = {}
+    for setting in settings:
+        needed = setting.needs is None or values.get(setting.needs) is not None
+        values[setting.name] = setting.read(env) if needed else setting.default
+    return values
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Check every setting before anything is started; raise ConfigError naming the first bad one."""
+    values = _read_all(env, SETTINGS)
+    _check_previews(values)
+    return Settings(**{setting.field: values[setting.name] for setting in SETTINGS if setting.field})
+
+
+def _check_previews(values: dict[str, Any]) -> None:
+    """What no single setting says: previews ask for a password unless public, and a public one keeps none."""
+    if values["PREVIEWS_HOST"] is None:
+        return
+    if values["PREVIEWS_PUBLIC"]:
+        values["PREVIEWS_PASSWORD"] = None
+    elif values["PREVIEWS_PASSWORD"] is None:
         raise ConfigError("PREVIEWS_PASSWORD is not set: previews ask for a password unless PREVIEWS_PUBLIC=1")
-    return {"previews_host": host, "previews_max": most, "previews_password": None if public else password,
-            "previews_public": public, "previews_https": _flag(env, "PREVIEWS_HTTPS", False)}
+
+
+def build_worker_idle(env: Mapping[str, str]) -> float:
+    """BUILD_WORKER_IDLE: checked with the rest at start; the worker (which inherits it) reads it here too."""
+    return value(env, "BUILD_WORKER_IDLE")
+
+
+def landlock_abi_max(env: Mapping[str, str]) -> int | None:
+    """LANDLOCK_ABI_MAX: checked with the rest at start; the build worker (which inherits it) reads it here too."""
+    return value(env, "LANDLOCK_ABI_MAX")
+
+
+_PREVIEWS = tuple(setting for setting in SETTINGS if setting.name.startswith("PREVIEWS_"))
+
+
+def previews(env: Mapping[str, str]) -> dict[str, object]:
+    """The previews' settings (serve.py's share): Settings fields → values; nothing without PREVIEWS_HOST."""
+    values = _read_all(env, _PREVIEWS)
+    if values["PREVIEWS_HOST"] is None:
+        return {}
+    _check_previews(values)
+    return {setting.field: values[setting.name] for setting in _PREVIEWS if setting.field}
+
+
+# ---- what others are given: run.sh's values, the reference in docs/configuration.md ----
+
+def _literal(value: Any) -> str:
+    """A value as the environment would give it: 10.0 is `10`, True is `1`, None is empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def shell(env: Mapping[str, str], names: Iterable[str]) -> str:
+    """`NAME=value` lines (quoted for sh) with the defaults applied: what run.sh needs itself (it repeats no
+    default). Raises ConfigError for an unknown name, as for a bad value."""
+    lines = []
+    for name in names:
+        if name not in SETTING:
+            raise ConfigError(f"{name}: not a setting of the blog image (docs/configuration.md)")
+        lines.append(f"{name}={shlex.quote(_literal(value(env, name)))}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+REFERENCE_HEADER = "| variable | default | meaning |\n|---|---|---|\n"
+
+
+def reference() -> str:
+    """The markdown table of docs/configuration.md's pipeline settings."""
+    rows = []
+    for setting in SETTINGS:
+        default = setting.shown if setting.shown is not None else f"`{_literal(setting.default)}`"
+        rows.append(f"| `{setting.name}` | {default} | {setting.help} |\n")
+    return REFERENCE_HEADER + "".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config", description="The blog image's settings.")
+    parser.add_argument("--reference", action="store_true",
+                        help="print the markdown table of docs/configuration.md's pipeline settings")
+    args = parser.parse_args(argv)
+    if not args.reference:
+        parser.error("nothing to do: give --reference")
+    sys.stdout.write(reference())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import links, metrics, notify, releases, tree
+from pipeline import links, notify, releases, tree
 from pipeline.config import Settings, redact_url
 from pipeline.errors import BuildError, short
 from pipeline.git_source import GitSource, TreeFacts
@@ -61,17 +61,12 @@ class Deployer:
     def _notified(self, ok: bool, message: str) -> None:
         """A notification's final outcome, for the status and the deploy page."""
         with contextlib.suppress(OSError), self.store.edit() as status:
-            notes = status.setdefault("notifications", {"delivered": 0, "failed": 0, "last_error": None})
-            if ok:
-                notes["delivered"] = int(notes.get("delivered", 0)) + 1
-            else:
-                notes["failed"] = int(notes.get("failed", 0)) + 1
-                notes["last_error"] = {"at": utc_now(), "message": message}
+            status.notified(ok, message)
 
     def forget_build(self) -> None:
         """Drop the marker of a build in progress (see Watcher.recover_interrupted)."""
         with self.store.edit() as status:
-            status.pop("building", None)
+            status.forget_build()
 
     def give_up(self, commit: str, message: str) -> None:
         """Record `commit` as failed without building it: it is not tried again until the branch moves."""
@@ -104,10 +99,7 @@ class Deployer:
         previous = self.builder.previous_state()
         changes = self.source.changes(previous.commit, commit) if previous else None
         with self.store.edit() as status:  # kept until the build ends: see Watcher.recover_interrupted()
-            earlier = status.get("building") or {}
-            status["building"] = {"commit": commit, "started_at": utc_now(),
-                                  "attempts": int(earlier.get("attempts", 0)) + 1 if earlier.get("commit") == commit
-                                  else 1}
+            status.start_build(commit)
         reason = "a clean build was asked for" if clean else clean_build_reason(previous, changes)
         self.source.checkout(commit)  # the publisher's export; the build's work tree is made from it (work_tree)
         log.info("building %s%s", commit[:12], f" (a clean build: {reason})" if reason else "")
@@ -226,22 +218,7 @@ class Deployer:
             result=result, error=None if error is None else short(error), log_tail=tail,
         )
         with self.store.edit() as status:
-            previous = status["builds"][0] if status["builds"] else {}
-            recovered = result == "success" and previous.get("result") == "failed"
-            status.pop("building", None)
-            metrics.count_build(status, result, record["build_seconds"], time.time())
-            status["builds"].insert(0, record)
-            status["last_attempted_commit"] = record["commit"]
-            if result == "success":
-                status["consecutive_failures"] = 0
-                status["last_error"] = None
-                status["scheduled"] = scheduled or []
-            else:
-                status["consecutive_failures"] += 1
-                status["last_error"] = {"at": record["finished_at"], "message": error}
-                # A post that came due and could not be built waits for the next push (no rebuild loop).
-                status["scheduled"] = [item for item in status.get("scheduled") or []
-                                       if isinstance(item, dict) and float(item.get("due", 0)) > time.time()]
+            recovered = status.finish_build(record, error, scheduled, time.time())
         if self.notifier is not None:
             self.notifier.send({
                 "event": notify.event_for(result, recovered), "site": redact_url(self.settings.site_repo),

@@ -1,10 +1,11 @@
 """The instance's metrics at `GET /_site/metrics` (Prometheus text format, via prometheus_client).
 
-Build figures come from the counters the watcher keeps in status.json (it is another process), read at
-each scrape; request and answer-cache figures are serve.py's own.
+Build figures come from the counters the watcher keeps in status.json (it is another process; pipeline.status
+writes them), read at each scrape; request and answer-cache figures are serve.py's own.
 
 prometheus_client (~4 MiB with what it imports) is imported at the first scrape, not with this module: the
-watcher only counts builds here, and an instance nobody scrapes does not carry it (docs/benchmarks.md, idle).
+watcher only takes BUILD_BUCKETS from here, and an instance nobody scrapes does not carry it
+(docs/benchmarks.md, idle).
 """
 
 from __future__ import annotations
@@ -18,26 +19,6 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
 BUILD_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-
-
-def count_build(status: dict[str, Any], result: str, seconds: float, now: float) -> None:
-    """Add a finished build to status.json's counters (the watcher calls this under the status lock)."""
-    counters = status.setdefault("counters", {})
-    builds = counters.setdefault("builds", {})
-    builds[result] = int(builds.get(result, 0)) + 1
-    histogram = counters.setdefault("build_seconds", {"buckets": {}, "sum": 0.0, "count": 0})
-    for bound in BUILD_BUCKETS:  # cumulative, as Prometheus histograms are
-        key = f"{bound:g}"
-        histogram["buckets"][key] = int(histogram["buckets"].get(key, 0)) + (seconds <= bound)
-    histogram["sum"] = float(histogram["sum"]) + seconds
-    histogram["count"] = int(histogram["count"]) + 1
-    if result == "success":
-        counters["last_success_at"] = now
-
-
-def count_remote_failure(status: dict[str, Any]) -> None:
-    counters = status.setdefault("counters", {})
-    counters["remote_check_failures"] = int(counters.get("remote_check_failures", 0)) + 1
 
 
 class Requests:

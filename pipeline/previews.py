@@ -74,17 +74,15 @@ class Previews:
             log.warning("previews: %s", exc)
             return False
         status = self.store.read()
-        known, wanted = preview_hosts.choose(branches, status.get("preview_branches") or {},
+        known, wanted = preview_hosts.choose(branches, status.preview_branches or {},
                                              self.settings.site_branch, self.settings.previews_max, time.time())
         labels = preview_hosts.labels(wanted, self.site)
-        previews = status.get("previews") or {}
+        previews = status.previews or {}
         gone = {label: item.get("branch") if isinstance(item, dict) else None for label, item in previews.items()
                 if not isinstance(item, dict) or labels.get(item.get("branch")) != label}
-        if gone or known != status.get("preview_branches"):
+        if gone or known != status.preview_branches:
             with self.store.edit() as status:
-                status["preview_branches"] = known
-                for label in gone:
-                    (status.get("previews") or {}).pop(label, None)
+                status.set_previews(known, gone)
         for label in gone:  # also when another branch takes the label: never the previous branch's release
             remove(self.layout.previews / label)
         remove_previews(self.layout.previews, set(labels.values()), "its branch was deleted or retired")
@@ -180,7 +178,7 @@ class Previews:
 
     def _record(self, label: str, record: dict[str, Any]) -> None:
         with self.store.edit() as status:
-            status.setdefault("previews", {})[label] = dict(record)
+            status.set_preview(label, record)
 
 
 def remove(folder: Path) -> None:
@@ -203,7 +201,6 @@ def remove_all(settings: Settings, store: StatusStore) -> None:
     """Without PREVIEWS_HOST: no preview of an earlier configuration stays served or listed."""
     remove_previews(settings.layout.previews, set(), "previews are off")
     status = store.read()
-    if "previews" in status or "preview_branches" in status:
+    if status.previews is not None or status.preview_branches is not None:
         with store.edit() as status:
-            status.pop("previews", None)
-            status.pop("preview_branches", None)
+            status.set_previews(None)

@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline import site_rules, tree
 from pipeline.errors import ReleaseError
 from pipeline.layout import Layout
-from pipeline.status import StatusStore, utc_now
+from pipeline.status import StatusStore
 
 
 @dataclass(frozen=True)
@@ -309,6 +309,5 @@ def rollback(layout: Layout, wanted: str | None) -> Release:
         release_dir = layout.releases / target
         publish(layout.current, release_dir)
         meta = read_meta(release_dir) or Release(target, "", "", 0.0)
-        status.setdefault("rollbacks", []).insert(0, {"at": utc_now(), "to": asdict(meta)})
-        del status["rollbacks"][10:]
+        status.rolled_back(asdict(meta))
     return meta

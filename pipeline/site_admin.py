@@ -28,7 +28,7 @@ from typing import Any
 from pipeline import deploy_page, heartbeat, layout, links, metrics, releases
 from pipeline.answers import Memo, StartResponse, method_not_allowed, send_json, send_plain, send_text
 from pipeline.errors import ReleaseError
-from pipeline.status import read_status
+from pipeline.status import Status
 from pipeline.webhook import HookGuard, Verdict
 
 RESERVED_PREFIX = "/_site/"
@@ -218,7 +218,7 @@ class SiteAdmin:
 
     def status(self, root: str | None) -> dict[str, Any]:
         """status.json with what is live now, the kept releases and the live release's link report."""
-        status = read_status(self.status_file) if self.status_file else {}
+        status = Status.load(self.status_file).to_json() if self.status_file else {}
         meta = releases.read_meta(Path(root)) if root else None
         if meta is not None:
             status["current"] = {

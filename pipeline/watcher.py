@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pipeline import heap, heartbeat, metrics, previews, releases, triggers
+from pipeline import heap, heartbeat, previews, releases, triggers
 from pipeline.config import Settings, redact_url
 from pipeline.deployer import Deployer
 from pipeline.errors import GitError, PipelineError
 from pipeline.git_source import local_path
-from pipeline.status import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +60,7 @@ class Watcher:
         if transient:
             self._transient_failures += 1
         with self.store.edit() as status:
-            if transient:
-                metrics.count_remote_failure(status)
-            status["last_error"] = {"at": utc_now(), "message": message}
-            status["consecutive_failures"] += 1
+            status.record_failure(message, remote=transient)
 
     def check_once(self) -> float:
         """One cycle: check the remote, build and publish when it moved. Returns seconds to wait."""
@@ -75,11 +71,9 @@ class Watcher:
             self._record_error(str(exc), transient=True)
             return backoff_delay(settings.poll_interval, self._transient_failures)
         with self.store.edit() as status:
-            status["last_check"] = utc_now()
-            status["remote"] = redact_url(settings.site_repo)
-            status["branch"] = settings.site_branch
-            last_attempted = status["last_attempted_commit"]
-            due = next_due(status.get("scheduled"))
+            status.checked(redact_url(settings.site_repo), settings.site_branch)
+            last_attempted = status.last_attempted_commit
+            due = next_due(status.scheduled)
         if head is None:
             self._record_error(
                 f"branch {settings.site_branch!r} does not exist on {redact_url(settings.site_repo)}; "
@@ -126,7 +120,7 @@ class Watcher:
     def recover_interrupted(self) -> None:
         """A build the instance did not survive (out of memory, killed) is tried again once; after that its
         commit is recorded as failed, so a bad head never becomes a crash loop."""
-        building = self.store.read().get("building")
+        building = self.store.read().building
         if not building:
             return
         attempts = int(building.get("attempts", 1))

@@ -7,6 +7,7 @@ loop, before its first step)."""
 
 from __future__ import annotations
 
+import difflib
 import re
 import subprocess
 import sys
@@ -115,3 +116,22 @@ def test_every_option_is_documented(command: list[str]) -> None:
     text = documented_text()
     missing = sorted(option for option in options if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text))
     assert missing == [], f"options {' '.join(command[-2:])} prints that README.md and docs/ do not mention"
+
+
+REFERENCE_MARK = "<!-- Generated from pipeline/config.py's SETTINGS by `python -m pipeline.config --reference`"
+
+
+def test_the_settings_reference_is_the_settings_table() -> None:
+    """docs/configuration.md's pipeline settings are printed from pipeline.config.SETTINGS, never edited."""
+    from pipeline import config
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert REFERENCE_MARK in text, "docs/configuration.md lost the mark before its settings table"
+    after = text.split(REFERENCE_MARK, 1)[1].split("\n", 1)[1]
+    documented = after.split("\n\n", 1)[0] + "\n"
+    wanted = config.reference()
+    diff = "".join(difflib.unified_diff(documented.splitlines(True), wanted.splitlines(True),
+                                        "docs/configuration.md", "pipeline.config.SETTINGS"))
+    assert documented == wanted, (
+        "docs/configuration.md's settings table differs from pipeline/config.py's SETTINGS; replace it with "
+        f"the output of `python -m pipeline.config --reference`:\n{diff}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -228,10 +229,12 @@ def test_a_site_without_previews_serves_no_preview_and_keeps_none(tmp_path: Path
     (tmp_path / "previews" / "old" / "current").symlink_to("releases/r1")
     store = StatusStore(tmp_path / "status.json")
     with store.edit() as status:
-        status["previews"] = {"old": {"branch": "old"}}
+        status.set_previews({"old": {"commit": "c0ffee", "pushed": 1.0}})
+        status.set_preview("old", {"branch": "old"})
     previews.remove_all(settings, store)
     assert not (tmp_path / "previews" / "old").exists()
-    assert "previews" not in store.read()
+    written = json.loads((tmp_path / "status.json").read_text())
+    assert "previews" not in written and "preview_branches" not in written
 
 
 # ---- the agent's side (pure, and haproxy -c) ----

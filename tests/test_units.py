@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import releases
+from pipeline import config, releases
 from pipeline.answers import BadPath, memo_path, split_request_path
 from pipeline.config import redact_url, settings_from_env
 from pipeline.errors import ConfigError, ReleaseError, short
 from pipeline.nikola_build import BuildState, clean_build_reason, log_tail, read_log_tail
-from pipeline.status import StatusStore
+from pipeline.status import Status, StatusStore
 from pipeline.watcher import MAX_BACKOFF, backoff_delay
 from tests.helpers import wait_for
 
@@ -49,6 +49,37 @@ def test_settings_defaults() -> None:
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("?", r"\?")):
         settings_from_env(env)
+
+
+def test_every_settings_field_comes_from_the_table() -> None:
+    from dataclasses import fields
+
+    from pipeline.config import SETTINGS, Settings
+    assert sorted(field.name for field in fields(Settings)) == sorted(s.field for s in SETTINGS if s.field)
+    assert len({s.name for s in SETTINGS}) == len(SETTINGS)
+
+
+def test_the_previews_settings_wait_for_previews_host() -> None:
+    # Unchecked without PREVIEWS_HOST, as the agent gives them only with previews.
+    settings = settings_from_env({"SITE_REPO": "/r", "PREVIEWS_MAX": "many", "PREVIEWS_PASSWORD": "secret"})
+    assert settings.previews_max == 10 and settings.previews_password is None
+    assert config.previews({"PREVIEWS_MAX": "many"}) == {}
+    public = config.previews({"PREVIEWS_HOST": "Blog.Example.org", "PREVIEWS_PUBLIC": "yes",
+                              "PREVIEWS_PASSWORD": "secret"})
+    assert public == {"previews_host": "blog.example.org", "previews_max": 10, "previews_password": None,
+                      "previews_public": True, "previews_https": False}
+    with pytest.raises(ConfigError, match="PREVIEWS_MAX=101: at most 100 previews per site"):
+        config.previews({"PREVIEWS_HOST": "blog.example.org", "PREVIEWS_PUBLIC": "1", "PREVIEWS_MAX": "101"})
+
+
+def test_run_sh_gets_its_values_from_the_table() -> None:
+    assert config.shell({"SITE_REPO": "/r"}, ["DATA_DIR", "PORT"]) == "DATA_DIR=/workdir\nPORT=8000\n"
+    assert config.shell({"DATA_DIR": " /srv/my data "}, ["DATA_DIR"]) == "DATA_DIR='/srv/my data'\n"
+    with pytest.raises(ConfigError, match="PORT='x': expected a whole number"):
+        config.shell({"PORT": "x"}, ["PORT"])
+    with pytest.raises(ConfigError, match="NOPE: not a setting"):
+        config.shell({}, ["NOPE"])
+    assert config.build_worker_idle({}) == 900 and config.landlock_abi_max({"LANDLOCK_ABI_MAX": " 2 "}) == 2
 
 
 def test_secrets_in_urls_are_redacted() -> None:
@@ -194,13 +225,58 @@ def test_release_ids_sort_by_time() -> None:
     assert releases.release_id("0" * 40, now=100.25) > releases.release_id("f" * 40, now=100.2)
 
 
+def _build(commit: str, result: str) -> dict:
+    return {"commit": commit, "result": result, "finished_at": "2026-01-01T00:00:00Z", "build_seconds": 1.5}
+
+
 def test_status_store_keeps_bounded_history(tmp_path: Path) -> None:
     store = StatusStore(tmp_path / "status.json")
     for number in range(30):
         with store.edit() as status:
-            status["builds"].insert(0, {"commit": str(number)})
-    builds = store.read()["builds"]
+            status.finish_build(_build(str(number), "success"), None, [], 0.0)
+    builds = store.read().builds
     assert len(builds) == 20 and builds[0]["commit"] == "29"
+
+
+def test_status_counts_failures_in_a_row_and_a_success_ends_them(tmp_path: Path) -> None:
+    store = StatusStore(tmp_path / "status.json")
+    with store.edit() as status:
+        status.start_build("a")
+        status.record_failure("the remote is unreachable", remote=True)
+        assert not status.finish_build(_build("a", "failed"), "nikola build failed", None, 100.0)
+    status = store.read()
+    assert status.consecutive_failures == 2 and status.last_error == {"at": "2026-01-01T00:00:00Z",
+                                                                      "message": "nikola build failed"}
+    assert status.building is None and status.last_attempted_commit == "a"
+    assert status.counters is not None and status.counters["remote_check_failures"] == 1
+    with store.edit() as status:
+        assert status.finish_build(_build("b", "success"), None, [{"due": 200.0}], 100.0)  # a recovery
+    status = store.read()
+    assert (status.consecutive_failures, status.last_error, status.scheduled) == (0, None, [{"due": 200.0}])
+
+
+def test_status_file_keeps_its_keys_and_types(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    Status().save(path)
+    assert json.loads(path.read_text()) == {
+        "remote": None, "branch": None, "last_check": None, "last_error": None, "consecutive_failures": 0,
+        "last_attempted_commit": None, "builds": [], "scheduled": []}
+    older = {"remote": "file:///srv/site.git", "consecutive_failures": 3, "retired_key": {"x": 1},
+             "builds": [{"commit": "a"}, "damaged"], "rollbacks": [{"at": "t", "to": {}}], "last_check": 5}
+    path.write_text(json.dumps(older))
+    status = Status.load(path)
+    assert status.consecutive_failures == 3 and status.builds == [{"commit": "a"}] and status.last_check is None
+    status.save(path)
+    written = json.loads(path.read_text())
+    assert written["retired_key"] == {"x": 1} and written["rollbacks"] == older["rollbacks"]
+    assert "building" not in written and "counters" not in written
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "5", "null", ""])
+def test_a_damaged_status_file_reads_as_an_empty_status(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "status.json"
+    path.write_text(text)
+    assert Status.load(path) == Status() == Status.load(tmp_path / "missing.json")
 
 
 @pytest.mark.parametrize("path", ["/../x", "/a/./b", "/a%2Fb", "/a%5cb", "/a\\b", "/a\x00b", "/a/../../x"])

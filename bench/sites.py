@@ -22,7 +22,12 @@ so that build workers end while the bench watches.
 3. push -> live per site: a one-post change pushed to each site in turn (webhook through the frontend with
    the site's Host), until the new text is served through the frontend with that Host: first after idle
    (the build worker starts and loads the site), then once more right away (warm worker).
-4. isolation: readers of site s1 through the frontend (keep-alive Python clients, Host s1.example.test;
+4. idle CPU: with every site idle (after 2.), the host's busy CPU time over --idle-seconds (/proc/stat:
+   everything, Docker's daemons, the health checks' processes and the agent included) minus the same host's
+   over the same time before the agent started (the baseline, measured in the same run); and where it goes:
+   each site's instance and builder (their cgroups' CPU time, probes included), the agent, HAProxy, Tayga,
+   dockerd and containerd (their processes' CPU time). Target: 10 idle sites together under 3 % of a core.
+5. isolation: readers of site s1 through the frontend (keep-alive Python clients, Host s1.example.test;
    one reader of the index page the frontend's cache answers, one of `/?n=<i>`, a new URI each request,
    which HAProxy's cache does not answer: its key is the Host and the whole URI; checked with HAProxy's
    own cache counters) for --reader-seconds with s2 idle (the baseline), then the same readers from the
@@ -75,6 +80,7 @@ LIMITS = {name: (2000, 640) if name == BIG else (350, 256) for name in SITES}  #
 WORKER_IDLE = 10
 POLL = 300  # the webhook triggers; polling is only the fallback
 TARGET_IDLE_MIB = 50
+TARGET_IDLE_CORE_PERCENT = 3.0  # 10 idle sites together, everything they cause counted
 
 
 def say(message: str) -> None:
@@ -366,6 +372,99 @@ def density(run: AgentRun) -> dict:
             "target_mib": TARGET_IDLE_MIB, "meets_target": worst <= TARGET_IDLE_MIB}
 
 
+# -- idle CPU ---------------------------------------------------------------------------------------------
+def host_busy_seconds() -> float:
+    """CPU time the whole host spent busy since boot (/proc/stat's first line: all but idle and iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # idle, iowait
+    busy -= sum(fields[8:10]) if len(fields) > 9 else 0  # guest time is already counted in user time
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def cgroup_cpu_seconds(pid: int) -> float | None:
+    """CPU time of the process's cgroup (v2: cpu.stat usage_usec, v1: cpuacct.usage): its processes, also those
+    that ended (a health probe)."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        paths = {}
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                paths[controller] = path.lstrip("/")
+        if "" in paths and (metrics.CGROUP / paths[""] / "cpu.stat").exists():
+            stat = dict(line.split() for line in (metrics.CGROUP / paths[""] / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) / 1e6
+        for mount in ("cpuacct", "cpu,cpuacct"):
+            usage = metrics.CGROUP / mount / paths.get("cpuacct", "") / "cpuacct.usage"
+            if "cpuacct" in paths and usage.exists():
+                return int(usage.read_text()) / 1e9
+    return None
+
+
+def process_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """{pid: (command line, CPU seconds)} of every process on the host."""
+    found = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            found[int(entry.name)] = (args, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+HOST_PARTS = {  # where the host's share of idle sites goes: a process's command line → its part
+    "agent": ("-m container",), "haproxy": ("haproxy",), "tayga": ("tayga",), "dockerd": ("dockerd",),
+    "containerd": ("containerd",),
+}
+
+
+def host_parts(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    parts = dict.fromkeys(HOST_PARTS, 0.0)
+    for pid, (args, seconds) in after.items():
+        part = next((name for name, marks in HOST_PARTS.items() if any(mark in args for mark in marks)), None)
+        if part is not None:
+            parts[part] += seconds - (before[pid][1] if pid in before and before[pid][0] == args else 0.0)
+    return parts
+
+
+def baseline_busy(seconds: float) -> float:
+    """The host's busy CPU, as a fraction of a core, before the agent starts (Docker up, nothing of ours)."""
+    say(f"idle CPU: the baseline, {seconds:.0f} s before the agent starts")
+    started, busy = time.monotonic(), host_busy_seconds()
+    time.sleep(seconds)
+    return (host_busy_seconds() - busy) / (time.monotonic() - started)
+
+
+def idle_cpu(run: AgentRun, seconds: float, baseline: float) -> dict:
+    say(f"idle CPU: {len(SITES)} idle sites for {seconds:.0f} s")
+    pids = {}
+    for name, row in instances_by_site(run).items():
+        built = builder(run, name)
+        pids[name] = (row["pid"], int(built.attrs["State"]["Pid"] or 0) if built is not None else 0)
+    def sites_cpu() -> dict[str, float]:
+        return {name: sum(cgroup_cpu_seconds(pid) or 0.0 for pid in pair if pid) for name, pair in pids.items()}
+    sites_before, procs_before, busy_before = sites_cpu(), process_cpu_seconds(), host_busy_seconds()
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    busy = (host_busy_seconds() - busy_before) / elapsed
+    per_site = {name: round(100 * (value - sites_before[name]) / elapsed, 3) for name, value in sites_cpu().items()}
+    parts = {name: round(100 * value / elapsed, 3) for name, value in host_parts(procs_before,
+                                                                                 process_cpu_seconds()).items()}
+    total = round(100 * (busy - baseline), 2)
+    found = {"seconds": round(elapsed, 1), "baseline_core_percent": round(100 * baseline, 2),
+             "host_busy_core_percent": round(100 * busy, 2), "sites_core_percent": total,
+             "per_site_core_percent": round(total / len(SITES), 3), "containers_core_percent": per_site,
+             "host_processes_core_percent": parts, "target_core_percent": TARGET_IDLE_CORE_PERCENT,
+             "meets_target": total < TARGET_IDLE_CORE_PERCENT}
+    say(f"idle CPU: {total} % of a core for {len(SITES)} sites (host {found['host_busy_core_percent']} %, "
+        f"baseline {found['baseline_core_percent']} %); containers {per_site}; host processes {parts}")
+    return found
+
+
 # -- push -> live -----------------------------------------------------------------------------------------
 def push_live(run: AgentRun, repos: dict[str, SiteRepo], name: str, revision: int) -> float:
     """One post changed (pushed), the webhook sent with the site's Host; seconds until the new text is
@@ -583,6 +682,17 @@ def markdown(results: dict) -> str:
                   "| process | threads | RSS | USS | anon |", "|---|---|---|---|---|"]
         lines += [f"| `{p['process']}` | {p['threads']} | {p['rss_mib']} | {p['uss_mib']} | {p['anon_mib']} |"
                   for p in d.get("processes", []) if isinstance(p, dict)] + [""]
+    idle = results.get("idle_cpu")
+    if idle:
+        parts = ", ".join(f"{name} {value}" for name, value in idle["host_processes_core_percent"].items())
+        busiest = sorted(idle["containers_core_percent"].items(), key=lambda item: -item[1])[:3]
+        lines += [f"**Idle CPU** ({idle['seconds']} s, all sites idle): **{idle['sites_core_percent']} % of a core** "
+                  f"for {len(idle['containers_core_percent'])} sites ({idle['per_site_core_percent']} % each): the "
+                  f"host busy {idle['host_busy_core_percent']} % minus its baseline {idle['baseline_core_percent']} % "
+                  f"before the agent started; target under {idle['target_core_percent']} %: "
+                  f"{'met' if idle['meets_target'] else 'not met'}. Where it goes (% of a core): instances and "
+                  f"builders (cgroups) {round(sum(idle['containers_core_percent'].values()), 2)} (busiest: "
+                  f"{', '.join(f'{n} {v}' for n, v in busiest)}); {parts}.", ""]
     if pub:
         lines += [f"**Push → live** ({len(pub['after_idle']['all_s'])} pushes of each kind): after idle p50 "
                   f"{pub['after_idle']['p50_s']} s, p90 {pub['after_idle']['p90_s']} "
@@ -625,6 +735,9 @@ def main() -> int:
     parser.add_argument("--big-posts", type=int, default=2000, help="posts of the blog s2 builds during isolation")
     parser.add_argument("--sites", type=int, default=10, choices=range(2, 11), metavar="2..10",
                         help="run the first N sites only (default 10)")
+    parser.add_argument("--idle-seconds", type=float, default=60, help="how long idle CPU is measured")
+    parser.add_argument("--only-idle", action="store_true",
+                        help="first publish, density and idle CPU only (no pushes, no isolation)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="push -> live rounds over all sites (default: 10 pushes of each kind in all)")
     args = parser.parse_args()
@@ -656,6 +769,7 @@ def main() -> int:
             repos[name].add_post("home-marker", home_marker(name))
         run = AgentRun(tmp, client, base)
         write_yaml(run)
+        baseline = baseline_busy(args.idle_seconds / 2)
         say(f"starting the agent with {len(SITES)} sites")
         started = time.monotonic()
         run.start()
@@ -664,8 +778,10 @@ def main() -> int:
         if slow:  # the instance's log says why (the run's directory is removed at the end)
             results["slow_first_publish_logs"] = {name: instance_log_tail(run, name, 30) for name in slow}
         results["density"] = density(run)
-        results["publish"] = publish(run, repos, args.rounds or max(1, 10 // len(SITES)))
-        results["isolation"] = isolation(run, repos, args.reader_seconds, args.big_posts)
+        results["idle_cpu"] = idle_cpu(run, args.idle_seconds, baseline)
+        if not args.only_idle:
+            results["publish"] = publish(run, repos, args.rounds or max(1, 10 // len(SITES)))
+            results["isolation"] = isolation(run, repos, args.reader_seconds, args.big_posts)
     except Exception as exc:
         code = 1
         results["failed"] = f"{type(exc).__name__}: {exc}"

@@ -81,6 +81,7 @@ class Agent:
                 raise AgentError(f"application {name!r} is given twice; one instance per application")
         self.bootstrap_path = bootstrap_path
         self.client = client
+        self.exits = runtime.Exits(client)  # whether instances run, without asking Docker every round
         self.state = StateDir(state_dir)
         self.stop = threading.Event()
         self.config_changed = threading.Event()
@@ -194,6 +195,7 @@ class Agent:
     def supervise_once(self) -> None:
         for sup in self.supervised:
             instances.supervise(self, sup)
+        self.exits.keep_only({instance.name for sup in self.supervised for instance in sup.live()})
         if self.frontend.ensure():
             log.warning("the frontend (haproxy) had stopped: restarted")
         if self.tayga.daemon.ensure():

@@ -83,6 +83,8 @@ class Host(Protocol):
     def supervised(self) -> Sequence[Supervised]: ...
     @property
     def orphans(self) -> Orphans: ...
+    @property
+    def exits(self) -> runtime.Exits: ...
     def network(self) -> Network: ...
     def etc_hosts(self, app: Application, address: ipaddress.IPv6Address) -> str: ...
     def healthy(self, app: Application, instance: Instance) -> bool: ...
@@ -336,7 +338,7 @@ def check_liveness(agent: Host, sup: Supervised, now: float) -> None:
 def supervise(agent: Host, sup: Supervised) -> None:
     now = time.monotonic()
     if sup.serving is not None:
-        status, _ = runtime.state(agent.client, sup.serving.name)
+        status = agent.exits.state(sup.serving.name)
         if status != "running":
             dead, sup.serving, sup.unhealthy_since = sup.serving, None, None
             agent.publish()
@@ -345,7 +347,7 @@ def supervise(agent: Host, sup: Supervised) -> None:
             check_liveness(agent, sup, now)
     if sup.pending is not None:
         candidate = sup.pending.instance
-        status, _ = runtime.state(agent.client, candidate.name)
+        status = agent.exits.state(candidate.name)
         if status != "running":
             sup.pending = None
             failed(agent, sup, candidate, status)

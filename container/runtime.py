@@ -5,8 +5,11 @@ Docker's errors become `DockerError` here."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import os
+import select
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +155,46 @@ def state(client: docker.DockerClient, name: str) -> tuple[str, int | None]:
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot inspect {name}: {exc.explanation or exc}") from None
     return container.status, container.attrs.get("State", {}).get("ExitCode")
+
+
+class Exits:
+    """Whether an instance still runs, mostly without asking Docker: a pidfd of its first process, polled (a
+    lookup in the kernel), opened once Docker said the container runs with that process. Docker is asked again
+    only when the process ended or cannot be watched, so an idle site costs Docker nothing between changes."""
+
+    def __init__(self, client: docker.DockerClient):
+        self.client = client
+        self._watched: dict[str, int] = {}  # container name → pidfd of its first process
+
+    def state(self, name: str) -> str:
+        """running, exited, … or removed, as `state` (Docker's answer whenever the pidfd has something to say)."""
+        fd = self._watched.get(name)
+        if fd is not None:
+            ended = select.poll()
+            ended.register(fd, select.POLLIN)
+            if not ended.poll(0):
+                return "running"
+            self.forget(name)  # it ended: Docker says how, and whether it runs again
+        try:
+            container = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return "removed"
+        except docker.errors.APIError as exc:
+            raise DockerError(f"cannot inspect {name}: {exc.explanation or exc}") from None
+        pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+        if container.status == "running" and pid > 0:
+            with contextlib.suppress(OSError):  # no pidfds (kernel, seccomp): Docker is asked every time
+                self._watched[name] = os.pidfd_open(pid)
+        return str(container.status)
+
+    def forget(self, name: str) -> None:
+        fd = self._watched.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def keep_only(self, names: set[str]) -> None:
+        for name in set(self._watched) - names:
+            self.forget(name)
 
 
 def start(client: docker.DockerClient, args: dict[str, Any]) -> Instance:

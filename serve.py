@@ -28,17 +28,18 @@ from typing import Any
 import cheroot.server
 import cherrypy
 
-from pipeline import config, heap, heartbeat, layout, metrics, preview_hosts, site_rules, static_files
-from pipeline.answers import Answer, Memo, StartResponse, accepts_gzip, memo_path, method_not_allowed, send_plain
-from pipeline.site_admin import RESERVED_PREFIX, SiteAdmin
-from pipeline.webhook import MAX_BODY, HookGuard
+from pipeline import config, heap, heartbeat, layout, metrics, preview_hosts, site_rules
+from pipeline.serve import static_files
+from pipeline.serve.answers import Answer, Memo, StartResponse, accepts_gzip, memo_path, method_not_allowed, send_plain
+from pipeline.serve.site_admin import RESERVED_PREFIX, SiteAdmin
+from pipeline.serve.webhook import MAX_BODY, HookGuard
 
 SERVER_NAME = "pequod"
 
 
 class SiteApp:
-    """A WSGI application serving files from the release `site_link` points at (pipeline.static_files), and
-    the reserved paths under /_site/ (pipeline.site_admin)."""
+    """A WSGI application serving files from the release `site_link` points at (pipeline.serve.static_files), and
+    the reserved paths under /_site/ (pipeline.serve.site_admin)."""
 
     def __init__(self, site_link: Path, status_file: Path | None, wake_file: Path | None = None,
                  hook_guard: HookGuard | None = None, heartbeat_file: Path | None = None,
@@ -105,7 +106,7 @@ class SiteApp:
 
     def preview(self, label: str, method: str, path_info: str, environ: dict[str, Any],
                 start_response: StartResponse) -> Iterable[bytes]:
-        """A branch's preview (pipeline.previews): its password asked first (nothing is told before, not even
+        """A branch's preview (pipeline.publish.previews): its password asked first (nothing is told before, not even
         whether the preview exists), never the deploy data, never indexed, never kept by a shared cache."""
         start_response = preview_headers(start_response)
         verdict = self.preview_guard.basic(SiteAdmin.client(environ), environ.get("HTTP_AUTHORIZATION") or "")

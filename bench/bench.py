@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 import requests  # noqa: E402
 
 from container import engine, metrics, runtime  # noqa: E402
-from pipeline.nikola_build import NikolaBuilder  # noqa: E402
+from pipeline.publish.builds import NikolaBuilder  # noqa: E402
 from tests.acme_server import make_certificate  # noqa: E402
 from tests.agent_fixtures import AgentRun  # noqa: E402
 from tests.attacks import JunkFlood, Readers, Trickle  # noqa: E402
@@ -461,7 +461,7 @@ def bench_builds(repo: SiteRepo, tmp: Path) -> dict:
 
     def cold(label: str) -> None:
         started = time.monotonic()
-        out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "pipeline.nikola_runner", str(site)],
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "pipeline.build.runner", str(site)],
                              capture_output=True, text=True, cwd=REPO, timeout=900)
         results[label] = {"seconds": round(time.monotonic() - started, 2),
                           "peak_rss_mib": round(int(out.stderr.strip().splitlines()[-1]) / 1024, 1)}

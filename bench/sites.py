@@ -14,7 +14,7 @@ so that build workers end while the bench watches.
 
 1. first publish: from the agent's start until each site serves its own page through the frontend
    (requests carry the site's Host).
-2. density: once all ten serve and their build workers have ended (no `pipeline.build_worker` left in any
+2. density: once all ten serve and their build workers have ended (no `pipeline.build.worker` left in any
    instance), each idle instance's memory: the container's cgroup (memory.current, as the agent's
    metrics report it, and its anonymous, page cache and kernel parts), the RSS summed over its processes,
    and per process RSS, USS and anonymous memory; the max, and the sizing rule "N sites per GB" =
@@ -68,7 +68,7 @@ import requests  # noqa: E402
 from bench.bench import container_rss_mib, post_text, summary  # noqa: E402
 from container import engine, metrics, runtime  # noqa: E402
 from container.capacity import host_capacity  # noqa: E402
-from pipeline.nikola_build import BuildLimits  # noqa: E402
+from pipeline.publish.builds import BuildLimits  # noqa: E402
 from tests.agent_fixtures import AgentRun  # noqa: E402
 from tests.attacks import Readers  # noqa: E402
 from tests.helpers import SiteRepo, wait_for  # noqa: E402
@@ -150,7 +150,7 @@ def build_failures(run: AgentRun) -> dict[str, dict]:
 
 def instance_user_tasks(run: AgentRun) -> dict:
     """Tasks (processes and threads) of the instances' user on the whole host: RLIMIT_NPROC, which a build
-    runs under (pipeline.nikola_build.BuildLimits.processes), counts them for the user, not per instance."""
+    runs under (pipeline.publish.builds.BuildLimits.processes), counts them for the user, not per instance."""
     rows = list(instances_by_site(run).values())
     uid = None
     with contextlib.suppress(OSError, IndexError, AttributeError):
@@ -227,13 +227,13 @@ def builder(run: AgentRun, site: str):
 
 
 def builder_waits(built) -> bool:
-    """Whether the builder waits lean: its door alone (pipeline.builder_door), or, with an image from before the
+    """Whether the builder waits lean: its door alone (pipeline.build.door), or, with an image from before the
     door, a lone worker that has not imported Nikola. Not while Docker restarts it (its worker just ended)."""
     try:
         found = processes(built)
     except docker.errors.APIError:  # 409: the container is restarting
         return False
-    return len(found) == 1 and ("pipeline.builder_door" in found[0][1] or container_rss_mib(built) <= 30)
+    return len(found) == 1 and ("pipeline.build.door" in found[0][1] or container_rss_mib(built) <= 30)
 
 
 def workers_left(run: AgentRun) -> list[str]:
@@ -243,7 +243,7 @@ def workers_left(run: AgentRun) -> list[str]:
     for name, row in instances_by_site(run).items():
         container = run.client.containers.get(row["instance_name"])
         built = builder(run, name)
-        if any("build_worker" in args for _, args in processes(container)) or \
+        if any("pipeline.build.worker" in args for _, args in processes(container)) or \
                 (built is not None and not builder_waits(built)):
             left.append(name)
     return left

@@ -9,7 +9,7 @@
         <require service-name="github-https" service-version="1" local-hostname="github.com" local-port="443"/>
       </services>
       <builder volume="/builder" reads="/workdir/build"
-               command="python3 -m pipeline.builder_door" mb="640" vmhz="2000" procs="128"/>
+               command="python3 -m pipeline.build.door" mb="640" vmhz="2000" procs="128"/>
     </manifest>
 
 A `<builder>` is a container of its own beside the instances (container/builders.py): `command` in the same image,

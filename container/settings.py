@@ -133,7 +133,7 @@ class DnsChallenge:
 
 @dataclass(frozen=True)
 class Previews:
-    """Previews of a site's other branches at BRANCH--SITE.`domain` (pipeline.previews): at most `most`, behind
+    """Previews of a site's other branches at BRANCH--SITE.`domain` (pipeline.publish.previews): at most `most`, behind
     HTTP Basic (user `preview`, `password`; none set: one derived from the site's token) unless `public`;
     over HTTPS with a wildcard certificate for *.`domain` when `certificate` says how to answer DNS-01."""
     domain: str

@@ -11,12 +11,13 @@ import sys
 from dataclasses import asdict
 from types import FrameType
 
-from pipeline import build_worker, config, releases
+from pipeline import config, releases
 from pipeline.config import Settings, settings_from_env
 from pipeline.errors import ConfigError, ReleaseError
+from pipeline.publish import builds
+from pipeline.publish.watcher import Watcher, live_release
 from pipeline.releases import rollback
 from pipeline.status import Status
-from pipeline.watcher import Watcher, live_release
 
 
 def _env(args: argparse.Namespace, *, need_repo: bool) -> dict[str, str]:
@@ -40,7 +41,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         logging.getLogger("pipeline").info("signal %d: stopping", signum)
         watcher.stop.set()
         watcher.wake.set()
-        build_worker.terminate_running()
+        builds.terminate_running()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

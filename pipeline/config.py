@@ -205,7 +205,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LANDLOCK_ABI_MAX", number(0, integer=True), None, "the highest Landlock ABI the build sandbox uses: "
             "`2` gives the sandbox of Debian 12's kernel (6.1) on a newer one, to reproduce or test it; `0` turns "
             "Landlock off ([build-sandbox.md](build-sandbox.md))", "landlock_abi_max", shown="(the kernel's)"),
-    # serve.py's (pipeline.webhook).
+    # serve.py's (pipeline.serve.webhook).
     Setting("WEBHOOK_SECRET", text, None, "enables `POST /_site/hook` (the HMAC key of signed webhooks, or the "
             "token of plain requests), rollbacks and clean builds from the deploy page", shown="(none)",
             strip=False),

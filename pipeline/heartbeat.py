@@ -41,7 +41,7 @@ def allowance(poll_interval: float) -> float:
 
 def cycle_seconds(build_timeout: float, git_timeout: float) -> float:
     """The longest one check of the remote can take: its git calls, the wait for the builder (while it starts
-    afresh: pipeline.build_worker.BuildWorker.CONNECT_SECONDS), the build and the publishing."""
+    afresh: pipeline.publish.builds.BuildWorker.CONNECT_SECONDS), the build and the publishing."""
     return build_timeout + GIT_CALLS_PER_CYCLE * git_timeout + BUILDER_WAIT_SECONDS + PUBLISH_SECONDS
 
 

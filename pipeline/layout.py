@@ -15,11 +15,11 @@ DATA_DIR):
           source/                  the work tree: the commit's files copied from export/, Nikola's state
           tmp/                     the build's HOME and TMPDIR, emptied before every build
           last-build.log           the last build's whole log (the publisher reads its end only)
-          preview/source/          the previews' work tree (pipeline.previews: every preview is built in it)
+          preview/source/          the previews' work tree (pipeline.publish.previews: every preview is built in it)
           preview-build.log        the last preview build's whole log
         preview-build-state.json   what the previews' work tree was last built from
         preview-export/            a preview's commit, checked out from preview-source.git (beside the live one)
-      previews/<label>/            a branch's preview (pipeline.previews): current -> releases/<id>
+      previews/<label>/            a branch's preview (pipeline.publish.previews): current -> releases/<id>
       preview-source.git/          the previews' repository (the live one's never holds a preview's branch)
       status.json                  deploy status and history
       logs/last-build.log          the end of the last build's log
@@ -172,5 +172,5 @@ class Layout:
 
 
 def wake(wake_file: Path) -> None:
-    """Ask the watcher to check the remote at once: it watches this file (see pipeline.triggers)."""
+    """Ask the watcher to check the remote at once: it watches this file (see pipeline.publish.triggers)."""
     wake_file.write_text(f"{time.time():.3f}\n")

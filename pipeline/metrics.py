@@ -82,7 +82,7 @@ class InstanceCollector:
                                   value=int(counters.get("remote_check_failures", 0)))
         yield GaugeMetricFamily("pequod_consecutive_failures", "Failures in a row (builds and remote checks).",
                                 value=int(status.get("consecutive_failures") or 0))
-        report = status.get("links") or {}  # the live release's link report (pipeline.links); none yet: no sample
+        report = status.get("links") or {}  # the live release's link report (pipeline.releases); none yet: no sample
         if "broken_count" in report:
             yield GaugeMetricFamily("pequod_site_broken_links", "Broken internal links and anchors of the live "
                                     "release.", value=int(report["broken_count"]))

@@ -1,4 +1,4 @@
-"""Preview names and who may read a preview: shared by the publisher (pipeline.previews) and serve.py, light
+"""Preview names and who may read a preview: shared by the publisher (pipeline.publish.previews) and serve.py, light
 enough for the server's idle memory.
 
 A branch's preview answers at `LABEL--HOST`, where HOST is PREVIEWS_HOST (`SITE.DOMAIN`, set by the agent)

@@ -1,11 +1,11 @@
 """Starting the programs the pipeline runs: the one module of pipeline/ and serve.py that may import subprocess
 (tests/test_imports.py checks it), as container/proc.py is the agent's.
 
-The pipeline starts one program itself: its build worker (`python -m pipeline.build_worker`), a child that lives
-for many builds and answers on a pipe; pipeline.build_worker bounds each answer with the build's timeout. git
-runs through GitPython (pipeline.git_source, a time limit on every command), and Nikola in forks of the build
-worker (pipeline.build_protocol), not through here. The image does not ship container/, so this module is the
-pipeline's own.
+The pipeline starts one program itself: its build worker (`python -m pipeline.build.worker`), a child that lives
+for many builds and answers on a pipe; its client (pipeline.publish.builds) bounds each answer with the build's
+timeout. git runs through GitPython (pipeline.publish.git_source, a time limit on every command), and Nikola in
+forks of the build worker (pipeline.build.forks), not through here. The image does not ship container/, so this
+module is the pipeline's own.
 """
 
 from __future__ import annotations

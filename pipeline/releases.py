@@ -3,6 +3,7 @@
 Layout under DATA_DIR:
     releases/<id>/       one built site, never modified after it is published
     releases/<id>.json   its metadata (commit, built_at, build_seconds, mode)
+    releases/<id>.links.json   its link report (written by pipeline.publish.links, read by serve.py)
     current -> releases/<id>   swapped with rename(2), so readers see one release or the other
 """
 
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline import site_rules, tree
 from pipeline.errors import ReleaseError
@@ -250,6 +252,23 @@ def read_meta(release_dir: Path) -> Release | None:
         return Release(**data)
     except (OSError, ValueError, TypeError):
         return None
+
+
+REPORT_SUFFIX = ".links.json"  # releases/<id>.links.json, beside releases/<id>.json
+
+
+def report_path(release_dir: Path) -> Path:
+    """Where the link report of `release_dir` is (pipeline.publish.links writes it)."""
+    return release_dir.parent / f"{release_dir.name}{REPORT_SUFFIX}"
+
+
+def read_report(release_dir: Path) -> dict[str, Any] | None:
+    """The link report of `release_dir`; None when there is none or it cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        report = json.loads(report_path(release_dir).read_text())
+        if isinstance(report, dict):
+            return report
+    return None
 
 
 def publish(current_link: Path, release_dir: Path) -> None:

@@ -61,7 +61,7 @@ class Status:
     building: Record | None = None  # {commit, started_at, attempts} while a build runs (Watcher.recover_interrupted)
     notifications: Record | None = None  # {delivered, failed, last_error}
     counters: Record | None = None  # the metrics' build and remote-check counters (pipeline.metrics reads them)
-    previews: dict[str, Record] | None = None  # label → the preview's record (pipeline.previews)
+    previews: dict[str, Record] | None = None  # label → the preview's record (pipeline.publish.previews)
     preview_branches: dict[str, Record] | None = None  # branch → {commit, pushed} (pipeline.preview_hosts.choose)
     rollbacks: list[Record] | None = None  # the newest first: {at, to}
     other: dict[str, Any] = field(default_factory=dict)  # keys of another version, written back as read

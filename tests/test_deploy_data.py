@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import deploy_page
-from pipeline.answers import Memo
 from pipeline.metrics import Requests
-from pipeline.site_admin import SiteAdmin
+from pipeline.serve import deploy_page
+from pipeline.serve.answers import Memo
+from pipeline.serve.site_admin import SiteAdmin
+from pipeline.serve.webhook import HookGuard
 from pipeline.status import write_atomic
-from pipeline.webhook import HookGuard
 
 SECRET = "owner-token"
 SUBJECT = "Embargo: Initech deal (do not leak)"

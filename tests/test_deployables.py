@@ -98,8 +98,8 @@ def _distributions(imports: dict[str, str]) -> dict[str, str]:
     return result
 
 
-BLOG_CODE = sorted((REPO_ROOT / "pipeline").glob("*.py")) + [REPO_ROOT / "serve.py"]
-AGENT_CODE = sorted((REPO_ROOT / "container").glob("*.py"))
+BLOG_CODE = sorted((REPO_ROOT / "pipeline").rglob("*.py")) + [REPO_ROOT / "serve.py"]
+AGENT_CODE = sorted((REPO_ROOT / "container").rglob("*.py"))
 
 
 @pytest.mark.parametrize(("extra", "code", "other_side"), [

@@ -1,4 +1,4 @@
-"""GitSource's cheap check of the remote (pipeline/git_source.py), with real repositories and git."""
+"""GitSource's cheap check of the remote (pipeline/publish/git_source.py), with real repositories and git."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import GitError
-from pipeline.git_source import GitSource
+from pipeline.publish.git_source import GitSource
 from tests.helpers import SiteRepo
 
 

@@ -458,12 +458,12 @@ def test_a_build_printing_fifty_million_lines_is_read_from_its_end(site: Site, r
 # -- nothing of a build outlives it: the builder is a container of its own ----------------------------------------
 def builder_processes(site: Site) -> list[str]:
     """What runs in the site's builder (docker top): its worker, and the site holder it keeps between builds; or
-    its door, waiting for the publisher (pipeline.builder_door), once a worker ended."""
+    its door, waiting for the publisher (pipeline.build.door), once a worker ended."""
     return processes(site.builder())
 
 
 def ours(args: str) -> bool:
-    return "pipeline.build_worker" in args or "pipeline.builder_door" in args
+    return "pipeline.build.worker" in args or "pipeline.build.door" in args
 
 
 def only_the_worker_runs(site: Site) -> None:

@@ -1,6 +1,6 @@
 """The first-party import graph (read with `ast`, imports inside functions included): no cycles, a pure plan,
-the agent importing nothing of the blog's package, and programs started only by the two runners. Pure: no
-root, nothing run."""
+the agent importing nothing of the blog's package, programs started only by the two runners, and the blog's three
+rooms (build, publish, serve) apart. Pure: no root, nothing run."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ SYSTEMS = {"docker", "pyroute2", "subprocess"}
 
 
 def _modules() -> dict[str, Path]:
-    """Every first-party module: {dotted name: file}."""
+    """Every first-party module, in sub-packages too: {dotted name: file}."""
     found = {"serve": REPO_ROOT / "serve.py"}
     for package in PACKAGES:
-        for path in sorted((REPO_ROOT / package).glob("*.py")):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
@@ -98,7 +99,8 @@ def _a_cycle() -> list[str] | None:
 
 def test_the_graph_is_read() -> None:
     assert "container.runtime" in GRAPH["container.image"][0]  # a top-level import
-    assert "pipeline.site_holder" in GRAPH["pipeline.build_worker"][0]  # one inside a function
+    assert "pipeline.build.site_holder" in GRAPH["pipeline.build.worker"][0]  # one inside a function
+    assert "pipeline.publish.triggers" in GRAPH["pipeline.publish.watcher"][0]  # `from pipeline.publish import x`
     assert "docker" in GRAPH["container.runtime"][1]
 
 
@@ -133,3 +135,62 @@ def test_the_agent_imports_nothing_of_the_blog() -> None:
     used = {module for name in MODULES if name.startswith("container")
             for module in GRAPH[name][0] if not module.startswith("container")}
     assert not used, f"container/ imports {sorted(used)}"
+
+
+# The blog's three rooms, named for what they trust: what runs beside code from git (the builder), what publishes
+# (the watcher and what it drives), what serves readers. Everything else of pipeline/ is shared: the contract
+# between them (settings, the data directory's layout, the files on it).
+ROOMS = ("pipeline.build", "pipeline.publish", "pipeline.serve")
+# The one module of the build the publisher may import (and the package's __init__, which holds nothing): the
+# requests and answers they exchange, and what a request names (the build's environment, what it may read).
+BUILD_PROTOCOL = "pipeline.build.protocol"
+CLI = "pipeline.__main__"  # the command line may import from every room
+
+
+def _room(name: str) -> str | None:
+    return next((room for room in ROOMS if name == room or name.startswith(room + ".")), None)
+
+
+def _crossings(allowed: dict[str | None, set[str | None]]) -> list[str]:
+    """Imports from one room into another that `allowed` ({room: the rooms it may import}) does not list."""
+    return sorted(f"{name} -> {module}" for name in MODULES if name.startswith("pipeline.") and name != CLI
+                  for module in GRAPH[name][0] if module.startswith("pipeline.")
+                  and _room(module) != _room(name) and _room(module) not in allowed[_room(name)])
+
+
+def test_every_pipeline_module_is_in_a_room_or_shared() -> None:
+    """The rooms are the packages of pipeline/: a new sub-package is a new room, and needs its rules here."""
+    packages = {name for name, path in MODULES.items() if name.startswith("pipeline.") and path.stem == "__init__"}
+    assert packages == set(ROOMS), f"pipeline/'s sub-packages are {sorted(packages)}, the rooms {sorted(ROOMS)}"
+
+
+def test_the_rooms_import_only_what_they_trust() -> None:
+    """build imports nothing of publish or serve; serve nothing of build or publish; publish nothing of serve and
+    of build only its protocol; the shared modules nothing of any room (but the CLI, which starts them all)."""
+    shared = None
+    crossings = _crossings({
+        "pipeline.build": {shared},
+        "pipeline.publish": {shared, "pipeline.build"},  # the protocol only: checked below
+        "pipeline.serve": {shared},
+        shared: set(),
+    })
+    assert not crossings, f"imports across the rooms: {crossings}"
+    into_build = sorted(f"{name} -> {module}" for name in MODULES if _room(name) == "pipeline.publish"
+                        for module in GRAPH[name][0]
+                        if _room(module) == "pipeline.build" and module not in ("pipeline.build", BUILD_PROTOCOL))
+    assert not into_build, f"the publisher imports of the build only {BUILD_PROTOCOL}: {into_build}"
+
+
+def test_the_publisher_loads_nothing_of_the_build_but_its_protocol() -> None:
+    """What the publisher imports of the build, also through other modules: the protocol, nothing that confines
+    or runs a build (the sandbox, the worker, Nikola's runner)."""
+    for name in MODULES:
+        if _room(name) == "pipeline.publish":
+            reached = {module for module in _closure(name) if _room(module) == "pipeline.build"}
+            assert reached <= {"pipeline.build", BUILD_PROTOCOL}, f"{name} reaches {sorted(reached)}"
+
+
+def test_serve_py_imports_nothing_of_build_or_publish() -> None:
+    """The server reads what the publisher wrote (status, releases, the link report); it runs none of it."""
+    reached = {module for module in _closure("serve") if _room(module) in ("pipeline.build", "pipeline.publish")}
+    assert not reached, f"serve.py reaches {sorted(reached)}"

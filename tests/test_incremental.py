@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.git_source import GitSource
-from pipeline.nikola_build import NikolaBuilder, clean_build_reason
+from pipeline.publish.builds import NikolaBuilder, clean_build_reason
+from pipeline.publish.git_source import GitSource
 from tests.helpers import SiteRepo
 
 pytestmark = pytest.mark.system  # full Nikola builds of a generated site (slow)

@@ -102,7 +102,7 @@ def test_the_builder_is_a_second_container_of_its_own_user_without_secrets(optio
     pod = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))["spec"]["template"]["spec"]
     instance, builder = pod["containers"]
     assert {"name": "BUILDER_SOCKET", "value": "/builder/socket"} in instance["env"]
-    assert builder["command"] == ["python3", "-m", "pipeline.builder_door"]
+    assert builder["command"] == ["python3", "-m", "pipeline.build.door"]
     assert builder["env"] == [{"name": "BUILDER_SOCKET", "value": "/builder/socket"},
                               {"name": "HOME", "value": "/builder"}]
     assert "envFrom" not in builder and "ports" not in builder and not pod.get("shareProcessNamespace")

@@ -1,4 +1,4 @@
-"""The link report (pipeline.links): the checker on real files in tmp dirs, the report beside its release, the
+"""The link report (pipeline.publish.links): the checker on real files in tmp dirs, the report beside its release, the
 setting, the deploy page and the metrics; LINKS_BROKEN_FAIL through the real pipeline (run.sh, no Docker)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import deploy_page, links, metrics
+from pipeline import metrics, releases
 from pipeline.config import settings_from_env
 from pipeline.errors import ConfigError
+from pipeline.publish import links
+from pipeline.serve import deploy_page
 from tests.helpers import SiteRepo, wait_for
 
 HEAD = "<!doctype html><html><head><link rel=canonical href='http://blog.example/{path}'></head><body>"
@@ -112,13 +114,13 @@ def test_hostile_pages_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_the_report_lives_beside_its_release_and_stale_ones_go(tmp_path: Path) -> None:
     release = make_release(tmp_path)
-    gone = release.parent / f"pruned{links.REPORT_SUFFIX}"
+    gone = release.parent / f"pruned{releases.REPORT_SUFFIX}"
     gone.write_text("{}")
     reporter = links.LinkReport(fail_on_broken=False)
     reporter.before_swap(release)  # does nothing without the setting
-    assert release.is_dir() and links.read_report(release) is None
+    assert release.is_dir() and releases.read_report(release) is None
     reporter.after_swap(release)
-    report = links.read_report(release)
+    report = releases.read_report(release)
     assert report is not None and broken(report) == EXPECTED
     assert not gone.exists()
 
@@ -139,7 +141,7 @@ def test_with_the_setting_broken_links_remove_the_staged_release_and_fail(tmp_pa
     reporter = links.LinkReport(fail_on_broken=True)
     reporter.before_swap(fine)
     reporter.after_swap(fine)
-    assert links.read_report(fine)["broken_count"] == 0
+    assert releases.read_report(fine)["broken_count"] == 0
 
 
 def test_the_setting_is_checked_with_the_others() -> None:

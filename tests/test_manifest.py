@@ -40,7 +40,7 @@ def test_the_blogs_manifest_parses_into_typed_objects() -> None:
         volumes=(PersistentFilesystem("/workdir", 1024), PersistentFilesystem("/workdir/build", 256),
                  PersistentFilesystem("/builder", 512)),
         builder=Builder("/builder", "/workdir/build",
-                        ("python3", "-m", "pipeline.builder_door"),
+                        ("python3", "-m", "pipeline.build.door"),
                         Resources(memory_mb=640, cpu_vmhz=2000, processes=128, open_files=4096), "/workdir/build"),
     )
     assert manifest.builder is not None and manifest.builder.socket == "/builder/socket"

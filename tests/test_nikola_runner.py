@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 
-from pipeline.nikola_runner import CachedSignatures
+from pipeline.build.runner import CachedSignatures
 
 
 class Check:
@@ -65,10 +65,10 @@ def test_the_post_sort_is_nikolas() -> None:
     from dateutil import tz
     from nikola.nikola import Nikola
 
-    from pipeline import nikola_runner
+    from pipeline.build import runner
 
-    nikola_runner.speed_up_doit()
-    assert Nikola.sort_posts_chronologically is not nikola_runner._nikola_sort  # installed (Nikola 8.3.3)
+    runner.speed_up_doit()
+    assert Nikola.sort_posts_chronologically is not runner._nikola_sort  # installed (Nikola 8.3.3)
     zones = [tz.tzutc(), tz.gettz("Europe/Berlin"), tz.gettz("America/New_York"), tz.tzoffset(None, 5400)]
     base = datetime.datetime(2025, 3, 30, 0, 30, tzinfo=tz.tzutc())  # Berlin changes its offset that night
     rng = random.Random(7)
@@ -78,4 +78,4 @@ def test_the_post_sort_is_nikolas() -> None:
         posts.append(FakePost(f"posts/p{rng.randrange(50):02d}-{number}.rst", instant.astimezone(rng.choice(zones)),
                               rng.choice(["", "", "1", "3"]), rng.choice(["B", "a", "A10", "a9"])))
     for lang in (None, "en"):
-        assert nikola_runner.sort_posts_chronologically(posts, lang) == nikola_runner._nikola_sort(posts, lang)
+        assert runner.sort_posts_chronologically(posts, lang) == runner._nikola_sort(posts, lang)

@@ -221,7 +221,7 @@ def test_previews_of_two_branches_behind_their_password_and_the_live_site_untouc
 
 
 def test_a_site_without_previews_serves_no_preview_and_keeps_none(tmp_path: Path) -> None:
-    from pipeline import previews
+    from pipeline.publish import previews
     from pipeline.status import StatusStore
 
     settings = config.settings_from_env({"SITE_REPO": "/srv/site.git", "DATA_DIR": str(tmp_path)})

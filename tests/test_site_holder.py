@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.git_source import GitSource
-from pipeline.site_holder import Unfingerprintable, configuration, fingerprint
+from pipeline.build.site_holder import Unfingerprintable, configuration, fingerprint
+from pipeline.publish.git_source import GitSource
 from tests.helpers import REPO_ROOT, SiteRepo, python_env
 from tests.test_incremental import build, builder_for, clean_tree, output_of, tree
 
@@ -70,13 +70,13 @@ def test_page_digests_are_nikolas_own(tmp_path: Path) -> None:
     configuration of every task of the bundled site (so the digests doit keeps stay valid)."""
     script = r"""
 import json, os, sys
-from pipeline import nikola_runner
+from pipeline.build import runner
 from nikola.utils import CustomEncoder
 import nikola.utils
-dn = nikola_runner.open_site(sys.argv[1])
+dn = runner.open_site(sys.argv[1])
 site = dn.nikola
 site.init_plugins()
-shared = nikola_runner.SharedEncodings(site)
+shared = runner.SharedEncodings(site)
 checked = with_context = 0
 for task in dn.task_loader.load_tasks(None, []):
     for check in task.uptodate:

@@ -540,8 +540,8 @@ def test_a_killed_build_is_recorded_and_the_site_stays(site: Site) -> None:
 
     def build_process() -> int | None:
         rows = container.top(ps_args="-ww -eo pid,ppid,args")["Processes"]
-        workers = {row[0] for row in rows if "pipeline.build_worker" in row[2]}
-        children = [int(row[0]) for row in rows if row[1] in workers and "pipeline.build_worker" in row[2]]
+        workers = {row[0] for row in rows if "pipeline.build.worker" in row[2]}
+        children = [int(row[0]) for row in rows if row[1] in workers and "pipeline.build.worker" in row[2]]
         return children[0] if children else None
 
     os.kill(wait_for("the build process", build_process, 30, interval=0.2), signal.SIGKILL)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import releases, tree, work_tree
+from pipeline import releases, tree
+from pipeline.build import work_tree
 from pipeline.errors import BuildError
-from pipeline.nikola_build import NikolaBuilder
+from pipeline.publish.builds import NikolaBuilder
 
 META = releases.Release("r1", "c1", "t", 1.0)
 

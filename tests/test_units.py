@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from pipeline import config, releases
-from pipeline.answers import BadPath, memo_path, split_request_path
 from pipeline.config import redact_url, settings_from_env
 from pipeline.errors import ConfigError, ReleaseError, short
-from pipeline.nikola_build import BuildState, clean_build_reason, log_tail, read_log_tail
+from pipeline.publish.builds import BuildState, clean_build_reason, log_tail, read_log_tail
+from pipeline.publish.watcher import MAX_BACKOFF, backoff_delay
+from pipeline.serve.answers import BadPath, memo_path, split_request_path
 from pipeline.status import Status, StatusStore
-from pipeline.watcher import MAX_BACKOFF, backoff_delay
 from tests.helpers import wait_for
 
 
@@ -294,7 +294,7 @@ def test_split_request_path_accepts_utf8() -> None:
 
 
 def test_only_ref_changes_of_the_local_remote_wake_the_watcher() -> None:
-    from pipeline.triggers import is_ref_change
+    from pipeline.publish.triggers import is_ref_change
 
     repo = "/srv/pequod/site.git"
     assert is_ref_change(f"{repo}/refs/heads/main", repo)
@@ -310,7 +310,7 @@ def test_a_push_to_a_local_remote_wakes_the_watcher_at_once(site_repo, tmp_path:
 
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-    from pipeline import triggers
+    from pipeline.publish import triggers
 
     wake, seen = threading.Event(), set[str]()
 

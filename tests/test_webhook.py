@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.webhook import MAX_BODY, HookGuard
+from pipeline.serve.webhook import MAX_BODY, HookGuard
 from tests.helpers import REPO_ROOT, Process, SiteRepo, free_port, python_env, wait_for
 
 pytestmark = pytest.mark.system  # run.sh with real Nikola builds, ports

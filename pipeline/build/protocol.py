@@ -1,25 +1,41 @@
-"""The build worker's protocol: the messages between the watcher, the worker and the site holders
-(one JSON line each), the fork helper, and the confined run of one build.
+"""The build's protocol: the messages between the publisher, the worker and the site holders (one JSON line
+each), and what the publisher puts into a request: the build's environment and the paths it may read and write.
 
-Used by `build_worker.py` (the worker's loop and the watcher's client) and by `site_holder.py` (the
-holder, a fork of the worker), so the holder needs nothing of the worker's module."""
+The one module of pipeline.build the publisher imports (tests/test_imports.py): it imports nothing else of the
+build, so nothing that confines or runs a build is loaded where the publisher runs. The worker
+(pipeline.build.worker) and the site holder (pipeline.build.site_holder) fork and run builds with
+pipeline.build.forks."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sys
-import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
-from pipeline import sandbox
+# The only variables a build sees from the pipeline's environment (never WEBHOOK_SECRET, SITE_REPO…).
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "BUILD_WORKER_IDLE",
+              "LANDLOCK_ABI_MAX")
+# Read (and execute) only: where Python, Nikola and the system's data live.
+SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 
-_child = 0  # the build being run by run_confined_build (in the site holder)
+
+def build_environment(base: Mapping[str, str], *, home: Path, tmpdir: Path,
+                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The build's whole environment: a short allowlist from `base`, its own HOME and TMPDIR, `extra`."""
+    env = {key: base[key] for key in PASSED_ENV if key in base}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(HOME=str(home), TMPDIR=str(tmpdir), **(extra or {}))
+    return env
+
+
+def python_paths() -> list[str]:
+    """This interpreter's installation (a venv may live outside SYSTEM_READ)."""
+    return sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))})
 
 
 @dataclass(frozen=True)
@@ -36,7 +52,7 @@ class BuildRequest:
     changes: list[str] | None = None  # paths changed since `base`; None: unknown (a fresh site is loaded)
     base: str | None = None  # the commit of the last successful build
     fresh: bool = field(default=False)  # load the site afresh (a clean build)
-    # The worker makes the work tree (pipeline.work_tree) from `export` (the commit's files) when given: `reason`
+    # The worker makes the work tree (pipeline.build.work_tree) from `export` (the commit's files) when given: `reason`
     # why the build is clean (None: keep Nikola's state if it can be trusted), and when the last build of this
     # work tree started and ended (time.time_ns()).
     export: str | None = None
@@ -97,56 +113,3 @@ class BuildAnswer:
                 if isinstance(item, list) and len(item) == 3 and isinstance(item[0], int | float)
                 and isinstance(item[1], str) and isinstance(item[2], str)]
         return replace(answer, scheduled=kept)
-
-
-def fork_call(function: Callable[[], int], new_session: bool = False) -> int:
-    """Fork; the child runs `function` (default SIGTERM, its own session if asked) and exits with its
-    status, a traceback going to its stderr. Returns the child's pid."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if new_session:
-                os.setsid()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            code = function()
-        except BaseException:  # noqa: BLE001 - everything goes to the build log
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-    return pid
-
-
-def run_confined_build(build: Callable[[], int], timeout: float) -> BuildAnswer:
-    """Fork; the child (its own session) runs `build` and exits with its status. In the calling process
-    (already confined: the site holder): wait at most `timeout` seconds. What the build left running is
-    ended by the worker (which, unconfined, can see it in /proc; the orphans are the worker's)."""
-    global _child
-    started = time.monotonic()
-    pid = _child = fork_call(build, new_session=True)
-    deadline = started + timeout
-    timed_out = False
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            timed_out = True
-            kill_child()
-            _, status, usage = os.wait4(pid, 0)
-            break
-        time.sleep(0.02)
-    _child = 0
-    sandbox.reap_children()
-    code = os.waitstatus_to_exitcode(status)
-    return BuildAnswer(code, timed_out, round(time.monotonic() - started, 3), usage.ru_maxrss, 0)
-
-
-def kill_child() -> None:
-    """SIGKILL to the running build's session (the holder's side: it forked the build)."""
-    if _child:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(_child, signal.SIGKILL)

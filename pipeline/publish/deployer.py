@@ -1,6 +1,6 @@
 """One deploy: fetch the branch, refuse what cannot be built, build, stage, swap, prune, and record the result.
 
-The watcher (pipeline.watcher) decides when; this module does it, and records every end of a build (success,
+The watcher (pipeline.publish.watcher) decides when; this module does it, and records every end of a build (success,
 failure, a commit given up on) in status.json and, when configured, as a notification.
 """
 
@@ -13,11 +13,12 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import links, notify, releases, tree
+from pipeline import releases, tree
 from pipeline.config import Settings, redact_url
 from pipeline.errors import BuildError, short
-from pipeline.git_source import GitSource, TreeFacts
-from pipeline.nikola_build import BuildLimits, NikolaBuilder, clean_build_reason
+from pipeline.publish import links, notify
+from pipeline.publish.builds import BuildLimits, NikolaBuilder, clean_build_reason
+from pipeline.publish.git_source import GitSource, TreeFacts
 from pipeline.status import StatusStore, utc_iso, utc_now
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,7 @@ def _commit(record: dict[str, Any]) -> str:
 
 
 def _links(report: Any) -> str:
-    """The live release's link report (pipeline.links): broken internal links, page → target."""
+    """The live release's link report (pipeline.publish.links): broken internal links, page → target."""
     if not isinstance(report, dict):
         return "<h2>Links</h2><p>No link report for the live release yet.</p>"
     if report.get("error"):
@@ -212,7 +212,7 @@ def _scheduled(scheduled: Any) -> str:
 
 
 def _previews(previews: Any) -> str:
-    """Each branch's preview (pipeline.previews): branch, commit, address, state and last error (nothing when
+    """Each branch's preview (pipeline.publish.previews): branch, commit, address, state and last error (nothing when
     the site has none)."""
     items = sorted(((label, item) for label, item in (previews or {}).items() if isinstance(item, dict)),
                    key=lambda pair: str(pair[1].get("branch")))

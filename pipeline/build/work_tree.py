@@ -19,7 +19,7 @@ from pipeline import tree
 # Nikola's incremental state: carried over into the next build when it can be trusted, removed for a clean build.
 STATE_DIRS = ("output", "cache")
 STATE_FILES = (".doit.db", ".doit.db.bak", ".doit.db.dat", ".doit.db.dir", ".doit.db.db")
-# The targets of the tasks a build ran (pipeline.nikola_runner writes it; not imported: it imports Nikola's parts).
+# The targets of the tasks a build ran (pipeline.build.runner writes it; not imported: it imports Nikola's parts).
 WRITTEN_REPORT = ".pequod-written"
 WRITTEN_REPORT_BYTES = 16 << 20
 CTIME_SLACK_NS = 1_000_000_000  # file times come from a coarse clock: a build "started" this much earlier

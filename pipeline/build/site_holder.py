@@ -1,11 +1,11 @@
 """A warm Nikola site kept between builds, so a build costs what changed, not the size of the site.
 
-The build worker (pipeline.build_worker) forks one *site holder* per site. The holder confines itself
-exactly as a build is confined (environment, limits, Landlock: see pipeline.sandbox) before it runs any
+The build worker (pipeline.build.worker) forks one *site holder* per site. The holder confines itself
+exactly as a build is confined (environment, limits, Landlock: see pipeline.build.sandbox) before it runs any
 of the site's code, loads conf.py and Nikola's plugins once, and scans the posts. Each build is a fork
-of the holder: it starts with the site loaded and scanned, runs `nikola build` (pipeline.nikola_runner)
+of the holder: it starts with the site loaded and scanned, runs `nikola build` (pipeline.build.runner)
 and exits, so nothing a build does reaches the holder or the next build. What the holder keeps, and when
-it may reuse it (or answers "stale" and ends), is pipeline.warm_site's.
+it may reuse it (or answers "stale" and ends), is pipeline.build.warm_site's.
 
 This module is both ends of the holder: the process (serve()) and the worker's client (HolderClient).
 Protocol: a SOCK_SEQPACKET pair; the worker sends a BuildRequest line with the build log's file
@@ -27,12 +27,13 @@ import time
 import traceback
 from typing import Any
 
-from pipeline import sandbox
-from pipeline.build_protocol import BuildAnswer, BuildRequest, fork_call, run_confined_build
-from pipeline.warm_site import Skips, WarmSite, site_fingerprint
-from pipeline.warm_site import Unfingerprintable as Unfingerprintable  # re-exported: the tests' old names
-from pipeline.warm_site import configuration as configuration
-from pipeline.warm_site import fingerprint as fingerprint
+from pipeline.build import sandbox
+from pipeline.build.forks import fork_call, run_confined_build
+from pipeline.build.protocol import BuildAnswer, BuildRequest
+from pipeline.build.warm_site import Skips, WarmSite, site_fingerprint
+from pipeline.build.warm_site import Unfingerprintable as Unfingerprintable  # re-exported: the tests' old names
+from pipeline.build.warm_site import configuration as configuration
+from pipeline.build.warm_site import fingerprint as fingerprint
 
 _PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
@@ -181,7 +182,7 @@ def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any,
 
 def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
     """In the fork: `nikola build`, leaving out the tasks of unchanged posts where that is exact."""
-    from pipeline import nikola_runner
+    from pipeline.build import runner
 
     for fd in (read_end, *_HOLDER_FDS):  # what the build (and what it starts) has no business with
         os.close(fd)
@@ -189,7 +190,7 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
     skips = Skips(nikola, site.unchanged if skip else [])
     if skips.candidates:
         skips.install()
-    code = nikola_runner.run_build(site.doit_nikola, keep=skips.targets)
+    code = runner.run_build(site.doit_nikola, keep=skips.targets)
     if code != 0:
         return code
     fingerprint = site_fingerprint(nikola)
@@ -198,7 +199,7 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
               flush=True)
         if fingerprint != site.fingerprint:
             return AGAIN
-    report = json.dumps({"fingerprint": fingerprint, "scheduled": nikola_runner.scheduled()})
+    report = json.dumps({"fingerprint": fingerprint, "scheduled": runner.scheduled()})
     os.write(report_fd, report.encode()[:REPORT_BYTES])  # within a pipe's buffer: never blocks
     return 0
 

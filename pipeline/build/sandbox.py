@@ -2,7 +2,8 @@
 the build gets an environment without secrets, limits on memory, file size and processes, file
 access confined by Landlock to its work tree, its temporary directory and the system's read-only
 files, and every process it starts is gone when it ends (the build worker is a child subreaper).
-Its input and output are checked for symlinks that leave the site.
+The environment and the paths a build gets are named in its request (pipeline.build.protocol); its input is
+checked for symlinks that leave the site by the publisher (pipeline.publish.builds).
 """
 
 from __future__ import annotations
@@ -14,17 +15,8 @@ import errno
 import os
 import platform
 import signal
-import sys
 import time
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-
-# The only variables a build sees from the pipeline's environment (never WEBHOOK_SECRET, SITE_REPO…).
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "BUILD_WORKER_IDLE",
-              "LANDLOCK_ABI_MAX")
-# Read (and execute) only: where Python, Nikola and the system's data live.
-SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt")
-DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+from collections.abc import Iterable
 
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
@@ -36,40 +28,6 @@ _EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 _FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | (1 << 14) | (1 << 15)  # + truncate, ioctl_dev
 _READ_RIGHTS = _EXECUTE | _READ_FILE | _READ_DIR
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1
-
-
-def build_environment(base: Mapping[str, str], *, home: Path, tmpdir: Path,
-                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The build's whole environment: a short allowlist from `base`, its own HOME and TMPDIR, `extra`."""
-    env = {key: base[key] for key in PASSED_ENV if key in base}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(HOME=str(home), TMPDIR=str(tmpdir), **(extra or {}))
-    return env
-
-
-def escaping_symlinks(root: Path, skip: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """(path relative to root, link text) of every symlink under `root` whose target is outside it. Iterative
-    (a pushed tree chooses its depth); a link whose target cannot be resolved counts as escaping."""
-    real_root = os.path.realpath(root)
-    found = []
-    skipped = set(skip)
-    todo = [str(root)]
-    while todo:
-        current = todo.pop()
-        with os.scandir(current) as scan:
-            for entry in scan:
-                if current == str(root) and entry.name in skipped:
-                    continue
-                if entry.is_symlink():
-                    try:
-                        real = os.path.realpath(entry.path)
-                    except (OSError, RecursionError):
-                        real = "/"
-                    if real != real_root and not real.startswith(real_root + os.sep):
-                        found.append((os.path.relpath(entry.path, root), os.readlink(entry.path)))
-                elif entry.is_dir(follow_symlinks=False):
-                    todo.append(entry.path)
-    return sorted(found)
 
 
 def _libc() -> ctypes.CDLL:
@@ -288,8 +246,3 @@ def restrict_syscalls() -> str | None:
     except Exception as exc:  # noqa: BLE001 - libseccomp reports every failure its own way
         return f"seccomp refused the build's filter: {exc}"
     return None
-
-
-def python_paths() -> list[str]:
-    """This interpreter's installation (a venv may live outside SYSTEM_READ)."""
-    return sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))})

@@ -1,4 +1,4 @@
-"""What a site holder (pipeline.site_holder) keeps between builds, and when it may reuse it.
+"""What a site holder (pipeline.build.site_holder) keeps between builds, and when it may reuse it.
 
 The holder loads conf.py and Nikola's plugins once and scans the posts. Before the next build it scans
 again, reusing the Post objects of the posts whose files did not change (reading and parsing 2,000 posts
@@ -191,7 +191,7 @@ class WarmSite:
     def open(cls, site_dir: str) -> WarmSite | int:
         import nikola.nikola
 
-        from pipeline import nikola_runner
+        from pipeline.build import runner
 
         seen: dict[str, Any] = {}
         real_init = nikola.nikola.Nikola.__init__
@@ -205,7 +205,7 @@ class WarmSite:
 
         nikola.nikola.Nikola.__init__ = init
         try:
-            doit_nikola = nikola_runner.open_site(site_dir)
+            doit_nikola = runner.open_site(site_dir)
         finally:
             nikola.nikola.Nikola.__init__ = real_init
         if isinstance(doit_nikola, int):
@@ -213,7 +213,7 @@ class WarmSite:
         site = doit_nikola.nikola
         site.init_plugins()  # what `nikola build` does first; its builds are given the site with plugins loaded
         site.init_plugins = _already_done
-        nikola_runner.hold_back_undeployable(site)
+        runner.hold_back_undeployable(site)
         folders = []
         for wildcard, *_rest in site.config["post_pages"]:
             folder = os.path.normpath(os.path.dirname(wildcard))

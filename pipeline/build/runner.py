@@ -1,6 +1,6 @@
 """Runs one `nikola build` in this process, then removes output no task produces any more.
 
-Started by `pipeline.nikola_build` as `python -m pipeline.nikola_runner SITE_DIR`. Removing
+Started by `pipeline.publish.builds` as `python -m pipeline.build.runner SITE_DIR`. Removing
 orphans (pages of deleted posts, tags no post uses any more) is what lets an incremental build
 give exactly the output of a clean build.
 """
@@ -278,7 +278,7 @@ def open_site(site_dir: str) -> Any:
 
 def run_build(doit_nikola: Any, keep: list[str] | None = None) -> int:
     """`nikola build` of a loaded site, then the removal of output no task produces any more (nor is in
-    `keep`: the outputs of tasks left out because they were up to date, see pipeline.site_holder)."""
+    `keep`: the outputs of tasks left out because they were up to date, see pipeline.build.site_holder)."""
     SharedEncodings(doit_nikola.nikola).install()
     StatCache().install()
     generated: list = []  # the tasks doit loads, for their targets
@@ -303,7 +303,7 @@ def run_build(doit_nikola: Any, keep: list[str] | None = None) -> int:
     return 0
 
 
-# The targets of the tasks a build ran, one per line (pipeline.work_tree.prepare): of the files written during a
+# The targets of the tasks a build ran, one per line (pipeline.build.work_tree.prepare): of the files written during a
 # build, those no task of it made are removed before the next one, which makes them again.
 WRITTEN_REPORT = ".pequod-written"
 
@@ -325,7 +325,7 @@ def record_written() -> set[str]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m pipeline.nikola_runner SITE_DIR", file=sys.stderr)
+        print("usage: python -m pipeline.build.runner SITE_DIR", file=sys.stderr)
         return 2
     doit_nikola = open_site(argv[0])
     if isinstance(doit_nikola, int):

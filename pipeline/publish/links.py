@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-from pipeline import tree
+from pipeline import releases, tree
 from pipeline.errors import BuildError
 from pipeline.files import replace_file
+from pipeline.releases import REPORT_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ MAX_FILES = 1_000_000  # files listed per release (a Nikola blog of 2,000 posts 
 MAX_LINKS_PER_PAGE = 20_000
 MAX_REPORTED = 100  # broken links kept in the report (all are counted)
 SHOWN_IN_ERROR = 5  # broken links named in a failed build's one-line error (all MAX_REPORTED are in its log)
-REPORT_SUFFIX = ".links.json"  # releases/<id>.links.json, beside releases/<id>.json
 RESERVED = "/_site/"
 _NO_FRAGMENT_CHECK = ("", "top")  # "#" and "#top" scroll to the top without an element (HTML's rules)
 
@@ -73,7 +73,7 @@ def _fragment_of(raw: str) -> str:
 
 
 def _parser() -> Any:
-    import lxml.html  # imported here: serve.py imports this module for read_report() only
+    import lxml.html  # imported here, when a report is made
 
     return lxml.html.HTMLParser(huge_tree=False, no_network=True, remove_comments=True, remove_pis=True,
                                 recover=True)
@@ -314,25 +314,13 @@ def _link_ok(files: set[str], pages: dict[str, Page], link: Link) -> bool:
     return page is None or fragment in page.ids
 
 
-# -- reports: written beside the release, read by serve.py for the live one ----------------------------
-def report_path(release_dir: Path) -> Path:
-    return release_dir.parent / f"{release_dir.name}{REPORT_SUFFIX}"
-
-
+# -- reports: written beside the release (pipeline.releases.report_path), read by serve.py for the live one -------
 def write_report(release_dir: Path, report: dict[str, Any]) -> None:
-    replace_file(report_path(release_dir), json.dumps(report, indent=1) + "\n")
+    replace_file(releases.report_path(release_dir), json.dumps(report, indent=1) + "\n")
     for stale in release_dir.parent.glob(f"*{REPORT_SUFFIX}"):  # of pruned releases
         if not stale.name.startswith(".") and not (stale.parent / stale.name[: -len(REPORT_SUFFIX)]).is_dir():
             with contextlib.suppress(OSError):
                 stale.unlink()
-
-
-def read_report(release_dir: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError):
-        report = json.loads(report_path(release_dir).read_text())
-        if isinstance(report, dict):
-            return report
-    return None
 
 
 def describe(report: dict[str, Any]) -> str:

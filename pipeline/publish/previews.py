@@ -25,10 +25,10 @@ from typing import Any
 
 from pipeline import preview_hosts, releases, tree
 from pipeline.config import Settings, redact_url
-from pipeline.deployer import refused
 from pipeline.errors import BuildError, GitError, short
-from pipeline.git_source import GitSource
-from pipeline.nikola_build import NikolaBuilder, clean_build_reason
+from pipeline.publish.builds import NikolaBuilder, clean_build_reason
+from pipeline.publish.deployer import refused
+from pipeline.publish.git_source import GitSource
 from pipeline.status import StatusStore, utc_now
 
 log = logging.getLogger(__name__)

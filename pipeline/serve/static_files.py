@@ -15,7 +15,9 @@ from http import HTTPStatus
 from typing import Any
 
 from pipeline import site_rules
-from pipeline.answers import (
+from pipeline.redirects import REDIRECT_STATUSES, Redirect, with_query
+from pipeline.releases import COMPRESSIBLE
+from pipeline.serve.answers import (
     BadPath,
     StartResponse,
     accepts_gzip,
@@ -28,8 +30,6 @@ from pipeline.answers import (
     send_plain,
     split_request_path,
 )
-from pipeline.redirects import REDIRECT_STATUSES, Redirect, with_query
-from pipeline.releases import COMPRESSIBLE
 
 INDEX_FILE = "index.html"
 NOT_FOUND_PAGES = ("404.html", "404/index.html")

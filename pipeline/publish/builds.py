@@ -1,4 +1,7 @@
-"""Building one commit of the site with Nikola, incrementally where that is safe."""
+"""Building one commit of the site with Nikola, incrementally where that is safe: what the publisher asks of the
+build worker (NikolaBuilder), and the worker as the publisher reaches it (BuildWorker: the builder's worker on its
+socket, or a process of the watcher). The worker's side is pipeline.build.worker; what they exchange,
+pipeline.build.protocol."""
 
 from __future__ import annotations
 
@@ -8,13 +11,19 @@ import logging
 import math
 import os
 import re
+import select
+import signal
+import stat
+import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from pipeline import sandbox, tree
-from pipeline.build_protocol import BuildRequest
-from pipeline.build_worker import BuildWorker
+from pipeline import proc, tree
+from pipeline.build import protocol
+from pipeline.build.protocol import BuildAnswer, BuildRequest
 from pipeline.errors import BuildError, short
 from pipeline.files import replace_file
 
@@ -26,6 +35,8 @@ CLEAN_BUILD_PATHS = ("conf.py", "themes/", "templates/", "plugins/", "shortcodes
 LOG_TAIL_LINES = 30
 LOG_LINE_CHARS = 500  # a line of the tail a user sees
 LOG_READ_BYTES = 256 << 10  # of a build's log, what the publisher reads: its end
+# Process groups of running workers (in the watcher), so that a shutdown can stop a build in progress.
+running_groups: set[int] = set()
 
 
 
@@ -53,9 +64,34 @@ def clean_build_reason(previous: BuildState | None, changes: list[tuple[str, str
     return None
 
 
+def escaping_symlinks(root: Path, skip: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(path relative to root, link text) of every symlink under `root` whose target is outside it. Iterative
+    (a pushed tree chooses its depth); a link whose target cannot be resolved counts as escaping."""
+    real_root = os.path.realpath(root)
+    found = []
+    skipped = set(skip)
+    todo = [str(root)]
+    while todo:
+        current = todo.pop()
+        with os.scandir(current) as scan:
+            for entry in scan:
+                if current == str(root) and entry.name in skipped:
+                    continue
+                if entry.is_symlink():
+                    try:
+                        real = os.path.realpath(entry.path)
+                    except (OSError, RecursionError):
+                        real = "/"
+                    if real != real_root and not real.startswith(real_root + os.sep):
+                        found.append((os.path.relpath(entry.path, root), os.readlink(entry.path)))
+                elif entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
+    return sorted(found)
+
+
 def refuse_escaping_symlinks(root: Path, what: str, skip: tuple[str, ...] = ()) -> None:
     """A symlink out of the site (to /proc/self/environ, /etc/passwd, ..) fails the build, named."""
-    found = sandbox.escaping_symlinks(root, skip)
+    found = escaping_symlinks(root, skip)
     if found:
         path, target = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -112,8 +148,8 @@ class BuildLimits:
 
 class NikolaBuilder:
     """Builds a commit with the warm build worker (in the builder, or a process of this one), sandboxed (see
-    pipeline.sandbox): the worker makes the work tree `site_dir` from the commit's files in `export_dir`
-    (pipeline.work_tree); the build may write only `site_dir` and `tmp_dir`, and sees no secret."""
+    pipeline.build.sandbox): the worker makes the work tree `site_dir` from the commit's files in `export_dir`
+    (pipeline.build.work_tree); the build may write only `site_dir` and `tmp_dir`, and sees no secret."""
 
     def __init__(self, site_dir: Path, timeout: float, limits: BuildLimits | None = None,
                  tmp_dir: Path | None = None, state_file: Path | None = None, export_dir: Path | None = None,
@@ -125,7 +161,7 @@ class NikolaBuilder:
         self.export_dir = export_dir or site_dir.with_name(site_dir.name + ".export")
         self._state_file = state_file or site_dir.with_name("build-state.json")
         self.log_copy: Path | None = None  # where the end of each build's log is also written (the publisher's)
-        self.worker = BuildWorker(sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir),
+        self.worker = BuildWorker(protocol.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir),
                                   socket_path)
         self.last_warm = False  # whether the last build started in an already warm worker
         self.last_max_rss_kb = 0  # peak memory of the last build
@@ -170,7 +206,7 @@ class NikolaBuilder:
 
         `reason`: why the build must be a clean one (None: incremental, if the worker finds Nikola's state fit to
         keep; `last_reason` tells what it did). `changes`: the paths changed since the last successful build
-        (they let the build worker keep the site loaded, see pipeline.site_holder); None when not known."""
+        (they let the build worker keep the site loaded, see pipeline.build.site_holder); None when not known."""
         previous = self.previous_state()
         if previous is None or not previous.ok:
             reason = reason or "the previous build failed"
@@ -180,11 +216,11 @@ class NikolaBuilder:
         # Until it succeeded: an interrupted build is not trusted.
         self._record_state(BuildState(commit, ok=False, started_ns=started_ns))
         refuse_escaping_symlinks(self.export_dir, "the site repository")
-        env = sandbox.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir,
+        env = protocol.build_environment(os.environ, home=self.tmp_dir, tmpdir=self.tmp_dir,
                                         extra={"SITE_COMMIT": commit, "NIKOLA_MONO": "1"})
         request = BuildRequest(str(self.site_dir), str(log_path), self.timeout, env, asdict(self.limits),
-                               [*sandbox.SYSTEM_READ, *sandbox.python_paths()],
-                               [str(self.site_dir), str(self.tmp_dir), *sandbox.DEVICES],
+                               [*protocol.SYSTEM_READ, *protocol.python_paths()],
+                               [str(self.site_dir), str(self.tmp_dir), *protocol.DEVICES],
                                commit=commit, changes=None if base is None else changes, base=base,
                                fresh=reason is not None, export=str(self.export_dir), reason=reason,
                                started_ns=previous.started_ns if previous else 0,
@@ -221,3 +257,143 @@ class NikolaBuilder:
         self.last_scheduled = [(due, source, title) for due, source, title in answer.scheduled if math.isfinite(due)]
         self._record_state(BuildState(commit, ok=True, started_ns=started_ns, finished_ns=time.time_ns()))
         return output
+
+
+# -- the build worker, as the publisher reaches it -------------------------------------------------
+def terminate_running() -> None:
+    """SIGTERM to running workers (a shutdown): each ends its build and what the build started."""
+    for pgid in list(running_groups):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+
+
+class BuildWorker:
+    """The build worker, kept between builds (pipeline.build.worker): `python -m pipeline.build.worker` started with
+    environment `env`, or, with `socket_path`, the worker of the builder (a container of its own, started by the
+    agent) reached on that unix socket. Its answers come from where code of the site runs: each is read as one
+    line of at most ANSWER_BYTES and checked field by field."""
+
+    ANSWER_BYTES = 1 << 20
+    CONNECT_SECONDS = 60.0  # the builder's runtime starts a fresh worker after one ends; it waits so long for it
+
+    def __init__(self, env: Mapping[str, str] | None = None, socket_path: Path | None = None) -> None:
+        self.env = dict(env) if env is not None else None
+        self.socket_path = socket_path
+        self.proc: proc.Popen[str] | None = None
+        self.sock: Any = None
+        self._in: Any = None  # requests go here
+        self._out: Any = None  # answers come from here
+        self.ready: dict[str, Any] = {}
+
+    def running(self) -> bool:
+        if self.socket_path is not None:
+            return self.sock is not None
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start(self) -> None:
+        if self.socket_path is not None:
+            ready = self._connect(self.socket_path)
+        else:
+            self.proc = proc.start([sys.executable, "-m", "pipeline.build.worker"], env=self.env)
+            running_groups.add(self.proc.pid)
+            self._in, self._out = self.proc.stdin, self.proc.stdout
+            ready = self._read(60)
+        if ready is None:
+            self.stop()
+            raise BuildError("the build worker did not start (see the pipeline's log)", "")
+        if not self.ready:
+            abi = ready.get("landlock_abi", 0)
+            where = f"in the builder ({self.socket_path})" if self.socket_path is not None else "in this instance"
+            if abi:
+                log.info("builds run %s, confined with Landlock (ABI %s%s)", where, abi,
+                         ", capped by LANDLOCK_ABI_MAX" if self.env and self.env.get("LANDLOCK_ABI_MAX") else "")
+            else:
+                log.warning("builds run %s; Landlock is not available (kernel or seccomp profile): builds are not "
+                            "confined to their work tree", where)
+            if not ready.get("subreaper"):
+                log.warning("the build worker cannot be a child subreaper: daemons a build starts may outlive it")
+        self.ready = ready
+
+    def _connect(self, path: Path) -> dict[str, Any] | None:
+        """Connect to the builder's worker and read its ready line; while the builder starts afresh (its worker
+        ended, or ends because this connection replaces another publisher's), again, for CONNECT_SECONDS."""
+        import socket
+
+        deadline = time.monotonic() + self.CONNECT_SECONDS
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    raise ConnectionRefusedError(f"{path} is not a socket")
+                sock.connect(str(path))
+                self.sock = sock
+                self._in = sock.makefile("w", encoding="utf-8")
+                self._out = sock.makefile("r", encoding="utf-8", errors="replace")
+                ready = self._read(max(1.0, deadline - time.monotonic()))
+                if ready is not None:
+                    return ready
+                raise ConnectionResetError("the builder ended before it was ready")
+            except OSError as exc:
+                self.stop()
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise BuildError(f"the builder does not answer on {path} ({exc}); is its container running?",
+                                     "") from None
+                time.sleep(0.05)
+
+    def _read(self, timeout: float) -> dict[str, Any] | None:
+        assert self._out is not None
+        readable, _, _ = select.select([self._out], [], [], timeout)
+        line = self._out.readline(self.ANSWER_BYTES) if readable else ""
+        if not line.endswith("\n"):
+            return None
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def build(self, request: BuildRequest) -> tuple[BuildAnswer, bool]:
+        """Run one build; returns the worker's answer and whether the worker was already warm.
+
+        A warm worker that went away meanwhile (it ends itself when idle) is replaced once."""
+        warm = self.running()
+        if not warm:
+            self._start()
+        answer = self._ask(request)
+        if answer is None and warm:
+            log.info("the build worker had gone; starting a fresh one")
+            self.stop()
+            self._start()
+            warm = False
+            answer = self._ask(request)
+        if answer is None:
+            self.stop()
+            raise BuildError("the build worker stopped answering (see the pipeline's log)", "")
+        if answer.exiting:
+            self.stop()
+        return answer, warm
+
+    def _ask(self, request: BuildRequest) -> BuildAnswer | None:
+        assert self._in is not None
+        try:
+            self._in.write(request.to_line())
+            self._in.flush()
+            line = self._read(request.timeout + 30)
+        except (OSError, ValueError):
+            return None
+        return BuildAnswer.checked(line) if line is not None else None
+
+    def stop(self) -> None:
+        """End the worker: the local process is terminated; the builder's connection is closed, which ends its
+        worker and everything it started (its runtime starts a fresh one)."""
+        if self.sock is not None:
+            for handle in (self._in, self._out, self.sock):
+                with contextlib.suppress(OSError):
+                    handle.close()
+            self.sock = None
+        if self.proc is not None:
+            proc.end(self.proc, 10)
+            running_groups.discard(self.proc.pid)
+            self.proc = None
+        self._in = self._out = None

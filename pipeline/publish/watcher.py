@@ -1,4 +1,4 @@
-"""The watch → build → publish loop: when to check the remote, when to deploy (pipeline.deployer), back-off
+"""The watch → build → publish loop: when to check the remote, when to deploy (pipeline.publish.deployer), back-off
 after failures, and one watcher per DATA_DIR."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from pipeline import heap, heartbeat, previews, releases, triggers
+from pipeline import heap, heartbeat, releases
 from pipeline.config import Settings, redact_url
-from pipeline.deployer import Deployer
 from pipeline.errors import GitError, PipelineError
-from pipeline.git_source import local_path
+from pipeline.publish import previews, triggers
+from pipeline.publish.deployer import Deployer
+from pipeline.publish.git_source import local_path
 
 log = logging.getLogger(__name__)
 

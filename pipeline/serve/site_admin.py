@@ -25,11 +25,12 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from pipeline import deploy_page, heartbeat, layout, links, metrics, releases
-from pipeline.answers import Memo, StartResponse, method_not_allowed, send_json, send_plain, send_text
+from pipeline import heartbeat, layout, metrics, releases
 from pipeline.errors import ReleaseError
+from pipeline.serve import deploy_page
+from pipeline.serve.answers import Memo, StartResponse, method_not_allowed, send_json, send_plain, send_text
+from pipeline.serve.webhook import HookGuard, Verdict
 from pipeline.status import Status
-from pipeline.webhook import HookGuard, Verdict
 
 RESERVED_PREFIX = "/_site/"
 SERVING_ONLY = "serving"  # /_site/health?serving: the frontend's check, about serving only
@@ -232,7 +233,7 @@ class SiteAdmin:
         else:
             status["current"] = None
         status["releases"] = releases.list_releases(Path(root).parent) if root else []
-        status["links"] = links.read_report(Path(root)) if root else None  # the live release's link report
+        status["links"] = releases.read_report(Path(root)) if root else None  # the live release's link report
         return status
 
 

@@ -1,13 +1,13 @@
 """The builder's first process: it waits lean for the publisher, then becomes the build worker.
 
-    python3 -m pipeline.builder_door      (the builder's command: pequod.xml's <builder command="…">)
+    python3 -m pipeline.build.door      (the builder's command: pequod.xml's <builder command="…">)
 
 An idle site keeps its builder waiting, so what waits must cost next to nothing: this module imports only
 what listening takes (about 4 MiB of anonymous memory, where the build worker's own imports take 9). It
 listens on the unix socket BUILDER_SOCKET names (its directory is the builder's; the socket is open to the
 publisher, who runs as another user) and, once the publisher connects, replaces itself (exec, the same
-PID 1) with `python3 -m pipeline.build_worker --serve LISTENER CONNECTION`, which serves that one connection
-and ends (pipeline.build_worker.serve). The builder's restart policy then starts a fresh door, in a fresh PID
+PID 1) with `python3 -m pipeline.build.worker --serve LISTENER CONNECTION`, which serves that one connection
+and ends (pipeline.build.worker.serve). The builder's restart policy then starts a fresh door, in a fresh PID
 namespace, so nothing of a build outlives it.
 """
 
@@ -38,7 +38,7 @@ def main() -> int:
     connection, _ = listener.accept()
     listener.set_inheritable(True)
     connection.set_inheritable(True)
-    os.execv(sys.executable, [sys.executable, "-m", "pipeline.build_worker", "--serve",
+    os.execv(sys.executable, [sys.executable, "-m", "pipeline.build.worker", "--serve",
                               str(listener.fileno()), str(connection.fileno())])
     return 1  # not reached: execv returns only by raising
 

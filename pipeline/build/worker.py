@@ -172,12 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     serving the one connection its door accepted, and ending when it ends (see serve)."""
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _terminate)
-    if argv == ["--listen"]:  # the builder's command of earlier manifests: its door, which waits lean
-        os.execv(sys.executable, [sys.executable, "-m", "pipeline.build.door"])
     if len(argv) == 3 and argv[0] == "--serve" and argv[1].isdigit() and argv[2].isdigit():
         return serve(int(argv[1]), int(argv[2]))
     if argv:
-        print("usage: python -m pipeline.build.worker [--listen | --serve LISTENER_FD CONNECTION_FD]",
+        print("usage: python -m pipeline.build.worker [--serve LISTENER_FD CONNECTION_FD]",
               file=sys.stderr)
         return 2
     return loop(sys.stdin, sys.stdout, config.build_worker_idle(os.environ))

@@ -156,7 +156,7 @@ def start_instance(agent: Host, sup: Supervised) -> Instance:
             environment=environment,
             image_user=user, capacity=agent.capacity,
             read_only_binds={**etc, **{m.target: m.source for m in agent.bootstrap.site_mounts(app.site)}},
-            read_write_binds=volumes, image_healthcheck=image.healthcheck,
+            read_write_binds=volumes,
             labels={"zone": ZONE, "repo": "", "application": app.name, "version": app.version,
                     "ipv6": str(address), "started": f"{time.time():.3f}", "image": app.image,
                     "image_id": image.id, **({"site": app.site.name} if app.site else {})},

@@ -59,7 +59,7 @@ def run_user(image_user: str) -> tuple[str, int | None]:
 def container_args(
     *, image: str, instance: InstanceId, manifest: Manifest, environment: dict[str, str], image_user: str,
     capacity: Capacity, read_only_binds: dict[str, str], labels: dict[str, str],
-    read_write_binds: dict[str, str] | None = None, image_healthcheck: list[str] | None = None,
+    read_write_binds: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything `containers.create` gets: limits from the manifest and the hardening.
 
@@ -67,12 +67,10 @@ def container_args(
     `read_write_binds` likewise for the application's persistent volumes."""
     res = manifest.resources
     user, uid = run_user(image_user)
-    extra: dict[str, Any] = {}
-    if image_healthcheck and image_healthcheck[0] not in ("NONE", "") and manifest.provides:
-        # Docker's own health state (docker ps, CIS 5.27): the image's test, timed by the manifest.
-        second = 1_000_000_000
-        extra["healthcheck"] = {"test": image_healthcheck, "interval": 10 * second, "timeout": 3 * second,
-                                "retries": 3, "start_period": manifest.provides[0].health_check_timeout * second}
+    # Not the image's HEALTHCHECK: the agent checks every instance itself every 2 s (and HAProxy its own way),
+    # and Docker's check, a process started in the container every 10 s, cost an idle site more CPU in Docker's
+    # daemons than everything else it does (bench/sites.py, idle CPU).
+    extra: dict[str, Any] = {"healthcheck": {"test": ["NONE"]}}
     owner = f"uid={uid},gid={uid},mode=0700" if uid is not None else "mode=1777"
     return {
         "image": image,
@@ -132,7 +130,6 @@ def instances(client: docker.DockerClient, zone: str | None = None) -> list[Inst
 class ImageInfo:
     id: str
     user: str  # the image's USER ("" when none)
-    healthcheck: list[str] | None  # its HEALTHCHECK test
 
 
 def image_info(client: docker.DockerClient, image: str) -> ImageInfo:
@@ -143,7 +140,7 @@ def image_info(client: docker.DockerClient, image: str) -> ImageInfo:
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot inspect image {image}: {exc.explanation or exc}") from None
     config = found.attrs.get("Config") or {}
-    return ImageInfo(found.id or "", config.get("User") or "", (config.get("Healthcheck") or {}).get("Test"))
+    return ImageInfo(found.id or "", config.get("User") or "")
 
 
 def state(client: docker.DockerClient, name: str) -> tuple[str, int | None]:

@@ -58,12 +58,13 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     assert host["Tmpfs"]["/tmp"].startswith("size=64m")
     volume_dir = agent_run.state_dir / "volumes" / "srcco-de-workdir"
     assert f"{volume_dir}:/workdir:rw" in host["Binds"]
-    probe = container.attrs["Config"]["Healthcheck"]["Test"]
-    assert probe[0] == "CMD"
-    # Docker's own health state comes from the image's lean probe: it passes on the instance's port, and fails on
+    # The agent checks the instance's health (every 2 s), not Docker: no process is started in it every 10 s.
+    assert container.attrs["Config"]["Healthcheck"]["Test"] == ["NONE"]
+    assert "Health" not in container.attrs["State"]
+    # The image's own probe, for `docker run` without the agent: it passes on the instance's port, and fails on
     # a port where nothing answers.
-    assert wait_for("Docker's health state", lambda: container.reload() or
-                    container.attrs["State"]["Health"]["Status"] == "healthy", 40, interval=1)
+    probe = agent_run.client.images.get(container.attrs["Config"]["Image"]).attrs["Config"]["Healthcheck"]["Test"]
+    assert probe[0] == "CMD"
     assert container.exec_run(probe[1:]).exit_code == 0
     assert container.exec_run(probe[1:], environment={"PORT": "9"}).exit_code != 0
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]

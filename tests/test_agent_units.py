@@ -89,22 +89,19 @@ def test_container_args_carry_limits_and_hardening() -> None:
     assert args["volumes"] == {"/state/hosts": {"bind": "/etc/hosts", "mode": "ro"}}
     assert args["labels"] == {"org.pequod.agent": "1", "org.pequod.agent.zone": "bootstrap"}
     assert args["sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "0"
-    assert "healthcheck" not in args  # nothing provided, no test in the image
+    assert args["healthcheck"] == {"test": ["NONE"]}  # the agent checks health, not Docker (the image's test off)
 
 
-def test_container_args_volumes_and_docker_health_check_from_the_manifest() -> None:
+def test_container_args_volumes_from_the_manifest() -> None:
     provide = ProvidedService("srcco-de", "1", 8000, "/_site/health", 90)
     manifest = Manifest("m", Resources(384, 1000, 256, 4096), (), (provide,), (),
                         (PersistentFilesystem("/workdir", 1024),))
-    test = ["CMD", "python3", "-c", "probe"]
     args = container_args(
         image="srcco-de:1", instance=InstanceId("bootstrap", "", "srcco-de", "1", "abcd"), manifest=manifest,
         environment={}, image_user="10001", capacity=Capacity(2, 5000, 8192), read_only_binds={}, labels={},
-        read_write_binds={"/workdir": "/state/volumes/srcco-de-workdir"}, image_healthcheck=test,
+        read_write_binds={"/workdir": "/state/volumes/srcco-de-workdir"},
     )
     assert args["volumes"] == {"/state/volumes/srcco-de-workdir": {"bind": "/workdir", "mode": "rw"}}
-    assert args["healthcheck"]["test"] == test
-    assert args["healthcheck"]["start_period"] == 90 * 10**9 and args["healthcheck"]["retries"] == 3
 
 
 def test_restart_back_off() -> None:

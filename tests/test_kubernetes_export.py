@@ -309,7 +309,7 @@ def test_cli_export_writes_a_file_per_site(tmp_path, monkeypatch, capsys) -> Non
 
     monkeypatch.setattr(engine, "connect", lambda: object())
     monkeypatch.setattr(image, "load_application", lambda _client, _image: BLOG)
-    monkeypatch.setattr(runtime, "image_info", lambda _client, _image: runtime.ImageInfo("id", "10001", None))
+    monkeypatch.setattr(runtime, "image_info", lambda _client, _image: runtime.ImageInfo("id", "10001"))
     (tmp_path / "b.yaml").write_text(SITES_YAML)
     args = ["--export", "kubernetes", "srcco-de:1", str(tmp_path / "b.yaml")]
     assert cli.main(args) == 0

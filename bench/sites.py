@@ -446,22 +446,30 @@ def idle_cpu(run: AgentRun, seconds: float, baseline: float) -> dict:
         pids[name] = (row["pid"], int(built.attrs["State"]["Pid"] or 0) if built is not None else 0)
     def sites_cpu() -> dict[str, float]:
         return {name: sum(cgroup_cpu_seconds(pid) or 0.0 for pid in pair if pid) for name, pair in pids.items()}
+    first = SITES[0]  # its processes one by one: where a site's share goes
+    inside = [pid for pid, _ in processes(run.client.containers.get(instances_by_site(run)[first]["instance_name"]))]
+    built = builder(run, first)
+    inside += [pid for pid, _ in processes(built)] if built is not None else []
     sites_before, procs_before, busy_before = sites_cpu(), process_cpu_seconds(), host_busy_seconds()
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
     busy = (host_busy_seconds() - busy_before) / elapsed
     per_site = {name: round(100 * (value - sites_before[name]) / elapsed, 3) for name, value in sites_cpu().items()}
-    parts = {name: round(100 * value / elapsed, 3) for name, value in host_parts(procs_before,
-                                                                                 process_cpu_seconds()).items()}
+    procs_after = process_cpu_seconds()
+    parts = {name: round(100 * value / elapsed, 3) for name, value in host_parts(procs_before, procs_after).items()}
+    first_processes = {procs_after[pid][0][:60]: round(100 * (procs_after[pid][1] - procs_before[pid][1]) / elapsed, 3)
+                       for pid in inside if pid in procs_before and pid in procs_after}
     total = round(100 * (busy - baseline), 2)
     found = {"seconds": round(elapsed, 1), "baseline_core_percent": round(100 * baseline, 2),
              "host_busy_core_percent": round(100 * busy, 2), "sites_core_percent": total,
              "per_site_core_percent": round(total / len(SITES), 3), "containers_core_percent": per_site,
-             "host_processes_core_percent": parts, "target_core_percent": TARGET_IDLE_CORE_PERCENT,
+             "host_processes_core_percent": parts, f"{first}_processes_core_percent": first_processes,
+             "target_core_percent": TARGET_IDLE_CORE_PERCENT,
              "meets_target": total < TARGET_IDLE_CORE_PERCENT}
     say(f"idle CPU: {total} % of a core for {len(SITES)} sites (host {found['host_busy_core_percent']} %, "
-        f"baseline {found['baseline_core_percent']} %); containers {per_site}; host processes {parts}")
+        f"baseline {found['baseline_core_percent']} %); containers {per_site}; host processes {parts}; "
+        f"{first}'s processes {first_processes}")
     return found
 
 

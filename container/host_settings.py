@@ -7,13 +7,11 @@ The blog is the site `blog` in `sites` (docs/sites.md), the default site (it ser
 site names). Re-running `bootstrap.sh` sets the blog's repository and its read-only mount, the frontend
 port and the GitHub service, gives the blog a WEBHOOK_SECRET when it has none (its token), and keeps
 everything else: the other sites (`./bootstrap.sh site add`), what an administrator added (the blog's
-WEBHOOK_SECRET, networks, NAT64 settings, frontend limits…). With
---domain, the blog's `domains` are set and `frontend.tls` gets certificates from the ACME CA (without, the
-blog's domains and an existing `frontend.tls` are kept). A file written before sites existed is migrated:
-its SITE_REPO (with SITE_BRANCH, WEBHOOK_SECRET, NOTIFY_URL, NOTIFY_SECRET), the repository's mount and
-`frontend.tls.domains` become the blog's. Values are written by the YAML library, so no path or URL can
-break the file. The result is checked like any bootstrap YAML before it replaces the old file; prints
-`unchanged` or `written`.
+WEBHOOK_SECRET, networks, NAT64 settings, frontend limits…). With --domain, the blog's `domains` are set
+and `frontend.tls` gets certificates from the ACME CA (without, the blog's domains and an existing
+`frontend.tls` are kept). Values are written by the YAML library, so no path or URL can break the file.
+The result is checked like any bootstrap YAML before it replaces the old file; prints `unchanged` or
+`written`.
 """
 
 from __future__ import annotations
@@ -37,42 +35,10 @@ HEADER = "# Written by bootstrap.sh, which keeps what you add; the agent applies
 GITHUB = {"service_name": "github-https", "service_version": "1", "external_host": "github.com",
           "external_port": 443}
 BLOG = "blog"  # the site bootstrap.sh sets up
-# What a file from before sites held at the top level for its one site: the blog's own settings now.
-SITE_SETTINGS = ("SITE_REPO", "SITE_BRANCH", "WEBHOOK_SECRET", "NOTIFY_URL", "NOTIFY_SECRET")
 
 
 def _local_path(url: Any) -> str | None:
     return url.removeprefix("file://") if isinstance(url, str) and url.startswith("file://") else None
-
-
-def migrate(current: dict[str, Any]) -> dict[str, Any]:
-    """A file without `sites` (one instance per image) as the same blog in `sites`: its repository, the
-    repository's mount, its site settings and the certificate's domains become the site `blog`'s."""
-    if current.get("sites"):
-        return current
-    data = dict(current)
-    environment = dict(data.get("environment") or {})
-    blog: dict[str, Any] = {"name": BLOG, "default": True}
-    tls = dict((data.get("frontend") or {}).get("tls") or {})
-    if tls.get("domains"):
-        blog["domains"] = tls.pop("domains")
-        data["frontend"] = {**data["frontend"], "tls": tls}
-    own = {key: environment.pop(key) for key in SITE_SETTINGS if key in environment}
-    if own:
-        blog["environment"] = own
-    repository = _local_path(own.get("SITE_REPO"))
-    mounts = list(data.get("mounts") or [])
-    mine = [m for m in mounts if isinstance(m, dict) and repository and m.get("source") == repository]
-    if mine:
-        blog["mounts"] = mine
-        mounts = [m for m in mounts if m not in mine]
-    if mounts:
-        data["mounts"] = mounts
-    else:
-        data.pop("mounts", None)
-    data["environment"] = environment
-    data["sites"] = [blog]
-    return data
 
 
 def merge(current: dict[str, Any], *, site_repo: str, port: int, mount: str | None,
@@ -81,7 +47,7 @@ def merge(current: dict[str, Any], *, site_repo: str, port: int, mount: str | No
     """`current` with the managed settings set: a pure function of its inputs. `tls` (from --domain) holds
     the ACME settings and `domains` the blog's host names; `secret` becomes the blog's WEBHOOK_SECRET when
     it has none (its token for the deploy data, rollbacks and the webhook)."""
-    data = migrate(dict(current))
+    data = dict(current)
     services = [s for s in data.get("external_services") or [] if s.get("service_name") != GITHUB["service_name"]]
     data["external_services"] = [GITHUB, *services]
     data["frontend"] = {**(data.get("frontend") or {}), "port": port}

@@ -1,5 +1,5 @@
 """bootstrap.sh's update of the bootstrap YAML: the blog is the site `blog`, what it manages is set, what an
-administrator added (other sites included) stays, and a file from before sites is migrated."""
+administrator added (other sites included) stays."""
 
 from __future__ import annotations
 
@@ -58,36 +58,6 @@ def test_rerun_keeps_what_the_administrator_added_and_every_other_site(tmp_path:
     assert (docs.name, docs.domains, docs.memory_mb, docs.default) == ("docs", ("docs.example.org",), 256, False)
     assert dict(docs.environment) == {"SITE_REPO": "file:///srv/pequod/docs.git", "WEBHOOK_SECRET": "d0cs"}
     assert path.stat().st_mode & 0o777 == 0o600  # it holds secrets
-
-
-def test_an_old_file_is_migrated_to_the_site_blog(tmp_path: Path) -> None:
-    """A file from before sites: its repository, mount, webhook secret and certificate domains are the blog's."""
-    path = tmp_path / "pequod-bootstrap.yaml"
-    path.write_text("""\
-external_services:
-  - {service_name: github-https, service_version: "1", external_host: github.com, external_port: 443}
-frontend:
-  port: 80
-  tls: {domains: [blog.example.org, www.example.org], email: admin@example.org, renew_days: 20}
-mounts:
-  - {source: /srv/pequod/site.git, target: /srv/pequod/site.git}
-  - {source: /srv/shared, target: /srv/shared}
-environment:
-  SITE_REPO: file:///srv/pequod/site.git
-  WEBHOOK_SECRET: s3cret
-  POLL_INTERVAL: 5
-  KEEP_RELEASES: 7
-""")
-    assert main([str(path), *BLOG_ARGS]) == 0
-    boot, blog = blog_of(path)
-    assert [site.name for site in boot.sites] == ["blog"]
-    assert blog.default and blog.domains == ("blog.example.org", "www.example.org")
-    assert dict(blog.environment) == {"SITE_REPO": "file:///srv/pequod/site.git", "WEBHOOK_SECRET": "s3cret"}
-    assert [m.source for m in blog.mounts] == ["/srv/pequod/site.git"]
-    assert [m.source for m in boot.mounts] == ["/srv/shared"]  # another mount stays shared
-    assert boot.env == {"POLL_INTERVAL": "5", "KEEP_RELEASES": "7"}
-    tls = boot.frontend.tls
-    assert tls is not None and tls.domains == () and tls.email == "admin@example.org" and tls.renew_days == 20
 
 
 def test_domain_sets_the_blogs_domains_and_tls_without_domains(tmp_path: Path) -> None:

@@ -166,20 +166,15 @@ def test_a_domain_of_another_site_is_refused(host: sites.Paths, capsys) -> None:
     assert not (host.repos / "wiki.git").exists()
 
 
-def test_an_old_file_needs_bootstrap_sh_first_which_migrates_it(host: sites.Paths, capsys) -> None:
-    host.yaml.write_text("frontend: {port: 80, tls: {domains: [blog.example.org], email: a@example.org}}\n"
-                         "mounts: [{source: /srv/pequod/site.git, target: /srv/pequod/site.git}]\n"
-                         "environment: {SITE_REPO: file:///srv/pequod/site.git, WEBHOOK_SECRET: s3cret}\n")
+def test_a_file_without_sites_needs_bootstrap_sh_first(host: sites.Paths, capsys) -> None:
+    host.yaml.write_text("frontend: {port: 80}\n")
     assert "has no sites yet: run ./bootstrap.sh once" in refused(host, capsys, "add", "docs", "--domain",
                                                                    "docs.example.org")
-    assert host_settings.main([str(host.yaml), *BLOG_ARGS]) == 0  # what bootstrap.sh runs: migrated
-    assert "belongs to site 'blog' already" in refused(host, capsys, "add", "docs", "--domain", "blog.example.org")
+    assert host_settings.main([str(host.yaml), *BLOG_ARGS]) == 0  # what bootstrap.sh runs: the blog is a site
     assert run(host, "add", "docs", "--domain", "docs.example.org") == 0
     boot = load_bootstrap(str(host.yaml))
-    assert [(site.name, site.domains) for site in boot.sites] == [("blog", ("blog.example.org",)),
-                                                                   ("docs", ("docs.example.org",))]
-    assert dict(boot.sites[0].environment)["WEBHOOK_SECRET"] == "s3cret"
-    assert dict(boot.sites[1].environment)["WEBHOOK_SECRET"] != "s3cret"
+    assert [(site.name, site.domains, site.default) for site in boot.sites] == [("blog", (), True),
+                                                                                 ("docs", ("docs.example.org",), False)]
 
 
 def test_remove_takes_out_only_that_site_and_keeps_its_data_unless_purged(host: sites.Paths, capsys) -> None:

@@ -234,22 +234,16 @@ def remember_applications(agent: Host) -> None:
         agent.state.save(state)
 
 
-def previous_applications(state_dir: StateDir, images_apps: tuple[Application, ...],
-                          found: list[Instance]) -> set[str]:
-    """What this agent ran before; a state dir from before sites does not say: then every application of
-    ours (our zone, one of our images) counts, e.g. the one blog that became the site `blog`."""
-    state = state_dir.load()
-    if "applications" in state:
-        return set(state["applications"])
-    images = {app.image for app in images_apps}
-    return {instance.application for instance in found if instance.image in images}
+def previous_applications(state_dir: StateDir) -> set[str]:
+    """What this agent ran before (remember_applications); nothing on its first start."""
+    return set(state_dir.load().get("applications", []))
 
 
 def find_orphans(agent: Host) -> None:
     """Instances of applications (sites) this agent ran before and runs no more: removed once the
     frontend no longer sends them requests."""
     found = runtime.instances(agent.client, ZONE)
-    previous = previous_applications(agent.state, agent.images_apps, found) - {app.name for app in agent.apps}
+    previous = previous_applications(agent.state) - {app.name for app in agent.apps}
     agent.orphans.instances = [i for i in found if i.application in previous]
     agent.orphans.gone = sorted(previous)
 

@@ -62,7 +62,7 @@ def load(bootstrap_path: Path, images: list[str], client: docker.DockerClient, s
     checks.check_host_programs(any(app.manifest.volumes for app in apps), bool(tls and tls.acme))
     checks.check_tls(bootstrap)
     capacity = host_capacity()
-    in_use = resources_in_use(client, state, images_apps, apps, exclude={app.name for app in apps})
+    in_use = resources_in_use(client, state, apps, exclude={app.name for app in apps})
     volume.check_disk(state.path, [(app.name, fs) for app in apps for fs in app.manifest.volumes])
     for app in apps:
         check_fits(f"site {app.name}" if app.site else app.name, app.manifest.resources, in_use, capacity,
@@ -102,12 +102,12 @@ def resources_of(client: docker.DockerClient, instance: Instance) -> Resources |
     except AgentError:
         return None
 
-def resources_in_use(client: docker.DockerClient, state: StateDir, images_apps: tuple[Application, ...],
-                     apps: tuple[Application, ...], exclude: set[str]) -> list[Resources]:
+def resources_in_use(client: docker.DockerClient, state: StateDir, apps: tuple[Application, ...],
+                     exclude: set[str]) -> list[Resources]:
     """What the running instances of others ask for (a site's smaller limits count as they are): not
     those of `exclude`, nor the ones this agent ran before and is about to remove."""
     found = runtime.instances(client)
-    previous = instances.previous_applications(state, images_apps, [i for i in found if i.zone == ZONE])
+    previous = instances.previous_applications(state)
     site_limits = {app.name: app.manifest.resources for app in apps if app.site is not None}
     in_use = []
     for instance in found:

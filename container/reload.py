@@ -92,8 +92,7 @@ def check_capacity(agent: Reloading, apps: tuple[Application, ...]) -> None:
     if not grown:
         return
     names = {app.name for app in apps}
-    in_use = preflight.resources_in_use(agent.client, agent.state, agent.images_apps, agent.apps,
-                                        exclude=names | set(current))
+    in_use = preflight.resources_in_use(agent.client, agent.state, agent.apps, exclude=names | set(current))
     in_use += [app.manifest.resources for app in apps if app not in grown]
     for app in grown:
         check_fits(f"site {app.name}" if app.site else app.name, app.manifest.resources, in_use, agent.capacity,

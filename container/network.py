@@ -192,8 +192,6 @@ def ensure_wired(pid: int, instance: str, network: Network, address: ipaddress.I
         return ["eth0 with its address"]
     missing = []
     try:
-        with IPRoute() as ipr:  # an instance wired by an earlier version: its port isolated now
-            isolate_port(ipr, ipr.link_lookup(ifname=veth_name(instance))[0])
         with _netns(pid) as ns:
             index = ns.link_lookup(ifname="eth0")[0]
             present = {(r.get("RTA_DST") or "::", r["dst_len"]) for r in ns.get_routes(family=socket.AF_INET6)}

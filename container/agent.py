@@ -276,7 +276,7 @@ class Agent:
         instances.remember_applications(self)
         for sup in self.supervised:
             adopted = sup.serving or (sup.pending.instance if sup.pending else None)
-            if adopted is not None and adopted.image_id not in ("", sup.image_id):
+            if adopted is not None and adopted.image_id != sup.image_id:
                 log.info("the image %s changed since %s started: starting a replacement", sup.app.image,
                          adopted.name)
                 self.state.save(supervision.count_replacement(self.state.load(), sup.app.name, "image"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.site_holder import Unfingerprintable, configuration, fingerprint
+from pipeline.build.warm_site import Unfingerprintable, configuration, fingerprint
 from pipeline.publish.git_source import GitSource
 from tests.helpers import REPO_ROOT, SiteRepo, python_env
 from tests.test_incremental import build, builder_for, clean_tree, output_of, tree

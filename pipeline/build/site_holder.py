@@ -31,9 +31,6 @@ from pipeline.build import sandbox
 from pipeline.build.forks import fork_call, run_confined_build
 from pipeline.build.protocol import BuildAnswer, BuildRequest
 from pipeline.build.warm_site import Skips, WarmSite, site_fingerprint
-from pipeline.build.warm_site import Unfingerprintable as Unfingerprintable  # re-exported: the tests' old names
-from pipeline.build.warm_site import configuration as configuration
-from pipeline.build.warm_site import fingerprint as fingerprint
 
 _PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20

@@ -174,7 +174,7 @@ class NikolaBuilder:
         try:
             data = json.loads(self._state_file.read_text())
             return BuildState(commit=str(data["commit"]), ok=bool(data["ok"]),
-                              started_ns=int(data.get("started_ns", 0)), finished_ns=int(data.get("finished_ns", 0)))
+                              started_ns=int(data["started_ns"]), finished_ns=int(data["finished_ns"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

@@ -42,7 +42,7 @@ def site_applications(images: tuple[Application, ...], bootstrap: Bootstrap) -> 
     limits = base.manifest.resources
     apps = []
     for index, site in enumerate(bootstrap.sites):
-        if site.name == base.name:  # the application of the image itself (a host's blog before sites)
+        if site.name == base.name:  # the application of the image itself (what runs without sites)
             raise AgentError(f"{bootstrap.source}: sites[{index}].name: {site.name!r} is the image's own application "
                              "name; choose another")
         for key, wanted, most, what in (("memory_mb", site.memory_mb, limits.memory_mb, "<resources mb>"),

@@ -119,9 +119,9 @@ class Layout:
         return self.build_root / "preview-build-state.json"
 
     def repair(self) -> list[str]:
-        """Give the publisher back what it owns, whatever changed it (a build cannot, but a crash, an
-        administrator or an older version might have): the data directory and its parts readable, writable and
-        searchable by their owner, the releases readable by all. Returns what was repaired."""
+        """Give the publisher back what it owns, whatever changed it (a build cannot, but a crash or an
+        administrator might have): the data directory and its parts readable, writable and searchable by their
+        owner, the releases readable by all. Returns what was repaired."""
         repaired = []
         wanted = [(self.root, 0o755), (self.releases, 0o755), (self.build_root, 0o755), (self.export, 0o755),
                   (self.logs, 0o755), (self.git_dir, 0o755), (self.previews, 0o755), (self.status, 0o644),

@@ -132,7 +132,8 @@ class RulesCache:
                 try:
                     rules = load(root)
                 except (RuleError, OSError) as exc:
-                    # Only a release published before the check existed gets here: served without its rules.
+                    # Every release is checked when it is published: one damaged or unreadable since is served
+                    # without its rules rather than not at all.
                     print(f"serve.py: {os.path.basename(root)}: its rules are not used: {exc}", file=sys.stderr,
                           flush=True)
                     rules = EMPTY

@@ -132,13 +132,13 @@ KEYS: tuple[Key, ...] = (
         like="previews"),
     Key("previews", "mapping", None, "with `sites`: a preview of every other branch of each site "
         "([previews.md](previews.md))", shown="(no previews)"),
-    Key("previews.domain", "host name", None, "previews answer at BRANCH--SITE.DOMAIN (wildcard DNS for "
-        "*.DOMAIN points at this host)", shown="(required, here or in the site's `previews`)"),
+    Key("previews.domain", "host name", None, "previews answer at `BRANCH--SITE.DOMAIN` (wildcard DNS for "
+        "`*.DOMAIN` points at this host)", shown="(required, here or in the site's `previews`)"),
     Key("previews.max", "1-100", 10, "previews per site; the least recently pushed retire first"),
     Key("previews.password", "8-128 printable characters", None, "their HTTP Basic password (user `preview`)",
         shown="(derived from the site's `WEBHOOK_SECRET`)"),
     Key("previews.public", "`true` or `false`", False, "`true`: the previews ask no password"),
-    Key("previews.certificate", "mapping", None, "HTTPS by a wildcard certificate for *.DOMAIN from the ACME CA "
+    Key("previews.certificate", "mapping", None, "HTTPS by a wildcard certificate for `*.DOMAIN` from the ACME CA "
         "of `frontend.tls`, by DNS-01", shown="(plain HTTP)"),
     Key("previews.certificate.dns", "one of lego's DNS providers (`lego dnshelp`)", REQUIRED,
         "who answers the DNS-01 challenge, e.g. `cloudflare`"),

@@ -1,4 +1,5 @@
-"""The bootstrap YAML (`pequod-bootstrap.yaml`), parsed once into frozen, typed objects.
+"""The bootstrap YAML (`pequod-bootstrap.yaml`), parsed once into frozen, typed objects. Its keys, the ones
+each mapping requires and their defaults come from the table in yaml_keys.py; the checks are here.
 
     external_services:
       - {service_name: github-https, service_version: "1", external_host: github.com,
@@ -62,12 +63,9 @@ from container.errors import BootstrapError
 from container.manifest import HOSTNAME, NAME
 from container.settings import (  # noqa: F401 - the records are imported from here too
     ABS_PATH,
-    DEFAULT_NAT64_POOL,
-    DEFAULT_NAT64_PREFIX,
     DOMAIN,
     EMAIL,
     ENV_KEY,
-    LETS_ENCRYPT,
     MAX_BYTES,
     SITE_NAME,
     Bootstrap,
@@ -85,6 +83,7 @@ from container.settings import (  # noqa: F401 - the records are imported from h
     TlsSettings,
     is_domain,
 )
+from container.yaml_keys import default, keys, required
 from container.yaml_reader import Reader, kind
 
 
@@ -100,8 +99,7 @@ def parse_bootstrap(text: str, source: str) -> Bootstrap:
         raise read.fail(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if data is None:
         data = {}
-    top = read.mapping(data, "top level", ("external_services", "networks", "environment", "nat64", "frontend",
-                                           "mounts", "metrics", "sites", "previews"), ())
+    top = read.mapping(data, "top level", keys(""), required(""))
     networks = _networks(read, top.get("networks"))
     frontend = _frontend(read, top.get("frontend"), bool(top.get("sites")))
     environment = _environment(read, top.get("environment"), "environment")
@@ -115,9 +113,7 @@ def _services(read: Reader, value: Any) -> tuple[ExternalService, ...]:
     services = []
     for index, item in enumerate(read.listing(value, "external_services")):
         where = f"external_services[{index}]"
-        fields = read.mapping(item, where,
-                              ("service_name", "service_version", "external_host", "external_port", "zone_name"),
-                              ("service_name", "service_version", "external_host", "external_port"))
+        fields = read.mapping(item, where, keys("external_services[]"), required("external_services[]"))
         services.append(ExternalService(
             name=read.text(fields["service_name"], f"{where}.service_name", NAME,
                            "a service name (lowercase, digits, '-')"),
@@ -125,7 +121,8 @@ def _services(read: Reader, value: Any) -> tuple[ExternalService, ...]:
             external_host=read.text(fields["external_host"], f"{where}.external_host", HOSTNAME,
                                     "a host name or IPv4 address"),
             external_port=read.integer(fields["external_port"], f"{where}.external_port", 1, 65535, "a port number"),
-            zone=read.text(fields.get("zone_name", "bootstrap"), f"{where}.zone_name", NAME, "a zone name"),
+            zone=read.text(fields.get("zone_name", default("external_services[].zone_name")), f"{where}.zone_name",
+                           NAME, "a zone name"),
         ))
     names = [s.name for s in services]
     for name in names:
@@ -138,8 +135,7 @@ def _networks(read: Reader, value: Any) -> list[Network]:
     networks = []
     for index, item in enumerate(read.listing(value, "networks")):
         where = f"networks[{index}]"
-        fields = read.mapping(item, where, ("ipv6_subnet_ip", "ipv6_subnet_prefixlen", "location_name", "ipv6_gateway",
-                                            "ipv6_dns", "ipv6_routes"), ("ipv6_subnet_ip", "ipv6_subnet_prefixlen"))
+        fields = read.mapping(item, where, keys("networks[]"), required("networks[]"))
         prefixlen = read.integer(fields["ipv6_subnet_prefixlen"], f"{where}.ipv6_subnet_prefixlen", 48, 64,
                                  "a prefix length (instances need 64 bits of host part at most)")
         subnet_ip = read.ipv6(fields["ipv6_subnet_ip"], f"{where}.ipv6_subnet_ip")
@@ -154,7 +150,8 @@ def _networks(read: Reader, value: Any) -> list[Network]:
         dns = tuple(read.ipv6(value, f"{where}.ipv6_dns[{i}]") for i, value in enumerate(dns_list))
         routes = tuple(_route(read, route, f"{where}.ipv6_routes[{i}]")
                        for i, route in enumerate(read.listing(fields.get("ipv6_routes"), f"{where}.ipv6_routes")))
-        location = read.text(fields.get("location_name", "default"), f"{where}.location_name")
+        location = read.text(fields.get("location_name", default("networks[].location_name")),
+                             f"{where}.location_name")
         networks.append(Network(subnet, location, gateway, dns, routes))
     if len(networks) > 1:
         raise read.fail("networks", "this agent runs one network per host; list exactly one")
@@ -162,8 +159,7 @@ def _networks(read: Reader, value: Any) -> list[Network]:
 
 
 def _route(read: Reader, value: Any, where: str) -> Route:
-    fields = read.mapping(value, where, ("destination_ip", "destination_prefixlen", "gateway"),
-                          ("destination_ip", "destination_prefixlen", "gateway"))
+    fields = read.mapping(value, where, keys("networks[].ipv6_routes[]"), required("networks[].ipv6_routes[]"))
     dest_ip = read.ipv6(fields["destination_ip"], f"{where}.destination_ip")
     dest_len = read.integer(fields["destination_prefixlen"], f"{where}.destination_prefixlen", 0, 128,
                             "a prefix length")
@@ -198,7 +194,7 @@ def _environment_items(read: Reader, value: Any, where: str) -> tuple[tuple[str,
 def _mounts(read: Reader, value: Any, where: str) -> tuple[Mount, ...]:
     mounts = []
     for index, item in enumerate(read.listing(value, where)):
-        fields = read.mapping(item, f"{where}[{index}]", ("source", "target"), ("source", "target"))
+        fields = read.mapping(item, f"{where}[{index}]", keys("mounts[]"), required("mounts[]"))
         mounts.append(Mount(*(read.text(fields[key], f"{where}[{index}].{key}", ABS_PATH,
                                         "an absolute path without '..'") for key in ("source", "target"))))
     targets = [mount.target for mount in mounts]
@@ -208,14 +204,12 @@ def _mounts(read: Reader, value: Any, where: str) -> tuple[Mount, ...]:
     return tuple(mounts)
 
 
-SITE_KEYS = ("name", "domains", "default", "email", "memory_mb", "vmhz", "environment", "mounts", "previews")
-PREVIEW_KEYS = ("domain", "max", "password", "public", "certificate")
 DNS_PROVIDER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 RESOLVER = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
 
 
 def _dns_challenge(read: Reader, value: Any, where: str) -> DnsChallenge:
-    fields = read.mapping(value, where, ("dns", "environment", "resolvers"), ("dns",))
+    fields = read.mapping(value, where, keys("previews.certificate"), required("previews.certificate"))
     provider = read.text(fields["dns"], f"{where}.dns", DNS_PROVIDER, "a DNS provider of lego's (lego dnshelp "
                          "lists them), e.g. cloudflare")
     resolvers = tuple(read.text(item, f"{where}.resolvers[{index}]", RESOLVER, "host:port, e.g. 1.1.1.1:53")
@@ -228,7 +222,7 @@ def _preview_fields(read: Reader, value: Any, where: str) -> dict[str, Any]:
     """One `previews` mapping (at the top: for every site; in a site's entry: over the top's), each key checked."""
     if value is None:
         return {}
-    fields = dict(read.mapping(value, where, PREVIEW_KEYS, ()))
+    fields = dict(read.mapping(value, where, keys("previews"), required("previews")))
     if "domain" in fields:
         fields["domain"] = read.text(fields["domain"], f"{where}.domain").strip().lower().rstrip(".")
         if not DOMAIN.fullmatch(fields["domain"]):
@@ -262,11 +256,13 @@ def _site_previews(read: Reader, top: dict[str, Any], value: Any, where: str, na
                         "branch's label from the site's name in a preview's address)")
     if len(f"{name}.{fields['domain']}") > 253:
         raise read.fail(f"{where}.previews", f"{name}.{fields['domain']} is longer than a host name may be (253)")
-    public = fields.get("public", False)
+    public = fields.get("public", default("previews.public"))
     if not public and not fields.get("password") and not env.get("WEBHOOK_SECRET"):
         raise read.fail(f"{where}.previews", "previews ask for a password: set previews.password, give the site a "
                         "WEBHOOK_SECRET (the password is then derived from it), or set previews.public: true")
-    return Previews(fields["domain"], fields.get("max", 10), fields.get("password"), public, fields.get("certificate"))
+    return Previews(fields["domain"], fields.get("max", default("previews.max")),
+                    fields.get("password", default("previews.password")), public,
+                    fields.get("certificate", default("previews.certificate")))
 
 
 def _sites(read: Reader, value: Any, frontend: FrontendSettings, previews: Any = None,
@@ -279,7 +275,7 @@ def _sites(read: Reader, value: Any, frontend: FrontendSettings, previews: Any =
     owner: dict[str, str] = {}
     for index, item in enumerate(read.listing(value, "sites")):
         where = f"sites[{index}]"
-        fields = read.mapping(item, where, SITE_KEYS, ("name",))
+        fields = read.mapping(item, where, keys("sites[]"), required("sites[]"))
         name = read.text(fields["name"], f"{where}.name", SITE_NAME, "a site name (lowercase letters, digits, '-', "
                          "at most 40, starting with a letter)")
         if any(site.name == name for site in sites):
@@ -290,20 +286,21 @@ def _sites(read: Reader, value: Any, frontend: FrontendSettings, previews: Any =
                 raise read.fail(f"{where}.domains", f"{domain} belongs to site {owner[domain]!r} already; a domain "
                                 "belongs to one site")
             owner[domain] = name
-        default = fields.get("default", False)
-        if not isinstance(default, bool):
-            raise read.fail(f"{where}.default", f"expected true or false, got {kind(default)}")
-        if default and any(site.default for site in sites):
+        is_default = fields.get("default", default("sites[].default"))
+        if not isinstance(is_default, bool):
+            raise read.fail(f"{where}.default", f"expected true or false, got {kind(is_default)}")
+        if is_default and any(site.default for site in sites):
             raise read.fail(f"{where}.default", "another site is the default already; at most one site is")
-        if not domains and not default:
+        if not domains and not is_default:
             raise read.fail(where, "a site needs domains (the host names it serves) or default: true")
         limits = {key: read.integer(fields[key], f"{where}.{key}", 1, 1000000, what)
                   for key, what in (("memory_mb", "megabytes"), ("vmhz", "virtual MHz")) if key in fields}
-        email = read.text(fields["email"], f"{where}.email", EMAIL, "an email address") if "email" in fields else ""
+        email = (read.text(fields["email"], f"{where}.email", EMAIL, "an email address") if "email" in fields
+                 else default("sites[].email"))
         site_env = _environment(read, fields.get("environment"), f"{where}.environment")
         site_previews = _site_previews(read, top_previews, fields.get("previews"), where, name,
                                        {**dict(environment), **dict(site_env)})
-        sites.append(Site(name, domains, default, email, environment=site_env,
+        sites.append(Site(name, domains, is_default, email, environment=site_env,
                           mounts=_mounts(read, fields.get("mounts"), f"{where}.mounts"), previews=site_previews,
                           **limits))
     certificates: dict[str, DnsChallenge] = {}
@@ -348,9 +345,9 @@ def _domains(read: Reader, value: Any, where: str) -> tuple[str, ...]:
 
 def _nat64(read: Reader, value: Any, networks: list[Network]) -> Nat64:
     """The `nat64` section; without one, a /96 among the network's routes is the prefix (as in the seed)."""
-    fields = read.mapping(value if value is not None else {}, "nat64", ("prefix", "ipv4_pool"), ())
+    fields = read.mapping(value if value is not None else {}, "nat64", keys("nat64"), required("nat64"))
     routed = [route.destination for net in networks for route in net.routes if route.destination.prefixlen == 96]
-    prefix = routed[0] if routed else DEFAULT_NAT64_PREFIX
+    prefix = routed[0] if routed else default("nat64.prefix")
     if "prefix" in fields:
         prefix = read.network(fields["prefix"], "nat64.prefix", ipaddress.IPv6Network, "fd99:69a4:fefb:64::/96")
         if prefix.prefixlen != 96:
@@ -361,7 +358,7 @@ def _nat64(read: Reader, value: Any, networks: list[Network]) -> Nat64:
     for net in networks:
         if prefix.overlaps(net.subnet):
             raise read.fail("nat64.prefix", f"{prefix} overlaps the instance subnet {net.subnet}")
-    pool = DEFAULT_NAT64_POOL
+    pool = default("nat64.ipv4_pool")
     if "ipv4_pool" in fields:
         pool = read.network(fields["ipv4_pool"], "nat64.ipv4_pool", ipaddress.IPv4Network, "198.19.64.0/24")
         if not 16 <= pool.prefixlen <= 28:
@@ -372,9 +369,9 @@ def _nat64(read: Reader, value: Any, networks: list[Network]) -> Nat64:
 def _metrics(read: Reader, value: Any) -> MetricsSettings:
     """`metrics: {agent: "127.0.0.1:9464", haproxy: "127.0.0.1:9465"}`; `off` turns one off. Loopback only:
     neither may be reachable from outside the host or from an instance."""
-    fields = read.mapping(value if value is not None else {}, "metrics", ("agent", "haproxy"), ())
+    fields = read.mapping(value if value is not None else {}, "metrics", keys("metrics"), required("metrics"))
     found: dict[str, Listen | None] = {}
-    for key in ("agent", "haproxy"):
+    for key in keys("metrics"):
         if key not in fields:
             continue
         text = str(fields[key]).strip()
@@ -397,9 +394,8 @@ def _metrics(read: Reader, value: Any) -> MetricsSettings:
 
 
 def _frontend(read: Reader, value: Any, per_site: bool = False) -> FrontendSettings:
-    fields = read.mapping(value if value is not None else {}, "frontend",
-                  ("bind", "port", "ports", "max_connections_per_client", "max_requests_per_client", "tls"), ())
-    bind = FrontendSettings.bind
+    fields = read.mapping(value if value is not None else {}, "frontend", keys("frontend"), required("frontend"))
+    bind = default("frontend.bind")
     if "bind" in fields:
         text = read.text(fields["bind"], "frontend.bind")
         try:
@@ -408,7 +404,7 @@ def _frontend(read: Reader, value: Any, per_site: bool = False) -> FrontendSetti
             raise read.fail("frontend.bind",
                             f"{text!r} is not an IP address (\"::\" listens on IPv6 and IPv4)") from None
     port = (read.integer(fields["port"], "frontend.port", 1, 65535, "a port number") if "port" in fields
-            else FrontendSettings.port)
+            else default("frontend.port"))
     ports = read.mapping(fields.get("ports") or {}, "frontend.ports", None, ())
     per_service = []
     for name, service_port in ports.items():
@@ -424,12 +420,11 @@ def _frontend(read: Reader, value: Any, per_site: bool = False) -> FrontendSetti
 def _tls(read: Reader, value: Any, http_port: int, per_site: bool = False) -> TlsSettings:
     """`frontend.tls`: either ACME (`domains`, `email`, optional `acme_directory`, `acme_ca_bundle`) or the
     administrator's `certificate` (and optional `key`). With sites, the domains are the sites' own."""
-    fields = read.mapping(value, "frontend.tls", ("domains", "email", "acme_directory", "acme_ca_bundle",
-                                                  "certificate", "key", "port", "challenge_port", "renew_days"), ())
+    fields = read.mapping(value, "frontend.tls", keys("frontend.tls"), required("frontend.tls"))
     found: dict[str, Any] = {}
     if "port" in fields:
         found["port"] = read.integer(fields["port"], "frontend.tls.port", 1, 65535, "a port number")
-    if found.get("port", TlsSettings.port) == http_port:
+    if found.get("port", default("frontend.tls.port")) == http_port:
         raise read.fail("frontend.tls.port", f"{http_port} is already frontend.port (plain HTTP); HTTPS needs "
                                              "a port of its own (443)")
     if "challenge_port" in fields:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from container import yaml_keys
+
 MAX_BYTES = 256 * 1024
 IPNetwork = TypeVar("IPNetwork", ipaddress.IPv4Network, ipaddress.IPv6Network)
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -41,8 +43,8 @@ class Network:
     routes: tuple[Route, ...] = ()
 
 
-DEFAULT_NAT64_PREFIX = ipaddress.IPv6Network("fd99:69a4:fefb:64::/96")
-DEFAULT_NAT64_POOL = ipaddress.IPv4Network("198.19.64.0/24")
+DEFAULT_NAT64_PREFIX: ipaddress.IPv6Network = yaml_keys.default("nat64.prefix")
+DEFAULT_NAT64_POOL: ipaddress.IPv4Network = yaml_keys.default("nat64.ipv4_pool")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Nat64:
     ipv4_pool: ipaddress.IPv4Network = DEFAULT_NAT64_POOL
 
 
-LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT: str = yaml_keys.default("frontend.tls.acme_directory")
 # A DNS host name (no IP address, no wildcard: HTTP-01 cannot prove those), at least two labels.
 DOMAIN = re.compile(r"(?=.{1,253}\Z)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*"
                     r"\.[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -71,15 +73,15 @@ def is_domain(name: str) -> bool:
 class TlsSettings:
     """HTTPS at the frontend: certificates for `domains` from the ACME CA at `acme_directory`, or the
     administrator's own PEM (`certificate`, chain and key; `key` when the key is a file of its own)."""
-    port: int = 443
-    domains: tuple[str, ...] = ()
-    email: str = ""
+    port: int = yaml_keys.default("frontend.tls.port")
+    domains: tuple[str, ...] = yaml_keys.default("frontend.tls.domains")
+    email: str = yaml_keys.default("frontend.tls.email")
     acme_directory: str = LETS_ENCRYPT
-    acme_ca_bundle: str | None = None
-    certificate: str | None = None
-    key: str | None = None
-    challenge_port: int = 8402  # loopback port the ACME client answers HTTP-01 challenges on
-    renew_days: int = 30  # renew when fewer days than this are left
+    acme_ca_bundle: str | None = yaml_keys.default("frontend.tls.acme_ca_bundle")
+    certificate: str | None = yaml_keys.default("frontend.tls.certificate")
+    key: str | None = yaml_keys.default("frontend.tls.key")
+    challenge_port: int = yaml_keys.default("frontend.tls.challenge_port")  # loopback: the ACME client answers HTTP-01
+    renew_days: int = yaml_keys.default("frontend.tls.renew_days")  # renew when fewer days than this are left
     # DNS-01 instead of HTTP-01 (the previews' wildcard certificate): lego's DNS provider, its settings (its
     # credentials: kept in STATE_DIR/tls, 0600) and the resolvers lego checks the record with.
     dns_provider: str | None = None
@@ -93,13 +95,13 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class FrontendSettings:
-    bind: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address("::")
-    port: int = 80
-    ports: tuple[tuple[str, int], ...] = ()
+    bind: ipaddress.IPv4Address | ipaddress.IPv6Address = yaml_keys.default("frontend.bind")
+    port: int = yaml_keys.default("frontend.port")
+    ports: tuple[tuple[str, int], ...] = yaml_keys.default("frontend.ports")
     # Per client address (0: no limit): connections open at once, and requests in any 10 s.
-    max_connections_per_client: int = 100
-    max_requests_per_client: int = 3000
-    tls: TlsSettings | None = None
+    max_connections_per_client: int = yaml_keys.default("frontend.max_connections_per_client")
+    max_requests_per_client: int = yaml_keys.default("frontend.max_requests_per_client")
+    tls: TlsSettings | None = yaml_keys.default("frontend.tls")
 
     def port_of(self, service: str) -> int:
         return dict(self.ports).get(service, self.port)
@@ -118,8 +120,8 @@ Listen = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
 @dataclass(frozen=True)
 class MetricsSettings:
     """Host-only addresses of the agent's metrics and HAProxy's exporter (None: off)."""
-    agent: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9464)
-    haproxy: Listen | None = (ipaddress.IPv4Address("127.0.0.1"), 9465)
+    agent: Listen | None = yaml_keys.default("metrics.agent")
+    haproxy: Listen | None = yaml_keys.default("metrics.haproxy")
 
 
 @dataclass(frozen=True)
@@ -137,10 +139,10 @@ class Previews:
     HTTP Basic (user `preview`, `password`; none set: one derived from the site's token) unless `public`;
     over HTTPS with a wildcard certificate for *.`domain` when `certificate` says how to answer DNS-01."""
     domain: str
-    most: int = 10
-    password: str | None = None
-    public: bool = False
-    certificate: DnsChallenge | None = None
+    most: int = yaml_keys.default("previews.max")
+    password: str | None = yaml_keys.default("previews.password")
+    public: bool = yaml_keys.default("previews.public")
+    certificate: DnsChallenge | None = yaml_keys.default("previews.certificate")
 
     @property
     def certificate_key(self) -> str:
@@ -172,14 +174,14 @@ class Site:
     """One site of a host that serves several: an instance of the image with its own repository
     (environment), domains, certificate, volume and limits (None: the manifest's)."""
     name: str
-    domains: tuple[str, ...] = ()
-    default: bool = False
-    email: str = ""
-    memory_mb: int | None = None
-    vmhz: int | None = None
-    environment: tuple[tuple[str, str], ...] = ()
-    mounts: tuple[Mount, ...] = ()
-    previews: Previews | None = None
+    domains: tuple[str, ...] = yaml_keys.default("sites[].domains")
+    default: bool = yaml_keys.default("sites[].default")
+    email: str = yaml_keys.default("sites[].email")
+    memory_mb: int | None = yaml_keys.default("sites[].memory_mb")
+    vmhz: int | None = yaml_keys.default("sites[].vmhz")
+    environment: tuple[tuple[str, str], ...] = yaml_keys.default("sites[].environment")
+    mounts: tuple[Mount, ...] = yaml_keys.default("sites[].mounts")
+    previews: Previews | None = None  # None: none; the top-level previews are merged in by the reader
 
     @property
     def previews_host(self) -> str | None:

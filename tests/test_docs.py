@@ -135,3 +135,24 @@ def test_the_settings_reference_is_the_settings_table() -> None:
     assert documented == wanted, (
         "docs/configuration.md's settings table differs from pipeline/config.py's SETTINGS; replace it with "
         f"the output of `python -m pipeline.config --reference`:\n{diff}")
+
+
+KEYS_MARK = "<!-- Generated from container/yaml_keys.py's KEYS by `python -m container.yaml_keys --reference`"
+KEYS_END = "<!-- End of the generated bootstrap YAML reference. -->"
+
+
+def test_the_bootstrap_yaml_reference_is_the_keys_table() -> None:
+    """docs/configuration.md's bootstrap YAML keys are printed from container.yaml_keys.KEYS, never edited."""
+    from container import yaml_keys
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert KEYS_MARK in text, "docs/configuration.md lost the mark before its bootstrap YAML keys"
+    after = text.split(KEYS_MARK, 1)[1].split("\n", 1)[1]
+    assert KEYS_END in after, "docs/configuration.md lost the mark after its bootstrap YAML keys"
+    documented = after.split(KEYS_END, 1)[0]
+    wanted = yaml_keys.reference()
+    diff = "".join(difflib.unified_diff(documented.splitlines(True), wanted.splitlines(True),
+                                        "docs/configuration.md", "container.yaml_keys.KEYS"))
+    assert documented == wanted, (
+        "docs/configuration.md's bootstrap YAML keys differ from container/yaml_keys.py's KEYS; replace them "
+        f"with the output of `python -m container.yaml_keys --reference`:\n{diff}")

@@ -319,7 +319,7 @@ def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: 
         # keeps its readers until the agent's replacement (which asks the plain path) is healthy.
         f"    option httpchk GET {health_path}{'&' if '?' in health_path else '?'}serving",
         "    http-check expect status 200",
-        "    default-server check inter 2s fastinter 500ms downinter 1s fall 2 rise 1",
+        "    default-server check inter 5s fastinter 500ms downinter 1s fall 2 rise 1",
         *([f"    http-request set-var(txn.swapped) str({name}),map_str_int({swaps},0)",
            "    http-request set-header host %[var(txn.host)].swap%[var(txn.swapped)]"] if swaps else []),
         f"    http-request cache-use pages{unless}",

@@ -32,7 +32,7 @@ SECRET_KEYS = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_KEY\Z)", re
 # User-info of a URL of any scheme (`https://TOKEN@host/`, `https://user:password@host/`, encoded or not), or
 # of git's scp-like form (`user@host:path`), anywhere in a value.
 USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@|(?:^|\s)[^\s/@:]+(?::[^\s/@]*)?@[^\s/@:]+:")
-HEALTH_PERIOD = 2  # seconds between liveness and readiness probes, as the agent checks
+HEALTH_PERIOD = 5  # seconds between liveness and readiness probes, as the agent checks
 UNHEALTHY_AFTER = 10  # seconds of failed liveness probes before a restart, as the agent replaces
 
 

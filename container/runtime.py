@@ -67,7 +67,7 @@ def container_args(
     `read_write_binds` likewise for the application's persistent volumes."""
     res = manifest.resources
     user, uid = run_user(image_user)
-    # Not the image's HEALTHCHECK: the agent checks every instance itself every 2 s (and HAProxy its own way),
+    # Not the image's HEALTHCHECK: the agent checks every instance itself every 5 s (and HAProxy its own way),
     # and Docker's check, a process started in the container every 10 s, cost an idle site more CPU in Docker's
     # daemons than everything else it does (bench/sites.py, idle CPU).
     extra: dict[str, Any] = {"healthcheck": {"test": ["NONE"]}}

@@ -14,7 +14,7 @@ STABLE_AFTER = 30.0  # an instance that ran this long resets the crash-loop back
 DRAIN_SECONDS = 3.0  # a replaced instance serves this long after leaving the frontend
 # Liveness: an instance in the frontend is checked every HEALTH_INTERVAL s (answer within 1 s); one that
 # fails every check for UNHEALTHY_AFTER s (hung, deadlocked, thrashing, stopped) gets a replacement.
-HEALTH_INTERVAL = 2.0
+HEALTH_INTERVAL = 5.0  # each check is a request to the instance: an idle site's largest CPU cost (bench/sites.py)
 UNHEALTHY_AFTER = 10.0
 
 

@@ -58,7 +58,7 @@ def test_instance_is_ipv6_only_limited_and_hardened(agent_run: AgentRun) -> None
     assert host["Tmpfs"]["/tmp"].startswith("size=64m")
     volume_dir = agent_run.state_dir / "volumes" / "srcco-de-workdir"
     assert f"{volume_dir}:/workdir:rw" in host["Binds"]
-    # The agent checks the instance's health (every 2 s), not Docker: no process is started in it every 10 s.
+    # The agent checks the instance's health (every 5 s), not Docker: no process is started in it every 10 s.
     assert container.attrs["Config"]["Healthcheck"]["Test"] == ["NONE"]
     assert "Health" not in container.attrs["State"]
     # The image's own probe, for `docker run` without the agent: it passes on the instance's port, and fails on

@@ -90,7 +90,7 @@ class Agent:
         self.supervised: list[Supervised] = []
         self.orphans = Orphans()  # instances of applications this agent ran before and runs no more
         self.bootstrap: Bootstrap
-        self.plan: plan.Plan
+        self.in_force: plan.InForce
         self.capacity: Capacity
         self.tayga: Tayga
         self.frontend = frontend.Frontend(state_dir)
@@ -123,7 +123,7 @@ class Agent:
         return network.generated_network(seed.encode())
 
     def network(self) -> Network:
-        return self.plan.network
+        return self.in_force.network
 
     # -- services: NAT64, firewall, frontend ---------------------------------------------------
     def refresh_destinations(self, force: bool = False) -> None:
@@ -222,9 +222,9 @@ class Agent:
         new = reloading.check(self)
         if new is None:
             return
-        old_plan = self.plan
-        self.bootstrap, self.plan = new.bootstrap, new.plan
-        change = plan.changes(old_plan, new.plan)
+        old_settings = self.in_force
+        self.bootstrap, self.in_force = new.bootstrap, new.in_force
+        change = plan.changes(old_settings, new.in_force)
         if not change.any:
             return
         if change.nat64:
@@ -240,7 +240,7 @@ class Agent:
             reloading.replace_all(self, change, fresh)
             return
         self.refresh_destinations(force=True)
-        reloading.update_instances(self, old_plan, new.plan, change)
+        reloading.update_instances(self, old_settings, new.in_force, change)
 
     def apply_sites(self, apps: tuple[Application, ...], change: plan.Changes) -> set[str]:
         """Sites (or applications) no longer configured retire, new ones are supervised, changed ones get
@@ -261,7 +261,7 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
-        self.plan = plan.make_plan(self.bootstrap, self.bootstrap.network or self.generated_network())
+        self.in_force = plan.in_force(self.bootstrap, self.bootstrap.network or self.generated_network())
         network.ensure_bridge(self.network())
         self.configure_certificates()  # their settings saved for --renew and -i certificates
         instances.find_orphans(self)

@@ -225,8 +225,9 @@ def firewall_rules(apps: tuple[Application, ...], net: Network, nat64_settings: 
 
 
 @dataclass(frozen=True)
-class Plan:
-    """The bootstrap settings the agent acts on, with the network actually used (the YAML's, or generated)."""
+class InForce:
+    """The settings in force: the bootstrap YAML's the agent acts on, with the network actually used (the YAML's,
+    or generated); what a reload compares (`changes`). The plan is what this module derives from them."""
     network: Network
     nat64: Nat64
     frontend: FrontendSettings
@@ -236,8 +237,8 @@ class Plan:
     sites: tuple[Site, ...] = ()
 
 
-def make_plan(bootstrap: Bootstrap, net: Network) -> Plan:
-    return Plan(net, bootstrap.nat64, bootstrap.frontend, bootstrap.environment, bootstrap.mounts,
+def in_force(bootstrap: Bootstrap, net: Network) -> InForce:
+    return InForce(net, bootstrap.nat64, bootstrap.frontend, bootstrap.environment, bootstrap.mounts,
                 bootstrap.external_services, bootstrap.sites)
 
 
@@ -264,7 +265,7 @@ class Changes:
         return any(getattr(self, name) for name in self.__dataclass_fields__)
 
 
-def changes(old: Plan, new: Plan) -> Changes:
+def changes(old: InForce, new: InForce) -> Changes:
     readdress = (old.network.subnet, old.network.gateway) != (new.network.subnet, new.network.gateway)
     replace = readdress or old.environment != new.environment or old.mounts != new.mounts
     before, after = {site.name: site for site in old.sites}, {site.name: site for site in new.sites}

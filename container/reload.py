@@ -18,7 +18,7 @@ from container.capacity import check_fits
 from container.errors import AgentError
 from container.instances import Supervised
 from container.nat64 import Tayga
-from container.plan import Changes, Plan
+from container.plan import Changes, InForce
 from container.records import TUN, Application
 from container.settings import Bootstrap, Nat64, Network
 from container.tls_keeper import Keepers
@@ -45,7 +45,7 @@ class Reloaded:
     """A changed bootstrap YAML that passed every check, with its applications and its plan."""
     bootstrap: Bootstrap
     apps: tuple[Application, ...]
-    plan: Plan
+    in_force: InForce
 
 
 def check(agent: Reloading) -> Reloaded | None:
@@ -55,14 +55,14 @@ def check(agent: Reloading) -> Reloaded | None:
         apps = plan.site_applications(agent.images_apps, new)
         plan.check_services(apps, new)
         checks.check_mounts([app.manifest for app in agent.images_apps], new)
-        new_plan = plan.make_plan(new, new.network or agent.generated_network())
+        new_settings = plan.in_force(new, new.network or agent.generated_network())
         check_capacity(agent, apps)
         if new.frontend != agent.bootstrap.frontend or new.sites != agent.bootstrap.sites:
-            preflight.check_frontend(agent.frontend, agent.keepers, new, new_plan.network, apps or agent.apps)
+            preflight.check_frontend(agent.frontend, agent.keepers, new, new_settings.network, apps or agent.apps)
     except AgentError as exc:
         log.error("ignoring the changed bootstrap YAML: %s; the running configuration stays", exc)
         return None
-    return Reloaded(new, apps, new_plan)
+    return Reloaded(new, apps, new_settings)
 
 
 def stop_nat64(tayga: Tayga, nat64: Nat64) -> None:
@@ -72,14 +72,15 @@ def stop_nat64(tayga: Tayga, nat64: Nat64) -> None:
     network.remove_link(TUN)
 
 
-def update_instances(agent: Reloading, old_plan: Plan, new_plan: Plan, change: Changes) -> None:
+def update_instances(agent: Reloading, old_settings: InForce, new_settings: InForce,
+                     change: Changes) -> None:
     """Routes and resolv.conf changed in the running instances, which stay."""
     for instance in [i for sup in agent.supervised for i in sup.live()]:
         if change.routes:
-            network.update_routes(instance.pid, old_plan.network.routes, new_plan.network.routes)
+            network.update_routes(instance.pid, old_settings.network.routes, new_settings.network.routes)
             log.info("bootstrap YAML changed: routes updated in %s", instance.name)
         if change.dns:
-            agent.state.write_etc_file(instance.name, "resolv.conf", plan.resolv_conf(new_plan.network))
+            agent.state.write_etc_file(instance.name, "resolv.conf", plan.resolv_conf(new_settings.network))
             log.info("bootstrap YAML changed: resolv.conf updated in %s", instance.name)
 
 

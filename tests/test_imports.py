@@ -14,7 +14,7 @@ GATEWAYS = {f"container.{name}" for name in (
     "engine", "runtime", "image", "base_image", "network", "firewall", "nat64", "frontend", "daemon", "proc",
     "volume", "certificates", "state", "teardown", "tables", "metrics", "agent", "cli", "checks",
 )}
-SYSTEMS = {"docker", "pyroute2", "subprocess"}
+SYSTEMS = {"docker", "pyroute2", "subprocess", "yaml"}  # the plan and its records are pure: no YAML parser
 
 
 def _modules() -> dict[str, Path]:

@@ -83,16 +83,16 @@ def test_rendered_files() -> None:
 
 
 def test_a_reload_compares_plans() -> None:
-    old = plan.make_plan(BOOT, NET)
+    old = plan.in_force(BOOT, NET)
     assert not plan.changes(old, old).any
-    env = plan.make_plan(parse_bootstrap(YAML.replace("site.git", "other.git"), "b.yaml"), NET)
+    env = plan.in_force(parse_bootstrap(YAML.replace("site.git", "other.git"), "b.yaml"), NET)
     assert plan.changes(old, env) == plan.Changes(replace_instances=True)
-    limits = plan.make_plan(parse_bootstrap(YAML.replace("20}", "30}"), "b.yaml"), NET)
+    limits = plan.in_force(parse_bootstrap(YAML.replace("20}", "30}"), "b.yaml"), NET)
     assert plan.changes(old, limits) == plan.Changes(frontend=True)
     dns = parse_bootstrap(YAML.replace("fd00:5eed:1::53", "fd00:5eed:1::54"), "b.yaml")
-    assert plan.changes(old, plan.make_plan(dns, dns.network)) == plan.Changes(dns=True)
+    assert plan.changes(old, plan.in_force(dns, dns.network)) == plan.Changes(dns=True)
     moved = parse_bootstrap(YAML.replace("fd00:5eed:1::", "fd00:5eed:2::"), "b.yaml")
-    change = plan.changes(old, plan.make_plan(moved, moved.network))
+    change = plan.changes(old, plan.in_force(moved, moved.network))
     assert change.readdress and change.replace_instances and not change.dns
 
 

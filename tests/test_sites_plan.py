@@ -65,25 +65,25 @@ def test_bad_sites_are_refused_in_one_line(sites: str, message: str) -> None:
 
 def test_a_change_touches_only_the_sites_it_changes() -> None:
     net = plan.Network(ipaddress.IPv6Network("fd00:1::/64"), "x", ipaddress.IPv6Address("fd00:1::1"))
-    old = plan.make_plan(parse_bootstrap(SITES, "b.yaml"), net)
+    old = plan.in_force(parse_bootstrap(SITES, "b.yaml"), net)
     added = SITES + "  - {name: shop, domains: [shop.example.org]}\n"
-    change = plan.changes(old, plan.make_plan(parse_bootstrap(added, "b.yaml"), net))
+    change = plan.changes(old, plan.in_force(parse_bootstrap(added, "b.yaml"), net))
     assert (change.sites_added, change.sites_removed, change.sites_replaced, change.sites_routed) == (
         ("shop",), (), (), ())
     assert not change.replace_instances and not change.frontend
     removed = SITES.split("  - {name: docs")[0]
-    assert plan.changes(old, plan.make_plan(parse_bootstrap(removed, "b.yaml"), net)).sites_removed == ("docs",)
+    assert plan.changes(old, plan.in_force(parse_bootstrap(removed, "b.yaml"), net)).sites_removed == ("docs",)
     limits = SITES.replace("vmhz: 500", "vmhz: 400")
-    change = plan.changes(old, plan.make_plan(parse_bootstrap(limits, "b.yaml"), net))
+    change = plan.changes(old, plan.in_force(parse_bootstrap(limits, "b.yaml"), net))
     assert (change.sites_replaced, change.sites_routed) == (("blog",), ())
     domains = SITES.replace("[docs.example.org]", "[docs.example.org, api.example.org]")
-    change = plan.changes(old, plan.make_plan(parse_bootstrap(domains, "b.yaml"), net))
+    change = plan.changes(old, plan.in_force(parse_bootstrap(domains, "b.yaml"), net))
     assert (change.sites_replaced, change.sites_routed) == ((), ("docs",))
     previews = SITES.replace("WEBHOOK_SECRET: one}}", "WEBHOOK_SECRET: one}, previews: {domain: p.example.org}}")
-    change = plan.changes(old, plan.make_plan(parse_bootstrap(previews, "b.yaml"), net))
+    change = plan.changes(old, plan.in_force(parse_bootstrap(previews, "b.yaml"), net))
     assert (change.sites_replaced, change.sites_routed) == (("blog",), ())  # its instance learns of them
     shared = SITES.replace("POLL_INTERVAL: 5", "POLL_INTERVAL: 6")  # shared by all: every site is replaced
-    assert plan.changes(old, plan.make_plan(parse_bootstrap(shared, "b.yaml"), net)).replace_instances
+    assert plan.changes(old, plan.in_force(parse_bootstrap(shared, "b.yaml"), net)).replace_instances
 
 
 def _services(yaml: str, pems: dict[str, Path] | None = None) -> tuple[frontend.Service, ...]:

@@ -285,14 +285,20 @@ def process_memory(container) -> list[dict]:
     return found
 
 
+def cgroup_paths(pid: int) -> dict[str, str]:
+    """{controller: the process's cgroup path under it} ("": cgroup v2's unified hierarchy)."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path.lstrip("/")
+    return paths
+
+
 def cpu_throttling(pid: int) -> dict[str, float]:
     """The CPU limit's throttling counters of the process's cgroup (v1: the cpu controller's cpu.stat, v2: cpu.stat)."""
     with contextlib.suppress(OSError, ValueError, KeyError):
-        paths = {}
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            for controller in controllers.split(",") if controllers else [""]:
-                paths[controller] = path.lstrip("/")
+        paths = cgroup_paths(pid)
         candidates = [metrics.CGROUP / mount / paths["cpu"] for mount in ("cpu", "cpu,cpuacct") if "cpu" in paths]
         candidates += [metrics.CGROUP / paths[""]] if "" in paths else []
         for directory in candidates:
@@ -385,11 +391,7 @@ def cgroup_cpu_seconds(pid: int) -> float | None:
     """CPU time of the process's cgroup (v2: cpu.stat usage_usec, v1: cpuacct.usage): its processes, also those
     that ended (a health probe)."""
     with contextlib.suppress(OSError, ValueError, KeyError):
-        paths = {}
-        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            for controller in controllers.split(",") if controllers else [""]:
-                paths[controller] = path.lstrip("/")
+        paths = cgroup_paths(pid)
         if "" in paths and (metrics.CGROUP / paths[""] / "cpu.stat").exists():
             stat = dict(line.split() for line in (metrics.CGROUP / paths[""] / "cpu.stat").read_text().splitlines())
             return int(stat["usage_usec"]) / 1e6

@@ -145,13 +145,20 @@ def image_info(client: docker.DockerClient, image: str) -> ImageInfo:
 
 def state(client: docker.DockerClient, name: str) -> tuple[str, int | None]:
     """(status — running, exited, … or removed —, exit code) of an instance."""
-    try:
-        container = client.containers.get(name)
-    except docker.errors.NotFound:
+    container = _inspect(client, name)
+    if container is None:
         return "removed", None
+    return container.status, container.attrs.get("State", {}).get("ExitCode")
+
+
+def _inspect(client: docker.DockerClient, name: str) -> Container | None:
+    """The container as Docker describes it now; None once it is removed."""
+    try:
+        return client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
     except docker.errors.APIError as exc:
         raise DockerError(f"cannot inspect {name}: {exc.explanation or exc}") from None
-    return container.status, container.attrs.get("State", {}).get("ExitCode")
 
 
 class Exits:
@@ -172,12 +179,9 @@ class Exits:
             if not ended.poll(0):
                 return "running"
             self.forget(name)  # it ended: Docker says how, and whether it runs again
-        try:
-            container = self.client.containers.get(name)
-        except docker.errors.NotFound:
+        container = _inspect(self.client, name)
+        if container is None:
             return "removed"
-        except docker.errors.APIError as exc:
-            raise DockerError(f"cannot inspect {name}: {exc.explanation or exc}") from None
         pid = int(container.attrs.get("State", {}).get("Pid") or 0)
         if container.status == "running" and pid > 0:
             with contextlib.suppress(OSError):  # no pidfds (kernel, seccomp): Docker is asked every time

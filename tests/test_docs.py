@@ -129,12 +129,16 @@ def test_the_settings_reference_is_the_settings_table() -> None:
     assert REFERENCE_MARK in text, "docs/configuration.md lost the mark before its settings table"
     after = text.split(REFERENCE_MARK, 1)[1].split("\n", 1)[1]
     documented = after.split("\n\n", 1)[0] + "\n"
-    wanted = config.reference()
+    _assert_generated(documented, config.reference(), "pipeline.config.SETTINGS",
+                      "docs/configuration.md's settings table differs from pipeline/config.py's SETTINGS; replace "
+                      "it with the output of `python -m pipeline.config --reference`")
+
+
+def _assert_generated(documented: str, wanted: str, source: str, what_to_do: str) -> None:
+    """A generated part of docs/configuration.md is what its table prints; otherwise `what_to_do` and the diff."""
     diff = "".join(difflib.unified_diff(documented.splitlines(True), wanted.splitlines(True),
-                                        "docs/configuration.md", "pipeline.config.SETTINGS"))
-    assert documented == wanted, (
-        "docs/configuration.md's settings table differs from pipeline/config.py's SETTINGS; replace it with "
-        f"the output of `python -m pipeline.config --reference`:\n{diff}")
+                                        "docs/configuration.md", source))
+    assert documented == wanted, f"{what_to_do}:\n{diff}"
 
 
 KEYS_MARK = "<!-- Generated from container/yaml_keys.py's KEYS by `python -m container.yaml_keys --reference`"
@@ -150,9 +154,6 @@ def test_the_bootstrap_yaml_reference_is_the_keys_table() -> None:
     after = text.split(KEYS_MARK, 1)[1].split("\n", 1)[1]
     assert KEYS_END in after, "docs/configuration.md lost the mark after its bootstrap YAML keys"
     documented = after.split(KEYS_END, 1)[0]
-    wanted = yaml_keys.reference()
-    diff = "".join(difflib.unified_diff(documented.splitlines(True), wanted.splitlines(True),
-                                        "docs/configuration.md", "container.yaml_keys.KEYS"))
-    assert documented == wanted, (
-        "docs/configuration.md's bootstrap YAML keys differ from container/yaml_keys.py's KEYS; replace them "
-        f"with the output of `python -m container.yaml_keys --reference`:\n{diff}")
+    _assert_generated(documented, yaml_keys.reference(), "container.yaml_keys.KEYS",
+                      "docs/configuration.md's bootstrap YAML keys differ from container/yaml_keys.py's KEYS; "
+                      "replace them with the output of `python -m container.yaml_keys --reference`")

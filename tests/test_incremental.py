@@ -140,6 +140,23 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     assert "posts/generated-0150/index.html" not in incremental
     assert "categories/new-tag/index.html" in incremental and "posts/generated-0300/index.html" in incremental
     assert b"Edited text." in incremental["posts/generated-0100/index.html"]
+
+    # The pages that list posts (indexes, tag and archive pages) are left out when nothing they show changed: a
+    # post's text edited, another post renamed. Every page that shows either is made again, the others are kept.
+    site_repo.write("posts/generated-0042.rst", generated_post(42, "tag02, tag13", 42, "Edited again."))
+    site_repo.write("posts/generated-0250.rst",
+                    generated_post(250, "tag10, tag13", 250).replace("Generated post 250", "Renamed post 250"))
+    site_repo.commit("Edit one post, rename another")
+    assert build(source, builder, tmp_path / "3.log") is None
+    log = (tmp_path / "3.log").read_text()
+    lists = re.search(r"pequod: (\d+) unchanged post\(s\) left out, (\d+) unchanged list page\(s\) left out", log)
+    assert lists and int(lists.group(2)) > 20, log  # of the 30 index pages and ~40 tag and archive pages
+    incremental, clean = tree(output_of(builder)), clean_tree(site_repo, tmp_path / "again", timeout=600)
+    assert incremental == clean
+    renamed = [path for path, data in incremental.items() if b"Renamed post 250" in data and path.endswith(".html")]
+    assert sorted(renamed) == ["2025/index.html", "categories/tag10/index.html", "categories/tag13/index.html",
+                               "index-28.html", "posts/generated-0082/index.html",  # its neighbours' links
+                               "posts/generated-0106/index.html", "posts/generated-0250/index.html"]
     builder.worker.stop()
 
 

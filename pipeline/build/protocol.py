@@ -9,6 +9,7 @@ pipeline.build.forks."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -87,6 +88,7 @@ class BuildAnswer:
     output: str = "output"  # the output folder the site's configuration names (OUTPUT_FOLDER)
     scheduled: list = field(default_factory=list)  # [due UNIX time, source path, title] of posts held back
     reason: str = ""  # why the build was a clean one ("": incremental)
+    phases: dict = field(default_factory=dict)  # where the time went, seconds by phase (docs/internals.md)
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"
@@ -112,4 +114,7 @@ class BuildAnswer:
         kept = [[float(item[0]), item[1][:1000], item[2][:200]] for item in scheduled[:100]
                 if isinstance(item, list) and len(item) == 3 and isinstance(item[0], int | float)
                 and isinstance(item[1], str) and isinstance(item[2], str)]
-        return replace(answer, scheduled=kept)
+        phases = answer.phases if isinstance(answer.phases, dict) else {}
+        timed = {name[:20]: round(float(value), 3) for name, value in list(phases.items())[:20]
+                 if isinstance(name, str) and isinstance(value, int | float) and math.isfinite(value)}
+        return replace(answer, scheduled=kept, phases=timed)

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -286,22 +287,33 @@ def run_build(doit_nikola: Any, keep: list[str] | None = None) -> int:
     load_tasks = loader.load_tasks
 
     def keep_tasks(cmd: object, pos_args: object) -> list:
+        started = time.monotonic()
         tasks = load_tasks(cmd, pos_args)
+        PHASES["tasks"] = time.monotonic() - started
         generated.extend(tasks)
         return tasks
 
     loader.load_tasks = keep_tasks
     written = record_written()
+    started = time.monotonic()
     status = doit_nikola.run(["build"])
+    PHASES["doit"] = time.monotonic() - started - PHASES.get("tasks", 0.0)
+    PHASES["ran"] = len(written)
     if status != 0:
         return int(status)
+    started = time.monotonic()
     targets = [target for task in generated for target in task.targets] + (keep or []) if generated else None
     removed = remove_orphans(doit_nikola.nikola, targets)
     with open(WRITTEN_REPORT, "w", encoding="utf-8", errors="surrogateescape") as report:
         report.writelines(os.path.normpath(target) + "\n" for target in sorted(written) if "\n" not in target)
+    PHASES["stale"] = time.monotonic() - started
     print(f"pequod: build finished, {removed} stale output file(s) removed", flush=True)
     return 0
 
+
+# Where a build's time went (seconds): generating doit's tasks ("tasks"), checking and running them ("doit"),
+# removing stale output ("stale"); "ran": the targets of the tasks that ran. Read by pipeline.build.site_holder.
+PHASES: dict[str, float] = {}
 
 # The targets of the tasks a build ran, one per line (pipeline.build.work_tree.prepare): of the files written during a
 # build, those no task of it made are removed before the next one, which makes them again.

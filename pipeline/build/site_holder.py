@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import gc
 import json
 import os
@@ -30,7 +31,7 @@ from typing import Any
 from pipeline.build import sandbox
 from pipeline.build.forks import fork_call, run_confined_build
 from pipeline.build.protocol import BuildAnswer, BuildRequest
-from pipeline.build.warm_site import Skips, WarmSite, site_fingerprint
+from pipeline.build.warm_site import ListPages, Skips, WarmSite, site_fingerprint
 
 _PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
@@ -108,14 +109,21 @@ def serve(sock: socket.socket, first: Any) -> int:
         site = ready
         gc.collect()
         gc.freeze()  # the builds' garbage collector leaves the holder's objects (and their pages) alone
-        answer, fingerprint = _run(site, request, started, skip=True)
+        scanned = time.monotonic() - started
+        answer, report = _run(site, request, started, skip=True)
+        again = 0.0
         if answer.status == AGAIN:
             print("pequod: the site-wide context changed: building again without leaving tasks out", flush=True)
-            answer, fingerprint = _run(site, request, started, skip=False)
+            again = answer.seconds
+            answer, report = _run(site, request, started, skip=False)
         gc.unfreeze()
-        answer = dataclasses.replace(answer, seconds=round(time.monotonic() - started, 3))
+        phases = {("scan" if site.commit else "load"): scanned, **report.get("phases", {}), "build": answer.seconds}
+        if again:
+            phases["again"] = again
+        answer = dataclasses.replace(answer, seconds=round(time.monotonic() - started, 3), phases=phases)
         if answer.status == 0:
-            site.commit, site.fingerprint = request.commit, fingerprint
+            site.commit, site.fingerprint = request.commit, report.get("fingerprint")
+            site.list_keys = report.get("lists") or {}
             answer = dataclasses.replace(answer, output=str(site.doit_nikola.nikola.config.get("OUTPUT_FOLDER")))
         _redirect_output(confinement.devnull)
         _send(sock, dataclasses.asdict(answer))
@@ -156,9 +164,12 @@ _HOLDER_FDS: list[int] = []  # the holder's socket to the worker
 AGAIN = 75  # a build that left tasks out finds the site-wide context changed: it is run again in full
 
 
-def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any, str | None]:
-    """One build in a fork of the holder; its answer and the fingerprint it reported."""
+def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any, dict]:
+    """One build in a fork of the holder; its answer and what it reported (the fingerprint, the list pages'
+    keys: {} when it reported nothing readable)."""
     read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, REPORT_BYTES)
     try:
         answer = run_confined_build(lambda: _build(site, skip, write_end, read_end),
                                     request.timeout - (time.monotonic() - started))
@@ -168,13 +179,18 @@ def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any,
             report = json.loads(os.read(read_end, REPORT_BYTES).decode() or "null")
         except (BlockingIOError, ValueError):
             report = None
-        fingerprint = report.get("fingerprint") if isinstance(report, dict) else None
-        if isinstance(report, dict) and isinstance(report.get("scheduled"), list):
+        if not isinstance(report, dict):
+            report = {}
+        if isinstance(report.get("scheduled"), list):
             answer = dataclasses.replace(answer, scheduled=report["scheduled"])
+        if not isinstance(report.get("lists"), dict):
+            report["lists"] = {}
+        if not isinstance(report.get("phases"), dict):
+            report["phases"] = {}
     finally:
         os.close(read_end)
         os.close(write_end)
-    return answer, fingerprint
+    return answer, report
 
 
 def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
@@ -187,21 +203,29 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
     skips = Skips(nikola, site.unchanged if skip else [])
     if skips.candidates:
         skips.install()
+    lists = ListPages(skips, site.list_keys if skip else {})
+    if site.plugins_of_its_own or not lists.install():
+        lists.keys = {}
     code = runner.run_build(site.doit_nikola, keep=skips.targets)
     if code != 0:
         return code
     fingerprint = site_fingerprint(nikola)
-    if skips.skipped:
-        print(f"pequod: {len(skips.skipped)} unchanged post(s) left out ({len(skips.targets)} outputs kept)",
-              flush=True)
+    if skips.skipped or lists.left_out:
+        print(f"pequod: {len(skips.skipped)} unchanged post(s) left out, {lists.left_out} unchanged list page(s) "
+              f"left out ({len(skips.targets)} outputs kept)", flush=True)
         if fingerprint != site.fingerprint:
             return AGAIN
-    report = json.dumps({"fingerprint": fingerprint, "scheduled": runner.scheduled()})
-    os.write(report_fd, report.encode()[:REPORT_BYTES])  # within a pipe's buffer: never blocks
+    phases = {**runner.PHASES, "posts_left_out": len(skips.skipped), "lists_left_out": lists.left_out}
+    report = {"fingerprint": fingerprint, "scheduled": runner.scheduled(), "lists": lists.keys, "phases": phases}
+    capacity = fcntl.fcntl(report_fd, fcntl.F_GETPIPE_SZ)
+    data = json.dumps(report).encode()
+    if len(data) > capacity:  # the next build generates every list page
+        data = json.dumps({**report, "lists": {}}).encode()
+    os.write(report_fd, data[:capacity])  # within the pipe's buffer: never blocks
     return 0
 
 
-REPORT_BYTES = 60_000
+REPORT_BYTES = 1 << 20  # the report's pipe is made this large where Linux allows it (1 MiB unprivileged)
 
 
 def process_traits(pid: int) -> tuple[int, str, bool] | None:

@@ -186,6 +186,7 @@ class WarmSite:
     fingerprint: str | None = None  # site_fingerprint() at the end of that build
     neighbours: dict[int, tuple[Any, Any, Any]] = dataclasses.field(default_factory=dict)
     unchanged: list[Any] = dataclasses.field(default_factory=list)  # posts whose tasks may be left out
+    list_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # ListPages' keys of the last build
 
     @classmethod
     def open(cls, site_dir: str) -> WarmSite | int:
@@ -347,3 +348,117 @@ class Skips:
 
 def _already_done(*_args: Any, **_kwargs: Any) -> None:
     """Nikola's init_plugins in a build forked from the holder: the holder has loaded them."""
+
+
+_PENDING = "pequod-pending-list-page"  # in a stand-in task: what the real one is made from, if it must be
+
+
+class ListPages:
+    """In a build forked from a warm holder: leaves out the pages that list posts (indexes, tag, category and
+    archive pages: Nikola's generic_post_list_renderer) whose task would be the one the last build generated.
+
+    Each such page gets a key: its arguments (the language, the posts listed, the output, the template, the
+    whole context, with every Post counted by its identity) and what its callers add to the task (their
+    config_changed dependencies, its basename), encoded exactly (functions by their code). The page is left
+    out when its key is the last build's, every post it names is one whose tasks are left out (see Skips: the
+    same Post object, the same neighbours, no other file read) and its output exists. A post kept from the
+    last scan has the identity it had then, so the same identity means the same post; a post made by this
+    scan is never one whose tasks are left out. What every page also reads from the whole site is the
+    fingerprint checked at the end of the build (Skips). The keys of this build are reported to the holder
+    for the next one.
+
+    To know the callers' additions before generating the page, Nikola's renderer returns a stand-in task; the
+    stand-ins are resolved as Nikola yields them (left out, or made into the real task with the callers'
+    additions)."""
+
+    def __init__(self, skips: Skips, previous: dict[str, str]) -> None:
+        self.skips = skips
+        self.previous = previous
+        self.keys: dict[str, str] = {}
+        self.left_out = 0
+        self._encoded: dict[int, tuple[Any, str]] = {}  # the value is kept: its id is not given to another
+        self._names_skippable = True
+
+    def install(self) -> bool:
+        """Wrap Nikola's list renderer and task generation; False when that cannot be exact here."""
+        site = self.skips.site
+        for plugin in site.plugin_manager.get_plugins_of_category("TaskMultiplier"):
+            if type(plugin.plugin_object).__module__ != "nikola.plugins.task.gzip":
+                return False  # it sees each task as Nikola yields it, stand-ins included (gzip reads only the
+                # task's name and targets, which a stand-in has as the real task)
+        real_renderer = site.generic_post_list_renderer
+        real_gen_tasks = site.gen_tasks
+
+        def generic_post_list_renderer(lang: str, posts: Any, output_name: str, template_name: str, filters: Any,
+                                       extra_context: Any) -> Any:
+            args = (lang, posts, output_name, template_name, filters, extra_context)
+            head = self._encode([lang, list(posts), output_name, template_name, extra_context])
+            if head is None:
+                return real_renderer(*args)
+            return {"basename": "", "name": os.path.normpath(output_name), "targets": [output_name],
+                    "uptodate": [], _PENDING: (head[0], head[1], args)}
+
+        def gen_tasks(name: str, plugin_category: str, doc: str = "") -> Any:
+            for task in real_gen_tasks(name, plugin_category, doc):
+                pending = task.pop(_PENDING, None)
+                if pending is not None:
+                    task = self._resolve(task, pending, real_renderer)
+                if task is not None:
+                    yield task
+
+        site.generic_post_list_renderer = generic_post_list_renderer
+        site.gen_tasks = gen_tasks
+        return True
+
+    def _resolve(self, stand_in: dict, pending: tuple, real_renderer: Any) -> dict | None:
+        head, skippable, args = pending
+        rest = self._encode([{key: value for key, value in stand_in.items() if key not in ("name", "targets")}])
+        if rest is not None:
+            import hashlib
+
+            key = hashlib.md5(f"{head}\n{rest[0]}".encode()).hexdigest()
+            name = stand_in["name"]
+            self.keys[name] = key
+            if (skippable and rest[1] and self.previous.get(name) == key
+                    and all(os.path.isfile(target) for target in stand_in["targets"])):
+                self.skips.targets.extend(stand_in["targets"])
+                self.left_out += 1
+                return None
+        task = real_renderer(*args)  # the task Nikola makes, with what its callers added to the stand-in
+        for key, value in stand_in.items():
+            if key == "uptodate":
+                task["uptodate"] = task["uptodate"] + value
+            elif key == "task_dep":
+                task["task_dep"] = [*task.get("task_dep", []), *value]
+            elif key not in ("name", "targets"):
+                task[key] = value
+        return self.skips.site.clean_task_paths(task)
+
+    def _encode(self, value: Any) -> tuple[str, bool] | None:
+        """(an exact text of `value`, whether every post in it may be left out), or None when it cannot be
+        encoded exactly."""
+        self._names_skippable = True
+        try:
+            text = json.dumps(value, default=self._default, check_circular=True)
+        except (Unfingerprintable, TypeError, ValueError, RecursionError):
+            return None
+        return text, self._names_skippable
+
+    def _default(self, value: Any) -> Any:
+        from nikola.post import Post
+        from nikola.utils import TranslatableSetting, config_changed
+
+        if isinstance(value, Post):
+            if id(value) not in self.skips.candidates or not self.skips.skippable(value):
+                self._names_skippable = False
+            return ["post", id(value)]
+        if isinstance(value, config_changed):
+            return ["config_changed", value.identifier, value.config]
+        if isinstance(value, TranslatableSetting):
+            return ["setting", value._inp, value.default_lang]
+        if isinstance(value, set | frozenset):
+            return ["set", sorted(map(repr, value))]
+        known = self._encoded.get(id(value))
+        if known is None:  # functions, dates… (kept while the build generates its tasks: nothing runs then)
+            known = self._encoded[id(value)] = (value, repr(fingerprint(value)))
+        return ["value", known[1]]

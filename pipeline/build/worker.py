@@ -83,12 +83,14 @@ def build(request: BuildRequest) -> BuildAnswer:
     from pipeline.build.site_holder import HolderClient
 
     sandbox.ABI_MAX = config.landlock_abi_max(request.env)
+    started = time.monotonic()
     request, refused = make_work_tree(request)
     if refused is not None:
         _stop_holder()
         return refused
+    made = time.monotonic() - started
     result = _build(request, HolderClient)
-    return replace(result, reason=request.reason or "")
+    return replace(result, reason=request.reason or "", phases={"work_tree": round(made, 3), **result.phases})
 
 
 def _build(request: BuildRequest, HolderClient: Any) -> BuildAnswer:  # noqa: N803 - the class, imported late

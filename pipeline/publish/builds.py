@@ -169,6 +169,7 @@ class NikolaBuilder:
         self.last_reason: str | None = None  # why the last build was a clean one (None: incremental)
         self.last_output = "output"  # the output folder the last build's configuration named
         self.last_scheduled: list[tuple[float, str, str]] = []  # posts held back until due: (UNIX time, source, title)
+        self.last_phases: dict[str, float] = {}  # where the last build's time went (BuildAnswer.phases)
 
     def previous_state(self) -> BuildState | None:
         try:
@@ -232,6 +233,7 @@ class NikolaBuilder:
             raise
         self.last_max_rss_kb = answer.max_rss_kb
         self.last_site = answer.site
+        self.last_phases = dict(answer.phases)
         self.last_reason = answer.reason or None
         output = read_log_tail(log_path)
         if self.log_copy is not None:

@@ -102,13 +102,16 @@ class Deployer:
         with self.store.edit() as status:  # kept until the build ends: see Watcher.recover_interrupted()
             status.start_build(commit)
         reason = "a clean build was asked for" if clean else clean_build_reason(previous, changes)
+        checkout_started = time.monotonic()
         self.source.checkout(commit)  # the publisher's export; the build's work tree is made from it (work_tree)
+        checkout_seconds = time.monotonic() - checkout_started
         log.info("building %s%s", commit[:12], f" (a clean build: {reason})" if reason else "")
         settings.layout.logs.mkdir(parents=True, exist_ok=True)
         started_at, started = utc_now(), time.monotonic()
         subject, author = self.source.commit_info(commit)
         record = {"commit": commit, "subject": subject, "author": author, "started_at": started_at,
-                  "mode": "clean" if reason else "incremental", "release": None}
+                  "mode": "clean" if reason else "incremental", "release": None,
+                  "phases": {"checkout": round(checkout_seconds, 3)}}
         published = self._build_and_publish(
             record, reason=reason, changes=None if changes is None else [path for _status, path in changes],
             started=started, tree_id=tree_id)
@@ -174,13 +177,20 @@ class Deployer:
                 build_seconds=seconds, mode=record["mode"], tree=tree_id,
                 holds_back=bool(self.builder.last_scheduled),
             )
+            phases = record.setdefault("phases", {})
+            phases.update(self.builder.last_phases)
+            phases["builder"] = round(time.monotonic() - started, 3)
+            staging = time.monotonic()
             output = self.builder.open_output(self.builder.last_output)
             try:
                 release_dir = releases.stage(output, settings.layout.releases, meta, live)
             finally:
                 os.close(output)
             self.links.before_swap(release_dir)  # only with LINKS_BROKEN_FAIL: raises links.BrokenLinks
+            phases["stage"] = round(time.monotonic() - staging, 3)
+            swapping = time.monotonic()
             releases.publish(settings.layout.current, release_dir)
+            phases["swap"] = round(time.monotonic() - swapping, 3)
             removed = releases.prune(settings.layout.releases, settings.layout.current, settings.keep_releases)
         except BuildError as exc:
             if self.stop.is_set():

@@ -19,7 +19,8 @@
    and key (and over plain HTTP); wrk as in 1; req/s and p99 as ratios to nginx TLS.
 7. large blogs (200, 2,000, 5,000 posts, 20 tags): a cold `nikola build` of the commit on the host
    (full, one post changed) beside the same blog through the agent with the default manifest: first
-   publish, one-post pushes → live p50/p90, the instance's peak memory, the volume used.
+   publish, one-post pushes → live p50/p90, where their time went (the build records' phases), the
+   instance's peak memory, the volume used.
 
     python bench/bench.py --only large [--sizes 200,2000,5000]   # one section only
     python bench/bench.py --only https
@@ -401,6 +402,14 @@ def first_publish(run: AgentRun) -> bool:
     return False
 
 
+def build_phases(run: AgentRun, builds: int) -> dict[str, float]:
+    """Where the last `builds` builds' time went: the median of each phase of their records (docs/internals.md)."""
+    status = requests.get(run.frontend + "/_site/status", headers=OWNER, timeout=5).json()
+    records = [build.get("phases") or {} for build in (status.get("builds") or [])[:builds]]
+    names = list(dict.fromkeys(name for phases in records for name in phases))
+    return {name: round(statistics.median(phases.get(name, 0.0) for phases in records), 3) for name in names}
+
+
 def bench_large(client, tmp: Path, sizes: tuple[int, ...], pushes: int) -> dict:
     """Per size: a cold `nikola build` of the commit (full, one post changed) on the host, then the same blog
     through the agent with the default manifest: first publish, one-post pushes → live, memory, storage."""
@@ -430,6 +439,7 @@ def bench_large(client, tmp: Path, sizes: tuple[int, ...], pushes: int) -> dict:
                     wait_for("the first publish", lambda run=run: first_publish(run), 1800, interval=1)
                     row["first_publish_s"] = round(time.monotonic() - started, 1)
                     row["publish"] = summary(publish_latency(run, "local", pushes, 5000, LARGE_TAGS))
+                    row["phases"] = build_phases(run, pushes)
                     # A file outside the post folders changed too: the build loads the site afresh (as after
                     # a clean build, or once the worker ended after BUILD_WORKER_IDLE).
                     row["publish_fresh"] = summary(publish_latency(run, "local", 3, 6000, LARGE_TAGS,
@@ -623,6 +633,11 @@ def markdown(results: dict) -> str:
             if f.get("failed"):
                 lines.append(f"| | {f['failed'][:200]} | | | | | | | |")
         lines.append("")
+        for posts, f in results["large"].items():
+            if f.get("phases"):
+                spent = ", ".join(f"{name} {value:g}" for name, value in f["phases"].items())
+                lines += [f"Where a push's time went, {posts} posts (median of the pushes' build records, s; "
+                          f"docs/internals.md): {spent}", ""]
     idle = results.get("idle")
     lines += [] if idle is None else [
               "", f"**Idle** ({idle['seconds']} s without pushes): {idle['builds_started']} builds started, "

@@ -60,6 +60,7 @@ class BuildRequest:
     reason: str | None = None
     started_ns: int = 0
     finished_ns: int = 0
+    after_ns: int = 0  # when the build before the last ended (pipeline.build.work_tree.prepare); 0: not known
 
     def to_line(self) -> str:
         return json.dumps(asdict(self)) + "\n"

@@ -330,20 +330,64 @@ class Skips:
     def _wrap_fragments(self, plugin: Any) -> None:
         real_gen_tasks = plugin.gen_tasks
         by_fragment: dict[str, Any] = {}
+        site = self.site
+
+        def left_out(post: Any) -> bool:
+            """Whether `post`'s fragment tasks (every language's) are left out: then they are not even made."""
+            if id(post) not in self.candidates or not self.skippable(post):
+                return False
+            targets = []
+            for lang in site.config["TRANSLATIONS"]:
+                dest = post.translated_base_path(lang)
+                targets += [dest, *post.compiler.get_extra_targets(post, lang, dest)]
+            if not all(map(os.path.isfile, targets)):
+                return False
+            self.targets.extend(targets)
+            self.skipped.add(id(post))
+            return True
 
         def gen_tasks() -> Any:
-            for task in real_gen_tasks():
-                post = by_fragment.get(task.get("name")) if task.get("basename") == "render_posts" else None
-                if post is not None and self.skippable(post) and all(map(os.path.isfile, task["targets"])):
-                    self.targets.extend(task["targets"])
-                    self.skipped.add(id(post))
-                    continue
-                yield task
+            timeline = site.timeline
+            site.timeline = walked = Iterated(timeline, left_out)  # what render_posts walks through; see Iterated
+            try:
+                for task in real_gen_tasks():
+                    for check in task.get("uptodate") or []:  # timeline_changes: the digest of the whole timeline
+                        config = getattr(check, "config", None)
+                        if isinstance(config, dict):
+                            config.update({key: timeline for key, value in config.items() if value is walked})
+                    post = by_fragment.get(task.get("name")) if task.get("basename") == "render_posts" else None
+                    if post is not None and self.skippable(post) and all(map(os.path.isfile, task["targets"])):
+                        self.targets.extend(task["targets"])
+                        self.skipped.add(id(post))
+                        continue
+                    yield task
+            finally:
+                site.timeline = timeline
 
         for post in self.candidates.values():
             for lang in self.site.config["TRANSLATIONS"]:
                 by_fragment[post.translated_base_path(lang)] = post
         plugin.gen_tasks = gen_tasks
+
+
+class Iterated(list):
+    """The timeline as Nikola's render_posts sees it: a list of every post (its length, its items), whose
+    iteration (`for post in timeline`, how render_posts makes one fragment task per post; JSON too, so the
+    timeline_changes task is given the real timeline back) leaves out the posts `left_out` says (decided once
+    per post): their tasks are not made at all, rather than made and dropped."""
+
+    def __init__(self, items: list, left_out: Any) -> None:
+        super().__init__(items)
+        self._left_out = left_out
+        self._decided: dict[int, bool] = {}
+
+    def __iter__(self) -> Any:
+        for item in list.__iter__(self):
+            out = self._decided.get(id(item))
+            if out is None:
+                out = self._decided[id(item)] = self._left_out(item)
+            if not out:
+                yield item
 
 
 def _already_done(*_args: Any, **_kwargs: Any) -> None:
@@ -377,6 +421,9 @@ class ListPages:
         self.keys: dict[str, str] = {}
         self.left_out = 0
         self._encoded: dict[int, tuple[Any, str]] = {}  # the value is kept: its id is not given to another
+        from nikola.post import Post
+
+        self._post = Post
         self._names_skippable = True
 
     def install(self) -> bool:
@@ -445,13 +492,12 @@ class ListPages:
         return text, self._names_skippable
 
     def _default(self, value: Any) -> Any:
-        from nikola.post import Post
-        from nikola.utils import TranslatableSetting, config_changed
-
-        if isinstance(value, Post):
+        if isinstance(value, self._post):
             if id(value) not in self.skips.candidates or not self.skips.skippable(value):
                 self._names_skippable = False
             return ["post", id(value)]
+        from nikola.utils import TranslatableSetting, config_changed
+
         if isinstance(value, config_changed):
             return ["config_changed", value.identifier, value.config]
         if isinstance(value, TranslatableSetting):

@@ -23,22 +23,27 @@ STATE_FILES = (".doit.db", ".doit.db.bak", ".doit.db.dat", ".doit.db.dir", ".doi
 WRITTEN_REPORT = ".pequod-written"
 WRITTEN_REPORT_BYTES = 16 << 20
 CTIME_SLACK_NS = 1_000_000_000  # file times come from a coarse clock: a build "started" this much earlier
+FINE_CTIME_SLACK_NS = 50_000_000  # ... where the volume keeps times finer than a millisecond (a clock tick)
 MIN_FREE_BYTES = 64 << 20  # less free on the build's volume before a build: Nikola's state goes (a clean build)
 
 
-def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, finished_ns: int) -> str | None:
+def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, finished_ns: int,
+            after_ns: int = 0) -> str | None:
     """An empty work tree for the commit's files, but for Nikola's state when the build is incremental (`reason`
     None) and nothing about that state is in doubt; an empty HOME and TMPDIR. Whatever else the last build left
     (paths beyond PATH_MAX, links, FIFOs, unreadable directories, a full volume) is removed first, so it can
     never stop this build. Of the state kept, every file written during the last build (`started_ns` to
     `finished_ns`) that none of its tasks made is removed: the task it belongs to makes it again, so no page
-    edited by code of the site outlives that code. Returns why the build is clean, or None."""
+    edited by code of the site outlives that code. File times lag the clock, so "during" starts CTIME_SLACK_NS
+    earlier, but not before the build before it ended (`after_ns`, when known: nothing of the site ran between)
+    where the volume keeps fine times (then less than FINE_CTIME_SLACK_NS earlier): the files that build made
+    last are not taken for the last build's. Returns why the build is clean, or None."""
     tree.empty_dir(tmp_dir)
     site_dir.mkdir(parents=True, exist_ok=True)
     if reason is None and short_of_space(site_dir):
         reason = "the build's volume is nearly full"
     if reason is None:
-        doubt = _doubt(site_dir, started_ns, finished_ns)
+        doubt = _doubt(site_dir, started_ns, finished_ns, after_ns)
         if doubt is not None:
             reason = f"Nikola's state is not kept: {doubt}"
     keep = () if reason is not None else (*STATE_DIRS, *STATE_FILES)
@@ -67,24 +72,29 @@ def short_of_space(site_dir: Path) -> bool:
     return usage.free < min(MIN_FREE_BYTES, usage.total // 10)
 
 
-def _doubt(site_dir: Path, started_ns: int, finished_ns: int) -> str | None:
+def _doubt(site_dir: Path, started_ns: int, finished_ns: int, after_ns: int = 0) -> str | None:
     """Why the kept state cannot be trusted (see prepare); removes the files the last build wrote that none of
     its tasks made (its report, WRITTEN_REPORT)."""
     if not started_ns or not finished_ns:
         return "the last build's times are not known"
-    made = _made_by_last_build(site_dir)
-    if made is None:
+    report = _made_by_last_build(site_dir)
+    if report is None:
         return "the last build's report of what it wrote cannot be read"
+    made, fine_times = report
+    since = started_ns - CTIME_SLACK_NS
+    if after_ns and fine_times:
+        since = max(since, after_ns - FINE_CTIME_SLACK_NS)
     for name in STATE_DIRS:
-        why = tree.drop_changed_files(site_dir / name, started_ns - CTIME_SLACK_NS, finished_ns, made.__contains__)
+        why = tree.drop_changed_files(site_dir / name, since, finished_ns, made.__contains__)
         if why is not None:
             return why
     return None
 
 
-def _made_by_last_build(site_dir: Path) -> set[str] | None:
+def _made_by_last_build(site_dir: Path) -> tuple[set[str], bool] | None:
     """The targets of the tasks the last build ran, as it reported them (a regular file, at most
-    WRITTEN_REPORT_BYTES), or None."""
+    WRITTEN_REPORT_BYTES), and whether the volume keeps file times finer than a millisecond (the report's
+    change time, which no process sets, has digits below one); None when there is no such report."""
     try:
         fd = os.open(site_dir / WRITTEN_REPORT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -96,7 +106,7 @@ def _made_by_last_build(site_dir: Path) -> set[str] | None:
         data = os.read(fd, WRITTEN_REPORT_BYTES + 1)
     finally:
         os.close(fd)
-    return set(data.decode("utf-8", "surrogateescape").splitlines())
+    return set(data.decode("utf-8", "surrogateescape").splitlines()), st.st_ctime_ns % 1_000_000 != 0
 
 
 def copy_in(export_dir: Path, site_dir: Path) -> int:

@@ -66,7 +66,7 @@ def make_work_tree(request: BuildRequest) -> tuple[BuildRequest, BuildAnswer | N
     reason = request.reason
     try:
         reason = work_tree.prepare(Path(request.site_dir), Path(request.env.get("TMPDIR") or request.site_dir),
-                                   request.reason, request.started_ns, request.finished_ns)
+                                   request.reason, request.started_ns, request.finished_ns, request.after_ns)
         work_tree.copy_in(Path(request.export), Path(request.site_dir))
     except OSError as exc:
         note = short(f"the work tree could not be made: {exc}")

@@ -48,6 +48,7 @@ class BuildState:
     ok: bool
     started_ns: int = 0  # when that build started (time.time_ns()): what changed since was written by it or after
     finished_ns: int = 0  # when it ended (and what it started was ended): nothing may change after
+    after_ns: int = 0  # when the build before it ended (nothing of the site ran between): 0 when not known
 
 
 def clean_build_reason(previous: BuildState | None, changes: list[tuple[str, str]] | None) -> str | None:
@@ -175,7 +176,8 @@ class NikolaBuilder:
         try:
             data = json.loads(self._state_file.read_text())
             return BuildState(commit=str(data["commit"]), ok=bool(data["ok"]),
-                              started_ns=int(data["started_ns"]), finished_ns=int(data["finished_ns"]))
+                              started_ns=int(data["started_ns"]), finished_ns=int(data["finished_ns"]),
+                              after_ns=int(data.get("after_ns") or 0))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -225,7 +227,8 @@ class NikolaBuilder:
                                commit=commit, changes=None if base is None else changes, base=base,
                                fresh=reason is not None, export=str(self.export_dir), reason=reason,
                                started_ns=previous.started_ns if previous else 0,
-                               finished_ns=previous.finished_ns if previous else 0)
+                               finished_ns=previous.finished_ns if previous else 0,
+                               after_ns=previous.after_ns if previous else 0)
         try:
             answer, self.last_warm = self.worker.build(request)
         except BuildError:
@@ -257,7 +260,8 @@ class NikolaBuilder:
             raise BuildError(message, log_tail(output))
         self.last_output = answer.output
         self.last_scheduled = [(due, source, title) for due, source, title in answer.scheduled if math.isfinite(due)]
-        self._record_state(BuildState(commit, ok=True, started_ns=started_ns, finished_ns=time.time_ns()))
+        self._record_state(BuildState(commit, ok=True, started_ns=started_ns, finished_ns=time.time_ns(),
+                                      after_ns=previous.finished_ns if previous is not None and previous.ok else 0))
         return output
 
 

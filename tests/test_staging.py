@@ -253,3 +253,65 @@ def test_the_commits_files_are_copied_in_with_their_times(tmp_path: Path) -> Non
     assert (site / "posts" / "a.rst").stat().st_mtime_ns == 1_500_000_000_000_000_000
     assert (site / "run.sh").stat().st_mode & 0o111 and os.readlink(site / "link") == "posts/a.rst"
     assert sorted(os.listdir(site)) == ["link", "posts", "run.sh"]
+
+
+def _commit_files(export: Path) -> None:
+    (export / "posts" / "deep").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (export / "posts" / f"{name}.rst").write_text(f"post {name}")
+    (export / "posts" / "deep" / "d.rst").write_text("post d")
+    (export / "conf.py").write_text("BLOG_TITLE = 'x'\n")
+    (export / "link").symlink_to("posts/a.rst")
+
+
+def _changed(site: Path) -> dict[str, int]:
+    return {p.relative_to(site).as_posix(): p.lstat().st_ctime_ns for p in site.rglob("*") if not p.is_dir()}
+
+
+def test_an_incremental_work_tree_copies_only_what_changed_and_trusts_nothing_the_build_touched(
+        tmp_path: Path) -> None:
+    export, site, tmp = tmp_path / "export", tmp_path / "builder" / "source", tmp_path / "builder" / "tmp"
+    _commit_files(export)
+    reason, mark = work_tree.make(export, site, tmp, "no previous build", 0, 0)
+    assert reason == "no previous build" and mark  # this volume keeps fine file times
+    (site / "output").mkdir()
+    started = time.time_ns()
+    # What the last build's code did to the commit's files: edited one (and put its time back), swapped a
+    # directory for a link, planted files and a FIFO; and what the commit changed since.
+    edited = site / "posts" / "b.rst"
+    before = edited.stat()
+    edited.write_text("post X")
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+    tree.remove_tree(site / "posts" / "deep")
+    (site / "posts" / "deep").symlink_to("/etc")
+    (site / "posts" / "planted.rst").write_text("not in the commit")
+    os.mkfifo(site / "fifo")
+    (site / work_tree.WRITTEN_REPORT).write_text("")
+    finished = time.time_ns()
+    kept = _changed(site)
+    (export / "posts" / "c.rst").write_text("post C, edited")
+    (export / "posts" / "new.rst").write_text("a new post")
+
+    reason, _next = work_tree.make(export, site, tmp, None, started, finished, 0, mark)
+    assert reason is None
+    files = {p.relative_to(site).as_posix(): (os.readlink(p) if p.is_symlink() else p.read_text())
+             for p in site.rglob("*") if p.is_file() or p.is_symlink()}
+    assert files == {work_tree.WRITTEN_REPORT: "",  # Nikola's state: prepare's to keep or drop
+                     "conf.py": "BLOG_TITLE = 'x'\n", "link": "posts/a.rst", "posts/a.rst": "post a",
+                     "posts/b.rst": "post b", "posts/c.rst": "post C, edited", "posts/deep/d.rst": "post d",
+                     "posts/new.rst": "a new post"}
+    now = _changed(site)
+    assert now["posts/a.rst"] == kept["posts/a.rst"] and now["conf.py"] == kept["conf.py"]  # not copied again
+    assert now["posts/b.rst"] != kept["posts/b.rst"]  # touched by the build: copied again
+    assert (site / "posts" / "deep").is_dir() and not (site / "posts" / "deep").is_symlink()
+
+
+def test_without_the_last_copys_mark_the_work_tree_is_made_afresh(tmp_path: Path) -> None:
+    export, site, tmp = tmp_path / "export", tmp_path / "builder" / "source", tmp_path / "builder" / "tmp"
+    _commit_files(export)
+    work_tree.make(export, site, tmp, "no previous build", 0, 0)
+    first = _changed(site)
+    (site / work_tree.WRITTEN_REPORT).write_text("")
+    started = finished = time.time_ns()
+    work_tree.make(export, site, tmp, None, started, finished)  # a worker started since: no mark
+    assert all(_changed(site)[name] > changed for name, changed in first.items())

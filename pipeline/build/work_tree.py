@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 from pipeline import tree
@@ -28,7 +29,7 @@ MIN_FREE_BYTES = 64 << 20  # less free on the build's volume before a build: Nik
 
 
 def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, finished_ns: int,
-            after_ns: int = 0) -> str | None:
+            after_ns: int = 0, keep_sources: bool = False) -> str | None:
     """An empty work tree for the commit's files, but for Nikola's state when the build is incremental (`reason`
     None) and nothing about that state is in doubt; an empty HOME and TMPDIR. Whatever else the last build left
     (paths beyond PATH_MAX, links, FIFOs, unreadable directories, a full volume) is removed first, so it can
@@ -37,7 +38,8 @@ def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, 
     edited by code of the site outlives that code. File times lag the clock, so "during" starts CTIME_SLACK_NS
     earlier, but not before the build before it ended (`after_ns`, when known: nothing of the site ran between)
     where the volume keeps fine times (then less than FINE_CTIME_SLACK_NS earlier): the files that build made
-    last are not taken for the last build's. Returns why the build is clean, or None."""
+    last are not taken for the last build's. With `keep_sources` (and an incremental build), the last build's
+    copy of the commit's files stays for sync_in to bring up to date. Returns why the build is clean, or None."""
     tree.empty_dir(tmp_dir)
     site_dir.mkdir(parents=True, exist_ok=True)
     if reason is None and short_of_space(site_dir):
@@ -53,6 +55,8 @@ def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, 
             kept_kind = stat.S_ISDIR if name in STATE_DIRS else stat.S_ISREG
             if name in keep and kept_kind(st.st_mode):
                 continue
+            if keep_sources and reason is None and name not in (*STATE_DIRS, *STATE_FILES):
+                continue  # sync_in's
             if stat.S_ISDIR(st.st_mode):
                 tree.remove_tree_at(fd, name)
             else:
@@ -61,6 +65,63 @@ def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, 
     finally:
         os.close(fd)
     return reason
+
+
+def make(export_dir: Path, site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, finished_ns: int,
+         after_ns: int = 0, trusted_before_ns: int = 0) -> tuple[str | None, int]:
+    """The work tree for a build (prepare, then the commit's files from `export_dir`): why the build is clean
+    (or None), and the `trusted_before_ns` for the next build of this work tree (0: copy everything then).
+
+    With `trusted_before_ns` from the last build (made by this process, whose copy it was), an incremental
+    build keeps the commit's files that are still the ones copied (sync_in): a one-post change copies one
+    file, not the site. Anything unexpected in the work tree falls back to emptying it (Nikola's state kept).
+    The next build's mark (_mark_after_copy) lies between the change times of what was copied and of anything
+    changed afterwards, by the build's code included, which runs only after it."""
+    reason = prepare(site_dir, tmp_dir, reason, started_ns, finished_ns, after_ns,
+                     keep_sources=bool(trusted_before_ns))
+    synced = False
+    if trusted_before_ns and reason is None:
+        try:
+            sync_in(export_dir, site_dir, trusted_before_ns)
+            synced = True
+        except (OSError, tree.TreeError):
+            reason = prepare(site_dir, tmp_dir, reason, started_ns, finished_ns, after_ns)
+    if not synced:
+        copy_in(export_dir, site_dir)
+    return reason, _mark_after_copy(tmp_dir)
+
+
+def _mark_after_copy(tmp_dir: Path, wait: float = 0.1) -> int:
+    """A change time later than every file change so far and not later than any to come: one more than the change
+    time a new file gets now, once a newer file gets a later one (file times come from a clock that moves in
+    ticks of a few milliseconds, so that is waited for). 0 when the volume does not keep times finer than a
+    millisecond, or the clock does not move within `wait` seconds."""
+    first = _change_time_now(tmp_dir)
+    if first is None or first % 1_000_000 == 0:
+        return 0
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        later = _change_time_now(tmp_dir)
+        if later is None:
+            return 0
+        if later > first:
+            return first + 1
+        time.sleep(0.001)
+    return 0
+
+
+def _change_time_now(tmp_dir: Path) -> int | None:
+    """The change time a file made in `tmp_dir` (the build's, just emptied) gets now."""
+    probe = tmp_dir / ".pequod-time"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            return os.fstat(fd).st_ctime_ns
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError:
+        return None
 
 
 def short_of_space(site_dir: Path) -> bool:
@@ -134,6 +195,85 @@ def copy_in(export_dir: Path, site_dir: Path) -> int:
         finally:
             os.close(src)
     return copied
+
+
+def sync_in(export_dir: Path, site_dir: Path, trusted_before_ns: int) -> int:
+    """copy_in for a work tree that still holds the last build's copy of the commit's files (prepare with
+    `keep_sources`): a file is kept where it is the export's (same size, modification time and mode) and its
+    inode has not changed since `trusted_before_ns` (its change time, which no process sets: before the code of
+    the last build ran), else made again; whatever the export does not have (at the top: but Nikola's state) is
+    removed, links are made again. The work tree is walked by descriptor, following no link. Returns the files
+    copied. OSError or tree.TreeError: start from an empty work tree instead (prepare without `keep_sources`)."""
+    copied = 0
+    top = tree.open_dir(str(site_dir))
+    todo: list[tuple[str, int]] = [("", top)]
+    try:
+        while todo:
+            relative, dst = todo.pop()
+            try:
+                src = tree.open_dir(str(export_dir / relative) if relative else str(export_dir))
+                try:
+                    copied += _sync_dir(src, dst, relative, trusted_before_ns, todo)
+                finally:
+                    os.close(src)
+            finally:
+                os.close(dst)
+    finally:
+        for _relative, fd in todo:
+            os.close(fd)
+    return copied
+
+
+def _sync_dir(src: int, dst: int, relative: str, trusted_before_ns: int, todo: list[tuple[str, int]]) -> int:
+    copied = 0
+    theirs = dict(tree.entries(dst))
+    for name, st in tree.entries(src):
+        if not relative and name in (".git", *STATE_DIRS, *STATE_FILES, WRITTEN_REPORT):
+            continue
+        mine = theirs.pop(name, None)
+        mode = 0o755 if st.st_mode & 0o111 else 0o644
+        if stat.S_ISREG(st.st_mode) and mine is not None and stat.S_ISREG(mine.st_mode) \
+                and (mine.st_size, mine.st_mtime_ns, stat.S_IMODE(mine.st_mode)) == (st.st_size, st.st_mtime_ns, mode) \
+                and mine.st_ctime_ns < trusted_before_ns:
+            continue
+        if stat.S_ISDIR(st.st_mode) and mine is not None and stat.S_ISDIR(mine.st_mode):
+            todo.append((f"{relative}/{name}" if relative else name, tree.open_dir(name, dir_fd=dst)))
+            continue
+        if mine is not None:
+            _remove_at(dst, name, mine)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(name, 0o755, dir_fd=dst)
+            todo.append((f"{relative}/{name}" if relative else name, tree.open_dir(name, dir_fd=dst)))
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file_at(src, name, dst, st)
+            copied += 1
+    for name, mine in theirs.items():  # not in the commit
+        if relative or name not in (*STATE_DIRS, *STATE_FILES, WRITTEN_REPORT):
+            _remove_at(dst, name, mine)
+    return copied
+
+
+def _remove_at(dir_fd: int, name: str, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        tree.remove_tree_at(dir_fd, name)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _copy_file_at(src: int, name: str, dst: int, st: os.stat_result) -> None:
+    fd = os.open(name, tree.FILE_FLAGS, dir_fd=src)
+    try:
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o755 if st.st_mode & 0o111 else 0o644, dir_fd=dst)
+        try:
+            tree.copy_contents(fd, out, st)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
 
 
 def _copy_file(dir_fd: int, name: str, target: Path, st: os.stat_result) -> None:

@@ -39,6 +39,8 @@ BUILDS_PER_WORKER = 50
 HOLDER_GRACE = 10.0  # seconds the worker gives a holder beyond the build's timeout before it kills it
 
 _holder: Any = None  # the site holder (pipeline.build.site_holder.HolderClient) of the last build
+# Per work tree: when this worker last copied the commit's files into it (work_tree.make's mark for the next build)
+_copied: dict[str, int] = {}
 
 
 def warm_up() -> None:
@@ -64,10 +66,11 @@ def make_work_tree(request: BuildRequest) -> tuple[BuildRequest, BuildAnswer | N
         return request, None
     started = time.monotonic()
     reason = request.reason
+    trusted = _copied.pop(request.site_dir, 0)
     try:
-        reason = work_tree.prepare(Path(request.site_dir), Path(request.env.get("TMPDIR") or request.site_dir),
-                                   request.reason, request.started_ns, request.finished_ns, request.after_ns)
-        work_tree.copy_in(Path(request.export), Path(request.site_dir))
+        reason, _copied[request.site_dir] = work_tree.make(
+            Path(request.export), Path(request.site_dir), Path(request.env.get("TMPDIR") or request.site_dir),
+            request.reason, request.started_ns, request.finished_ns, request.after_ns, trusted)
     except OSError as exc:
         note = short(f"the work tree could not be made: {exc}")
         _append_log(request.log_path, f"pequod: {note}", truncate=True)

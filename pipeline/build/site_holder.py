@@ -124,6 +124,9 @@ def serve(sock: socket.socket, first: Any) -> int:
         if answer.status == 0:
             site.commit, site.fingerprint = request.commit, report.get("fingerprint")
             site.list_keys = report.get("lists") or {}
+            reads = report.get("reads")
+            site.list_reads = {name: read for name, read in reads.items() if isinstance(read, bool)} \
+                if isinstance(reads, dict) else {}
             answer = dataclasses.replace(answer, output=str(site.doit_nikola.nikola.config.get("OUTPUT_FOLDER")))
         _redirect_output(confinement.devnull)
         _send(sock, dataclasses.asdict(answer))
@@ -203,7 +206,7 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
     skips = Skips(nikola, site.unchanged if skip else [])
     if skips.candidates:
         skips.install()
-    lists = ListPages(skips, site.list_keys if skip else {})
+    lists = ListPages(skips, site.list_keys if skip else {}, site.twins if skip else {}, site.list_reads)
     if site.plugins_of_its_own or not lists.install():
         lists.keys = {}
     code = runner.run_build(site.doit_nikola, keep=skips.targets)
@@ -216,11 +219,12 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
         if fingerprint != site.fingerprint:
             return AGAIN
     phases = {**runner.PHASES, "posts_left_out": len(skips.skipped), "lists_left_out": lists.left_out}
-    report = {"fingerprint": fingerprint, "scheduled": runner.scheduled(), "lists": lists.keys, "phases": phases}
+    report = {"fingerprint": fingerprint, "scheduled": runner.scheduled(), "lists": lists.keys,
+              "reads": lists.reads, "phases": phases}
     capacity = fcntl.fcntl(report_fd, fcntl.F_GETPIPE_SZ)
     data = json.dumps(report).encode()
     if len(data) > capacity:  # the next build generates every list page
-        data = json.dumps({**report, "lists": {}}).encode()
+        data = json.dumps({**report, "lists": {}, "reads": {}}).encode()
     os.write(report_fd, data[:capacity])  # within the pipe's buffer: never blocks
     return 0
 

@@ -107,6 +107,7 @@ class PostReuse:
     def __init__(self) -> None:
         self.previous: dict[tuple, Any] = {}
         self.current: dict[tuple, Any] = {}
+        self.replaced: dict[str, Any] = {}
         self.changes: list[str] | None = None
         self._real: Any = None
         self._reused_now: set[int] = set()
@@ -125,6 +126,7 @@ class PostReuse:
 
     def begin(self, changes: list[str] | None) -> None:
         self.changes, self.current = changes, {}
+        self.replaced = {}  # source path → the last scan's Post of a post this scan read again
 
     @property
     def scanned(self) -> int:
@@ -165,6 +167,8 @@ class PostReuse:
             post.__dict__.pop("_next_post", None)
             self._reused_now.add(id(post))
         else:
+            if post is not None:
+                self.replaced[source_path] = post
             post = self._real(source_path, config, destination, use_in_feeds, messages, template_name, compiler,
                               destination_base=destination_base, metadata_extractors_by=metadata_extractors_by)
         self.current[key] = post
@@ -187,6 +191,8 @@ class WarmSite:
     neighbours: dict[int, tuple[Any, Any, Any]] = dataclasses.field(default_factory=dict)
     unchanged: list[Any] = dataclasses.field(default_factory=list)  # posts whose tasks may be left out
     list_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # ListPages' keys of the last build
+    list_reads: dict[str, bool] = dataclasses.field(default_factory=dict)  # ... whether each read a post's text
+    twins: dict[int, Any] = dataclasses.field(default_factory=dict)  # a post read again → its last Post (listed_alike)
 
     @classmethod
     def open(cls, site_dir: str) -> WarmSite | int:
@@ -258,15 +264,38 @@ class WarmSite:
         finally:
             self.posts.end()
         neighbours = {id(post): (post, post.prev_post, post.next_post) for post in site.timeline}
+        self.twins = {}
+        if changes is not None and self.fingerprint is not None and not self.plugins_of_its_own:
+            for post in site.timeline:
+                old = self.posts.replaced.get(post.source_path)
+                before = None if old is None else self.neighbours.get(id(old))
+                if before is not None and before[0] is old and listed_alike(old, post, before[1], before[2]):
+                    self.twins[id(post)] = old
         self.unchanged = []
         if changes is not None and self.fingerprint is not None and not self.plugins_of_its_own:
+            def alike(now: Any, then: Any) -> bool:  # a neighbour: the same post, or one read again listed alike
+                return now is then or (now is not None and then is not None and self.twins.get(id(now)) is then)
+
             for post in site.timeline:
                 before = self.neighbours.get(id(post))
                 if (before is not None and before[0] is post
-                        and before[1] is post.prev_post and before[2] is post.next_post
+                        and alike(post.prev_post, before[1]) and alike(post.next_post, before[2])
                         and self.posts.was_reused(post)):
                     self.unchanged.append(post)
         self.neighbours = neighbours
+
+
+def listed_alike(old: Any, new: Any, old_previous: Any, old_next: Any) -> bool:
+    """Whether a page that lists posts shows `new` as it showed `old` (the same post, read again), provided it reads
+    no post's text: the same metadata in every language (title, date, tags, slug…), the same neighbours, the
+    same kind of post. (A page that reads a post's text is never given this shortcut: ListPages.)"""
+    return (new.source_path == old.source_path and new.compiler is old.compiler
+            and new.translated_to == old.translated_to
+            and all(new.meta[lang] == old.meta[lang] for lang in new.translated_to)
+            and new.date == old.date and new.updated == old.updated
+            and (new.is_draft, new.is_private, new.publish_later, new.use_in_feeds)
+            == (old.is_draft, old.is_private, old.publish_later, old.use_in_feeds)
+            and new.prev_post is old_previous and new.next_post is old_next)
 
 
 def site_fingerprint(site: Any) -> str:
@@ -411,15 +440,26 @@ class ListPages:
     fingerprint checked at the end of the build (Skips). The keys of this build are reported to the holder
     for the next one.
 
+    A page that lists a post read again (its file changed) is left out too when the last time it was made it
+    read no post's text (Post.text, what teasers, reading times and the like read through) and the post is
+    listed alike (`twins`: the same metadata, date and neighbours, see listed_alike): its key is then computed
+    with the last build's Post in its place. Whether each page read a post's text is recorded as it is made.
+
     To know the callers' additions before generating the page, Nikola's renderer returns a stand-in task; the
     stand-ins are resolved as Nikola yields them (left out, or made into the real task with the callers'
     additions)."""
 
-    def __init__(self, skips: Skips, previous: dict[str, str]) -> None:
+    def __init__(self, skips: Skips, previous: dict[str, str], twins: dict[int, Any] | None = None,
+                 reads: dict[str, bool] | None = None) -> None:
         self.skips = skips
         self.previous = previous
         self.keys: dict[str, str] = {}
         self.left_out = 0
+        self.twins = twins or {}
+        self.previous_reads = reads or {}
+        self.reads: dict[str, bool] = {}  # this build's: whether each page read a post's text when last made
+        self._rendering: str | None = None
+        self._twin_mode = False
         self._encoded: dict[int, tuple[Any, str]] = {}  # the value is kept: its id is not given to another
         from nikola.post import Post
 
@@ -435,15 +475,25 @@ class ListPages:
                 # task's name and targets, which a stand-in has as the real task)
         real_renderer = site.generic_post_list_renderer
         real_gen_tasks = site.gen_tasks
+        real_text = self._post.text
+
+        def text(post: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._rendering is not None:
+                self.reads[self._rendering] = True
+            return real_text(post, *args, **kwargs)
 
         def generic_post_list_renderer(lang: str, posts: Any, output_name: str, template_name: str, filters: Any,
                                        extra_context: Any) -> Any:
             args = (lang, posts, output_name, template_name, filters, extra_context)
-            head = self._encode([lang, list(posts), output_name, template_name, extra_context])
+            arguments = [lang, list(posts), output_name, template_name, extra_context]
+            head = self._encode(arguments)
             if head is None:
                 return real_renderer(*args)
+            twin_head = None
+            if not head[1] and self.twins and self.previous_reads.get(os.path.normpath(output_name)) is False:
+                twin_head = self._encode(arguments, twins=True)
             return {"basename": "", "name": os.path.normpath(output_name), "targets": [output_name],
-                    "uptodate": [], _PENDING: (head[0], head[1], args)}
+                    "uptodate": [], _PENDING: (head, twin_head, args)}
 
         def gen_tasks(name: str, plugin_category: str, doc: str = "") -> Any:
             for task in real_gen_tasks(name, plugin_category, doc):
@@ -455,22 +505,27 @@ class ListPages:
 
         site.generic_post_list_renderer = generic_post_list_renderer
         site.gen_tasks = gen_tasks
+        self._post.text = text
         return True
 
     def _resolve(self, stand_in: dict, pending: tuple, real_renderer: Any) -> dict | None:
-        head, skippable, args = pending
-        rest = self._encode([{key: value for key, value in stand_in.items() if key not in ("name", "targets")}])
-        if rest is not None:
-            import hashlib
+        import hashlib
 
-            key = hashlib.md5(f"{head}\n{rest[0]}".encode()).hexdigest()
-            name = stand_in["name"]
-            self.keys[name] = key
-            if (skippable and rest[1] and self.previous.get(name) == key
-                    and all(os.path.isfile(target) for target in stand_in["targets"])):
-                self.skips.targets.extend(stand_in["targets"])
-                self.left_out += 1
-                return None
+        head, twin_head, args = pending
+        name = stand_in["name"]
+        if name in self.previous_reads:
+            self.reads[name] = self.previous_reads[name]
+        added = [{key: value for key, value in stand_in.items() if key not in ("name", "targets")}]
+        rest = self._encode(added)
+        present = all(os.path.isfile(target) for target in stand_in["targets"])
+        if rest is not None:
+            key = self.keys[name] = hashlib.md5(f"{head[0]}\n{rest[0]}".encode()).hexdigest()
+            if head[1] and rest[1] and self.previous.get(name) == key and present:
+                return self._left_out(stand_in)
+            twin_rest = None if twin_head is None or not twin_head[1] else self._encode(added, twins=True)
+            if (twin_head is not None and twin_rest is not None and twin_rest[1] and present
+                    and self.previous.get(name) == hashlib.md5(f"{twin_head[0]}\n{twin_rest[0]}".encode()).hexdigest()):
+                return self._left_out(stand_in)  # its key stays the one with this build's posts: they show alike
         task = real_renderer(*args)  # the task Nikola makes, with what its callers added to the stand-in
         for key, value in stand_in.items():
             if key == "uptodate":
@@ -479,20 +534,45 @@ class ListPages:
                 task["task_dep"] = [*task.get("task_dep", []), *value]
             elif key not in ("name", "targets"):
                 task[key] = value
+        actions = task.get("actions") or []
+        if actions and isinstance(actions[0], tuple) and actions[0][0] == self.skips.site.render_template:
+            task["actions"] = [(self._recording(name, actions[0][0]), actions[0][1]), *actions[1:]]
         return self.skips.site.clean_task_paths(task)
 
-    def _encode(self, value: Any) -> tuple[str, bool] | None:
+    def _left_out(self, stand_in: dict) -> None:
+        self.skips.targets.extend(stand_in["targets"])
+        self.left_out += 1
+        return None
+
+    def _recording(self, name: str, render: Any) -> Any:
+        """Nikola's render action of the page `name`, noting whether it reads a post's text."""
+        def render_page(*args: Any) -> Any:
+            self.reads[name] = False
+            self._rendering = name
+            try:
+                return render(*args)
+            finally:
+                self._rendering = None
+        return render_page
+
+    def _encode(self, value: Any, twins: bool = False) -> tuple[str, bool] | None:
         """(an exact text of `value`, whether every post in it may be left out), or None when it cannot be
-        encoded exactly."""
+        encoded exactly. With `twins`, a post listed alike is encoded as its last build's Post."""
         self._names_skippable = True
+        self._twin_mode = twins
         try:
             text = json.dumps(value, default=self._default, check_circular=True)
         except (Unfingerprintable, TypeError, ValueError, RecursionError):
             return None
+        finally:
+            self._twin_mode = False
         return text, self._names_skippable
 
     def _default(self, value: Any) -> Any:
         if isinstance(value, self._post):
+            twin = self.twins.get(id(value)) if self._twin_mode else None
+            if twin is not None:
+                return ["post", id(twin)]
             if id(value) not in self.skips.candidates or not self.skips.skippable(value):
                 self._names_skippable = False
             return ["post", id(value)]

@@ -176,7 +176,7 @@ def _copy_dir(fds: list[int | None], prefix: str) -> list[str]:
         if stat.S_ISDIR(st.st_mode):
             below.append(name)
         elif stat.S_ISREG(st.st_mode):
-            _copy_file(name, src, dst, old, prefix, names)
+            _copy_file(name, src, dst, old, prefix, names, st)
         else:
             raise tree.TreeError(f"{tree.shown(prefix + name)} is {tree.kind(st.st_mode)}: a release takes "
                                  "regular files and directories only")
@@ -200,21 +200,24 @@ def _open_or_refuse(name: str, dir_fd: int, prefix: str, *, directory: bool) -> 
     return fd
 
 
-def _copy_file(name: str, src: int, dst: int, old: int | None, prefix: str, names: set[str]) -> None:
+def _copy_file(name: str, src: int, dst: int, old: int | None, prefix: str, names: set[str],
+               listed: os.stat_result) -> None:
+    """Copy one file of the output (`listed`: its lstat from the listing), or hard-link the previous release's
+    identical one: then the output's file is not even opened (nothing of it is read)."""
+    if old is not None:
+        try:
+            old_st = os.stat(name, dir_fd=old, follow_symlinks=False)
+            if stat.S_ISREG(old_st.st_mode) and _same_file(listed, old_st):
+                os.link(name, name, src_dir_fd=old, dst_dir_fd=dst, follow_symlinks=False)
+                if name + ".gz" not in names:  # the output's own .gz wins over the one made for the old file
+                    with contextlib.suppress(OSError):
+                        os.link(name + ".gz", name + ".gz", src_dir_fd=old, dst_dir_fd=dst, follow_symlinks=False)
+                return
+        except OSError:
+            pass
     fd = _open_or_refuse(name, src, prefix, directory=False)
     try:
         st = os.fstat(fd)
-        if old is not None:
-            try:
-                old_st = os.stat(name, dir_fd=old, follow_symlinks=False)
-                if stat.S_ISREG(old_st.st_mode) and _same_file(st, old_st):
-                    os.link(name, name, src_dir_fd=old, dst_dir_fd=dst, follow_symlinks=False)
-                    if name + ".gz" not in names:  # the output's own .gz wins over the one made for the old file
-                        with contextlib.suppress(OSError):
-                            os.link(name + ".gz", name + ".gz", src_dir_fd=old, dst_dir_fd=dst, follow_symlinks=False)
-                    return
-            except OSError:
-                pass
         out = os.open(name, _NEW_FILE, FILE_MODE, dir_fd=dst)
         try:
             tree.copy_contents(fd, out, st)

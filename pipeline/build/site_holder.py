@@ -124,6 +124,7 @@ def serve(sock: socket.socket, first: Any) -> int:
         if answer.status == 0:
             site.commit, site.fingerprint = request.commit, report.get("fingerprint")
             site.list_keys = report.get("lists") or {}
+            _keep_template_deps(site.doit_nikola.nikola, report.get("templates"))
             reads = report.get("reads")
             site.list_reads = {name: read for name, read in reads.items() if isinstance(read, bool)} \
                 if isinstance(reads, dict) else {}
@@ -220,13 +221,31 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
             return AGAIN
     phases = {**runner.PHASES, "posts_left_out": len(skips.skipped), "lists_left_out": lists.left_out}
     report = {"fingerprint": fingerprint, "scheduled": runner.scheduled(), "lists": lists.keys,
-              "reads": lists.reads, "phases": phases}
+              "reads": lists.reads, "phases": phases, "templates": _template_deps(nikola)}
     capacity = fcntl.fcntl(report_fd, fcntl.F_GETPIPE_SZ)
     data = json.dumps(report).encode()
     if len(data) > capacity:  # the next build generates every list page
-        data = json.dumps({**report, "lists": {}, "reads": {}}).encode()
+        data = json.dumps({**report, "lists": {}, "reads": {}, "templates": {}}).encode()
     os.write(report_fd, data[:capacity])  # within the pipe's buffer: never blocks
     return 0
+
+
+def _template_deps(nikola: Any) -> dict:
+    """What the template system found each template to depend on (Mako's `template_deps` cache): a build works
+    it out again for every page template (parsing each template and what it includes) unless the holder keeps
+    it. Templates do not change between the builds of one holder (a theme or template change is a clean build
+    in a fresh holder)."""
+    cache = getattr(nikola.template_system, "cache", None)
+    return dict(cache) if isinstance(cache, dict) else {}
+
+
+def _keep_template_deps(nikola: Any, reported: Any) -> None:
+    """Keep in the holder what the build reported of _template_deps (names and paths only: nothing to run)."""
+    cache = getattr(nikola.template_system, "cache", None)
+    if isinstance(cache, dict) and isinstance(reported, dict):
+        cache.update({name: deps for name, deps in list(reported.items())[:1000]
+                      if isinstance(name, str) and isinstance(deps, list)
+                      and all(isinstance(dep, str) for dep in deps)})
 
 
 REPORT_BYTES = 1 << 20  # the report's pipe is made this large where Linux allows it (1 MiB unprivileged)

@@ -18,7 +18,8 @@
    and over plain HTTP, beside nginx serving the same release over TLS with the same certificate
    and key (and over plain HTTP); wrk as in 1; req/s and p99 as ratios to nginx TLS.
 7. large blogs (200, 2,000, 5,000 posts, 20 tags): a cold `nikola build` of the commit on the host
-   (full, one post changed) beside the same blog through the agent with the default manifest: first
+   (full, one post changed; size 5 is the bundled site, with the 10 posts the pushes edit) beside the same
+   blog through the agent with the default manifest: first
    publish, one-post pushes → live p50/p90, where their time went (the build records' phases), the
    instance's peak memory, the volume used.
 
@@ -419,6 +420,10 @@ def bench_large(client, tmp: Path, sizes: tuple[int, ...], pushes: int) -> dict:
         repo = SiteRepo(base / "remote")
         say(f"large blog: generating {posts} posts")
         generate_blog(repo, posts, LARGE_TAGS)
+        if posts <= 5:  # the bundled site: the posts the pushes edit are there before (fixing a typo, not adding)
+            for number in range(100, 100 + pushes):
+                repo.write(f"posts/post-{number:03d}.rst", post_text(number, tags_from=LARGE_TAGS))
+            repo.commit(f"{pushes} posts to edit")
         row: dict = {"posts": posts}
         site = base / "cold"
         shutil.copytree(repo.work, site, ignore=shutil.ignore_patterns(".git"))

@@ -79,3 +79,18 @@ def test_the_post_sort_is_nikolas() -> None:
                               rng.choice(["", "", "1", "3"]), rng.choice(["B", "a", "A10", "a9"])))
     for lang in (None, "en"):
         assert runner.sort_posts_chronologically(posts, lang) == runner._nikola_sort(posts, lang)
+
+
+def test_small_configurations_are_told_apart_by_their_repr_exactly_as_by_their_json() -> None:
+    import json
+
+    from pipeline.build import runner
+
+    simple = [{1: ["a", "b"]}, {"1": ["a", "b"]}, {1: ["b", "a"]}, {1: []}, {1: "a"}, {1: 2}, {2: ["a"], 1: ["a"]}]
+    for first in simple:
+        for second in simple:
+            assert runner._simple_repr(first) is not None
+            same_repr = runner._simple_repr(first) == runner._simple_repr(second)
+            assert not same_repr or json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+    for other in ({1: [1]}, {1: {"a": 1}}, {(1,): "a"}, {1: 1.5}, {1: None}, dict.fromkeys("abcde", "x")):
+        assert runner._simple_repr(other) is None

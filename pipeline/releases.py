@@ -55,7 +55,7 @@ COMPRESS_MIN_BYTES = 512
 COMPRESS_MAX_BYTES = 32 << 20  # larger text files are sent as they are (compressing them holds them in memory)
 MAX_DEPTH = 64  # directories nested in a release (a site's own go 4 or 5 deep)
 FILE_MODE, DIR_MODE = 0o644, 0o755  # what a release's files and directories get, whatever the build gave
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = tree.NEW_FILE
 
 
 def _precompress_at(dir_fd: int, name: str) -> bool:
@@ -217,12 +217,7 @@ def _copy_file(name: str, src: int, dst: int, old: int | None, prefix: str, name
             pass
     fd = _open_or_refuse(name, src, prefix, directory=False)
     try:
-        st = os.fstat(fd)
-        out = os.open(name, _NEW_FILE, FILE_MODE, dir_fd=dst)
-        try:
-            tree.copy_contents(fd, out, st)
-        finally:
-            os.close(out)
+        tree.copy_into(fd, os.fstat(fd), name, FILE_MODE, dst)
     finally:
         os.close(fd)
     if name + ".gz" not in names:

@@ -43,6 +43,19 @@ def copy_contents(source: int, target: int, st: os.stat_result) -> None:
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def copy_into(source: int, st: os.stat_result, target: str | Path, mode: int, dir_fd: int | None = None) -> None:
+    """Copy the open file `source` (whose fstat is `st`) into the new file `target` (made here, never an existing
+    one or a link; relative to `dir_fd` when given) with `mode`, and its times."""
+    out = os.open(target, NEW_FILE, mode, dir_fd=dir_fd)
+    try:
+        copy_contents(source, out, st)
+    finally:
+        os.close(out)
+
+
 def open_dir(name: str, dir_fd: int | None = None) -> int:
     """Open a directory that is really one (not a link to one); fstat confirms what was opened."""
     fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)

@@ -247,7 +247,7 @@ def _sync_dir(src: int, dst: int, relative: str, trusted_before_ns: int, todo: l
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
         elif stat.S_ISREG(st.st_mode):
-            _copy_file_at(src, name, dst, st)
+            _copy_file(src, name, name, st, dst)
             copied += 1
     for name, mine in theirs.items():  # not in the commit
         if relative or name not in (*STATE_DIRS, *STATE_FILES, WRITTEN_REPORT):
@@ -263,27 +263,10 @@ def _remove_at(dir_fd: int, name: str, st: os.stat_result) -> None:
             os.unlink(name, dir_fd=dir_fd)
 
 
-def _copy_file_at(src: int, name: str, dst: int, st: os.stat_result) -> None:
-    fd = os.open(name, tree.FILE_FLAGS, dir_fd=src)
-    try:
-        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o755 if st.st_mode & 0o111 else 0o644, dir_fd=dst)
-        try:
-            tree.copy_contents(fd, out, st)
-        finally:
-            os.close(out)
-    finally:
-        os.close(fd)
-
-
-def _copy_file(dir_fd: int, name: str, target: Path, st: os.stat_result) -> None:
+def _copy_file(dir_fd: int, name: str, target: str | Path, st: os.stat_result, to_dir: int | None = None) -> None:
+    """Copy the export's file `name` (in `dir_fd`) to `target` (relative to `to_dir` when given)."""
     fd = os.open(name, tree.FILE_FLAGS, dir_fd=dir_fd)
     try:
-        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o755 if st.st_mode & 0o111 else 0o644)
-        try:
-            tree.copy_contents(fd, out, st)
-        finally:
-            os.close(out)
+        tree.copy_into(fd, st, target, 0o755 if st.st_mode & 0o111 else 0o644, to_dir)
     finally:
         os.close(fd)

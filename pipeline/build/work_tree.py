@@ -199,11 +199,13 @@ def copy_in(export_dir: Path, site_dir: Path) -> int:
 
 def sync_in(export_dir: Path, site_dir: Path, trusted_before_ns: int) -> int:
     """copy_in for a work tree that still holds the last build's copy of the commit's files (prepare with
-    `keep_sources`): a file is kept where it is the export's (same size, modification time and mode) and its
-    inode has not changed since `trusted_before_ns` (its change time, which no process sets: before the code of
-    the last build ran), else made again; whatever the export does not have (at the top: but Nikola's state) is
-    removed, links are made again. The work tree is walked by descriptor, following no link. Returns the files
-    copied. OSError or tree.TreeError: start from an empty work tree instead (prepare without `keep_sources`)."""
+    `keep_sources`): a file is kept where it is the export's (same size, modification time and mode, one link)
+    and its inode has not changed since `trusted_before_ns` (its change time, which no process sets: before the
+    code of the last build ran), in a directory whose inode has not changed either (a renamed or moved one has
+    changed: it is made again), else made again; a kept file gets a new change time (see _sync_dir). Whatever the
+    export does not have (at the top: but Nikola's state) is removed, links are made again. The work tree is
+    walked by descriptor, following no link. Returns the files copied. OSError or tree.TreeError: start from an
+    empty work tree instead (prepare without `keep_sources`)."""
     copied = 0
     top = tree.open_dir(str(site_dir))
     todo: list[tuple[str, int]] = [("", top)]
@@ -234,9 +236,14 @@ def _sync_dir(src: int, dst: int, relative: str, trusted_before_ns: int, todo: l
         mode = 0o755 if st.st_mode & 0o111 else 0o644
         if stat.S_ISREG(st.st_mode) and mine is not None and stat.S_ISREG(mine.st_mode) \
                 and (mine.st_size, mine.st_mtime_ns, stat.S_IMODE(mine.st_mode)) == (st.st_size, st.st_mtime_ns, mode) \
-                and mine.st_ctime_ns < trusted_before_ns:
+                and mine.st_ctime_ns < trusted_before_ns and mine.st_nlink == 1:
+            # A new change time (nothing else changes): should this build's code move the file into Nikola's
+            # state (output/, cache/), it counts as written during this build there (prepare's doubt).
+            os.chmod(name, mode, dir_fd=dst, follow_symlinks=False)
             continue
-        if stat.S_ISDIR(st.st_mode) and mine is not None and stat.S_ISDIR(mine.st_mode):
+        # A directory renamed or moved (two swapped) has a new change time; the files in it keep theirs.
+        if stat.S_ISDIR(st.st_mode) and mine is not None and stat.S_ISDIR(mine.st_mode) \
+                and mine.st_ctime_ns < trusted_before_ns:
             todo.append((f"{relative}/{name}" if relative else name, tree.open_dir(name, dir_fd=dst)))
             continue
         if mine is not None:

@@ -173,39 +173,21 @@ def _made_by_last_build(site_dir: Path) -> tuple[set[str], bool] | None:
 def copy_in(export_dir: Path, site_dir: Path) -> int:
     """Copy the commit's files (the publisher's export, a git work tree: regular files, directories and symbolic
     links) into the emptied work tree, with their modification times (so Nikola's checks of unchanged sources
-    stay cheap); `.git` and what is already there (Nikola's state) are left out. Returns the files copied."""
-    copied = 0
-    todo = [""]
-    while todo:
-        relative = todo.pop()
-        src = tree.open_dir(str(export_dir / relative) if relative else str(export_dir))
-        try:
-            for name, st in tree.entries(src):
-                if not relative and name in (".git", *STATE_DIRS, *STATE_FILES, WRITTEN_REPORT):
-                    continue
-                target = site_dir / relative / name
-                if stat.S_ISDIR(st.st_mode):
-                    target.mkdir(mode=0o755)
-                    todo.append(f"{relative}/{name}" if relative else name)
-                elif stat.S_ISLNK(st.st_mode):
-                    os.symlink(os.readlink(name, dir_fd=src), target)
-                elif stat.S_ISREG(st.st_mode):
-                    _copy_file(src, name, target, st)
-                    copied += 1
-        finally:
-            os.close(src)
-    return copied
+    stay cheap); `.git` and what is already there (Nikola's state) are left out. Returns the files copied.
+    (sync_in with nothing to keep.)"""
+    return sync_in(export_dir, site_dir, 0)
 
 
 def sync_in(export_dir: Path, site_dir: Path, trusted_before_ns: int) -> int:
-    """copy_in for a work tree that still holds the last build's copy of the commit's files (prepare with
-    `keep_sources`): a file is kept where it is the export's (same size, modification time and mode, one link)
-    and its inode has not changed since `trusted_before_ns` (its change time, which no process sets: before the
-    code of the last build ran), in a directory whose inode has not changed either (a renamed or moved one has
-    changed: it is made again), else made again; a kept file gets a new change time (see _sync_dir). Whatever the
-    export does not have (at the top: but Nikola's state) is removed, links are made again. The work tree is
-    walked by descriptor, following no link. Returns the files copied. OSError or tree.TreeError: start from an
-    empty work tree instead (prepare without `keep_sources`)."""
+    """The commit's files into the work tree, which may still hold the last build's copy of them (prepare with
+    `keep_sources`; with `trusted_before_ns` 0 nothing is kept, as in an emptied one). A file is kept where it is
+    the export's (same size, modification time and mode, one link) and its inode has not changed since
+    `trusted_before_ns` (its change time, which no process sets: before the code of the last build ran), in a
+    directory whose inode has not changed either (a renamed or moved one has changed: it is made again), else
+    made again; a kept file gets a new change time (see _sync_dir). Whatever the export does not have (at the
+    top: but Nikola's state) is removed, links are made again. The work tree is walked by descriptor, following
+    no link. Returns the files copied. OSError or tree.TreeError: start from an empty work tree instead (prepare
+    without `keep_sources`)."""
     copied = 0
     top = tree.open_dir(str(site_dir))
     todo: list[tuple[str, int]] = [("", top)]
@@ -254,7 +236,7 @@ def _sync_dir(src: int, dst: int, relative: str, trusted_before_ns: int, todo: l
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
         elif stat.S_ISREG(st.st_mode):
-            _copy_file(src, name, name, st, dst)
+            _copy_file(src, name, dst, st)
             copied += 1
     for name, mine in theirs.items():  # not in the commit
         if relative or name not in (*STATE_DIRS, *STATE_FILES, WRITTEN_REPORT):
@@ -270,10 +252,10 @@ def _remove_at(dir_fd: int, name: str, st: os.stat_result) -> None:
             os.unlink(name, dir_fd=dir_fd)
 
 
-def _copy_file(dir_fd: int, name: str, target: str | Path, st: os.stat_result, to_dir: int | None = None) -> None:
-    """Copy the export's file `name` (in `dir_fd`) to `target` (relative to `to_dir` when given)."""
-    fd = os.open(name, tree.FILE_FLAGS, dir_fd=dir_fd)
+def _copy_file(src: int, name: str, dst: int, st: os.stat_result) -> None:
+    """Copy the export's file `name` (in `src`) to the same name in `dst`."""
+    fd = os.open(name, tree.FILE_FLAGS, dir_fd=src)
     try:
-        tree.copy_into(fd, st, target, 0o755 if st.st_mode & 0o111 else 0o644, to_dir)
+        tree.copy_into(fd, st, name, 0o755 if st.st_mode & 0o111 else 0o644, dst)
     finally:
         os.close(fd)

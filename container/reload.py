@@ -42,7 +42,7 @@ class Reloading(instances.Host, Protocol):
 
 @dataclass(frozen=True)
 class Reloaded:
-    """A changed bootstrap YAML that passed every check, with its applications and its plan."""
+    """A changed bootstrap YAML that passed every check, with its applications and the settings it puts in force."""
     bootstrap: Bootstrap
     apps: tuple[Application, ...]
     in_force: InForce

@@ -55,7 +55,6 @@ COMPRESS_MIN_BYTES = 512
 COMPRESS_MAX_BYTES = 32 << 20  # larger text files are sent as they are (compressing them holds them in memory)
 MAX_DEPTH = 64  # directories nested in a release (a site's own go 4 or 5 deep)
 FILE_MODE, DIR_MODE = 0o644, 0o755  # what a release's files and directories get, whatever the build gave
-_NEW_FILE = tree.NEW_FILE
 
 
 def _precompress_at(dir_fd: int, name: str) -> bool:
@@ -76,7 +75,7 @@ def _precompress_at(dir_fd: int, name: str) -> bool:
     if len(packed) > 0.9 * len(data):
         return False
     try:
-        out = os.open(name + ".gz", _NEW_FILE, FILE_MODE, dir_fd=dir_fd)
+        out = os.open(name + ".gz", tree.NEW_FILE, FILE_MODE, dir_fd=dir_fd)
     except FileExistsError:
         return False
     with os.fdopen(out, "wb") as handle:

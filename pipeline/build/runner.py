@@ -109,12 +109,12 @@ class SharedEncodings:
             if not isinstance(config, dict):
                 return original_digest(cc)
             key = _simple_repr(config)
-            if key is not None:
-                found = simple.get(key)
-                if found is None:
-                    found = simple[key] = hashlib.md5(shared.text(config).encode("utf-8")).hexdigest()
-                return found
-            return hashlib.md5(shared.text(config).encode("utf-8")).hexdigest()
+            found = None if key is None else simple.get(key)
+            if found is None:
+                found = hashlib.md5(shared.text(config).encode("utf-8")).hexdigest()
+                if key is not None:
+                    simple[key] = found
+            return found
 
         original_digest = utils.config_changed._calc_digest
         utils.config_changed._calc_digest = calc_digest

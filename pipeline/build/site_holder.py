@@ -127,11 +127,9 @@ def serve(sock: socket.socket, first: Any) -> int:
         answer = dataclasses.replace(answer, seconds=round(time.monotonic() - started, 3), phases=phases)
         if answer.status == 0:
             site.commit, site.fingerprint = request.commit, report.get("fingerprint")
-            site.list_keys = report.get("lists") or {}
-            _keep_template_deps(site.doit_nikola.nikola, report.get("templates"))
-            reads = report.get("reads")
-            site.list_reads = {name: read for name, read in reads.items() if isinstance(read, bool)} \
-                if isinstance(reads, dict) else {}
+            site.list_keys = report["lists"]
+            site.list_reads = {name: read for name, read in report["reads"].items() if isinstance(read, bool)}
+            _keep_template_deps(site.doit_nikola.nikola, report["templates"])
             answer = dataclasses.replace(answer, output=str(site.doit_nikola.nikola.config.get("OUTPUT_FOLDER")))
         _redirect_output(confinement.devnull)
         _send(sock, dataclasses.asdict(answer))
@@ -174,8 +172,8 @@ FULL_COLLECTION = 10  # builds
 
 
 def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any, dict]:
-    """One build in a fork of the holder; its answer and what it reported (the fingerprint, the list pages'
-    keys: {} when it reported nothing readable)."""
+    """One build in a fork of the holder; its answer and what it reported (the fingerprint; the list pages' keys
+    and reads, the templates' dependencies and the phases: each {} when not reported as one)."""
     read_end, write_end = os.pipe()
     with contextlib.suppress(OSError):
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, REPORT_BYTES)
@@ -192,10 +190,9 @@ def _run(site: WarmSite, request: Any, started: float, skip: bool) -> tuple[Any,
             report = {}
         if isinstance(report.get("scheduled"), list):
             answer = dataclasses.replace(answer, scheduled=report["scheduled"])
-        if not isinstance(report.get("lists"), dict):
-            report["lists"] = {}
-        if not isinstance(report.get("phases"), dict):
-            report["phases"] = {}
+        for part in ("lists", "reads", "templates", "phases"):
+            if not isinstance(report.get(part), dict):
+                report[part] = {}
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -244,10 +241,10 @@ def _template_deps(nikola: Any) -> dict:
     return dict(cache) if isinstance(cache, dict) else {}
 
 
-def _keep_template_deps(nikola: Any, reported: Any) -> None:
+def _keep_template_deps(nikola: Any, reported: dict) -> None:
     """Keep in the holder what the build reported of _template_deps (names and paths only: nothing to run)."""
     cache = getattr(nikola.template_system, "cache", None)
-    if isinstance(cache, dict) and isinstance(reported, dict):
+    if isinstance(cache, dict):
         cache.update({name: deps for name, deps in list(reported.items())[:1000]
                       if isinstance(name, str) and isinstance(deps, list)
                       and all(isinstance(dep, str) for dep in deps)})

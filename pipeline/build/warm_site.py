@@ -399,6 +399,18 @@ class Skips:
         plugin.gen_tasks = gen_tasks
 
 
+def _page_key(head: tuple[str, bool], rest: tuple[str, bool]) -> str:
+    """A list page's key from its two encodings (ListPages._encode: its arguments, its callers' additions)."""
+    import hashlib
+
+    return hashlib.md5(f"{head[0]}\n{rest[0]}".encode()).hexdigest()
+
+
+def _may_leave_out(head: tuple[str, bool] | None, rest: tuple[str, bool] | None) -> bool:
+    """Whether both encodings exist and every post named in them may be left out."""
+    return head is not None and rest is not None and head[1] and rest[1]
+
+
 class Iterated(list):
     """The timeline as Nikola's render_posts sees it: a list of every post (its length, its items), whose
     iteration (`for post in timeline`, how render_posts makes one fragment task per post; JSON too, so the
@@ -509,23 +521,23 @@ class ListPages:
         return True
 
     def _resolve(self, stand_in: dict, pending: tuple, real_renderer: Any) -> dict | None:
-        import hashlib
-
         head, twin_head, args = pending
         name = stand_in["name"]
         if name in self.previous_reads:
             self.reads[name] = self.previous_reads[name]
         added = [{key: value for key, value in stand_in.items() if key not in ("name", "targets")}]
         rest = self._encode(added)
-        present = all(os.path.isfile(target) for target in stand_in["targets"])
         if rest is not None:
-            key = self.keys[name] = hashlib.md5(f"{head[0]}\n{rest[0]}".encode()).hexdigest()
-            if head[1] and rest[1] and self.previous.get(name) == key and present:
-                return self._left_out(stand_in)
-            twin_rest = None if twin_head is None or not twin_head[1] else self._encode(added, twins=True)
-            if (twin_head is not None and twin_rest is not None and twin_rest[1] and present
-                    and self.previous.get(name) == hashlib.md5(f"{twin_head[0]}\n{twin_rest[0]}".encode()).hexdigest()):
-                return self._left_out(stand_in)  # its key stays the one with this build's posts: they show alike
+            self.keys[name] = _page_key(head, rest)  # for the next build, whether or not this one leaves it out
+            if all(os.path.isfile(target) for target in stand_in["targets"]):
+                # With this build's posts, or with the last build's where they are listed alike (the key kept
+                # is the one with this build's posts: they show alike).
+                twin_rest = None if twin_head is None or not twin_head[1] else self._encode(added, twins=True)
+                for encoded in ((head, rest), (twin_head, twin_rest)):
+                    if _may_leave_out(*encoded) and self.previous.get(name) == _page_key(*encoded):
+                        self.skips.targets.extend(stand_in["targets"])
+                        self.left_out += 1
+                        return None
         task = real_renderer(*args)  # the task Nikola makes, with what its callers added to the stand-in
         for key, value in stand_in.items():
             if key == "uptodate":
@@ -538,11 +550,6 @@ class ListPages:
         if actions and isinstance(actions[0], tuple) and actions[0][0] == self.skips.site.render_template:
             task["actions"] = [(self._recording(name, actions[0][0]), actions[0][1]), *actions[1:]]
         return self.skips.site.clean_task_paths(task)
-
-    def _left_out(self, stand_in: dict) -> None:
-        self.skips.targets.extend(stand_in["targets"])
-        self.left_out += 1
-        return None
 
     def _recording(self, name: str, render: Any) -> Any:
         """Nikola's render action of the page `name`, noting whether it reads a post's text."""

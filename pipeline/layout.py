@@ -13,6 +13,7 @@ DATA_DIR):
                                    user, mounted at /builder: BUILDER_SOCKET's folder): all a build may write
           socket                   where the builder's worker waits for the publisher (BUILDER_SOCKET)
           source/                  the work tree: the commit's files copied from export/, Nikola's state
+          .source.folders          the inode of each folder of Nikola's state before the last build ran (the worker's)
           tmp/                     the build's HOME and TMPDIR, emptied before every build
           last-build.log           the last build's whole log (the publisher reads its end only)
           preview/source/          the previews' work tree (pipeline.publish.previews: every preview is built in it)

@@ -13,7 +13,7 @@ import errno
 import itertools
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -232,19 +232,33 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
 
 
 def drop_changed_files(path: Path, since_ns: int, until_ns: int, made: Callable[[str], bool],
+                       folders_before: Mapping[str, int], folders_now: dict[str, int] | None = None,
                        max_depth: int = 64, max_entries: int = 1_000_000) -> str | None:
     """Remove every regular file under the directory `path` whose inode changed (its ctime, which no process can
     set) at or after `since_ns` unless `made(relative path)` (the name of `path` first, "output/a/b.html"), so
-    that what must make them makes them again. Returns None, or why the tree cannot be trusted at all (then
-    nothing is promised about what was removed): a file changed after `until_ns`, an entry that is neither a
-    regular file nor a directory, nesting deeper than `max_depth`, more than `max_entries` entries, `path`
-    itself not a real directory."""
+    that what must make them makes them again; and every directory, with all it holds, that was moved: its inode
+    was another path's in `folders_before` (relative path → inode of each directory, as `folders_now` records
+    them: a rename changes the change time of what is renamed, never of the files inside). Returns None, or why
+    the tree cannot be trusted at all (then nothing is promised about what was removed): a file changed after
+    `until_ns`, an entry that is neither a regular file nor a directory, nesting deeper than `max_depth`, more
+    than `max_entries` entries, `path` itself not a real directory."""
     try:
         top = open_dir(str(path))
     except FileNotFoundError:
         return None
     except OSError as exc:
         return f"{path.name} is not a real directory ({exc.strerror})"
+    known = set(folders_before.values())
+    now = folders_now if folders_now is not None else {}
+
+    def moved(relative: str, inode: int) -> bool:
+        return inode in known and folders_before.get(relative) != inode
+
+    if moved(path.name, os.fstat(top).st_ino):
+        os.close(top)
+        remove_tree(path)
+        return None
+    now[path.name] = os.fstat(top).st_ino
     stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = [(top, path.name, _lazy_entries(top))]
     seen = 0
     try:
@@ -275,6 +289,12 @@ def drop_changed_files(path: Path, since_ns: int, until_ns: int, made: Callable[
                 sub = open_dir(name, dir_fd=fd)
             except OSError as exc:
                 return f"{shown(relative)} cannot be read ({_reason(exc, name, fd)})"
+            inode = os.fstat(sub).st_ino
+            if moved(relative, inode):
+                os.close(sub)
+                remove_tree_at(fd, name)
+                continue
+            now[relative] = inode
             stack.append((sub, relative, _lazy_entries(sub)))
     finally:
         for fd, _where, _pending in stack:

@@ -175,6 +175,13 @@ def _nest_beyond_path_max(root: Path) -> None:
         os.close(fd)
 
 
+def _folders_before_the_build(site: Path) -> None:
+    """What the worker keeps before a build's code runs: the inode of each directory of Nikola's state."""
+    work_tree._remember_folders(site, {p.relative_to(site).as_posix(): p.lstat().st_ino
+                                       for name in work_tree.STATE_DIRS if (site / name).is_dir()
+                                       for p in (site / name, *(site / name).rglob("*")) if p.is_dir()})
+
+
 def _leftovers(site: Path) -> None:
     """What a build's code can leave in its work tree."""
     (site / "junk").mkdir()
@@ -193,6 +200,7 @@ def test_prepare_leaves_only_nikolas_state_and_makes_again_what_no_task_of_the_l
     _output(site / "output")  # older than the last build: kept
     (site / "cache").mkdir()
     (site / ".doit.db").write_text("db")
+    _folders_before_the_build(site)
     time.sleep(0.05)
     started = time.time_ns()
     time.sleep(0.05)
@@ -215,12 +223,14 @@ def test_prepare_leaves_only_nikolas_state_and_makes_again_what_no_task_of_the_l
     (lambda site: os.mkfifo(site / "cache" / "pipe"), "cache/pipe is a FIFO"),
     (lambda site: (site / "output" / "late.html").write_text("written after the build"), "changed after the build"),
     (lambda site: (site / work_tree.WRITTEN_REPORT).unlink(), "report of what it wrote cannot be read"),
+    (lambda site: work_tree._folders_path(site).unlink(), "folders of the last build's state are not known"),
 ])
 def test_prepare_drops_a_state_in_doubt_and_the_build_is_clean(tmp_path: Path, damage, why: str) -> None:
     site = tmp_path / "builder" / "source"
     _output(site / "output")
     (site / "cache").mkdir()
     (site / work_tree.WRITTEN_REPORT).write_text("")
+    _folders_before_the_build(site)
     started, finished = time.time_ns() - 10**9, time.time_ns()
     time.sleep(0.05)
     damage(site)
@@ -348,3 +358,41 @@ def test_a_directory_swapped_or_moved_into_nikolas_state_by_the_last_build_is_no
     assert reason is None
     assert (posts / "a" / "index.md").read_text() == "good post"
     assert not (site / "output" / "persist" / "index.md").exists()
+
+
+def test_folders_of_nikolas_state_the_last_build_moved_go_with_all_they_hold(tmp_path: Path) -> None:
+    """Renames keep the change times of the files inside: two post pages' folders swapped (both pages made by
+    tasks of that build, as its report says), an old folder renamed, output/ and cache/ swapped."""
+    site = tmp_path / "builder" / "source"
+    for page in ("a", "b", "c", "d"):
+        (site / "output" / "posts" / page).mkdir(parents=True)
+        (site / "output" / "posts" / page / "index.html").write_text(f"<p>{page}</p>")
+    (site / "cache" / "posts").mkdir(parents=True)
+    (site / "cache" / "posts" / "a.html").write_text("a")
+    _folders_before_the_build(site)
+    time.sleep(0.05)
+    started = time.time_ns()
+    posts = site / "output" / "posts"
+    os.rename(posts / "a", posts / "t")
+    os.rename(posts / "b", posts / "a")
+    os.rename(posts / "t", posts / "b")
+    os.rename(posts / "c", posts / "renamed")
+    (posts / "new").mkdir()  # a new page's folder: a task made it
+    (posts / "new" / "index.html").write_text("<p>new</p>")
+    (site / work_tree.WRITTEN_REPORT).write_text(
+        "output/posts/a/index.html\noutput/posts/b/index.html\noutput/posts/new/index.html\n")
+    finished = time.time_ns()
+
+    assert work_tree.prepare(site, tmp_path / "tmp", None, started + work_tree.CTIME_SLACK_NS, finished) is None
+    assert sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()) == [
+        "cache/posts/a.html", "output/posts/d/index.html", "output/posts/new/index.html"]
+    assert not (posts / "a").exists() and not (posts / "renamed").exists()  # their tasks make them again
+
+    started = time.time_ns()  # the next build's code swaps output/ and cache/
+    os.rename(site / "output", site / "t")
+    os.rename(site / "cache", site / "output")
+    os.rename(site / "t", site / "cache")
+    (site / work_tree.WRITTEN_REPORT).write_text("")
+    finished = time.time_ns()
+    assert work_tree.prepare(site, tmp_path / "tmp", None, started + work_tree.CTIME_SLACK_NS, finished) is None
+    assert os.listdir(site) == []  # both moved: all of them goes, and the next build makes them again

@@ -26,6 +26,10 @@ WRITTEN_REPORT_BYTES = 16 << 20
 CTIME_SLACK_NS = 1_000_000_000  # file times come from a coarse clock: a build "started" this much earlier
 FINE_CTIME_SLACK_NS = 50_000_000  # ... where the volume keeps times finer than a millisecond (a clock tick)
 MIN_FREE_BYTES = 64 << 20  # less free on the build's volume before a build: Nikola's state goes (a clean build)
+# Beside the work tree (where no build may write): the inode of each directory of Nikola's state before the last
+# build's code ran ("inode NUL path NUL" each), so that a directory it moved is known (see _doubt).
+FOLDERS_SUFFIX = ".folders"
+FOLDERS_BYTES = 64 << 20
 
 
 def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, finished_ns: int,
@@ -64,6 +68,8 @@ def prepare(site_dir: Path, tmp_dir: Path, reason: str | None, started_ns: int, 
                     os.unlink(name, dir_fd=fd)
     finally:
         os.close(fd)
+    if reason is not None:
+        _remember_folders(site_dir, {})  # Nikola's state is gone: every directory of the next one is the build's
     return reason
 
 
@@ -135,21 +141,70 @@ def short_of_space(site_dir: Path) -> bool:
 
 def _doubt(site_dir: Path, started_ns: int, finished_ns: int, after_ns: int = 0) -> str | None:
     """Why the kept state cannot be trusted (see prepare); removes the files the last build wrote that none of
-    its tasks made (its report, WRITTEN_REPORT)."""
+    its tasks made (its report, WRITTEN_REPORT), and the directories it moved (whose files kept their change
+    times), with all they hold: the inodes of the directories before it ran are known (_remember_folders)."""
     if not started_ns or not finished_ns:
         return "the last build's times are not known"
     report = _made_by_last_build(site_dir)
     if report is None:
         return "the last build's report of what it wrote cannot be read"
+    folders = _folders_before(site_dir)
+    if folders is None:
+        return "the folders of the last build's state are not known"
     made, fine_times = report
     since = started_ns - CTIME_SLACK_NS
     if after_ns and fine_times:
         since = max(since, after_ns - FINE_CTIME_SLACK_NS)
+    now: dict[str, int] = {}
     for name in STATE_DIRS:
-        why = tree.drop_changed_files(site_dir / name, since, finished_ns, made.__contains__)
+        why = tree.drop_changed_files(site_dir / name, since, finished_ns, made.__contains__, folders, now)
         if why is not None:
             return why
+    _remember_folders(site_dir, now)
     return None
+
+
+def _folders_path(site_dir: Path) -> Path:
+    return site_dir.parent / f".{site_dir.name}{FOLDERS_SUFFIX}"
+
+
+def _remember_folders(site_dir: Path, folders: dict[str, int]) -> None:
+    """Keep the inodes of the directories of Nikola's state (relative path → inode) for the next build."""
+    data = b"".join(b"%d\0%s\0" % (inode, relative.encode("utf-8", "surrogateescape"))
+                    for relative, inode in folders.items())
+    path = _folders_path(site_dir)
+    spare = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(spare, path)
+
+
+def _folders_before(site_dir: Path) -> dict[str, int] | None:
+    """What _remember_folders kept last, or None (a worker of an older version, or no longer readable)."""
+    try:
+        fd = os.open(_folders_path(site_dir), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > FOLDERS_BYTES:
+            return None
+        data = b""
+        while chunk := os.read(fd, FOLDERS_BYTES + 1 - len(data)):
+            data += chunk
+    finally:
+        os.close(fd)
+    fields = data.split(b"\0")[:-1]
+    try:
+        return {relative.decode("utf-8", "surrogateescape"): int(inode)
+                for inode, relative in zip(fields[::2], fields[1::2], strict=True)}
+    except ValueError:
+        return None
 
 
 def _made_by_last_build(site_dir: Path) -> tuple[set[str], bool] | None:

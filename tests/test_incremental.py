@@ -169,15 +169,20 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     builder.worker.stop()
 
 
-# Content code (a shortcode's Mako block runs at build time) that appends to another post's page in output/:
-# that page's task does not run in an incremental build, so its output would carry the edit for good.
+# Content code (a shortcode's Mako block runs at build time) that edits other posts' pages in output/: appends to one,
+# swaps the folders of two (a rename keeps the files' change times). Those pages' tasks do not run in an incremental
+# build, so their output would carry the edit for good.
 TAMPERING_POST = """.. title: Tampering
 .. slug: tampering
 .. date: 2026-12-01 10:00:00 UTC
 
 {{% template %}}<%
+    import os
     with open('output/posts/welcome/index.html', 'a') as _page:
         _page.write('<!-- TAMPERED -->')
+    os.rename('output/posts/ipv6-only', 'output/posts/swap')
+    os.rename('output/posts/atomic-deploys', 'output/posts/ipv6-only')
+    os.rename('output/posts/swap', 'output/posts/atomic-deploys')
 %>{{% /template %}}
 """
 
@@ -188,14 +193,17 @@ def test_output_edited_by_content_code_is_made_again_once_the_code_is_gone(site_
     builder = builder_for(source, 300)
     build(source, builder, tmp_path / "1.log")
     site_repo.write("posts/tampering.rst", TAMPERING_POST)
-    site_repo.commit("A post whose code edits another post's page")
+    site_repo.commit("A post whose code edits other posts' pages")
     assert build(source, builder, tmp_path / "2.log") is None
-    welcome = output_of(builder) / "posts" / "welcome" / "index.html"
+    posts = output_of(builder) / "posts"
+    welcome = posts / "welcome" / "index.html"
     assert welcome.read_text().endswith("<!-- TAMPERED -->")  # the attack works
+    assert "Atomic" in (posts / "ipv6-only" / "index.html").read_text().split("</title>")[0]
     (site_repo.work / "posts" / "tampering.rst").unlink()
     site_repo.add_post("later", "A later post")  # not a revert: a tree no release had
     assert build(source, builder, tmp_path / "3.log") is None  # incremental
     assert "TAMPERED" not in welcome.read_text()
+    assert "IPv6" in (posts / "ipv6-only" / "index.html").read_text().split("</title>")[0]
     incremental, clean = tree(output_of(builder)), clean_tree(site_repo, tmp_path)
     assert incremental == clean
     builder.worker.stop()

@@ -109,6 +109,7 @@ def serve(sock: socket.socket, first: Any) -> int:
             return 0
         site = ready
         builds += 1
+        _load_templates(site.doit_nikola.nikola)
         # A full collection walks every object of a large site (~0.1 s at 2,000 posts): once in FULL_COLLECTION
         # builds; in between, what a scan left behind is mostly freed as it goes (reference counts).
         gc.collect(2 if builds % FULL_COLLECTION == 1 else 1)
@@ -248,6 +249,23 @@ def _keep_template_deps(nikola: Any, reported: dict) -> None:
         cache.update({name: deps for name, deps in list(reported.items())[:1000]
                       if isinstance(name, str) and isinstance(deps, list)
                       and all(isinstance(dep, str) for dep in deps)})
+
+
+def _load_templates(nikola: Any) -> None:
+    """Load into the holder the Mako templates the last build reported (_keep_template_deps): each build's fork
+    would compile them again (Mako keeps what it compiled in the process, and its module files in cache/ go
+    with the build that wrote them, see pipeline.build.work_tree). Done as part of a build (before its fork),
+    as the module files are written into the work tree; a template that fails to load is left to the build."""
+    system = nikola.template_system
+    lookup, cache = getattr(system, "lookup", None), getattr(system, "cache", None)
+    if not isinstance(cache, dict) or type(lookup).__module__ != "mako.lookup":
+        return
+    collection = lookup._collection
+    for name, deps in list(cache.items())[:1000]:
+        for uri in (name, *(lookup.filename_to_uri(dep).lstrip("/") for dep in deps)):
+            if uri not in collection:
+                with contextlib.suppress(Exception):
+                    lookup.get_template(uri)
 
 
 REPORT_BYTES = 1 << 20  # the report's pipe is made this large where Linux allows it (1 MiB unprivileged)

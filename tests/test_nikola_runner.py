@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import types
+from pathlib import Path
 
-from pipeline.build.runner import CachedSignatures
+from pipeline.build.runner import CachedSignatures, remove_orphans
 
 
 class Check:
@@ -94,3 +97,23 @@ def test_small_configurations_are_told_apart_by_their_repr_exactly_as_by_their_j
             assert not same_repr or json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
     for other in ({1: [1]}, {1: {"a": 1}}, {(1,): "a"}, {1: 1.5}, {1: None}, dict.fromkeys("abcde", "x")):
         assert runner._simple_repr(other) is None
+
+
+def test_orphans_and_the_folders_they_leave_empty_go_and_links_are_not_followed(tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the build's")
+    for path in ("output/index.html", "output/posts/a/index.html", "output/posts/gone/index.html",
+                 "output/posts/gone/img/x.png", "output/old.html", "output/empty/deeper/x.txt"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(path)
+    Path("output/posts/b").mkdir()  # empty already: goes too
+    Path("output/link").symlink_to(outside)
+    site = types.SimpleNamespace(config={"OUTPUT_FOLDER": "output"})
+    targets = ["output/index.html", "output/posts/a/index.html", "cache/posts/a.html"]
+    assert remove_orphans(site, targets) == 5
+    left = sorted(str(Path(root, name)) for root, dirs, files in os.walk("output") for name in dirs + files)
+    assert left == ["output/index.html", "output/posts", "output/posts/a", "output/posts/a/index.html"]
+    assert (outside / "keep.txt").read_text() == "not the build's"

@@ -17,7 +17,6 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 
@@ -273,20 +272,43 @@ def neighbours_in_page_deps(nikola_class: Any) -> None:
 
 
 def remove_orphans(site: object, targets: list[str] | None = None) -> int:
-    """Delete output files no task produces. `targets`: every task's targets as the build generated them
-    (`nikola check -f` would generate all tasks a second time, as costly as the build's own task
-    generation); without them the tasks are generated again."""
-    from nikola.plugins.command.check import real_scan_files
+    """Delete output files no task produces, then the folders left empty. `targets`: every task's targets as
+    the build generated them (`nikola check -f` would generate all tasks a second time, as costly as the
+    build's own task generation); without them the tasks are generated again. One walk of the output, by
+    scandir, following no link (a link no task made is removed itself, never what it points to)."""
+    output = str(site.config["OUTPUT_FOLDER"])  # type: ignore[attr-defined]
+    if targets is None:
+        from nikola.plugins.command.check import _call_nikola_list
 
-    cache = None if targets is None else {"files": targets, "deps": {}}
-    orphans, _missing = real_scan_files(site, cache)
-    for name in orphans:
-        os.unlink(name)
-    output = Path(site.config["OUTPUT_FOLDER"])  # type: ignore[attr-defined]
-    for root, _dirs, _files in sorted(os.walk(output), key=lambda entry: -len(entry[0])):
-        if root != str(output) and not os.listdir(root):
-            os.rmdir(root)
-    return len(orphans)
+        targets = _call_nikola_list(site, None)[0]
+    wanted = {target.strip() for target in targets}
+    removed = 0
+    folders = []  # each before the folders inside it
+    left: dict[str, int] = {}  # entries a folder keeps
+    parents: dict[str, str] = {}
+    todo = [output] if os.path.isdir(output) else []
+    while todo:
+        folder = todo.pop()
+        folders.append(folder)
+        kept = 0
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = os.path.join(folder, entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(path)
+                    parents[path] = folder
+                    kept += 1
+                elif path in wanted:
+                    kept += 1
+                else:
+                    os.unlink(path)
+                    removed += 1
+        left[folder] = kept
+    for folder in reversed(folders):
+        if folder != output and not left[folder]:
+            os.rmdir(folder)
+            left[parents[folder]] -= 1
+    return removed
 
 
 SCHEDULED_LISTED = 50  # held-back posts a build reports (the earliest)

@@ -8,7 +8,7 @@ import os
 import types
 from pathlib import Path
 
-from pipeline.build.runner import CachedSignatures, remove_orphans
+from pipeline.build.runner import CachedSignatures, StatCache, remove_orphans
 
 
 class Check:
@@ -117,3 +117,20 @@ def test_orphans_and_the_folders_they_leave_empty_go_and_links_are_not_followed(
     left = sorted(str(Path(root, name)) for root, dirs, files in os.walk("output") for name in dirs + files)
     assert left == ["output/index.html", "output/posts", "output/posts/a", "output/posts/a/index.html"]
     assert (outside / "keep.txt").read_text() == "not the build's"
+
+
+def test_the_stat_cache_forgets_what_a_task_that_ran_made_however_spelled(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("posts").mkdir()
+    Path("cache").mkdir()
+    Path("posts/a.rst").write_text("a")
+    Path("cache/a.html").write_text("a")
+    cache = StatCache()
+    source, fragment = cache.info("posts/a.rst"), cache.info("./cache/a.html")
+    Path("cache/a.html").write_text("made again, longer")
+    Path("posts/a.rst").write_text("not by a task")
+    cache.forget(types.SimpleNamespace(targets=["cache/a.html"]))  # the task that makes cache/a.html ran
+    assert cache.info("./cache/a.html").st_size != fragment.st_size
+    assert cache.info("posts/a.rst") is source  # no task made it: this build goes by what it was
+    cache.forget()
+    assert cache.info("posts/a.rst").st_size != source.st_size

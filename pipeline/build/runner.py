@@ -67,7 +67,7 @@ class SharedEncodings:
         self._encoded: dict[int, str] = {}
         self._token = f"pequod-shared-{secrets.token_hex(16)}"
 
-    def forget(self) -> None:
+    def forget(self, _task: Any = None) -> None:
         self._encoded.clear()
 
     def _encode(self, value: Any) -> str:
@@ -137,8 +137,8 @@ def _simple_repr(config: dict) -> str | None:
     return repr(config)
 
 
-def after_each_task(callback: Callable[[], None]) -> None:
-    """Call `callback` whenever doit has run a task (what a task writes can change what was remembered)."""
+def after_each_task(callback: Callable[[Any], None]) -> None:
+    """Call `callback(task)` whenever doit has run a task (what a task writes can change what was remembered)."""
     from doit.runner import Runner
 
     original_execute = Runner.execute_task
@@ -147,26 +147,38 @@ def after_each_task(callback: Callable[[], None]) -> None:
         try:
             return original_execute(runner, task)
         finally:
-            callback()
+            callback(task)
 
     Runner.execute_task = execute_task
 
 
 class StatCache:
-    """doit's file checks, one `stat` per file and build phase: the up-to-date check of a 2,000-post blog's
-    index, tag and archive pages stats the same post files 84,000 times. Files change only when a task
-    runs, so the cache is emptied whenever one has run (and what failed to stat is not cached)."""
+    """doit's file checks, one `stat` per file and build: the up-to-date check of a 2,000-post blog's index,
+    tag and archive pages stats the same post files 84,000 times. A file changes when the task that makes
+    it runs (doit runs it before any task that depends on it is checked), so what is remembered of a task's
+    targets, however spelled, is forgotten when it has run (and what failed to stat is not remembered).
+    Anything else a task writes is no task's doing: the next build removes it (pipeline.build.work_tree),
+    and its change is not what this build's checks go by."""
 
     def __init__(self) -> None:
         self._stats: dict[str, os.stat_result] = {}
+        self._spellings: dict[str, list[str]] = {}  # absolute path → the paths remembered for it
 
-    def forget(self) -> None:
-        self._stats.clear()
+    def forget(self, task: Any = None) -> None:
+        targets = getattr(task, "targets", None)
+        if targets is None:
+            self._stats.clear()
+            self._spellings.clear()
+            return
+        for target in targets:
+            for path in self._spellings.pop(os.path.abspath(target), ()):
+                self._stats.pop(path, None)
 
     def info(self, path: str) -> os.stat_result:
         found = self._stats.get(path)
         if found is None:
             found = self._stats[path] = os.stat(path)
+            self._spellings.setdefault(os.path.abspath(path), []).append(path)
         return found
 
     def exists(self, path: str) -> bool:
@@ -199,21 +211,24 @@ def sort_posts_chronologically(posts: Any, lang: str | None = None) -> list:
         return _nikola_sort(posts, lang)
 
     def key(post: Any) -> tuple:
-        found = _SORT_KEYS.get((id(post), lang))
+        keys = post.__dict__.get(SORT_KEYS)
+        if keys is None:
+            keys = post.__dict__[SORT_KEYS] = {}
+        found = keys.get(lang)
         if found is None:
             priority = post.meta("priority")
             title = _natural_key(post.title(lang)) if lang is not None else ()
-            found = _SORT_KEYS[(id(post), lang)] = \
-                (post, (-(int(priority) if priority else 0), -post.date.timestamp(), title, post.source_path))
-        return found[1]
+            found = keys[lang] = (-(int(priority) if priority else 0), -post.date.timestamp(), title,
+                                  post.source_path)
+        return found
 
     return sorted(posts, key=key)
 
 
-# Each post's sort key, computed once per scan (a scan sorts the timeline and every tag's, category's and archive's
-# posts: 37 sorts of up to all posts on a 2,000-post blog); the post is kept with it, so its id is not reused.
-# Emptied when a scan starts (hold_back_undeployable).
-_SORT_KEYS: dict[tuple[int, str | None], tuple[Any, tuple]] = {}
+# Each post's sort keys (by language), kept on the post: a scan sorts the timeline and every tag's, category's and
+# archive's posts (37 sorts of up to all posts on a 2,000-post blog), and a post the site holder's scan reuses
+# (pipeline.build.warm_site.PostReuse: its files did not change) keeps them for the next.
+SORT_KEYS = "_pequod_sort_keys"
 
 
 _nikola_sort: Any = None
@@ -330,7 +345,6 @@ def hold_back_undeployable(site: Any) -> None:
         real_scan = scanner.scan
 
         def scan(real_scan: Any = real_scan, name: str = plugin.name) -> list:
-            _SORT_KEYS.clear()
             kept, held = [], []
             for post in real_scan():
                 if post.publish_later and not deploy_future:

@@ -85,7 +85,8 @@ def _precompress_at(dir_fd: int, name: str) -> bool:
     return True
 
 
-def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path | None) -> Path:
+def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path | None,
+          spare: Spare | None = None) -> Path:
     """Copy a build's output (a directory, or an open descriptor of one) into a new release directory and
     return it.
 
@@ -97,15 +98,24 @@ def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path 
     precompressed .gz): releases are never modified, so sharing is safe, and keeping five releases then
     costs little more than one. Text files get a gzip copy beside them (`name.gz`) that serve.py sends to
     clients accepting gzip.
+
+    With `spare` (Spare: a copy of `previous` made while the build ran, all hard links), the release is that
+    copy brought up to date instead: only what differs from `previous` is touched (a one-post change makes no
+    folder and links no file), and the result is the same.
     """
     releases_dir.mkdir(parents=True, exist_ok=True)
     final = releases_dir / meta.release
     tmp = releases_dir / f".{meta.release}.tmp"
     meta_file = releases_dir / f"{meta.release}.json"
     tree.remove_tree(tmp)
+    copy = None if spare is None else spare.take(previous)
     source = os.dup(output) if isinstance(output, int) else tree.open_dir(str(output))
     try:
-        _copy_tree(source, tmp, previous)
+        if copy is not None:
+            os.rename(copy, tmp)
+            _sync_tree(source, tmp)
+        else:
+            _copy_tree(source, tmp, previous)
         site_rules.check_release(tmp)  # a bad _redirects or _headers rule fails the publish (RuleError)
         meta_file.write_text(json.dumps(asdict(meta), indent=2) + "\n")
         os.replace(tmp, final)
@@ -155,6 +165,134 @@ def _copy_tree(source: int, tmp: Path, previous: Path | None) -> None:
             _close(fds)
         for level in levels:
             _close(level[0])
+
+
+class Spare:
+    """A copy of a release (`previous`: the live one) made in a thread while the build runs, for stage() to
+    bring up to date: hard links of its files, folders of its own (making the folders is most of staging a
+    large site). Taken once; whatever is not taken is removed (discard)."""
+
+    NAME = ".spare.tmp"  # in releases/: prune() removes one an interrupted publisher left
+
+    def __init__(self, releases_dir: Path, previous: Path) -> None:
+        import threading
+
+        self.previous = previous
+        self.path = releases_dir / self.NAME
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._make, name="spare-release", daemon=True)
+        self._thread.start()
+
+    def _make(self) -> None:
+        try:
+            tree.remove_tree(self.path)
+            source = tree.open_dir(str(self.previous))
+            try:
+                _copy_tree(source, self.path, self.previous)
+            finally:
+                os.close(source)
+        except BaseException as exc:  # noqa: BLE001 - then stage() copies as it would without a spare
+            self.error = exc
+
+    def take(self, previous: Path | None) -> Path | None:
+        """The finished copy when it is one of `previous`; None (and nothing left) otherwise."""
+        self._thread.join()
+        if self.error is None and previous is not None and os.path.realpath(previous) == \
+                os.path.realpath(self.previous):
+            return self.path
+        self.discard()
+        return None
+
+    def discard(self) -> None:
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            tree.remove_tree(self.path)
+
+
+def _sync_tree(source: int, tmp: Path) -> None:
+    """Make `tmp` (a Spare: the previous release's folders, its files hard links) what _copy_tree would make
+    of the output `source` with that release as `previous`: each folder of the output walked by descriptor as
+    there, an unchanged file (and its .gz) left as it is, a changed one replaced (never written into: its inode
+    is the previous release's), what the output does not have removed."""
+    levels: list[tuple[list[int | None], str, Iterator[str]]] = []
+    fds: list[int | None] = [os.dup(source), None]
+    try:
+        fds[1] = tree.open_dir(str(tmp))
+        levels.append((fds, "", iter(_sync_dir(fds, ""))))
+        while levels:
+            (src, dst), prefix, pending = levels[-1]
+            name = next(pending, None)
+            if name is None:
+                _close(levels.pop()[0])
+                continue
+            path = prefix + name
+            if len(levels) > MAX_DEPTH:
+                raise tree.TreeError(f"{tree.shown(path)} is nested more than {MAX_DEPTH} directories deep")
+            fds = [_open_or_refuse(name, src, prefix, directory=True), None]  # type: ignore[arg-type]
+            levels.append((fds, path + "/", iter(())))
+            fds[1] = tree.open_dir(name, dir_fd=dst)
+            levels[-1] = (fds, path + "/", iter(_sync_dir(fds, path + "/")))
+    finally:
+        if not levels:
+            _close(fds)
+        for level in levels:
+            _close(level[0])
+
+
+def _sync_dir(fds: list[int | None], prefix: str) -> list[str]:
+    """Bring one folder of the spare up to date with the output's; return the names of its subfolders (each
+    there as a folder when this returns)."""
+    src, dst = fds
+    assert src is not None and dst is not None
+    listing = tree.entries(src)
+    names = {name for name, _st in listing}
+    have = dict(tree.entries(dst))
+    wanted: set[str] = set()
+    below = []
+    for name, st in listing:
+        old = have.get(name)
+        wanted.add(name)
+        if stat.S_ISDIR(st.st_mode):
+            below.append(name)
+            if old is not None and not stat.S_ISDIR(old.st_mode):
+                os.unlink(name, dir_fd=dst)
+                old = None
+            if old is None:
+                os.mkdir(name, DIR_MODE, dir_fd=dst)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise tree.TreeError(f"{tree.shown(prefix + name)} is {tree.kind(st.st_mode)}: a release takes "
+                                 "regular files and directories only")
+        packed = name + ".gz"
+        own_gz = packed in names
+        if old is not None and stat.S_ISREG(old.st_mode) and _same_file(st, old):
+            kept_gz = have.get(packed)
+            if not own_gz and kept_gz is not None and stat.S_ISREG(kept_gz.st_mode):
+                wanted.add(packed)  # the previous release's, as stage() links it
+            continue
+        if old is not None:
+            _remove_at(dst, name, old)
+        if not own_gz and packed in have:
+            _remove_at(dst, packed, have.pop(packed))
+        fd = _open_or_refuse(name, src, prefix, directory=False)
+        try:
+            tree.copy_into(fd, os.fstat(fd), name, FILE_MODE, dst)
+        finally:
+            os.close(fd)
+        if not own_gz and _precompress_at(dst, name):
+            wanted.add(packed)
+    for name, st in have.items():
+        if name not in wanted:
+            _remove_at(dst, name, st)
+    return below
+
+
+def _remove_at(dir_fd: int, name: str, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        tree.remove_tree_at(dir_fd, name)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _close(fds: list[int | None]) -> None:

@@ -396,3 +396,60 @@ def test_folders_of_nikolas_state_the_last_build_moved_go_with_all_they_hold(tmp
     finished = time.time_ns()
     assert work_tree.prepare(site, tmp_path / "tmp", None, started + work_tree.CTIME_SLACK_NS, finished) is None
     assert os.listdir(site) == []  # both moved: all of them goes, and the next build makes them again
+
+
+def _release_tree(root: Path) -> dict[str, tuple]:
+    """Each entry of a release: its kind, mode, modification time and bytes (a file's)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        found[path.relative_to(root).as_posix()] = (
+            stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns if path.is_file() else 0,
+            path.read_bytes() if path.is_file() else b"")
+    return found
+
+
+def test_a_release_made_from_a_spare_copy_is_the_release_staging_makes(tmp_path: Path) -> None:
+    """The spare (a copy of the live release made while the build ran) brought up to date gives what copying
+    the whole output gives, for every kind of change, and the live release is never written into."""
+    output = tmp_path / "output"
+    page = "<p>" + "a page of text " * 100 + "</p>"
+    for path in ("index.html", "posts/a/index.html", "posts/b/index.html", "posts/c/index.html", "x.txt",
+                 "own/page.html", "own/page.html.gz", "img/logo.png", "goes/away/index.html", "turns/into/file.html"):
+        (output / path).parent.mkdir(parents=True, exist_ok=True)
+        (output / path).write_text(page + path)
+    live = releases.stage(output, tmp_path / "releases", releases.Release("r1", "c1", "t", 1.0), None)
+    before = _release_tree(live)
+
+    (output / "posts" / "a" / "index.html").write_text(page + "changed")  # changed: a new file, a new .gz
+    (output / "posts" / "d").mkdir()
+    (output / "posts" / "d" / "index.html").write_text(page + "new")  # a new folder
+    tree.remove_tree(output / "goes")  # a folder gone
+    (output / "x.txt").unlink()  # a file and its .gz gone
+    (output / "own" / "page.html.gz").write_bytes(b"the output's own, changed")  # its own .gz wins
+    (output / "own" / "page.html").write_text(page + "own, changed")
+    tree.remove_tree(output / "turns" / "into")
+    (output / "turns" / "into").write_text("a file where a folder was")
+    (output / "img" / "logo.png").unlink()
+    (output / "img" / "logo.png").mkdir()  # a folder where a file was
+    (output / "img" / "logo.png" / "inner.html").write_text(page)
+
+    copied = releases.stage(output, tmp_path / "releases", releases.Release("r2", "c2", "t", 1.0), live)
+    spare = releases.Spare(tmp_path / "releases", live)
+    synced = releases.stage(output, tmp_path / "releases", releases.Release("r3", "c3", "t", 1.0), live, spare)
+    assert _release_tree(synced) == _release_tree(copied)
+    assert _release_tree(live) == before
+    unchanged = (synced / "posts" / "b" / "index.html").stat()
+    assert unchanged.st_ino == (live / "posts" / "b" / "index.html").stat().st_ino  # shared, as stage() links
+    assert not spare.path.exists()
+
+
+def test_a_spare_of_another_release_is_not_used_and_goes(tmp_path: Path) -> None:
+    output = _output(tmp_path / "output")
+    first = releases.stage(output, tmp_path / "releases", releases.Release("r1", "c1", "t", 1.0), None)
+    (output / "index.html").write_text("<p>home, later</p>")
+    second = releases.stage(output, tmp_path / "releases", releases.Release("r2", "c2", "t", 1.0), first)
+    spare = releases.Spare(tmp_path / "releases", first)  # the live release changed meanwhile (a rollback)
+    third = releases.stage(output, tmp_path / "releases", releases.Release("r3", "c3", "t", 1.0), second, spare)
+    assert _release_tree(third) == _release_tree(second)
+    assert not spare.path.exists()

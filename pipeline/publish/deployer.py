@@ -163,6 +163,9 @@ class Deployer:
         the releases pruned), or None when the build or the publish failed (recorded) or was interrupted."""
         settings = self.settings
         commit = record["commit"]
+        before = releases.current_release_dir(settings.layout.current)
+        # While the build runs: a copy of the live release for staging to bring up to date (releases.Spare).
+        spare = None if before is None else releases.Spare(settings.layout.releases, before)
         try:
             try:
                 self.builder.build(commit, reason=reason, log_path=settings.layout.build_log, changes=changes)
@@ -183,7 +186,7 @@ class Deployer:
             staging = time.monotonic()
             output = self.builder.open_output(self.builder.last_output)
             try:
-                release_dir = releases.stage(output, settings.layout.releases, meta, live)
+                release_dir = releases.stage(output, settings.layout.releases, meta, live, spare)
             finally:
                 os.close(output)
             self.links.before_swap(release_dir)  # only with LINKS_BROKEN_FAIL: raises links.BrokenLinks
@@ -212,6 +215,8 @@ class Deployer:
             self._failed(record, f"publishing failed: {type(exc).__name__}: {exc}", "", started)
             return None
         finally:
+            if spare is not None:
+                spare.discard()
             self.repair()
         return meta, release_dir, removed
 

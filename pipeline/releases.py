@@ -99,7 +99,7 @@ def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path 
     costs little more than one. Text files get a gzip copy beside them (`name.gz`) that serve.py sends to
     clients accepting gzip.
 
-    With `spare` (Spare: a copy of `previous` made while the build ran, all hard links), the release is that
+    With `spare` (Spare: a copy of `previous` made since it went live, all hard links), the release is that
     copy brought up to date instead: only what differs from `previous` is touched (a one-post change makes no
     folder and links no file), and the result is the same.
     """
@@ -109,10 +109,14 @@ def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path 
     meta_file = releases_dir / f"{meta.release}.json"
     tree.remove_tree(tmp)
     copy = None if spare is None else spare.take(previous)
+    if copy is not None:
+        try:
+            os.rename(copy, tmp)
+        except OSError:
+            copy = None
     source = os.dup(output) if isinstance(output, int) else tree.open_dir(str(output))
     try:
         if copy is not None:
-            os.rename(copy, tmp)
             _sync_tree(source, tmp)
         else:
             _copy_tree(source, tmp, previous)
@@ -168,11 +172,11 @@ def _copy_tree(source: int, tmp: Path, previous: Path | None) -> None:
 
 
 class Spare:
-    """A copy of a release (`previous`: the live one) made in a thread while the build runs, for stage() to
-    bring up to date: hard links of its files, folders of its own (making the folders is most of staging a
-    large site). Taken once; whatever is not taken is removed (discard)."""
+    """A copy of a release (`previous`: the live one) made in a thread after it went live, for the next
+    stage() to bring up to date: hard links of its files, folders of its own (making the folders is most of
+    staging a large site). Taken once; whatever is not taken is removed (discard)."""
 
-    NAME = ".spare.tmp"  # in releases/: prune() removes one an interrupted publisher left
+    NAME = ".spare.tmp"  # in releases/ (prune() leaves it; the next Spare replaces it)
 
     def __init__(self, releases_dir: Path, previous: Path) -> None:
         import threading
@@ -433,7 +437,9 @@ def prune(releases_dir: Path, current_link: Path, keep: int) -> list[str]:
         shutil.rmtree(releases_dir / name, ignore_errors=True)
         (releases_dir / f"{name}.json").unlink(missing_ok=True)
         removed.append(name)
-    for leftover in releases_dir.glob(".*.tmp"):  # an interrupted stage()
+    for leftover in releases_dir.glob(".*.tmp"):  # an interrupted stage() (the spare is the next one's)
+        if leftover.name == Spare.NAME:
+            continue
         shutil.rmtree(leftover, ignore_errors=True)
     return removed
 

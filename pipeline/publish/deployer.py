@@ -58,6 +58,7 @@ class Deployer:
         self.notifier = (notify.Notifier(settings.notify_url, settings.notify_secret, self._notified)
                          if settings.notify_url else None)
         self.links = links.LinkReport(settings.links_broken_fail)  # the link report of each release
+        self.spare: releases.Spare | None = None  # a copy of the live release for the next staging
 
     def _notified(self, ok: bool, message: str) -> None:
         """A notification's final outcome, for the status and the deploy page."""
@@ -129,6 +130,7 @@ class Deployer:
             f", pruned {len(removed)} old release(s)" if removed else "",
         )
         self.links.after_swap(release_dir)  # after the swap: the report never delays push → live
+        self._new_spare(release_dir)
 
     def _refused(self, facts: TreeFacts) -> str | None:
         return refused(facts, self.settings.max_file_mb)
@@ -156,6 +158,15 @@ class Deployer:
         log.info("published %s as %s from the kept release %s of the same tree (no build)%s", commit[:12],
                  meta.release, kept.name, f", pruned {len(removed)} old release(s)" if removed else "")
         self.links.after_swap(release_dir)
+        self._new_spare(release_dir)
+
+    def _new_spare(self, live: Path) -> None:
+        """Start copying the release just published (its folders; its files as hard links) for the next build's
+        staging to bring up to date (releases.Spare): made while nothing is built, it costs the next push
+        nothing; one of a release that is no longer live when the next build ends is not used."""
+        if self.spare is not None:
+            self.spare.discard()
+        self.spare = releases.Spare(self.settings.layout.releases, live)
 
     def _build_and_publish(self, record: dict, *, reason: str | None, changes: list[str] | None,
                            started: float, tree_id: str = "") -> tuple[releases.Release, Path, list] | None:
@@ -163,9 +174,7 @@ class Deployer:
         the releases pruned), or None when the build or the publish failed (recorded) or was interrupted."""
         settings = self.settings
         commit = record["commit"]
-        before = releases.current_release_dir(settings.layout.current)
-        # While the build runs: a copy of the live release for staging to bring up to date (releases.Spare).
-        spare = None if before is None else releases.Spare(settings.layout.releases, before)
+        spare, self.spare = self.spare, None  # made after the last publish: see _new_spare
         try:
             try:
                 self.builder.build(commit, reason=reason, log_path=settings.layout.build_log, changes=changes)

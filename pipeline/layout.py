@@ -4,6 +4,7 @@ DATA_DIR):
     DATA_DIR/
       current -> releases/<id>     the live release (swapped with rename(2))
       releases/<id>/, <id>.json    kept releases and their metadata
+      releases/.spare.tmp/         a copy of the live release for the next staging (releases.Spare)
       source.git/                  the site's repository, outside the work tree (a build cannot touch it)
       build/                       shared with the builder; a volume of its own under the agent, so a
                                    build that fills it never fills the releases' volume

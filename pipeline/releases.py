@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -135,20 +135,35 @@ def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path 
 
 
 def _copy_tree(source: int, tmp: Path, previous: Path | None) -> None:
-    """Depth-first; each level of the walk holds its directory's descriptors (source, new, previous or None)
-    and the names of its subdirectories still to copy, so descriptors are bounded by MAX_DEPTH."""
+    """Copy the output `source` into the new folder `tmp`, linking what `previous` has unchanged (_copy_dir)."""
     tmp.mkdir(mode=DIR_MODE)
     old = None
     if previous is not None:
         with contextlib.suppress(OSError):
             old = tree.open_dir(str(previous))
+
+    def enter(name: str, parent: list[int | None], fds: list[int | None]) -> None:
+        os.mkdir(name, DIR_MODE, dir_fd=parent[1])
+        fds[1] = tree.open_dir(name, dir_fd=parent[1])
+        if parent[2] is not None:
+            with contextlib.suppress(OSError):
+                fds[2] = tree.open_dir(name, dir_fd=parent[2])
+
+    _walk_output([os.dup(source), None, old], tmp, _copy_dir, enter)
+
+
+def _walk_output(fds: list[int | None], tmp: Path, per_dir: Callable[[list[int | None], str], list[str]],
+                 enter: Callable[[str, list[int | None], list[int | None]], None]) -> None:
+    """Depth-first over the output's folders. Each level of the walk holds its folder's descriptors (the output's
+    first, then the release's `tmp` and any more; `fds` those of the top) and the names of its subfolders still
+    to walk, so descriptors are bounded by MAX_DEPTH. `per_dir(fds, prefix)` does one folder and returns its
+    subfolders' names; `enter(name, parent's fds, fds)` opens the release's side of subfolder `name`."""
     levels: list[tuple[list[int | None], str, Iterator[str]]] = []
-    fds: list[int | None] = [os.dup(source), None, old]
     try:
         fds[1] = tree.open_dir(str(tmp))
-        levels.append((fds, "", iter(_copy_dir(fds, ""))))
+        levels.append((fds, "", iter(per_dir(fds, ""))))
         while levels:
-            (src, dst, old), prefix, pending = levels[-1]
+            parent, prefix, pending = levels[-1]
             name = next(pending, None)
             if name is None:
                 _close(levels.pop()[0])
@@ -156,14 +171,11 @@ def _copy_tree(source: int, tmp: Path, previous: Path | None) -> None:
             path = prefix + name
             if len(levels) > MAX_DEPTH:
                 raise tree.TreeError(f"{tree.shown(path)} is nested more than {MAX_DEPTH} directories deep")
-            fds = [_open_or_refuse(name, src, prefix, directory=True), None, None]  # type: ignore[arg-type]
+            opened = _open_or_refuse(name, parent[0], prefix, directory=True)  # type: ignore[arg-type]
+            fds = [opened, *[None] * (len(parent) - 1)]
             levels.append((fds, path + "/", iter(())))
-            os.mkdir(name, DIR_MODE, dir_fd=dst)
-            fds[1] = tree.open_dir(name, dir_fd=dst)
-            if old is not None:
-                with contextlib.suppress(OSError):
-                    fds[2] = tree.open_dir(name, dir_fd=old)
-            levels[-1] = (fds, path + "/", iter(_copy_dir(fds, path + "/")))
+            enter(name, parent, fds)
+            levels[-1] = (fds, path + "/", iter(per_dir(fds, path + "/")))
     finally:
         if not levels:
             _close(fds)
@@ -218,29 +230,11 @@ def _sync_tree(source: int, tmp: Path) -> None:
     of the output `source` with that release as `previous`: each folder of the output walked by descriptor as
     there, an unchanged file (and its .gz) left as it is, a changed one replaced (never written into: its inode
     is the previous release's), what the output does not have removed."""
-    levels: list[tuple[list[int | None], str, Iterator[str]]] = []
-    fds: list[int | None] = [os.dup(source), None]
-    try:
-        fds[1] = tree.open_dir(str(tmp))
-        levels.append((fds, "", iter(_sync_dir(fds, ""))))
-        while levels:
-            (src, dst), prefix, pending = levels[-1]
-            name = next(pending, None)
-            if name is None:
-                _close(levels.pop()[0])
-                continue
-            path = prefix + name
-            if len(levels) > MAX_DEPTH:
-                raise tree.TreeError(f"{tree.shown(path)} is nested more than {MAX_DEPTH} directories deep")
-            fds = [_open_or_refuse(name, src, prefix, directory=True), None]  # type: ignore[arg-type]
-            levels.append((fds, path + "/", iter(())))
-            fds[1] = tree.open_dir(name, dir_fd=dst)
-            levels[-1] = (fds, path + "/", iter(_sync_dir(fds, path + "/")))
-    finally:
-        if not levels:
-            _close(fds)
-        for level in levels:
-            _close(level[0])
+
+    def enter(name: str, parent: list[int | None], fds: list[int | None]) -> None:
+        fds[1] = tree.open_dir(name, dir_fd=parent[1])  # _sync_dir made it a folder
+
+    _walk_output([os.dup(source), None], tmp, _sync_dir, enter)
 
 
 def _sync_dir(fds: list[int | None], prefix: str) -> list[str]:
@@ -275,9 +269,9 @@ def _sync_dir(fds: list[int | None], prefix: str) -> list[str]:
                 wanted.add(packed)  # the previous release's, as stage() links it
             continue
         if old is not None:
-            _remove_at(dst, name, old)
+            tree.remove_entry_at(dst, name, old)
         if not own_gz and packed in have:
-            _remove_at(dst, packed, have.pop(packed))
+            tree.remove_entry_at(dst, packed, have.pop(packed))
         fd = _open_or_refuse(name, src, prefix, directory=False)
         try:
             tree.copy_into(fd, os.fstat(fd), name, FILE_MODE, dst)
@@ -287,16 +281,8 @@ def _sync_dir(fds: list[int | None], prefix: str) -> list[str]:
             wanted.add(packed)
     for name, st in have.items():
         if name not in wanted:
-            _remove_at(dst, name, st)
+            tree.remove_entry_at(dst, name, st)
     return below
-
-
-def _remove_at(dir_fd: int, name: str, st: os.stat_result) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        tree.remove_tree_at(dir_fd, name)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)
 
 
 def _close(fds: list[int | None]) -> None:

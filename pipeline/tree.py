@@ -231,6 +231,15 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
         _remove_dir(dir_fd, todo.pop(), todo, lambda: f".{name}.rm-{os.getpid()}-{next(serial)}")
 
 
+def remove_entry_at(dir_fd: int, name: str, st: os.stat_result) -> None:
+    """Remove the entry `name` of `dir_fd` whose lstat is `st`: a directory with all it holds, else the entry."""
+    if stat.S_ISDIR(st.st_mode):
+        remove_tree_at(dir_fd, name)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
 def drop_changed_files(path: Path, since_ns: int, until_ns: int, made: Callable[[str], bool],
                        folders_before: Mapping[str, int], folders_now: dict[str, int] | None = None,
                        max_depth: int = 64, max_entries: int = 1_000_000) -> str | None:

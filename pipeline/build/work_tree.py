@@ -284,7 +284,7 @@ def _sync_dir(src: int, dst: int, relative: str, trusted_before_ns: int, todo: l
             todo.append((f"{relative}/{name}" if relative else name, tree.open_dir(name, dir_fd=dst)))
             continue
         if mine is not None:
-            _remove_at(dst, name, mine)
+            tree.remove_entry_at(dst, name, mine)
         if stat.S_ISDIR(st.st_mode):
             os.mkdir(name, 0o755, dir_fd=dst)
             todo.append((f"{relative}/{name}" if relative else name, tree.open_dir(name, dir_fd=dst)))
@@ -295,16 +295,8 @@ def _sync_dir(src: int, dst: int, relative: str, trusted_before_ns: int, todo: l
             copied += 1
     for name, mine in theirs.items():  # not in the commit
         if relative or name not in (*STATE_DIRS, *STATE_FILES, WRITTEN_REPORT):
-            _remove_at(dst, name, mine)
+            tree.remove_entry_at(dst, name, mine)
     return copied
-
-
-def _remove_at(dir_fd: int, name: str, st: os.stat_result) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        tree.remove_tree_at(dir_fd, name)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)
 
 
 def _copy_file(src: int, name: str, dst: int, st: os.stat_result) -> None:

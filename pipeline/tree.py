@@ -263,11 +263,12 @@ def drop_changed_files(path: Path, since_ns: int, until_ns: int, made: Callable[
     def moved(relative: str, inode: int) -> bool:
         return inode in known and folders_before.get(relative) != inode
 
-    if moved(path.name, os.fstat(top).st_ino):
+    inode = os.fstat(top).st_ino
+    if moved(path.name, inode):
         os.close(top)
         remove_tree(path)
         return None
-    now[path.name] = os.fstat(top).st_ino
+    now[path.name] = inode
     stack: list[tuple[int, str, Iterator[tuple[str, os.stat_result]]]] = [(top, path.name, _lazy_entries(top))]
     seen = 0
     try:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline import tree
+from pipeline.files import replace_file
 
 # Nikola's incremental state: carried over into the next build when it can be trusted, removed for a clean build.
 STATE_DIRS = ("output", "cache")
@@ -172,34 +173,15 @@ def _remember_folders(site_dir: Path, folders: dict[str, int]) -> None:
     """Keep the inodes of the directories of Nikola's state (relative path → inode) for the next build."""
     data = b"".join(b"%d\0%s\0" % (inode, relative.encode("utf-8", "surrogateescape"))
                     for relative, inode in folders.items())
-    path = _folders_path(site_dir)
-    spare = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    os.replace(spare, path)
+    replace_file(_folders_path(site_dir), data, 0o600)
 
 
 def _folders_before(site_dir: Path) -> dict[str, int] | None:
     """What _remember_folders kept last, or None (a worker of an older version, or no longer readable)."""
-    try:
-        fd = os.open(_folders_path(site_dir), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    found = _read_small(_folders_path(site_dir), FOLDERS_BYTES)
+    if found is None:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > FOLDERS_BYTES:
-            return None
-        data = b""
-        while chunk := os.read(fd, FOLDERS_BYTES + 1 - len(data)):
-            data += chunk
-    finally:
-        os.close(fd)
-    fields = data.split(b"\0")[:-1]
+    fields = found[0].split(b"\0")[:-1]
     try:
         return {relative.decode("utf-8", "surrogateescape"): int(inode)
                 for inode, relative in zip(fields[::2], fields[1::2], strict=True)}
@@ -211,18 +193,30 @@ def _made_by_last_build(site_dir: Path) -> tuple[set[str], bool] | None:
     """The targets of the tasks the last build ran, as it reported them (a regular file, at most
     WRITTEN_REPORT_BYTES), and whether the volume keeps file times finer than a millisecond (the report's
     change time, which no process sets, has digits below one); None when there is no such report."""
+    found = _read_small(site_dir / WRITTEN_REPORT, WRITTEN_REPORT_BYTES)
+    if found is None:
+        return None
+    data, st = found
+    return set(data.decode("utf-8", "surrogateescape").splitlines()), st.st_ctime_ns % 1_000_000 != 0
+
+
+def _read_small(path: Path, limit: int) -> tuple[bytes, os.stat_result] | None:
+    """The bytes of `path` and its fstat when it is a regular file (not a link, not a FIFO) of at most `limit`
+    bytes; else None."""
     try:
-        fd = os.open(site_dir / WRITTEN_REPORT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > WRITTEN_REPORT_BYTES:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             return None
-        data = os.read(fd, WRITTEN_REPORT_BYTES + 1)
+        data = b""
+        while chunk := os.read(fd, limit + 1 - len(data)):
+            data += chunk
     finally:
         os.close(fd)
-    return set(data.decode("utf-8", "surrogateescape").splitlines()), st.st_ctime_ns % 1_000_000 != 0
+    return data, st
 
 
 def copy_in(export_dir: Path, site_dir: Path) -> int:

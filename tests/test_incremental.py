@@ -88,6 +88,28 @@ def test_incremental_output_equals_a_clean_build(site_repo: SiteRepo, tmp_path: 
     builder.worker.stop()
 
 
+def test_a_post_that_includes_a_file_is_made_again_when_the_file_changes(site_repo: SiteRepo, tmp_path: Path) -> None:
+    """A post whose text includes another file is never taken for one that reads only its own files, in no build
+    of a warm site holder (the holder remembers which posts do, from build to build)."""
+    site_repo.write("posts/shared.inc", "Shared text, first version.\n")
+    site_repo.add_post("includer", "Includes a file", body=".. include:: posts/shared.inc")
+    source = GitSource(site_repo.url, "main", tmp_path / "work", timeout=60)
+    builder = builder_for(source, 300)
+    page = output_of(builder) / "posts" / "includer" / "index.html"
+    build(source, builder, tmp_path / "1.log")
+    assert b"first version" in page.read_bytes()
+    for round_ in range(2):  # another post edited: the includer is an unchanged post in the builds that follow
+        site_repo.add_post("other", "Another post", body=f"Edited {round_}.")
+        assert build(source, builder, tmp_path / f"other-{round_}.log") is None
+        assert builder.last_site == "warm"
+    site_repo.write("posts/shared.inc", "Shared text, second version.\n")
+    site_repo.commit("Edit the included file")
+    assert build(source, builder, tmp_path / "2.log") is None
+    assert builder.last_site == "warm"
+    assert b"second version" in page.read_bytes()
+    builder.worker.stop()
+
+
 def test_configuration_changes_get_a_clean_build(site_repo: SiteRepo, tmp_path: Path) -> None:
     source = GitSource(site_repo.url, "main", tmp_path / "work", timeout=60)
     builder = builder_for(source, 300)
@@ -152,6 +174,9 @@ def test_incremental_equals_clean_on_a_larger_generated_site(site_repo: SiteRepo
     assert lists and int(lists.group(2)) > 60, log  # of the 30 index pages and ~40 tag and archive pages
     made = set(re.findall(r"^\.  render_taxonomies:output/(\S+)$", log, re.M))
     assert made & {"categories/tag02/index.html", "categories/tag17/index.html", "2025/index.html"} == set(), made
+    # ... and no feed: each shows its 10 newest posts, and this one is older (the blog's and its tags' feeds).
+    assert not {name for name in made if name.endswith(".xml")}, made
+    assert int(re.search(r"(\d+) unchanged feed\(s\) left out", log).group(1)) > 20, log
     assert any(name.startswith("index") for name in made), made
     assert tree(output_of(builder)) == clean_tree(site_repo, tmp_path / "text", timeout=600)
 

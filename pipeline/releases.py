@@ -117,7 +117,8 @@ def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path 
     source = os.dup(output) if isinstance(output, int) else tree.open_dir(str(output))
     try:
         if copy is not None:
-            _sync_tree(source, tmp)
+            assert spare is not None
+            _sync_tree(source, tmp, spare.listing)
         else:
             _copy_tree(source, tmp, previous)
         site_rules.check_release(tmp)  # a bad _redirects or _headers rule fails the publish (RuleError)
@@ -134,8 +135,12 @@ def stage(output: Path | int, releases_dir: Path, meta: Release, previous: Path 
     return final
 
 
-def _copy_tree(source: int, tmp: Path, previous: Path | None) -> None:
-    """Copy the output `source` into the new folder `tmp`, linking what `previous` has unchanged (_copy_dir)."""
+Listing = dict[str, dict[str, os.stat_result]]  # folder ("" or "a/b/") → name → lstat of each entry in it
+
+
+def _copy_tree(source: int, tmp: Path, previous: Path | None, listing: Listing | None = None) -> None:
+    """Copy the output `source` into the new folder `tmp`, linking what `previous` has unchanged (_copy_dir);
+    with `listing`, note in it what each folder of the copy holds."""
     tmp.mkdir(mode=DIR_MODE)
     old = None
     if previous is not None:
@@ -149,7 +154,10 @@ def _copy_tree(source: int, tmp: Path, previous: Path | None) -> None:
             with contextlib.suppress(OSError):
                 fds[2] = tree.open_dir(name, dir_fd=parent[2])
 
-    _walk_output([os.dup(source), None, old], tmp, _copy_dir, enter)
+    def per_dir(fds: list[int | None], prefix: str) -> list[str]:
+        return _copy_dir(fds, prefix, listing)
+
+    _walk_output([os.dup(source), None, old], tmp, per_dir, enter)
 
 
 def _walk_output(fds: list[int | None], tmp: Path, per_dir: Callable[[list[int | None], str], list[str]],
@@ -196,6 +204,7 @@ class Spare:
         self.previous = previous
         self.path = releases_dir / self.NAME
         self.error: BaseException | None = None
+        self.listing: Listing = {}  # what each folder of the copy holds, as it was made: see _sync_tree
         self._thread = threading.Thread(target=self._make, name="spare-release", daemon=True)
         self._thread.start()
 
@@ -204,7 +213,7 @@ class Spare:
             tree.remove_tree(self.path)
             source = tree.open_dir(str(self.previous))
             try:
-                _copy_tree(source, self.path, self.previous)
+                _copy_tree(source, self.path, self.previous, self.listing)
             finally:
                 os.close(source)
         except BaseException as exc:  # noqa: BLE001 - then stage() copies as it would without a spare
@@ -225,26 +234,39 @@ class Spare:
             tree.remove_tree(self.path)
 
 
-def _sync_tree(source: int, tmp: Path) -> None:
-    """Make `tmp` (a Spare: the previous release's folders, its files hard links) what _copy_tree would make
-    of the output `source` with that release as `previous`: each folder of the output walked by descriptor as
-    there, an unchanged file (and its .gz) left as it is, a changed one replaced (never written into: its inode
-    is the previous release's), what the output does not have removed."""
+def _sync_tree(source: int, tmp: Path, listing: Listing) -> None:
+    """Make `tmp` (a Spare: the previous release's folders, its files hard links; `listing` what it holds) what
+    _copy_tree would make of the output `source` with that release as `previous`: each folder of the output
+    walked by descriptor as there, an unchanged file (and its .gz) left as it is, a changed one replaced (never
+    written into: its inode is the previous release's), what the output does not have removed. The copy is not
+    read (its listing is known: no process but the publisher writes in releases/), and a folder of it is opened
+    only to change something in it: a one-post change of a 5,000-post blog opens three."""
+    top: list[int | None] = [os.dup(source), None]
 
     def enter(name: str, parent: list[int | None], fds: list[int | None]) -> None:
-        fds[1] = tree.open_dir(name, dir_fd=parent[1])  # _sync_dir made it a folder
+        pass  # the copy's side of a folder is opened when something in it changes (_sync_dir)
 
-    _walk_output([os.dup(source), None], tmp, _sync_dir, enter)
+    def per_dir(fds: list[int | None], prefix: str) -> list[str]:
+        return _sync_dir(fds, prefix, listing.get(prefix, {}), top)
+
+    _walk_output(top, tmp, per_dir, enter)
 
 
-def _sync_dir(fds: list[int | None], prefix: str) -> list[str]:
-    """Bring one folder of the spare up to date with the output's; return the names of its subfolders (each
-    there as a folder when this returns)."""
-    src, dst = fds
-    assert src is not None and dst is not None
+def _sync_dir(fds: list[int | None], prefix: str, had: dict[str, os.stat_result], top: list[int | None]) -> list[str]:
+    """Bring one folder of the spare (which held `had`) up to date with the output's; return the names of its
+    subfolders (each there as a folder when this returns). `top`: the descriptors of the walk's top folders."""
+    src = fds[0]
+    assert src is not None
+
+    def dst() -> int:
+        if fds[1] is None:
+            assert top[1] is not None
+            fds[1] = tree.open_dir(prefix.rstrip("/"), dir_fd=top[1])  # made by the publisher: no link in it
+        return fds[1]
+
     listing = tree.entries(src)
     names = {name for name, _st in listing}
-    have = dict(tree.entries(dst))
+    have = dict(had)
     wanted: set[str] = set()
     below = []
     for name, st in listing:
@@ -253,10 +275,10 @@ def _sync_dir(fds: list[int | None], prefix: str) -> list[str]:
         if stat.S_ISDIR(st.st_mode):
             below.append(name)
             if old is not None and not stat.S_ISDIR(old.st_mode):
-                os.unlink(name, dir_fd=dst)
+                os.unlink(name, dir_fd=dst())
                 old = None
             if old is None:
-                os.mkdir(name, DIR_MODE, dir_fd=dst)
+                os.mkdir(name, DIR_MODE, dir_fd=dst())
             continue
         if not stat.S_ISREG(st.st_mode):
             raise tree.TreeError(f"{tree.shown(prefix + name)} is {tree.kind(st.st_mode)}: a release takes "
@@ -269,19 +291,19 @@ def _sync_dir(fds: list[int | None], prefix: str) -> list[str]:
                 wanted.add(packed)  # the previous release's, as stage() links it
             continue
         if old is not None:
-            tree.remove_entry_at(dst, name, old)
+            tree.remove_entry_at(dst(), name, old)
         if not own_gz and packed in have:
-            tree.remove_entry_at(dst, packed, have.pop(packed))
+            tree.remove_entry_at(dst(), packed, have.pop(packed))
         fd = _open_or_refuse(name, src, prefix, directory=False)
         try:
-            tree.copy_into(fd, os.fstat(fd), name, FILE_MODE, dst)
+            tree.copy_into(fd, os.fstat(fd), name, FILE_MODE, dst())
         finally:
             os.close(fd)
-        if not own_gz and _precompress_at(dst, name):
+        if not own_gz and _precompress_at(dst(), name):
             wanted.add(packed)
     for name, st in have.items():
         if name not in wanted:
-            tree.remove_entry_at(dst, name, st)
+            tree.remove_entry_at(dst(), name, st)
     return below
 
 
@@ -292,8 +314,9 @@ def _close(fds: list[int | None]) -> None:
     fds[:] = [None] * len(fds)
 
 
-def _copy_dir(fds: list[int | None], prefix: str) -> list[str]:
-    """Copy one directory's files; return the names of its subdirectories."""
+def _copy_dir(fds: list[int | None], prefix: str, made: Listing | None = None) -> list[str]:
+    """Copy one directory's files; return the names of its subdirectories. With `made`, note in it what the copy
+    of the directory holds (its files as they are, its subdirectories, which the walk makes next)."""
     src, dst, old = fds
     assert src is not None and dst is not None
     listing = tree.entries(src)
@@ -307,6 +330,9 @@ def _copy_dir(fds: list[int | None], prefix: str) -> list[str]:
         else:
             raise tree.TreeError(f"{tree.shown(prefix + name)} is {tree.kind(st.st_mode)}: a release takes "
                                  "regular files and directories only")
+    if made is not None:
+        folder = os.fstat(dst)  # what a subdirectory's entry is taken as (a directory: all _sync_dir asks)
+        made[prefix] = {**dict(tree.entries(dst)), **{name: folder for name in below}}
     return below
 
 

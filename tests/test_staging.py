@@ -424,6 +424,8 @@ def test_a_release_made_from_a_spare_copy_is_the_release_staging_makes(tmp_path:
     (output / "posts" / "a" / "index.html").write_text(page + "changed")  # changed: a new file, a new .gz
     (output / "posts" / "d").mkdir()
     (output / "posts" / "d" / "index.html").write_text(page + "new")  # a new folder
+    (output / "new" / "deeper").mkdir(parents=True)
+    (output / "new" / "deeper" / "index.html").write_text(page + "new, deeper")  # new folders in new folders
     tree.remove_tree(output / "goes")  # a folder gone
     (output / "x.txt").unlink()  # a file and its .gz gone
     (output / "own" / "page.html.gz").write_bytes(b"the output's own, changed")  # its own .gz wins

@@ -240,7 +240,7 @@ def _sync_tree(source: int, tmp: Path, listing: Listing) -> None:
     walked by descriptor as there, an unchanged file (and its .gz) left as it is, a changed one replaced (never
     written into: its inode is the previous release's), what the output does not have removed. The copy is not
     read (its listing is known: no process but the publisher writes in releases/), and a folder of it is opened
-    only to change something in it: a one-post change of a 5,000-post blog opens three."""
+    only to change something in it: a one-post change opens the folders of what changed, not all 5,000."""
     top: list[int | None] = [os.dup(source), None]
 
     def enter(name: str, parent: list[int | None], fds: list[int | None]) -> None:

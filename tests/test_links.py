@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -120,9 +121,31 @@ def test_the_report_lives_beside_its_release_and_stale_ones_go(tmp_path: Path) -
     reporter.before_swap(release)  # does nothing without the setting
     assert release.is_dir() and releases.read_report(release) is None
     reporter.after_swap(release)
+    reporter.wait()  # made in a thread: the next push is not held up by it
     report = releases.read_report(release)
     assert report is not None and broken(report) == EXPECTED
     assert not gone.exists()
+
+
+def test_the_report_after_a_swap_does_not_hold_up_the_next_push(tmp_path: Path) -> None:
+    """after_swap returns while the pages are still being checked (a clean build's report parses every page); the
+    next report, or a check before a swap, waits for it."""
+    release = make_release(tmp_path)
+    reporter = links.LinkReport(fail_on_broken=False)
+    checking, go_on = threading.Event(), threading.Event()
+    real_check = reporter.checker.check
+
+    def check(release_dir: Path) -> dict:
+        checking.set()
+        go_on.wait(10)
+        return real_check(release_dir)
+
+    reporter.checker.check = check  # type: ignore[method-assign]
+    reporter.after_swap(release)  # returns at once: the watcher goes on to the next push
+    assert checking.wait(10) and releases.read_report(release) is None
+    go_on.set()
+    reporter.wait()
+    assert broken(releases.read_report(release)) == EXPECTED
 
 
 def test_with_the_setting_broken_links_remove_the_staged_release_and_fail(tmp_path: Path) -> None:
@@ -141,6 +164,7 @@ def test_with_the_setting_broken_links_remove_the_staged_release_and_fail(tmp_pa
     reporter = links.LinkReport(fail_on_broken=True)
     reporter.before_swap(fine)
     reporter.after_swap(fine)
+    reporter.wait()
     assert releases.read_report(fine)["broken_count"] == 0
 
 

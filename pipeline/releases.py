@@ -261,7 +261,7 @@ def _sync_dir(fds: list[int | None], prefix: str, had: dict[str, os.stat_result]
     def dst() -> int:
         if fds[1] is None:
             assert top[1] is not None
-            fds[1] = tree.open_dir(prefix.rstrip("/"), dir_fd=top[1])  # made by the publisher: no link in it
+            fds[1] = _open_below(top[1], prefix)
         return fds[1]
 
     listing = tree.entries(src)
@@ -305,6 +305,21 @@ def _sync_dir(fds: list[int | None], prefix: str, had: dict[str, os.stat_result]
         if name not in wanted:
             tree.remove_entry_at(dst(), name, st)
     return below
+
+
+def _open_below(top: int, prefix: str) -> int:
+    """Open the folder `prefix` ("a/b/") below the open folder `top`, one name at a time (a path may be longer
+    than the kernel takes in one call)."""
+    fd = os.dup(top)
+    try:
+        for name in prefix.rstrip("/").split("/"):
+            below = tree.open_dir(name, dir_fd=fd)
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _close(fds: list[int | None]) -> None:

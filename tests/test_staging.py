@@ -3,6 +3,7 @@ files and directories only, safe against a process that swaps files while it cop
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -444,6 +445,41 @@ def test_a_release_made_from_a_spare_copy_is_the_release_staging_makes(tmp_path:
     unchanged = (synced / "posts" / "b" / "index.html").stat()
     assert unchanged.st_ino == (live / "posts" / "b" / "index.html").stat().st_ino  # shared, as stage() links
     assert not spare.path.exists()
+
+
+def _deep(root: Path, names: list[str]) -> int:
+    """The folder root/names[0]/names[1]/… opened one name at a time (its path is longer than PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for name in names:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, dir_fd=fd)
+        below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    return fd
+
+
+def test_a_change_deeper_than_a_path_can_name_is_staged_from_the_spare(tmp_path: Path) -> None:
+    output = _output(tmp_path / "output")
+    names = [f"{level:02d}" + "x" * 238 for level in range(18)]  # 18 × 241 bytes: beyond the kernel's 4,096
+    for text in (b"first", b"second"):
+        fd = _deep(output, names)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("page.html", dir_fd=fd)
+        page = os.open("page.html", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(page, text)
+        os.close(page)
+        os.close(fd)
+        if text == b"first":
+            live = releases.stage(output, tmp_path / "releases", releases.Release("r1", "c1", "t", 1.0), None)
+            spare = releases.Spare(tmp_path / "releases", live)
+    synced = releases.stage(output, tmp_path / "releases", releases.Release("r2", "c2", "t", 1.0), live, spare)
+    for release, text in ((synced, b"second"), (live, b"first")):
+        fd = _deep(release, names)
+        page = os.open("page.html", os.O_RDONLY, dir_fd=fd)
+        assert os.read(page, 100) == text
+        os.close(page)
+        os.close(fd)
 
 
 def test_a_spare_of_another_release_is_not_used_and_goes(tmp_path: Path) -> None:

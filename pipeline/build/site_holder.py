@@ -110,6 +110,7 @@ def serve(sock: socket.socket, first: Any) -> int:
         site = ready
         builds += 1
         _load_templates(site.doit_nikola.nikola)
+        site.known = site.own_files_known()
         # A full collection walks every object of a large site (~0.1 s at 2,000 posts): once in FULL_COLLECTION
         # builds; in between, what a scan left behind is mostly freed as it goes (reference counts).
         gc.collect(2 if builds % FULL_COLLECTION == 1 else 1)
@@ -130,7 +131,6 @@ def serve(sock: socket.socket, first: Any) -> int:
             site.commit, site.fingerprint = request.commit, report.get("fingerprint")
             site.list_keys = report["lists"]
             site.list_reads = {name: read for name, read in report["reads"].items() if isinstance(read, bool)}
-            site.own_deps = _known_next(site, report.get("not_known_next")) if not again else set()
             _keep_template_deps(site.doit_nikola.nikola, report["templates"])
             answer = dataclasses.replace(answer, output=str(site.doit_nikola.nikola.config.get("OUTPUT_FOLDER")))
         _redirect_output(confinement.devnull)
@@ -208,7 +208,7 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
     for fd in (read_end, *_HOLDER_FDS):  # what the build (and what it starts) has no business with
         os.close(fd)
     nikola = site.doit_nikola.nikola
-    skips = Skips(nikola, site.unchanged if skip else [], site.own_deps if skip else set())
+    skips = Skips(nikola, site.unchanged if skip else [], site.known if skip else set())
     if skips.candidates:
         skips.install()
     lists = ListPages(skips, site.list_keys if skip else {}, site.twins if skip else {}, site.list_reads)
@@ -227,22 +227,13 @@ def _build(site: WarmSite, skip: bool, report_fd: int, read_end: int) -> int:
     phases = {**runner.PHASES, "posts_left_out": len(skips.skipped), "lists_left_out": lists.left_out,
               "feeds_left_out": lists.feeds_left_out}
     report = {"fingerprint": fingerprint, "scheduled": runner.scheduled(), "lists": lists.keys,
-              "reads": lists.reads, "phases": phases, "templates": _template_deps(nikola),
-              "not_known_next": skips.not_known_next()}
+              "reads": lists.reads, "phases": phases, "templates": _template_deps(nikola)}
     capacity = fcntl.fcntl(report_fd, fcntl.F_GETPIPE_SZ)
     data = json.dumps(report).encode()
-    if len(data) > capacity:  # the next build generates every list page and asks every post's dependencies
-        data = json.dumps({**report, "lists": {}, "reads": {}, "templates": {}, "not_known_next": None}).encode()
+    if len(data) > capacity:  # the next build generates every list page
+        data = json.dumps({**report, "lists": {}, "reads": {}, "templates": {}}).encode()
     os.write(report_fd, data[:capacity])  # within the pipe's buffer: never blocks
     return 0
-
-
-def _known_next(site: WarmSite, not_known: Any) -> set[int]:
-    """The posts the next build may take as reading only their own files (Skips.known): this build's candidates
-    but those the build reported (a list of ids; anything else: none)."""
-    if not isinstance(not_known, list) or not all(isinstance(key, int) for key in not_known):
-        return set()
-    return {id(post) for post in site.unchanged} - set(not_known)
 
 
 def _template_deps(nikola: Any) -> dict:

@@ -194,7 +194,8 @@ class WarmSite:
     list_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # ListPages' keys of the last build
     list_reads: dict[str, bool] = dataclasses.field(default_factory=dict)  # ... whether each read a post's text
     twins: dict[int, Any] = dataclasses.field(default_factory=dict)  # a post read again → its last Post (listed_alike)
-    own_deps: set[int] = dataclasses.field(default_factory=set)  # posts known to read only their own files (Skips)
+    own_files: dict[int, tuple[Any, tuple, bool]] = dataclasses.field(default_factory=dict)  # see own_files_known
+    known: set[int] = dataclasses.field(default_factory=set)  # own_files_known() for this build
 
     @classmethod
     def open(cls, site_dir: str) -> WarmSite | int:
@@ -288,6 +289,62 @@ class WarmSite:
         remember_reprs(site.timeline)
 
 
+    def own_files_known(self) -> set[int]:
+        """The posts whose tasks may be left out (`unchanged`) that read only their own files (Skips.known),
+        worked out in the holder before the build forks. Asking a post (its sources and what its .dep files in
+        cache/ list) reads its .dep files (0.17 s for 5,000 posts), so the answer is kept with the identity, size,
+        modification and change times of the post's .dep files, and asked again only when one of those differs
+        (a fragment made again writes its .dep file; one the build's code changed is removed before the build,
+        see pipeline.build.work_tree)."""
+        langs = list(self.doit_nikola.nikola.config["TRANSLATIONS"])
+        kept: dict[int, tuple[Any, tuple, bool]] = {}
+        for post in self.unchanged:
+            try:
+                signature = tuple(_file_signature(post.compiler.get_dep_filename(post, lang)) for lang in langs)
+                found = self.own_files.get(id(post))
+                if found is not None and found[0] is post and found[1] == signature:
+                    own = found[2]
+                else:
+                    with _as_it_was(post):
+                        own = reads_only_its_own_files(post, langs)
+            except Exception:  # noqa: BLE001 - not known: the build asks it (and fails there, if it must)
+                continue
+            kept[id(post)] = (post, signature, own)
+        self.own_files = kept
+        return {key for key, (_post, _signature, own) in kept.items() if own}
+
+
+@contextlib.contextmanager
+def _as_it_was(post: Any) -> Any:
+    """Asking a Post of the holder its dependencies adds to its dictionaries: `meta('data', lang)` puts an empty
+    `data` into its metadata (a defaultdict), which would then differ from the same post read again
+    (listed_alike). What the question added is taken away again."""
+    tables = [post.meta, *(table for table in post.meta.values() if isinstance(table, dict)),
+              post._dependency_file_fragment, post._dependency_file_page]
+    keys = [set(table) for table in tables]
+    try:
+        yield
+    finally:
+        for table, before in zip(tables, keys, strict=True):
+            for key in set(table) - before:
+                del table[key]
+
+
+def _file_signature(path: str) -> tuple | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def reads_only_its_own_files(post: Any, langs: list[str]) -> bool:
+    """Whether every file `post`'s fragment and page depend on (Nikola's Post.fragment_deps and Post.deps: its
+    sources, what its .dep file lists) is one of its own (its name's)."""
+    stems = (os.path.splitext(post.source_path)[0], os.path.splitext(post.base_path)[0])
+    return all(path.startswith(stems) for lang in langs for path in [*post.fragment_deps(lang), *post.deps(lang)])
+
+
 REPR = "_pequod_repr"  # a Post's repr, as the holder worked it out once
 
 
@@ -343,13 +400,8 @@ class Skips:
     """In a build forked from a warm holder: leaves out the tasks of the posts in `candidates` that cannot
     have changed, and keeps their targets (so that they are not taken for stale output).
 
-    A candidate reads only its own files when every file its fragment and page depend on is (Nikola's
-    `Post.deps` and `Post.fragment_deps`: the post's sources and what its .dep file in cache/ lists). Asking it
-    reads the .dep file of every post (0.17 s a build at 5,000 posts), so the holder keeps the answer: `known`
-    are the candidates of the last build that read only their own files and whose fragment it left out. Such a
-    post is the same Post object, from unchanged files, and its .dep file was not written since (its fragment
-    task did not run; a .dep file the build's code changed is removed with the work tree's other changed
-    files, and its fragment is then made again)."""
+    A candidate's tasks are left out only if it reads only its own files (reads_only_its_own_files); `known` are
+    the candidates the holder found to (WarmSite.own_files_known), the others are asked here."""
 
     def __init__(self, site: Any, candidates: list[Any], known: set[int] | None = None) -> None:
         self.site = site
@@ -357,24 +409,13 @@ class Skips:
         self.known = known or set()
         self.targets: list[str] = []
         self.skipped: set[int] = set()
-        self.fragments_left_out: set[int] = set()
         self._decided: dict[int, bool] = {}
-
-    def not_known_next(self) -> list[int]:
-        """The candidates whose fragment tasks (every language's) this build did not leave out: the holder's
-        `known` for the next build is the other candidates."""
-        return [key for key in self.candidates if key not in self.fragments_left_out]
-
-    def _own(self, post: Any, path: str) -> bool:
-        stem = os.path.splitext(post.source_path)[0]
-        return path.startswith(stem) or path.startswith(os.path.splitext(post.base_path)[0])
 
     def skippable(self, post: Any) -> bool:
         decided = self._decided.get(id(post))
         if decided is None:
-            decided = self._decided[id(post)] = id(post) in self.candidates and (id(post) in self.known or all(
-                all(self._own(post, path) for path in [*post.fragment_deps(lang), *post.deps(lang)])
-                for lang in self.site.config["TRANSLATIONS"]))
+            decided = self._decided[id(post)] = id(post) in self.candidates and (
+                id(post) in self.known or reads_only_its_own_files(post, list(self.site.config["TRANSLATIONS"])))
         return decided
 
     def install(self) -> None:
@@ -417,7 +458,6 @@ class Skips:
                 return False
             self.targets.extend(targets)
             self.skipped.add(id(post))
-            self.fragments_left_out.add(id(post))
             return True
 
         def gen_tasks() -> Any:

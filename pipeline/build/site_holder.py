@@ -110,7 +110,6 @@ def serve(sock: socket.socket, first: Any) -> int:
         site = ready
         builds += 1
         _load_templates(site.doit_nikola.nikola)
-        site.known = site.own_files_known()
         # A full collection walks every object of a large site (~0.1 s at 2,000 posts): once in FULL_COLLECTION
         # builds; in between, what a scan left behind is mostly freed as it goes (reference counts).
         gc.collect(2 if builds % FULL_COLLECTION == 1 else 1)

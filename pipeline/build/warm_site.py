@@ -194,8 +194,8 @@ class WarmSite:
     list_keys: dict[str, str] = dataclasses.field(default_factory=dict)  # ListPages' keys of the last build
     list_reads: dict[str, bool] = dataclasses.field(default_factory=dict)  # ... whether each read a post's text
     twins: dict[int, Any] = dataclasses.field(default_factory=dict)  # a post read again → its last Post (listed_alike)
-    own_files: dict[int, tuple[Any, tuple, bool]] = dataclasses.field(default_factory=dict)  # see own_files_known
-    known: set[int] = dataclasses.field(default_factory=set)  # own_files_known() for this build
+    own_files: dict[int, tuple[Any, tuple, bool]] = dataclasses.field(default_factory=dict)  # see _own_files_known
+    known: set[int] = dataclasses.field(default_factory=set)  # of `unchanged`, those that read only their own files
 
     @classmethod
     def open(cls, site_dir: str) -> WarmSite | int:
@@ -287,15 +287,15 @@ class WarmSite:
                     self.unchanged.append(post)
         self.neighbours = neighbours
         remember_reprs(site.timeline)
+        self.known = self._own_files_known()
 
-
-    def own_files_known(self) -> set[int]:
+    def _own_files_known(self) -> set[int]:
         """The posts whose tasks may be left out (`unchanged`) that read only their own files (Skips.known),
-        worked out in the holder before the build forks. Asking a post (its sources and what its .dep files in
-        cache/ list) reads its .dep files (0.17 s for 5,000 posts), so the answer is kept with the identity, size,
-        modification and change times of the post's .dep files, and asked again only when one of those differs
-        (a fragment made again writes its .dep file; one the build's code changed is removed before the build,
-        see pipeline.build.work_tree)."""
+        worked out in the holder as it scans, before the build forks. Asking a post (its sources and what its
+        .dep files in cache/ list) reads its .dep files (0.17 s for 5,000 posts), so the answer is kept with the
+        identity, size, modification and change times of the post's .dep files, and asked again only when one of
+        those differs (a fragment made again writes its .dep file; one the build's code changed is removed before
+        the build, see pipeline.build.work_tree)."""
         langs = list(self.doit_nikola.nikola.config["TRANSLATIONS"])
         kept: dict[int, tuple[Any, tuple, bool]] = {}
         for post in self.unchanged:
@@ -401,7 +401,7 @@ class Skips:
     have changed, and keeps their targets (so that they are not taken for stale output).
 
     A candidate's tasks are left out only if it reads only its own files (reads_only_its_own_files); `known` are
-    the candidates the holder found to (WarmSite.own_files_known), the others are asked here."""
+    the candidates the holder found to (WarmSite.known), the others are asked here."""
 
     def __init__(self, site: Any, candidates: list[Any], known: set[int] | None = None) -> None:
         self.site = site

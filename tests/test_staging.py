@@ -125,15 +125,15 @@ def test_a_process_swapping_files_during_staging_never_adds_a_file_from_elsewher
     assert "refused" in outcomes, outcomes  # the swaps were really seen
 
 
-def test_trees_of_any_depth_are_removed_with_few_descriptors(tmp_path: Path) -> None:
+def test_trees_of_any_depth_are_removed_with_few_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     top = tmp_path / "tmp"
     deep = top
     for _level in range(3000):  # deeper than Python's recursion limit and than PATH_MAX allows by name
         deep.mkdir()
-        os.chdir(deep)
+        monkeypatch.chdir(deep)  # the tests after this one start in the directory they started in
         deep = Path("d")
     Path("file").write_text("x")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     locked = top / "locked"
     locked.mkdir()
     (locked / "f").write_text("x")

@@ -4,7 +4,9 @@
 
 1. serving: nginx, our frontend (HAProxy + CherryPy), CherryPy alone and a naive CherryPy
    staticdir server (like the seed's serve.py), all serving the same release; wrk with keep-alive,
-   32 connections, an index page and a post page; req/s, p50, p99, each as a ratio to nginx.
+   32 connections, an index page and a post page, three runs each with the servers taking turns (the
+   median is reported); req/s, p50, p99, each as a ratio to nginx, and the CPU time each server spent
+   per request; beside them HAProxy at its floor (the page from memory).
 2. publish latency on a generated 200-post blog: pushes changing one post each, from `git push`
    returning to the new text being served through the frontend: by webhook, by polling, and for
    a local file:// remote (watched).
@@ -24,6 +26,7 @@
    instance's peak memory, the volume used.
 
     python bench/bench.py --only large [--sizes 200,2000,5000]   # one section only
+    python bench/bench.py --only serving
     python bench/bench.py --only https
     python bench/bench.py --only idle
 
@@ -95,15 +98,36 @@ def generate_blog(repo: SiteRepo, posts: int, tags_from: list[str] | None = None
 _LAT = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def wrk(url: str, seconds: int) -> dict:
+def cpu_ticks(pids: list[int]) -> int:
+    """CPU time (user + system, all threads) the processes used so far, in clock ticks."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def wrk(url: str, seconds: int, pids: list[int] | None = None) -> dict:
+    """wrk's req/s, p50 and p99; with `pids`, also the CPU time the server's processes spent per request (µs),
+    a steadier figure than req/s on a machine whose cores the server shares with wrk."""
+    before = cpu_ticks(pids or [])
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url], capture_output=True,
                          text=True, timeout=seconds + 60).stdout
+    used = cpu_ticks(pids or []) - before
+    requests_done = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     latency = {f"p{p}": float(v) * scale[u] for p, v, u in _LAT.findall(out)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
-            "errors": errors.group(0) if errors else ""}
+            "errors": errors.group(0) if errors else "",
+            "cpu_us_per_request": round(used * 1e6 / os.sysconf("SC_CLK_TCK") / requests_done, 1)
+            if pids and requests_done else None}
 
 
 NGINX_CONF = """\
@@ -140,6 +164,22 @@ NGINX_TLS_SERVER = """\
 }}
 """
 
+# HAProxy at its fastest: the page from memory, no rules, no cache, no log. What no configuration of the
+# frontend can beat on this machine (the frontend's own rules and cache come on top).
+HAPROXY_FLOOR = """\
+global
+    tune.bufsize 65536
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 60s
+frontend floor
+    bind [::1]:{port}
+    http-request return status 200 content-type "text/html; charset=utf-8" file {page} if {{ path {path} }}
+    http-request return status 404
+"""
+
 NAIVE_SERVER = """\
 import sys, cherrypy
 root, port = sys.argv[1], int(sys.argv[2])
@@ -148,6 +188,16 @@ cherrypy.config.update({"server.socket_host": "::1", "server.socket_port": port,
 cherrypy.quickstart(None, "/", {"/": {"tools.staticdir.on": True, "tools.staticdir.dir": root,
                                       "tools.staticdir.index": "index.html"}})
 """
+
+
+SERVING_ROUNDS = 3
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Each figure of several wrk runs of one server: its median."""
+    figures = {key: statistics.median(run[key] for run in runs) if runs[0][key] is not None else None
+               for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")}
+    return {**figures, "errors": "; ".join(run["errors"] for run in runs if run["errors"]), "runs": len(runs)}
 
 
 def distinct_ports(count: int) -> list[int]:
@@ -214,11 +264,12 @@ def bench_https(run: AgentRun, tmp: Path, seconds: int) -> dict:
 def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
     row, release = copy_release(run, tmp)
     say(f"serving: release {release.name}")
-    nginx_port, naive_port, serve_port = distinct_ports(3)
+    nginx_port, naive_port, serve_port, floor_port = distinct_ports(4)
     (tmp / "nginx").mkdir()
     (tmp / "nginx" / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp / "nginx", port=nginx_port, root=release))
     nginx = Process(["nginx", "-c", str(tmp / "nginx" / "nginx.conf"), "-g", "daemon off;"], python_env(),
                     tmp / "nginx.log")
+    floors = {}
     (tmp / "naive.py").write_text(NAIVE_SERVER)
     naive = Process([sys.executable, str(tmp / "naive.py"), str(release), str(naive_port)], python_env(),
                     tmp / "naive.log")
@@ -232,15 +283,34 @@ def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
         "serve.py in the instance (its CPU limit)": f"http://[{row['ipv6']}]:8000",
     }
     pages = {"index": "/", "post": "/posts/post-100/"}
+    floor = "HAProxy floor (the page from memory, nothing else)"
+    frontend_pid = int((run.state_dir / "haproxy" / "haproxy.pid").read_text().split()[0])
+    servers = {"nginx": lambda: children(nginx.proc.pid),
+               "frontend (HAProxy + CherryPy)": lambda: children(frontend_pid),
+               "CherryPy alone (serve.py, on the host)": lambda: [ours.proc.pid],
+               "naive CherryPy staticdir (on the host)": lambda: [naive.proc.pid], floor: lambda: [floors[floor]]}
     results: dict = {}
     try:
         for name, base in targets.items():
             wait_for(name, lambda base=base: requests.get(base + "/", timeout=5).status_code == 200, 30)
         for page, path in pages.items():
-            for name, base in targets.items():
-                requests.get(base + path, timeout=5).raise_for_status()
-                say(f"wrk {name} {page}")
-                results.setdefault(page, {})[name] = wrk(base + path, seconds)
+            (tmp / f"floor-{page}.cfg").write_text(HAPROXY_FLOOR.format(
+                port=floor_port, page=release / path.strip("/") / "index.html", path=path))
+            floor_server = Process(["haproxy", "-f", str(tmp / f"floor-{page}.cfg")], python_env(), tmp / "floor.log")
+            floors[floor] = floor_server.proc.pid
+            try:
+                page_targets = {**targets, floor: f"http://[::1]:{floor_port}"}
+                for name, base in page_targets.items():
+                    wait_for(name, lambda url=base + path: requests.get(url, timeout=5).ok, 30)
+                runs: dict[str, list[dict]] = {}
+                for round_ in range(SERVING_ROUNDS):  # alternating, so a slow spell of the machine hits all
+                    for name, base in page_targets.items():
+                        say(f"wrk {name} {page} ({round_ + 1}/{SERVING_ROUNDS})")
+                        pids = servers[name]() if name in servers else None
+                        runs.setdefault(name, []).append(wrk(base + path, seconds, pids))
+                results[page] = {name: median_run(each) for name, each in runs.items()}
+            finally:
+                floor_server.stop()
     finally:
         ours.stop()
         naive.stop()
@@ -603,12 +673,16 @@ def bench_under_attack(run: AgentRun, seconds: int) -> dict:
 def markdown(results: dict) -> str:
     lines = [f"Measured {results['when']} on {results['machine']}.", ""]
     for page, targets in results.get("serving", {}).items():
-        lines += [f"**Serving, {page} page** (wrk, 2 threads, 32 keep-alive connections, {results['wrk_seconds']} s)",
-                  "", "| server | req/s | × nginx | p50 ms | p99 ms | p99 × nginx |", "|---|---|---|---|---|---|"]
+        rounds = next(iter(targets.values())).get("runs", 1)
+        lines += [f"**Serving, {page} page** (wrk, 2 threads, 32 keep-alive connections, {results['wrk_seconds']} s; "
+                  f"the median of {rounds} runs, the servers taking turns)",
+                  "", "| server | req/s | × nginx | p50 ms | p99 ms | p99 × nginx | server CPU µs per request |",
+                  "|---|---|---|---|---|---|---|"]
         for name, f in targets.items():
             versus = f" ({f['rps_vs_naive']:.1f} × naive)" if "rps_vs_naive" in f else ""
+            cpu = f.get("cpu_us_per_request")
             lines.append(f"| {name} | {f['rps']:.0f}{versus} | {f['rps_vs_nginx']:.2f} | {f['p50_ms']:.2f} | "
-                         f"{f['p99_ms']:.2f} | {f.get('p99_vs_nginx', 0):.2f} |")
+                         f"{f['p99_ms']:.2f} | {f.get('p99_vs_nginx', 0):.2f} | {cpu if cpu is not None else '-'} |")
         lines.append("")
     if "publish" in results:
         lines += ["**Publish latency**, 200-post blog, one post changed per push, push → visible through the "
@@ -679,7 +753,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (3 s wrk, 3 pushes, 20 s idle)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--only", choices=("large", "https", "idle"), help="run one section only")
+    parser.add_argument("--only", choices=("large", "serving", "https", "idle"), help="run one section only")
     parser.add_argument("--sizes", default=",".join(map(str, LARGE_SIZES)),
                         help="large blogs: post counts (default 200,2000,5000)")
     args = parser.parse_args()
@@ -693,14 +767,16 @@ def main() -> int:
         results["large"] = bench_large(client, tmp, sizes, pushes)
         return write_results(args.out, results, tmp, client)
     repo = SiteRepo(tmp / "remote")
-    if args.only in ("https", "idle"):
+    if args.only in ("serving", "https", "idle"):
         generate_blog(repo, POSTS)
         run = AgentRun(tmp, client, repo)
         try:
             write_yaml(run, "local", poll=10, worker_idle=30)
             run.start()
             wait_mode(run, "local")
-            if args.only == "https":
+            if args.only == "serving":
+                results["serving"] = bench_serving(run, tmp, wrk_seconds)
+            elif args.only == "https":
                 results["https"] = bench_https(run, tmp, wrk_seconds)
             else:
                 results["idle"] = bench_idle(run, idle_seconds)

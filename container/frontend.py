@@ -38,11 +38,15 @@ MAX_BODY = 48 * 1024
 MAX_URL = 4096
 BUFFER_SIZE = 64 * 1024
 # Against slow clients: a request must arrive whole within 10 s, idle keep-alive connections close after
-# 10 s, a client that stops reading is dropped after 30 s.
+# 10 s, a client that stops reading is dropped after 30 s. Requests are not logged (the log's level,
+# notice, keeps instances going up and down and HAProxy's own notices): `dontlog-normal` spares the
+# line HAProxy would otherwise build for each request only to drop it (~1 µs of the ~15 µs of CPU a cached
+# page costs it, docs/benchmarks.md).
 DEFAULTS = """\
 defaults
     mode http
     option httplog
+    option dontlog-normal
     option idle-close-on-response
     option redispatch
     retries 3
@@ -57,16 +61,29 @@ defaults
     timeout tunnel 1h
     option forwardfor
     log global
+"""
 
-# Hot pages come from memory. An entry lives at most 1 s (and no longer than the instance's own
-# Cache-Control allows: HTML says s-maxage=1), so a new release is served everywhere within ~1 s
-# of going live; responses that vary by Accept-Encoding are cached per encoding.
-cache pages
+# Hot pages come from memory; responses that vary by Accept-Encoding are cached per encoding. A backend
+# whose instance names its release link (container/swaps.py) uses `released`: the agent tells the frontend
+# of each swap, from which on the cache looks only for what it stored since, so between swaps an entry may
+# live RELEASED_LIFE s. The others use `pages`, whose entries live at most 1 s (the instance's HTML says
+# s-maxage=1), so a new release is served everywhere within ~1 s of going live. The longer life spares the
+# stampede of a hot page's expiry: while the instance is asked for it again, every connection wanting it
+# waits on the instance, once a second with `pages`, once per RELEASED_LIFE with `released` (the frontend's
+# p99 on a hot page a third lower, docs/benchmarks.md). It stays bounded: when the agent is down at a swap, the
+# page before is served for up to RELEASED_LIFE s.
+RELEASED_LIFE = 10
+CACHE = """\
+cache {name}
     total-max-size 64
     max-object-size 2097152
-    max-age 1
+    max-age {life}
     process-vary on
 """
+# In `released`, the instance's HTML lifetime is lengthened for the cache alone: stored with a marked
+# Cache-Control, given back to clients as the instance said it (on a miss, a hit and a 304 alike).
+HTML_CACHE_CONTROL = "public, s-maxage=1"  # what serve.py says of HTML (pipeline/serve/static_files.py)
+RELEASED_CACHE_CONTROL = f"public, s-maxage={RELEASED_LIFE}, pequod-released"
 
 
 
@@ -257,6 +274,7 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
     if any(service.tls for service in services):
         lines.append(TLS_GLOBAL)
     lines += ["", DEFAULTS.rstrip("\n"), ""]
+    caches = len(lines)  # the caches the backends use go here
     for service in services:
         binds = ([_bind(service.bind, service.port)] if service.port else []) + [
             _bind(address, port) for address, port in service.local_binds]
@@ -287,6 +305,9 @@ def render_haproxy_conf(services: tuple[Service, ...], run_dir: Path, user: str 
         lines += ["frontend pequod-metrics", f"    bind {_bind(*exporter)}", "    no log",
                   "    http-request use-service prometheus-exporter if { path /metrics }",
                   "    http-request deny deny_status 404", ""]
+    lines[caches:caches] = [CACHE.format(name=name, life=life)
+                            for name, life in (("pages", 1), ("released", RELEASED_LIFE))
+                            if any(line.startswith(f"    http-request cache-use {name}") for line in lines)]
     return "\n".join(lines)
 
 
@@ -321,10 +342,15 @@ def backend(name: str, health_path: str, servers: tuple[Server, ...], previews: 
         "    http-check expect status 200",
         "    default-server check inter 5s fastinter 500ms downinter 1s fall 2 rise 1",
         *([f"    http-request set-var(txn.swapped) str({name}),map_str_int({swaps},0)",
-           "    http-request set-header host %[var(txn.host)].swap%[var(txn.swapped)]"] if swaps else []),
-        f"    http-request cache-use pages{unless}",
-        *(["    http-request set-header host %[var(txn.host)]"] if swaps else []),
-        f"    http-response cache-store pages{unless}",
+           "    http-request set-header host %[var(txn.host)].swap%[var(txn.swapped)]",
+           f"    http-request cache-use released{unless}",
+           "    http-request set-header host %[var(txn.host)]",
+           f'    http-response set-header cache-control "{RELEASED_CACHE_CONTROL}" '
+           f'if {{ res.fhdr(cache-control) -m str "{HTML_CACHE_CONTROL}" }}',
+           f"    http-response cache-store released{unless}",
+           f'    http-after-response set-header cache-control "{HTML_CACHE_CONTROL}" '
+           f'if {{ res.fhdr(cache-control) -m str "{RELEASED_CACHE_CONTROL}" }}']
+          if swaps else [f"    http-request cache-use pages{unless}", f"    http-response cache-store pages{unless}"]),
         *(f"    server {s.name} [{s.address}]:{s.port}" for s in servers),
         "",
     ]
@@ -402,8 +428,8 @@ class Frontend:
                 if answer.strip():  # not in the running map yet (a backend the next reload adds)
                     answer = cli(self.dir / "admin.sock", f"add map {self.dir / SWAPS} {name} {when}\n", timeout=2)
             except OSError as exc:
-                log.warning("could not tell the frontend that %s swapped a release (%s): its cache keeps the old "
-                            "pages for up to 1 s", name, exc)
+                log.warning("could not tell the frontend that %s swapped a release (%s): its cache may keep the "
+                            "old pages for up to %d s", name, exc, RELEASED_LIFE)
                 return
         if answer.strip():
             log.warning("the frontend refused the swap of %s: %s", name, answer.strip())

@@ -5,14 +5,17 @@ a symlink in a persistent volume that the instance replaces with rename(2) when 
 rollback, a scheduled post coming due). The volume is mounted on the host (container/volume.py), so the
 agent watches the link's folder there with inotify; when the link is replaced, it tells HAProxy at once
 through its runtime API (Frontend.forget: the swaps map). The backend's cache key holds that time, so from
-then on the cache looks only for answers stored after the swap (what it held before expires within 1 s,
-unread), and hot pages come from the cache again at once. No reload.
+then on the cache looks only for answers stored after the swap (what it held before expires unread), and hot
+pages come from the cache again at once. No reload. Each round of the agent also looks at the links, so a lost
+notice is made good within a round (SwapWatch).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from container import volume
+from container.frontend import RELEASED_LIFE
 from container.records import Application
 
 log = logging.getLogger("container")
@@ -50,53 +54,88 @@ def links(apps: tuple[Application, ...], state_dir: Path) -> dict[str, Link]:
 
 
 class _Swapped(FileSystemEventHandler):
-    def __init__(self, name: str, link: Link, swapped: Callable[[str], None]):
-        self.name, self.link, self.swapped = name, link, swapped
+    def __init__(self, name: str, watch: SwapWatch):
+        self.name, self.watch = name, watch
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in ("moved", "created"):
             return
         target = str(getattr(event, "dest_path", "") or event.src_path)
-        if os.path.basename(target) == self.link.name:
-            try:
-                self.swapped(self.name)
-            except Exception:  # noqa: BLE001 - the watch goes on; the cache's max-age (1 s) still bounds this one
-                log.exception("telling the frontend of %s's swap failed", self.name)
+        link = self.watch.wanted.get(self.name)
+        if link is not None and os.path.basename(target) == link.name:
+            self.watch.check(self.name, link, at_once=True)
 
 
 class SwapWatch:
-    """inotify watches of the release links' folders, kept in line with the applications by sync()."""
+    """The release links watched, kept in line with the applications by sync(): inotify on their folders tells
+    of a swap at once; sync() itself, called each round of the agent, looks at each link too, so a swap whose
+    notice was lost (no watch could be placed, the agent was restarting) is caught within a round. A link first
+    seen is taken for a swap when it was made within the cache's life of its pages (the agent may have missed
+    it), so the frontend forgets what it may still hold from before."""
 
     def __init__(self, swapped: Callable[[str], None]):
         self.swapped = swapped
         self.observer = Observer()
         self.observer.daemon = True
         self.watches: dict[str, tuple[Link, int, ObservedWatch]] = {}  # backend → (link, the folder's device, watch)
+        self.wanted: dict[str, Link] = {}
+        self.seen: dict[str, tuple[int, int, int]] = {}  # backend → its link's (device, inode, mtime ns) when told
+        self.unwatched: set[str] = set()  # backends whose watch could not be placed (said once)
+        self._lock = threading.Lock()
         self.started = False
 
     def sync(self, wanted: dict[str, Link]) -> None:
-        """Watch exactly these links. A folder whose filesystem changed (the volume mounted after the watch was
-        placed, or mounted again) is watched anew; a folder that is not there yet is tried again next time."""
+        """Watch exactly these links and look at each. A folder whose filesystem changed (the volume mounted after
+        the watch was placed, or mounted again) is watched anew; a folder that is not there yet is tried again
+        next time."""
+        self.wanted = dict(wanted)
         for name in list(self.watches):
             watched, watched_device, watch = self.watches[name]
             if wanted.get(name) != watched or _device(watched.folder) != watched_device:
                 self.observer.unschedule(watch)
                 del self.watches[name]
+        for name in list(self.seen):
+            if name not in wanted:
+                del self.seen[name]
         for name, link in wanted.items():
+            self.check(name, link)
             if name in self.watches:
                 continue
             device = _device(link.folder)
             if device is None:
                 continue
             try:
-                watch = self.observer.schedule(_Swapped(name, link, self.swapped), str(link.folder), recursive=False)
-            except OSError as exc:  # inotify limits: the cache's max-age (1 s) still bounds what it keeps
-                log.warning("cannot watch %s for swaps (%s); its cached pages expire within 1 s", link.folder, exc)
+                watch = self.observer.schedule(_Swapped(name, self), str(link.folder), recursive=False)
+            except OSError as exc:  # inotify limits: each round still looks at the link (and tries again)
+                if name not in self.unwatched:
+                    self.unwatched.add(name)
+                    log.warning("cannot watch %s for swaps (%s); they are seen within a round of the agent instead",
+                                link.folder, exc)
                 continue
+            self.unwatched.discard(name)
             self.watches[name] = (link, device, watch)
         if not self.started:
             self.observer.start()
             self.started = True
+
+    def check(self, name: str, link: Link, at_once: bool = False) -> None:
+        """Tell of a swap if the link is not the one last seen (`at_once`: inotify saw it replaced)."""
+        try:
+            st = os.lstat(link.folder / link.name)
+        except OSError:
+            return  # not published yet
+        now = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            before = self.seen.get(name)
+            if before == now:
+                return
+            self.seen[name] = now
+        if before is None and not at_once and time.time() - st.st_mtime > RELEASED_LIFE:
+            return  # made before anything the cache still holds
+        try:
+            self.swapped(name)
+        except Exception:  # noqa: BLE001 - the watch goes on
+            log.exception("telling the frontend of %s's swap failed", name)
 
     def stop(self) -> None:
         if self.started:

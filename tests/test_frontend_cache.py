@@ -1,6 +1,7 @@
 """The frontend with real HAProxy and serve.py: a large page hammered by many clients while its cache entry
 keeps expiring is always served whole (partially cached pages were seen elsewhere); spellings of one file
-share one cache entry; a GET or HEAD with a body is refused."""
+share one cache entry; a GET or HEAD with a body is refused; where the frontend is told of swaps, a page
+stays cached between them (clients still see the instance's Cache-Control) and is forgotten at one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import concurrent.futures
 import contextlib
 import gzip
 import ipaddress
+import os
 import random
 import socket
 import string
@@ -20,23 +22,26 @@ from pathlib import Path
 import pytest
 import requests
 
-from container.frontend import Server, Service, render_haproxy_conf
+from container.frontend import RELEASED_LIFE, SWAPS, Server, Service, cli, render_haproxy_conf
 from tests.helpers import REPO_ROOT, Process, free_port, python_env, wait_for
 
 pytestmark = pytest.mark.system  # HAProxy, ports
 
 
 @contextlib.contextmanager
-def frontend(tmp_path: Path, release: Path) -> Iterator[int]:
-    """HAProxy as the agent configures it, in front of serve.py serving `release`; HAProxy's port."""
+def frontend(tmp_path: Path, release: Path, swaps: bool = False) -> Iterator[int]:
+    """HAProxy as the agent configures it, in front of serve.py serving `release`; HAProxy's port. With `swaps`,
+    the backend's cache forgets at a swap (the agent's swaps map, set through HAProxy's runtime API)."""
     (tmp_path / "current").symlink_to(release)
+    if swaps:
+        (tmp_path / SWAPS).write_text("site 0\n")
     backend, port = free_port(), free_port()
     serve = Process([sys.executable, str(REPO_ROOT / "serve.py"), str(tmp_path / "current"), "--host", "::1",
                      "--port", str(backend)], python_env(), tmp_path / "serve.log")
     config = tmp_path / "haproxy.cfg"
     config.write_text(render_haproxy_conf(
         (Service("site", ipaddress.IPv6Address("::1"), port, "/_site/health",
-                 (Server("s1", ipaddress.IPv6Address("::1"), backend),)),), tmp_path))
+                 (Server("s1", ipaddress.IPv6Address("::1"), backend),), swaps=swaps),), tmp_path))
     haproxy = Process(["haproxy", "-W", "-f", str(config)], python_env(), tmp_path / "haproxy.log")
     try:
         wait_for("the site through HAProxy",
@@ -128,3 +133,35 @@ def test_a_get_or_head_with_a_body_is_refused(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=30)
             assert h2.stdout.endswith("2 400"), h2.stdout + h2.stderr
             assert "server: pequod" not in h2.stdout.lower()  # refused by HAProxy, not only by the instance
+
+
+def test_between_swaps_a_page_stays_cached_and_at_a_swap_it_is_forgotten(tmp_path: Path) -> None:
+    """Hot pages are asked of the instance once per RELEASED_LIFE, not every second (each expiry makes every
+    connection wanting the page wait on the instance), and the client sees the Cache-Control the instance
+    sent, whether the page came from the instance, from the cache, or as a 304 from the cache."""
+    r1, r2 = tmp_path / "releases" / "r1", tmp_path / "releases" / "r2"
+    for release, text in ((r1, "first"), (r2, "second")):
+        (release / "posts" / "x").mkdir(parents=True)
+        (release / "posts" / "x" / "index.html").write_text(f"<html>{text}</html>")
+        (release / "index.html").write_text("<html>home</html>")
+    with frontend(tmp_path, r1, swaps=True) as port:
+        url = f"http://[::1]:{port}/posts/x/"
+        first = requests.get(url, timeout=5)
+        assert first.text == "<html>first</html>" and "Age" not in first.headers  # the instance answered
+        (tmp_path / "current.new").symlink_to(r2)
+        os.replace(tmp_path / "current.new", tmp_path / "current")  # a swap the frontend has not been told of
+        time.sleep(2.5)  # past the 1 s the instance allows (s-maxage=1)
+        held = requests.get(url, timeout=5)
+        assert held.text == "<html>first</html>" and int(held.headers["Age"]) >= 2, held.headers
+        assert int(held.headers["Age"]) <= RELEASED_LIFE
+        unchanged = requests.get(url, headers={"If-None-Match": first.headers["ETag"]}, timeout=5)
+        assert unchanged.status_code == 304 and "Age" in unchanged.headers
+        for answer in (first, held, unchanged):
+            assert answer.headers["Cache-Control"] == "public, s-maxage=1", answer.headers
+        told = cli(tmp_path / "admin.sock", f"set map {tmp_path / SWAPS} site {int(time.time() * 1000)}\n")
+        assert told.strip() == ""
+        after = requests.get(url, timeout=5)  # the agent's Frontend.forget, as at a swap
+        assert after.text == "<html>second</html>" and "Age" not in after.headers
+        again = requests.get(url, timeout=5)
+        assert again.text == "<html>second</html>" and "Age" in again.headers  # cached again at once
+        assert again.headers["Cache-Control"] == "public, s-maxage=1"

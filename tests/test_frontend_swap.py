@@ -43,7 +43,7 @@ class Hammer:
 
 
 def cache_entries(run: AgentRun) -> int:
-    """Entries in the frontend's cache right after the front page was read (an entry lives 1 s)."""
+    """Entries in the frontend's cache right after the front page was read."""
     requests.get(f"{run.frontend}/", timeout=5)
     answer = cli(run.state_dir / "haproxy" / "admin.sock", "show cache\n")
     return sum(1 for line in answer.splitlines() if "hash:" in line)  # entries (the cache's own line has none)
@@ -66,7 +66,7 @@ def test_a_swapped_page_is_never_served_from_the_cache_after_the_swap(agent_run:
             wait_for("the swap", lambda before=before: os.lstat(link).st_mtime != before, 120, 0.005)
             swapped = os.lstat(link).st_mtime  # the new link was made just before its rename(2)
             wait_for("the new post on the front page", lambda: any(fresh for _, fresh in hammer.seen), 30, 0.01)
-            time.sleep(1.5)  # past the life of what the cache held before the swap
+            time.sleep(1.5)  # the old front page is still in the cache (RELEASED_LIFE), never to be served
         first = next(at for at, fresh in hammer.seen if fresh)
         stale_after = [at - swapped for at, fresh in hammer.seen if not fresh and at > first]
         assert stale_after == [], f"old front page served {stale_after} s after the swap"

@@ -312,6 +312,7 @@ def test_bad_previews_settings_are_refused_in_one_line_naming_the_key(yaml: str,
 
 
 def test_the_frontend_routes_previews_to_their_site_uncached_and_haproxy_takes_it(tmp_path: Path) -> None:
+    import dataclasses
     import ipaddress
 
     from container.frontend import check_config, render_haproxy_conf
@@ -331,6 +332,12 @@ def test_the_frontend_routes_previews_to_their_site_uncached_and_haproxy_takes_i
     assert "cache-use pages unless { var(txn.preview) -m bool }" in backend
     assert "cache-store pages unless { var(txn.preview) -m bool }" in backend
     assert "unless" not in text.split("\nbackend web.docs\n")[1].split("\nbackend ")[0]  # the others as before
+    swapping = render_haproxy_conf((Service("web", ipaddress.IPv6Address("::"), 8080, "/_site/health", sites=tuple(
+        dataclasses.replace(site, swaps=True) for site in sites), tls=Tls(8443, None, 8402)),), tmp_path)
+    backend = swapping.split("\nbackend web.blog\n")[1].split("\nbackend ")[0]
+    assert "cache-use released unless { var(txn.preview) -m bool }" in backend  # told of swaps: the longer life
+    assert "cache-store released unless { var(txn.preview) -m bool }" in backend
+    assert "\ncache released\n" in swapping and "\ncache pages\n" not in swapping  # only the caches in use
     assert f"crt {pem}" in text and any("preview_blog" in line and "redirect" in line for line in lines)
     default_redirect = next(line for line in lines if "redirect location https://blog.example.test" in line)
     assert "!preview_blog" in default_redirect  # a preview's host is never sent to the default site

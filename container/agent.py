@@ -193,6 +193,7 @@ class Agent:
 
     # -- instances ----------------------------------------------------------------------------
     def supervise_once(self) -> None:
+        self._guarded(self.watch_swaps)  # first, before the slower work: a swap inotify missed is told at once
         for sup in self.supervised:
             instances.supervise(self, sup)
         self.exits.keep_only({instance.name for sup in self.supervised for instance in sup.live()})
@@ -203,7 +204,6 @@ class Agent:
         self.refresh_destinations()
         instances.remove_orphans(self)
         self._guarded(self.tend_certificates)
-        self._guarded(self.watch_swaps)
         if time.monotonic() - self.firewall_checked > FIREWALL_CHECK_INTERVAL:
             self.firewall_checked = time.monotonic()
             if not firewall.intact():

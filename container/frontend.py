@@ -400,6 +400,7 @@ class Frontend:
         self.swaps: dict[str, int] = {}  # backend → its instance's last swap (ms): the swaps map's content
         self._swaps_lock = threading.Lock()
         self._swaps_written: str | None = None
+        self._failing: set[str] = set()  # backends whose last swap could not be told (said once)
 
     def render(self, services: tuple[Service, ...], exporter: Listen | None = None) -> str:
         """The configuration for these services; the swaps map it names exists (haproxy -c opens it)."""
@@ -416,23 +417,42 @@ class Frontend:
             replace_file(path, text)
             self._swaps_written = text
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str) -> bool:
         """The instance behind backend `name` swapped a release: its cached answers are not used from now on
-        (HAProxy's runtime API sets the swaps map; the file keeps it for the next reload)."""
+        (HAProxy's runtime API sets the swaps map; the file keeps it for the next reload). False when HAProxy
+        could not be told (the caller tries again); a failure is said once until one succeeds."""
         when = int(time.time() * 1000)
         with self._swaps_lock:
             self.swaps[name] = when
             self._write_swaps()
-            try:
-                answer = cli(self.dir / "admin.sock", f"set map {self.dir / SWAPS} {name} {when}\n", timeout=2)
-                if answer.strip():  # not in the running map yet (a backend the next reload adds)
-                    answer = cli(self.dir / "admin.sock", f"add map {self.dir / SWAPS} {name} {when}\n", timeout=2)
-            except OSError as exc:
-                log.warning("could not tell the frontend that %s swapped a release (%s): its cache may keep the "
-                            "old pages for up to %d s", name, exc, RELEASED_LIFE)
-                return
+            told = self._set_swap(name, when)
+        if told:
+            self._failing.discard(name)
+        elif name not in self._failing:
+            self._failing.add(name)
+            log.warning("could not tell the frontend that %s swapped a release: its cache may keep the old pages "
+                        "for up to %d s; trying again each round", name, RELEASED_LIFE)
+        return told
+
+    def _set_swap(self, name: str, when: int) -> bool:
+        try:
+            answer = cli(self.dir / "admin.sock", f"set map {self.dir / SWAPS} {name} {when}\n", timeout=2)
+            if answer.strip():  # not in the running map yet (a backend the next reload adds)
+                answer = cli(self.dir / "admin.sock", f"add map {self.dir / SWAPS} {name} {when}\n", timeout=2)
+        except OSError as exc:
+            log.debug("set map %s: %s", name, exc)
+            return False
         if answer.strip():
-            log.warning("the frontend refused the swap of %s: %s", name, answer.strip())
+            log.debug("set map %s: %s", name, answer.strip())
+        return not answer.strip()
+
+    def _resend_swaps(self) -> None:
+        """After a reload: the new worker read the swaps map's file when it started; a swap told meanwhile may
+        have reached the worker before it, so each backend's time is set again."""
+        with self._swaps_lock:
+            for name, when in sorted(self.swaps.items()):
+                if when and not self._set_swap(name, when):
+                    log.warning("could not tell the reloaded frontend when %s last swapped a release", name)
 
     def apply(self, services: tuple[Service, ...], exporter: Listen | None = None) -> bool:
         """Make HAProxy run with this configuration; True when something changed (started or reloaded)."""
@@ -492,6 +512,7 @@ class Frontend:
                 raise FrontendError(f"HAProxy refused to reload (see {self.daemon.log_file}); the previous "
                                     "configuration stays")
             if now is not None and now[0] > before[0] and now[2] not in (0, before[2]):
+                self._resend_swaps()
                 return
             time.sleep(0.05)
         log.warning("HAProxy did not confirm the reload within %.0f s", timeout)

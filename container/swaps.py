@@ -12,6 +12,7 @@ notice is made good within a round (SwapWatch).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -69,17 +70,18 @@ class _Swapped(FileSystemEventHandler):
 class SwapWatch:
     """The release links watched, kept in line with the applications by sync(): inotify on their folders tells
     of a swap at once; sync() itself, called each round of the agent, looks at each link too, so a swap whose
-    notice was lost (no watch could be placed, the agent was restarting) is caught within a round. A link first
-    seen is taken for a swap when it was made within the cache's life of its pages (the agent may have missed
-    it), so the frontend forgets what it may still hold from before."""
+    notice was lost (no watch could be placed, the agent was restarting) or could not be told (the frontend
+    did not answer) is told within a round. A link first seen is taken for a swap when it was put in place
+    within the cache's life of its pages (the agent may have missed it), so the frontend forgets what it may
+    still hold from before. `swapped(backend)` tells the frontend; False when it could not."""
 
-    def __init__(self, swapped: Callable[[str], None]):
+    def __init__(self, swapped: Callable[[str], bool]):
         self.swapped = swapped
         self.observer = Observer()
         self.observer.daemon = True
         self.watches: dict[str, tuple[Link, int, ObservedWatch]] = {}  # backend → (link, the folder's device, watch)
         self.wanted: dict[str, Link] = {}
-        self.seen: dict[str, tuple[int, int, int]] = {}  # backend → its link's (device, inode, mtime ns) when told
+        self.seen: dict[str, tuple[int, int, int, int]] = {}  # backend → its link (device, inode, ctime, mtime) told
         self.unwatched: set[str] = set()  # backends whose watch could not be placed (said once)
         self._lock = threading.Lock()
         self.started = False
@@ -90,12 +92,16 @@ class SwapWatch:
         next time."""
         self.wanted = dict(wanted)
         for name in list(self.watches):
+            if name not in self.watches:
+                continue  # went with another backend's watch of the same folder
             watched, watched_device, watch = self.watches[name]
             if wanted.get(name) != watched or _device(watched.folder) != watched_device:
-                self.observer.unschedule(watch)
-                del self.watches[name]
-        for name in list(self.seen):
-            if name not in wanted:
+                with contextlib.suppress(KeyError):
+                    self.observer.unschedule(watch)
+                for other in [other for other, (_, _, each) in self.watches.items() if each == watch]:
+                    del self.watches[other]  # backends watching the same folder share the watch: placed again below
+        with self._lock:
+            for name in [name for name in self.seen if name not in wanted]:
                 del self.seen[name]
         for name, link in wanted.items():
             self.check(name, link)
@@ -119,23 +125,27 @@ class SwapWatch:
             self.started = True
 
     def check(self, name: str, link: Link, at_once: bool = False) -> None:
-        """Tell of a swap if the link is not the one last seen (`at_once`: inotify saw it replaced)."""
-        try:
-            st = os.lstat(link.folder / link.name)
-        except OSError:
-            return  # not published yet
-        now = (st.st_dev, st.st_ino, st.st_mtime_ns)
-        with self._lock:
+        """Tell of a swap if the link is not the one last told of (`at_once`: inotify saw it replaced). The link's
+        ctime is when it was put in place (rename(2) sets it; its mtime may be older)."""
+        with self._lock:  # one look at a time: the observer's thread and the agent's round
+            try:
+                st = os.lstat(link.folder / link.name)
+            except OSError:
+                return  # not published yet
+            now = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
             before = self.seen.get(name)
             if before == now:
                 return
-            self.seen[name] = now
-        if before is None and not at_once and time.time() - st.st_mtime > RELEASED_LIFE:
-            return  # made before anything the cache still holds
-        try:
-            self.swapped(name)
-        except Exception:  # noqa: BLE001 - the watch goes on
-            log.exception("telling the frontend of %s's swap failed", name)
+            if before is None and not at_once and time.time() - st.st_ctime > RELEASED_LIFE:
+                self.seen[name] = now  # put in place before anything the cache still holds
+                return
+            try:
+                told = self.swapped(name)
+            except Exception:  # noqa: BLE001 - the watch goes on, and tries again next round
+                log.exception("telling the frontend of %s's swap failed", name)
+                told = False
+            if told:
+                self.seen[name] = now
 
     def stop(self) -> None:
         if self.started:

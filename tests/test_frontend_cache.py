@@ -1,7 +1,8 @@
 """The frontend with real HAProxy and serve.py: a large page hammered by many clients while its cache entry
 keeps expiring is always served whole (partially cached pages were seen elsewhere); spellings of one file
 share one cache entry; a GET or HEAD with a body is refused; where the frontend is told of swaps, a page
-stays cached between them (clients still see the instance's Cache-Control) and is forgotten at one."""
+stays cached between them (clients still see the instance's Cache-Control) and is forgotten at one, and a
+reloaded HAProxy is told each backend's last swap again."""
 
 from __future__ import annotations
 
@@ -165,3 +166,26 @@ def test_between_swaps_a_page_stays_cached_and_at_a_swap_it_is_forgotten(tmp_pat
         again = requests.get(url, timeout=5)
         assert again.text == "<html>second</html>" and "Age" in again.headers  # cached again at once
         assert again.headers["Cache-Control"] == "public, s-maxage=1"
+
+
+def test_after_a_reload_the_new_worker_knows_each_backends_last_swap(tmp_path: Path) -> None:
+    """A swap told while HAProxy reloads may reach the old worker after the new one read the swaps map's file:
+    the agent's Frontend tells the new worker every backend's last swap again once it runs."""
+    from container.frontend import Frontend
+
+    address = ipaddress.IPv6Address("::1")
+    front = Frontend(tmp_path / "state")
+
+    try:
+        server = Server("s1", address, free_port())
+        assert front.apply((Service("site", address, free_port(), "/_site/health", (server,), swaps=True),))
+        wait_for("HAProxy's runtime API", lambda: front.reloads() is not None, 30)
+        assert front.forget("site")
+        told = front.swaps["site"]
+        # As if the new worker had read the file just before the swap was written to it:
+        (front.dir / SWAPS).write_text("site 1\n")
+        front.reload()
+        shown = cli(front.dir / "admin.sock", f"show map {front.dir / SWAPS}\n")
+        assert f"site {told}" in shown, shown
+    finally:
+        front.stop()

@@ -132,7 +132,7 @@ def find_file(root: str, path_info: str) -> tuple[str, os.stat_result] | None:
 
 
 def redirect(start_response: StartResponse, code: int, location: str) -> Iterable[bytes]:
-    """A redirect that, like a page, a browser revalidates and the frontend keeps for a second at most: a
+    """A redirect that, like a page, a browser revalidates (the frontend's cache stores only 200 answers): a
     changed rule shows with the next release (a plain 301 would stay in browsers' caches for good)."""
     data = b"moved\n"
     start_response(f"{code} {HTTPStatus(code).phrase}", [

@@ -98,14 +98,16 @@ def generate_blog(repo: SiteRepo, posts: int, tags_from: list[str] | None = None
 _LAT = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    """CPU time (user + system, all threads) the processes used so far, in clock ticks."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pid: int | str) -> float | None:
+    """CPU seconds (user + system, all threads) the process used so far; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def children(pid: int) -> list[int]:
@@ -115,10 +117,10 @@ def children(pid: int) -> list[int]:
 def wrk(url: str, seconds: int, pids: list[int] | None = None) -> dict:
     """wrk's req/s, p50 and p99; with `pids`, also the CPU time the server's processes spent per request (µs),
     a steadier figure than req/s on a machine whose cores the server shares with wrk."""
-    before = cpu_ticks(pids or [])
+    before = sum(cpu_of(pid) or 0.0 for pid in pids or [])
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url], capture_output=True,
                          text=True, timeout=seconds + 60).stdout
-    used = cpu_ticks(pids or []) - before
+    used = sum(cpu_of(pid) or 0.0 for pid in pids or []) - before
     requests_done = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -126,7 +128,7 @@ def wrk(url: str, seconds: int, pids: list[int] | None = None) -> dict:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
             "errors": errors.group(0) if errors else "",
-            "cpu_us_per_request": round(used * 1e6 / os.sysconf("SC_CLK_TCK") / requests_done, 1)
+            "cpu_us_per_request": round(used * 1e6 / requests_done, 1)
             if pids and requests_done else None}
 
 
@@ -269,7 +271,6 @@ def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
     (tmp / "nginx" / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp / "nginx", port=nginx_port, root=release))
     nginx = Process(["nginx", "-c", str(tmp / "nginx" / "nginx.conf"), "-g", "daemon off;"], python_env(),
                     tmp / "nginx.log")
-    floors = {}
     (tmp / "naive.py").write_text(NAIVE_SERVER)
     naive = Process([sys.executable, str(tmp / "naive.py"), str(release), str(naive_port)], python_env(),
                     tmp / "naive.log")
@@ -288,7 +289,7 @@ def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
     servers = {"nginx": lambda: children(nginx.proc.pid),
                "frontend (HAProxy + CherryPy)": lambda: children(frontend_pid),
                "CherryPy alone (serve.py, on the host)": lambda: [ours.proc.pid],
-               "naive CherryPy staticdir (on the host)": lambda: [naive.proc.pid], floor: lambda: [floors[floor]]}
+               "naive CherryPy staticdir (on the host)": lambda: [naive.proc.pid]}
     results: dict = {}
     try:
         for name, base in targets.items():
@@ -297,7 +298,7 @@ def bench_serving(run: AgentRun, tmp: Path, seconds: int) -> dict:
             (tmp / f"floor-{page}.cfg").write_text(HAPROXY_FLOOR.format(
                 port=floor_port, page=release / path.strip("/") / "index.html", path=path))
             floor_server = Process(["haproxy", "-f", str(tmp / f"floor-{page}.cfg")], python_env(), tmp / "floor.log")
-            floors[floor] = floor_server.proc.pid
+            servers[floor] = lambda pid=floor_server.proc.pid: [pid]
             try:
                 page_targets = {**targets, floor: f"http://[::1]:{floor_port}"}
                 for name, base in page_targets.items():
@@ -598,16 +599,13 @@ def container_rss_mib(container) -> float:
     return round(total / 1024, 1)
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def process_cpu(container) -> dict[str, float]:
     """CPU seconds so far of each process of the container, by its command line."""
     found: dict[str, float] = {}
     for pid, args in (container.top(ps_args="-ww -eo pid,args")["Processes"] or []):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            found[args[:40]] = found.get(args[:40], 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        used = cpu_of(pid)
+        if used is not None:
+            found[args[:40]] = found.get(args[:40], 0.0) + used
     return found
 
 
